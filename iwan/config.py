@@ -1,0 +1,75 @@
+"""Every setting of the project, in one place.
+
+Environment variables override the defaults; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+# IWAN defaults (the original work's settings).
+DEFAULT_TOP_IWK = 4
+MAX_TOP_IWK = 10
+DEFAULT_TOP_WWK = 4
+DEFAULT_K = 20
+
+# Semantic hashes.
+HASH_BITS = 48
+DEFAULT_SHORTLIST_FACTOR = 2  # the Hamming shortlist holds factor * k candidates
+
+# Word predictions: how many classes are stored per image (topIWK chooses among them later).
+STORED_PREDICTIONS = MAX_TOP_IWK
+DEFAULT_PREDICTOR = "resnet50"
+DEFAULT_BATCH_SIZE = 64
+
+USF_SOURCE = "usf"
+USF_BASE_URL = "http://w3.usf.edu/FreeAssociation/AppendixA/"
+USF_FILES = ("A-B", "C", "D-F", "G-K", "L-O", "P-R", "S", "T-Z")
+USF_CITATION = (
+    "Nelson, D. L., McEvoy, C. L., & Schreiber, T. A. (2004). The University of South Florida "
+    "free association, rhyme, and word fragment norms. Behavior Research Methods, Instruments, "
+    "& Computers, 36(3), 402-407."
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    """Per-user state: the embedded PostgreSQL cluster, built indexes, checkpoints."""
+    data_dir: Path
+    """Local copies of external data sets (CIFAR, the USF norms); loaders look here first."""
+    database_url: str | None
+    """An external PostgreSQL; None means the embedded server under `home`."""
+
+    @property
+    def pgdata(self) -> Path:
+        return self.home / "pgdata"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.home / "indexes"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+
+def settings(database_url: str | None = None) -> Settings:
+    """The settings in force now; an explicit `database_url` wins over IWAN_DATABASE_URL."""
+    home = Path(os.environ.get("IWAN_HOME") or platformdirs.user_data_dir("iwan")).expanduser()
+    data_dir = Path(
+        os.environ.get("IWAN_DATA_DIR") or Path(platformdirs.user_cache_dir("iwan")) / "data"
+    ).expanduser()
+    return Settings(
+        home=home,
+        data_dir=data_dir,
+        database_url=database_url or os.environ.get("IWAN_DATABASE_URL") or None,
+    )

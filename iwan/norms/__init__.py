@@ -1,0 +1,1 @@
+"""Word association norms: parsing, loading into PostgreSQL, lookup."""

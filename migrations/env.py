@@ -1,0 +1,14 @@
+"""Alembic environment: runs against the engine that iwan.migrate hands over."""
+
+from alembic import context
+
+from iwan.db import make_engine
+
+config = context.config
+engine = config.attributes.get("engine") or make_engine()
+
+with engine.connect() as connection:
+    context.configure(connection=connection, transaction_per_migration=True)
+    with context.begin_transaction():
+        context.run_migrations()
+    connection.commit()
