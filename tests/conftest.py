@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+_database_numbers = itertools.count()
 SHARED_DATA = Path(os.environ.get("IWAN_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
 
 
@@ -25,3 +27,50 @@ def _isolated_iwan_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("IWAN_DATA_DIR", str(SHARED_DATA))
     monkeypatch.setenv("IWAN_HOME", str(tmp_path_factory.mktemp("iwan-home")))
     monkeypatch.delenv("IWAN_DATABASE_URL", raising=False)
+
+
+@pytest.fixture(scope="session")
+def _template_database(tmp_path_factory):
+    """An embedded PostgreSQL for the whole run, with one migrated template database."""
+    import sqlalchemy as sa
+
+    from iwan import migrate
+    from iwan.db import _embedded_uri, _sqlalchemy_url
+
+    pgdata = tmp_path_factory.mktemp("pg") / "data"
+    server_url = _sqlalchemy_url(_embedded_uri(pgdata))
+    template_url = sa.make_url(server_url).set(database="iwan_template")
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text("CREATE DATABASE iwan_template"))
+    template = sa.create_engine(template_url)
+    migrate.upgrade(template)
+    template.dispose()
+    yield admin, template_url
+    admin.dispose()
+
+
+@pytest.fixture
+def database_url(_template_database, monkeypatch) -> str:
+    """A fresh, fully migrated database for one test; also set as IWAN_DATABASE_URL."""
+    import sqlalchemy as sa
+
+    admin, template_url = _template_database
+    name = f"test_{next(_database_numbers)}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name} TEMPLATE iwan_template"))
+    url = template_url.set(database=name).render_as_string(hide_password=False)
+    monkeypatch.setenv("IWAN_DATABASE_URL", url)
+    yield url
+    sa.create_engine(url).dispose()
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+def engine(database_url):
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(database_url)
+    yield engine
+    engine.dispose()

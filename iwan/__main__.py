@@ -1,0 +1,3 @@
+from iwan.cli import main
+
+main()

@@ -1,0 +1,71 @@
+"""The `iwan` command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from iwan.cli.common import CliContext
+from iwan.cli.db import db
+from iwan.cli.norms import norms
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--database-url",
+    envvar="IWAN_DATABASE_URL",
+    help="PostgreSQL URL (default: IWAN_DATABASE_URL, else the embedded server under IWAN_HOME).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None, verbose: bool) -> None:
+    """iwan: semantic image retrieval with image-word association networks and semantic hashes."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    ctx.obj = CliContext(database_url=database_url)
+
+
+cli.add_command(db)
+cli.add_command(norms)
+
+
+def _register_optional_commands() -> None:
+    """Commands of modules that other parts of the project add; each registers if present."""
+    from importlib import import_module
+
+    for module, name in [
+        ("hashing.cli", "hash_group"),
+        ("iwan.cli.images", "images"),
+        ("iwan.cli.index", "index"),
+        ("iwan.cli.search", "search"),
+        ("iwan.cli.evaluate", "evaluate"),
+    ]:
+        try:
+            command = getattr(import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        cli.add_command(command)
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    """Entry point: known errors become one line on stderr and a non-zero exit."""
+    from iwan.cli.common import EXPECTED_ERRORS
+
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except EXPECTED_ERRORS as err:
+        if os.environ.get("IWAN_DEBUG"):
+            raise
+        click.echo(f"iwan: error: {err}", err=True)
+        sys.exit(1)
