@@ -97,7 +97,7 @@ def image_ids(engine: Engine, dataset: str, split: str, limit: int | None = None
     with engine.connect() as conn:
         ids = conn.scalars(
             sa.text(
-                "SELECT id FROM images WHERE dataset = :d AND split = :s AND (:n IS NULL OR index < :n) "
+                "SELECT id FROM images WHERE dataset = :d AND split = :s AND (CAST(:n AS integer) IS NULL OR index < :n) "
                 "ORDER BY index"
             ),
             {"d": dataset, "s": split, "n": limit},
@@ -125,7 +125,7 @@ def split_labels(engine: Engine, dataset: str, split: str, limit: int | None = N
         rows = conn.execute(
             sa.text(
                 "SELECT id, index, fine_label, coarse_label FROM images WHERE dataset = :d AND split = :s "
-                "AND (:n IS NULL OR index < :n) ORDER BY index"
+                "AND (CAST(:n AS integer) IS NULL OR index < :n) ORDER BY index"
             ),
             {"d": dataset, "s": split, "n": limit},
         ).all()

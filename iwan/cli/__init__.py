@@ -37,7 +37,7 @@ def _register_optional_commands() -> None:
 
     for module, name in [
         ("hashing.cli", "hash_group"),
-        ("iwan.cli.images", "images"),
+        ("iwan.cli.predict", "predict"),
         ("iwan.cli.index", "index"),
         ("iwan.cli.search", "search"),
         ("iwan.cli.evaluate", "evaluate"),

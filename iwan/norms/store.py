@@ -11,6 +11,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from iwan.graph import Associations
 from iwan.norms.usf import COLUMNS, FIELDS, UsfRow, checksum, expand_paths, parse_file
 
 _SQL_TYPES = {"bool": "boolean", "int": "integer", "real": "real", "text": "text"}
@@ -131,19 +132,8 @@ def top_targets(engine: Engine, word: str, source: str = "usf", top: int | None 
     return [{"target": target, "strength": round(float(strength), 6)} for target, strength in rows]
 
 
-@dataclass(frozen=True)
-class AssociationArrays:
-    """A norm set as arrays over a word vocabulary, for the graph builder."""
-
-    words: list[str]
-    cue: np.ndarray  # int32 positions in `words`
-    target: np.ndarray
-    forward: np.ndarray  # float64 FSG, NaN where missing
-    backward: np.ndarray  # float64 BSG, NaN where missing
-
-
-def association_arrays(engine: Engine, source: str = "usf") -> AssociationArrays:
-    """Every pair of the norm set, with a vocabulary of the words they use."""
+def association_arrays(engine: Engine, source: str = "usf") -> Associations:
+    """Every pair of the norm set as arrays over the vocabulary of the words they use."""
     with engine.connect() as conn:
         sid = source_id(conn, source)
         pairs = conn.execute(
@@ -162,7 +152,7 @@ def association_arrays(engine: Engine, source: str = "usf") -> AssociationArrays
         [(position[c], position[t], np.nan if f is None else f, np.nan if b is None else b) for c, t, f, b in pairs],
         dtype=np.float64,
     ).reshape(-1, 4)
-    return AssociationArrays(
+    return Associations(
         words=[names[i] for i in used],
         cue=table[:, 0].astype(np.int32),
         target=table[:, 1].astype(np.int32),

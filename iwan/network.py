@@ -1,0 +1,144 @@
+"""An IWAN over a registered split, built from PostgreSQL and kept on disk for later searches.
+
+The norms, the split's stored word predictions and the class-name-to-word mapping come from the
+database; the built graph is saved under IWAN_HOME/indexes/NAME/ with what a search needs to
+answer in the database's terms (image ids, the model whose words queries must use).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy.engine import Engine
+
+from iwan.config import DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, MAX_TOP_IWK, USF_SOURCE, settings
+from iwan.graph import build_graph
+from iwan.norms.store import association_arrays
+from iwan.predict import load_predictions
+from iwan.search import IwanIndex
+from iwan.words import WordMatcher
+
+INDEX_FILE = "graph.npz"
+META_FILE = "meta.json"
+IDS_FILE = "image_ids.npy"
+
+
+@dataclass(frozen=True)
+class IndexMeta:
+    name: str
+    model: str
+    dataset: str
+    split: str
+    top_iwk: int
+    top_wwk: int
+    strength: str
+    source: str
+    n_images: int
+    n_words: int
+    n_word_edges: int
+    mapped_classes: int
+    unmapped_classes: list[str]
+    build_seconds: float
+
+
+@dataclass
+class BuiltIndex:
+    index: IwanIndex
+    image_ids: np.ndarray  # database id of each image position
+    class_word_ids: np.ndarray  # the model's class index -> word id in the graph (-1: none)
+    meta: IndexMeta
+
+    def query_words(self, class_indices: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Images' top classes as the (word ids, weights) that `IwanIndex.search` takes."""
+        top = self.meta.top_iwk
+        return self.class_word_ids[np.asarray(class_indices)[:, :top]], np.asarray(probabilities)[:, :top]
+
+    def save(self, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.index.save(directory / INDEX_FILE)
+        np.save(directory / IDS_FILE, self.image_ids)
+        np.save(directory / "class_word_ids.npy", self.class_word_ids)
+        (directory / META_FILE).write_text(json.dumps(asdict(self.meta), indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> BuiltIndex:
+        if not (directory / META_FILE).is_file():
+            raise FileNotFoundError(
+                f"no IWAN index in {directory}: build one with `iwan index build --dataset D --split S`"
+            )
+        meta = IndexMeta(**json.loads((directory / META_FILE).read_text()))
+        return cls(
+            index=IwanIndex.load(directory / INDEX_FILE),
+            image_ids=np.load(directory / IDS_FILE),
+            class_word_ids=np.load(directory / "class_word_ids.npy"),
+            meta=meta,
+        )
+
+
+def index_dir(name: str) -> Path:
+    return settings().index_dir / name
+
+
+def default_name(dataset: str, split: str) -> str:
+    return f"{dataset}-{split}".replace("/", "_").replace(":", "_")
+
+
+def latest_index() -> Path:
+    """The most recently built index, for searches that name none."""
+    built = sorted(settings().index_dir.glob(f"*/{META_FILE}"), key=lambda p: p.stat().st_mtime)
+    if not built:
+        raise FileNotFoundError(
+            f"no IWAN index in {settings().index_dir}: build one with `iwan index build --dataset D --split S`"
+        )
+    return built[-1].parent
+
+
+def build(
+    engine: Engine,
+    model: str,
+    dataset: str,
+    split: str,
+    top_iwk: int = DEFAULT_TOP_IWK,
+    top_wwk: int = DEFAULT_TOP_WWK,
+    strength: str = "forward",
+    source: str = USF_SOURCE,
+    limit: int | None = None,
+    name: str | None = None,
+) -> BuiltIndex:
+    """The IWAN of a split's stored predictions of `model` on the norm set `source`."""
+    if not 1 <= top_iwk <= MAX_TOP_IWK:
+        raise ValueError(f"top_iwk={top_iwk} must be 1..{MAX_TOP_IWK}")
+    started = time.perf_counter()
+    associations = association_arrays(engine, source)
+    predictions = load_predictions(engine, model, dataset, split, top=top_iwk, limit=limit)
+    mapping = WordMatcher(associations.words).map(predictions.categories)
+    class_word_ids = mapping.word_ids
+    graph = build_graph(
+        associations,
+        class_word_ids[predictions.class_indices],
+        predictions.probabilities,
+        top_wwk=top_wwk,
+        strength=strength,
+    )
+    meta = IndexMeta(
+        name=name or default_name(dataset, split),
+        model=model,
+        dataset=dataset,
+        split=split,
+        top_iwk=top_iwk,
+        top_wwk=top_wwk,
+        strength=strength,
+        source=source,
+        n_images=graph.n_images,
+        n_words=graph.n_words,
+        n_word_edges=len(graph.edge_a),
+        mapped_classes=int((class_word_ids >= 0).sum()),
+        unmapped_classes=mapping.unmapped,
+        build_seconds=round(time.perf_counter() - started, 3),
+    )
+    return BuiltIndex(IwanIndex(graph), predictions.ids, class_word_ids, meta)
