@@ -55,7 +55,7 @@ class BuiltIndex:
     def query_words(self, class_indices: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Images' top classes as the (word ids, weights) that `IwanIndex.search` takes."""
         top = self.meta.top_iwk
-        return self.class_word_ids[np.asarray(class_indices)[:, :top]], np.asarray(probabilities)[:, :top]
+        return class_words(self.class_word_ids, np.asarray(class_indices)[:, :top]), np.asarray(probabilities)[:, :top]
 
     def save(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
@@ -78,6 +78,11 @@ class BuiltIndex:
             class_word_ids=np.load(directory / "class_word_ids.npy"),
             meta=meta,
         )
+
+
+def class_words(class_word_ids: np.ndarray, class_indices: np.ndarray) -> np.ndarray:
+    """Word ids of predicted classes; -1 for an empty rank (-1) or a class with no word."""
+    return np.where(class_indices >= 0, class_word_ids[np.maximum(class_indices, 0)], -1)
 
 
 def index_dir(name: str) -> Path:
@@ -120,7 +125,7 @@ def build(
     class_word_ids = mapping.word_ids
     graph = build_graph(
         associations,
-        class_word_ids[predictions.class_indices],
+        class_words(class_word_ids, predictions.class_indices),
         predictions.probabilities,
         top_wwk=top_wwk,
         strength=strength,

@@ -66,13 +66,14 @@ def predict_split(engine: Engine, predictor, dataset, batch_size: int, progress:
             todo = ~done[chunk.start : chunk.stop]
             if not todo.any():
                 continue
-            _store(
-                engine,
-                predictor.name,
-                registered.ids[chunk.start : chunk.stop][todo],
-                chunk.indices[todo],
-                chunk.probabilities[todo],
-            )
+            with engine.begin() as conn:
+                _store(
+                    conn,
+                    predictor.name,
+                    registered.ids[chunk.start : chunk.stop][todo],
+                    chunk.indices[todo],
+                    chunk.probabilities[todo],
+                )
             predicted += int(todo.sum())
     return PredictSummary(
         model=predictor.name,
@@ -84,21 +85,30 @@ def predict_split(engine: Engine, predictor, dataset, batch_size: int, progress:
     )
 
 
-def _store(engine: Engine, model: str, ids: np.ndarray, indices: np.ndarray, probabilities: np.ndarray) -> None:
-    top = min(STORED_PREDICTIONS, indices.shape[1])
+def replace_predictions(engine: Engine, model: str, ids: np.ndarray, indices: np.ndarray, probabilities: np.ndarray) -> None:
+    """Store (replacing any earlier) the top classes of `model` for these images."""
     with engine.begin() as conn:
-        cursor = conn.connection.driver_connection.cursor()
-        with cursor.copy("COPY predictions (model, image_id, rank, class_index, probability) FROM STDIN") as copy:
-            for image_id, row_indices, row_probabilities in zip(ids.tolist(), indices[:, :top].tolist(), probabilities[:, :top].tolist()):
-                for rank, (class_index, probability) in enumerate(zip(row_indices, row_probabilities)):
-                    copy.write_row((model, image_id, rank, class_index, probability))
+        conn.execute(
+            sa.text("DELETE FROM predictions WHERE model = :m AND image_id = ANY(:ids)"),
+            {"m": model, "ids": np.asarray(ids).tolist()},
+        )
+        _store(conn, model, ids, indices, probabilities)
+
+
+def _store(conn: sa.Connection, model: str, ids: np.ndarray, indices: np.ndarray, probabilities: np.ndarray) -> None:
+    top = min(STORED_PREDICTIONS, indices.shape[1])
+    cursor = conn.connection.driver_connection.cursor()
+    with cursor.copy("COPY predictions (model, image_id, rank, class_index, probability) FROM STDIN") as copy:
+        for image_id, row_indices, row_probabilities in zip(ids.tolist(), indices[:, :top].tolist(), probabilities[:, :top].tolist()):
+            for rank, (class_index, probability) in enumerate(zip(row_indices, row_probabilities)):
+                copy.write_row((model, image_id, rank, class_index, probability))
 
 
 @dataclass(frozen=True)
 class SplitPredictions:
     ids: np.ndarray  # (n,) image ids in index order
-    class_indices: np.ndarray  # (n, top) int
-    probabilities: np.ndarray  # (n, top) float32
+    class_indices: np.ndarray  # (n, top) int, -1 for a rank the model did not fill
+    probabilities: np.ndarray  # (n, top) float32, 0 for such a rank
     categories: list[str]  # the model's class names by index
 
 
@@ -127,7 +137,8 @@ def load_predictions(engine: Engine, model: str, dataset: str, split: str, top: 
     ranks = table[:, 1].astype(np.int64)
     class_indices[position, ranks] = table[:, 2]
     probabilities[position, ranks] = table[:, 3]
-    missing = np.flatnonzero((class_indices < 0).any(axis=1))
+    # A classifier with fewer classes than `top` leaves the lower ranks empty (-1, probability 0).
+    missing = np.flatnonzero(class_indices[:, 0] < 0)
     if len(missing):
         raise LookupError(
             f"{len(missing)} images of {dataset}/{split} have no {model} predictions (first: image "

@@ -1,0 +1,79 @@
+"""Encode a registered split with a trained hash network: codes and embeddings into PostgreSQL.
+
+With a classification head, the network's class probabilities are stored too, as word
+predictions under the same model name, so IWAN can run on the hash model's class words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sqlalchemy.engine import Engine
+
+from hashing.codes import pack_activations
+from hashing.model import load_checkpoint
+from hashing.store import store_codes
+from hashing.train import encode
+from iwan import images as image_store
+from iwan.config import STORED_PREDICTIONS
+
+
+@dataclass(frozen=True)
+class EncodeSummary:
+    model: str
+    dataset: str
+    split: str
+    images: int
+    embedding_dim: int
+    distinct_codes: int
+    predictions_stored: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def network_inputs(config, dataset, backend: str = "onnx", progress: bool = True) -> np.ndarray:
+    """What the network eats: cached backbone features for a precomputed backbone, else pixels."""
+    if config.backbone != "precomputed":
+        return dataset.images
+    from iwan.features import extract
+    from iwan.predictors import load_predictor
+
+    predictor = load_predictor(config.features, backend=backend)
+    return extract(predictor, dataset, progress=progress).features.astype(np.float32)
+
+
+def encode_split(
+    engine: Engine, checkpoint: Path, dataset, model_name: str, backend: str = "onnx", progress: bool = True
+) -> EncodeSummary:
+    loaded = load_checkpoint(checkpoint)
+    network = loaded.model
+    registered = image_store.register(engine, dataset)
+    embeddings, activations = encode(network, network_inputs(network.config, dataset, backend, progress), progress=progress)
+    codes = pack_activations(activations)
+    store_codes(engine, model_name, registered.ids, embeddings, codes)
+    stored_predictions = False
+    if network.config.classification:
+        from iwan.predict import register_classes, replace_predictions
+
+        with torch.no_grad():
+            logits = network.from_hash(torch.from_numpy(activations)).logits
+        probabilities = torch.softmax(logits.float(), dim=1).numpy()
+        top = min(STORED_PREDICTIONS, probabilities.shape[1])
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top]
+        names = loaded.class_names or list(dataset.class_names)
+        register_classes(engine, model_name, names)
+        replace_predictions(engine, model_name, registered.ids, order, np.take_along_axis(probabilities, order, axis=1))
+        stored_predictions = True
+    return EncodeSummary(
+        model=model_name,
+        dataset=dataset.name,
+        split=dataset.split,
+        images=len(registered.ids),
+        embedding_dim=embeddings.shape[1],
+        distinct_codes=len(np.unique(codes)),
+        predictions_stored=stored_predictions,
+    )

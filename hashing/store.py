@@ -1,0 +1,56 @@
+"""Hash codes and embeddings of images in PostgreSQL (pgvector `bit(48)` and `vector`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from hashing.codes import from_bit_strings, to_bit_strings
+from iwan.config import HASH_BITS
+
+
+def store_codes(engine: Engine, model: str, image_ids: np.ndarray, embeddings: np.ndarray, codes: np.ndarray) -> int:
+    """Write (replace) the codes and embeddings of `model` for these images, in one transaction."""
+    image_ids = np.asarray(image_ids, dtype=np.int64)
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    if not (len(image_ids) == len(embeddings) == len(codes)):
+        raise ValueError(
+            f"store_codes: {len(image_ids)} image ids, {len(embeddings)} embeddings and {len(codes)} "
+            "codes; give one of each per image"
+        )
+    bits = to_bit_strings(np.asarray(codes, dtype=np.uint64), HASH_BITS)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("DELETE FROM hash_codes WHERE model = :m AND image_id = ANY(:ids)"),
+            {"m": model, "ids": image_ids.tolist()},
+        )
+        cursor = conn.connection.driver_connection.cursor()
+        with cursor.copy("COPY hash_codes (model, image_id, code, embedding) FROM STDIN") as copy:
+            for image_id, code, vector in zip(image_ids.tolist(), bits, embeddings):
+                copy.write_row((model, image_id, code, "[" + ",".join(map(repr, vector.tolist())) + "]"))
+    return len(image_ids)
+
+
+def load_codes(engine: Engine, model: str, image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings float32 (n, d), codes uint64 (n,)) of `model` for `image_ids`, in their order."""
+    image_ids = np.asarray(image_ids, dtype=np.int64)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT image_id, code::text, embedding::real[] FROM hash_codes "
+                "WHERE model = :m AND image_id = ANY(:ids)"
+            ),
+            {"m": model, "ids": image_ids.tolist()},
+        ).all()
+    found = {row[0]: row for row in rows}
+    missing = [int(i) for i in image_ids if int(i) not in found]
+    if missing:
+        raise LookupError(
+            f"{len(missing)} images have no hash codes of model {model!r} (first image id {missing[0]}): "
+            f"run `iwan hash encode` for their split with that model"
+        )
+    ordered = [found[int(i)] for i in image_ids]
+    embeddings = np.array([row[2] for row in ordered], dtype=np.float32).reshape(len(ordered), -1)
+    codes = from_bit_strings([row[1] for row in ordered], HASH_BITS)
+    return embeddings, codes

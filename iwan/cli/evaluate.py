@@ -1,0 +1,72 @@
+"""`iwan evaluate`: IWAN, exhaustive, hashes and fusion on the same queries, into a report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from iwan.cli.common import CliContext, emit_json, pass_context
+from iwan.config import DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, MAX_TOP_IWK
+
+
+def _int_list(ctx, param, value: str) -> tuple[int, ...]:
+    try:
+        return tuple(sorted({int(v) for v in value.split(",") if v.strip()}))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
+
+
+@click.command()
+@click.option("--dataset", "spec", required=True, help="Data set spec (cifar10, cifar100[:PATH], imagefolder:PATH).")
+@click.option("--corpus", "corpus_split", default="train", show_default=True, help="Split searched.")
+@click.option("--queries", "query_split", default="test", show_default=True,
+              help="Split of the queries; the corpus split itself leaves each query out of its results.")
+@click.option("--methods", default="iwan,exhaustive,hashes,fused", show_default=True)
+@click.option("--k", "ks", default="1,5,10,15,20,100,250", show_default=True, callback=_int_list)
+@click.option("--limit-queries", type=click.IntRange(min=1), help="Only the first N queries.")
+@click.option("--limit-corpus", type=click.IntRange(min=1), help="Only the first N corpus images.")
+@click.option("--model", "predictor", default="efficientnet-lite0", show_default=True,
+              help="Whose stored word predictions IWAN uses.")
+@click.option("--hash-model", help="Name of the stored hash codes (from `iwan hash encode`).")
+@click.option("--top-iwk", type=click.IntRange(1, MAX_TOP_IWK), default=DEFAULT_TOP_IWK, show_default=True)
+@click.option("--top-wwk", type=click.IntRange(min=1), default=DEFAULT_TOP_WWK, show_default=True)
+@click.option("--strength", type=click.Choice(["forward", "backward", "max"]), default="forward", show_default=True)
+@click.option("--fusion", type=click.Choice(["weighted", "rrf"]), default="weighted", show_default=True,
+              help="weighted: min-max scores, IWAN weight chosen on validation images of the corpus.")
+@click.option("--hierarchy", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Class hierarchy (parent-child pairs); default data/<dataset>/parent-child.txt.")
+@click.option("--sweep/--no-sweep", default=True, show_default=True, help="IWAN at topIWK 1..10 too.")
+@click.option("--gallery/--no-gallery", default=True, show_default=True, help="A picture of example queries.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@pass_context
+def evaluate(ctx: CliContext, spec, corpus_split, query_split, methods, ks, limit_queries, limit_corpus, predictor,
+             hash_model, top_iwk, top_wwk, strength, fusion, hierarchy, sweep, gallery, out, as_json) -> None:
+    """Score every method by mAP@k, mHP@k (the original's mAHP@k), Barz mAHP@k and time."""
+    from iwan.datasets import load_dataset
+    from iwan.evaluate import EvaluationSpec, run
+
+    corpus = load_dataset(spec, corpus_split, limit=limit_corpus)
+    evaluation = EvaluationSpec(
+        dataset=corpus.name, corpus_split=corpus_split, query_split=query_split,
+        methods=tuple(m.strip() for m in methods.split(",") if m.strip()), ks=ks,
+        limit_queries=limit_queries, limit_corpus=limit_corpus, predictor=predictor, hash_model=hash_model,
+        top_iwk=top_iwk, top_wwk=top_wwk, strength=strength, fusion=fusion, hierarchy=hierarchy, sweep=sweep,
+    )
+    images = None
+    if gallery:
+        queries = corpus if query_split == corpus_split else load_dataset(spec, query_split, limit=limit_queries)
+        images = (corpus.images, queries.images)
+    results = run(ctx.engine(), evaluation, out, progress=not as_json, gallery_images=images)
+    if as_json:
+        emit_json(results)
+        return
+    click.echo(f"report written to {out / 'report.md'}")
+    k = 20 if 20 in ks else max(ks)
+    for method, table in results["metrics"].items():
+        latency = results["latency"][method]
+        click.echo(
+            f"{method:<28} mAP@{k} {100 * table['mAP'][k]:5.1f}%  mHP@{k} {100 * table['mHP (original mAHP)'][k]:5.1f}%  "
+            f"median {latency['median_ms']:.2f} ms/query"
+        )

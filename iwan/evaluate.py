@@ -1,0 +1,410 @@
+"""The comparative evaluation: IWAN, exhaustive cosine, Hamming + cosine, and their fusion.
+
+Every method answers the same queries against the same corpus in the retriever protocol
+(`(scores, ids)`, ids = corpus positions); every ranking is scored by the same metrics. When the
+queries are the corpus (the original work's protocol) each query is left out of its own results
+and out of its relevant count. Rankings are cached in OUT/cache, so an interrupted run resumes
+with the methods it had finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy.engine import Engine
+from tqdm import tqdm
+
+from iwan import fusion, metrics, network
+from iwan.config import DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, MAX_TOP_IWK
+from iwan.images import SplitLabels, split_labels
+from iwan.predict import load_predictions
+
+log = logging.getLogger(__name__)
+
+METHODS = ("iwan", "exhaustive", "hashes", "fused")
+DEFAULT_KS = (1, 5, 10, 15, 20, 100, 250)
+LATENCY_SAMPLE = 200
+VALIDATION_QUERIES = 500
+SWEEP_QUERIES = 1000
+SWEEP_K = 20
+REPO_DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    dataset: str
+    corpus_split: str
+    query_split: str
+    methods: tuple[str, ...] = METHODS
+    ks: tuple[int, ...] = DEFAULT_KS
+    limit_queries: int | None = None
+    limit_corpus: int | None = None
+    predictor: str = "efficientnet-lite0"
+    hash_model: str | None = None
+    top_iwk: int = DEFAULT_TOP_IWK
+    top_wwk: int = DEFAULT_TOP_WWK
+    strength: str = "forward"
+    fusion: str = "weighted"
+    hierarchy: Path | None = None
+    sweep: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}: choose from {', '.join(METHODS)}")
+        if {"exhaustive", "hashes", "fused"} & set(self.methods) and not self.hash_model:
+            raise ValueError("the exhaustive, hashes and fused methods need --hash-model (a model in hash_codes)")
+        if any(k < 1 for k in self.ks):
+            raise ValueError(f"every k must be >= 1, got {self.ks}")
+
+    def key(self, method: str) -> str:
+        """What a cached ranking of `method` depends on."""
+        relevant = asdict(self)
+        relevant.pop("methods")
+        relevant.pop("sweep")
+        relevant["method"] = method
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def hierarchy_path(dataset: str, given: Path | None) -> Path:
+    if given is not None:
+        return given
+    path = REPO_DATA / dataset / "parent-child.txt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no class hierarchy for data set {dataset!r} in {REPO_DATA}: pass --hierarchy PATH "
+            "(parent-child id pairs, one per line)"
+        )
+    return path
+
+
+@dataclass
+class Workload:
+    """Labels of corpus and queries, and where each query sits in the corpus (-1: not in it)."""
+
+    corpus: SplitLabels
+    queries: SplitLabels
+    exclude: np.ndarray
+    similarity: np.ndarray
+
+    @property
+    def query_in_corpus(self) -> np.ndarray:
+        return self.exclude >= 0
+
+
+def workload(engine: Engine, spec: EvaluationSpec) -> Workload:
+    from hashing.hierarchy import load_hierarchy
+
+    corpus = split_labels(engine, spec.dataset, spec.corpus_split, spec.limit_corpus)
+    queries = split_labels(engine, spec.dataset, spec.query_split, spec.limit_queries)
+    position = {int(i): p for p, i in enumerate(corpus.ids)}
+    exclude = np.array([position.get(int(i), -1) for i in queries.ids], dtype=np.int64)
+    similarity = load_hierarchy(hierarchy_path(spec.dataset, spec.hierarchy)).similarity_matrix()
+    n_classes = int(max(corpus.fine_labels.max(), queries.fine_labels.max())) + 1
+    if similarity.shape[0] < n_classes:
+        raise ValueError(
+            f"the hierarchy has {similarity.shape[0]} classes but {spec.dataset} uses labels up to "
+            f"{n_classes - 1}: give the data set's own hierarchy with --hierarchy"
+        )
+    return Workload(corpus, queries, exclude, similarity)
+
+
+Ranking = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class Retriever:
+    """One method over one query set: `batch(rows, k)` ranks the corpus for those query rows."""
+
+    name: str
+    batch: Callable[[np.ndarray, int], Ranking]
+
+
+class CorpusIndexes:
+    """The corpus-side structures of every method, built once and queried by any query set."""
+
+    def __init__(self, engine: Engine, spec: EvaluationSpec, corpus: SplitLabels, top_iwk: int | None = None):
+        self.engine, self.spec = engine, spec
+        self.top_iwk = top_iwk or spec.top_iwk
+        methods = set(spec.methods)
+        self.built = None
+        if methods & {"iwan", "fused"}:
+            self.built = network.build(
+                engine, spec.predictor, spec.dataset, spec.corpus_split, top_iwk=self.top_iwk,
+                top_wwk=spec.top_wwk, strength=spec.strength, limit=spec.limit_corpus,
+            )
+            if self.built.meta.unmapped_classes:
+                log.info("%d classes of %s map to no word", len(self.built.meta.unmapped_classes), spec.predictor)
+        self.exhaustive = self.hashes = None
+        if methods & {"exhaustive", "hashes", "fused"}:
+            from hashing.search import ExhaustiveCosineIndex, HammingCosineIndex
+            from hashing.store import load_codes
+
+            embeddings, codes = load_codes(engine, spec.hash_model, corpus.ids)
+            self.exhaustive = ExhaustiveCosineIndex()
+            self.exhaustive.add(embeddings)
+            self.hashes = HammingCosineIndex()
+            self.hashes.add(embeddings, codes)
+
+    def retrievers(self, query_split: str, queries: SplitLabels, exclude: np.ndarray) -> dict[str, Retriever]:
+        """The base methods (IWAN, exhaustive, hashes) for the queries of `query_split`."""
+        out: dict[str, Retriever] = {}
+        if self.built is not None:
+            predictions = load_predictions(
+                self.engine, self.spec.predictor, self.spec.dataset, query_split, top=self.top_iwk,
+                limit=int(queries.indices.max()) + 1,
+            )
+            position = {int(i): p for p, i in enumerate(predictions.ids)}
+            take = np.array([position[int(i)] for i in queries.ids])
+            word_ids, weights = self.built.query_words(predictions.class_indices[take], predictions.probabilities[take])
+            out["iwan"] = Retriever(
+                "IWAN", lambda rows, k: self.built.index.search(word_ids[rows], weights[rows], k, exclude=exclude[rows])
+            )
+        if self.hashes is not None:
+            from hashing.store import load_codes
+
+            embeddings, codes = load_codes(self.engine, self.spec.hash_model, queries.ids)
+            out["exhaustive"] = Retriever(
+                "exhaustive cosine",
+                lambda rows, k: self.exhaustive.search(embeddings[rows], k, exclude=exclude[rows]),
+            )
+            out["hashes"] = Retriever(
+                "hashes (Hamming + cosine)",
+                lambda rows, k: self.hashes.search(embeddings[rows], k, query_codes=codes[rows], exclude=exclude[rows]),
+            )
+        return out
+
+
+def fused_retriever(members: Sequence[Retriever], method: str, weights: Sequence[float] | None, depth_factor: int = 2) -> Retriever:
+    """Fusion of member rankings, each searched `depth_factor` times deeper than k."""
+
+    def batch(rows: np.ndarray, k: int) -> Ranking:
+        return fusion.fuse([m.batch(rows, depth_factor * k) for m in members], k, method=method, weights=weights)
+
+    return Retriever(f"fused ({method})", batch)
+
+
+def score(work: Workload, ranking: Ranking, ks: Sequence[int]) -> dict[str, dict[int, float]]:
+    """Every metric of one method at every cut-off, as the report expects."""
+    _, ids = ranking
+    ks = sorted(ks)
+    labels = metrics.labels_of(ids, work.corpus.fine_labels)
+    query_labels = work.queries.fine_labels
+    n_classes = work.similarity.shape[0]
+    histogram = metrics.label_histogram(work.corpus.fine_labels, n_classes)
+    in_corpus = work.query_in_corpus
+    relevant = metrics.relevant_counts(query_labels, histogram, query_in_corpus=in_corpus)
+    hier = (labels, query_labels, work.similarity, histogram, ks)
+    table = {
+        "mAP": metrics.mean_average_precision(labels, query_labels, relevant, ks),
+        "mAP (trec_eval, /R)": metrics.mean_average_precision(labels, query_labels, relevant, ks, normalise="r"),
+        "mHP (original mAHP)": metrics.mhp_at_k(*hier, query_in_corpus=in_corpus),
+        "Barz mAHP": metrics.mahp_barz_at_k(*hier, query_in_corpus=in_corpus),
+        "P": metrics.precision_at_k(labels, query_labels, ks).mean(axis=0),
+        "balanced accuracy (majority of top k)": metrics.balanced_accuracy_at_k(labels, query_labels, ks),
+    }
+    return {name: {k: float(v) for k, v in zip(ks, values)} for name, values in table.items()}
+
+
+def _cached(cache: Path, key: str, compute: Callable[[], tuple[Ranking, float]]) -> tuple[Ranking, float]:
+    path = cache / f"{key}.npz"
+    if path.is_file():
+        with np.load(path) as saved:
+            return (saved["scores"], saved["ids"]), float(saved["seconds"])
+    (scores, ids), seconds = compute()
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path.with_suffix(".tmp.npz"), scores=scores, ids=ids, seconds=seconds)
+    path.with_suffix(".tmp.npz").replace(path)
+    return (scores, ids), seconds
+
+
+def _run_batch(retriever: Retriever, n: int, k: int, progress: bool, chunk: int = 500) -> tuple[Ranking, float]:
+    """All queries in chunks (a progress bar per method); returns the ranking and total seconds."""
+    scores, ids, seconds = [], [], 0.0
+    with tqdm(total=n, desc=retriever.name, unit="query", disable=not progress) as bar:
+        for start in range(0, n, chunk):
+            rows = np.arange(start, min(start + chunk, n))
+            began = time.perf_counter()
+            s, i = retriever.batch(rows, k)
+            seconds += time.perf_counter() - began
+            scores.append(s)
+            ids.append(i)
+            bar.update(len(rows))
+    return (np.concatenate(scores), np.concatenate(ids)), seconds
+
+
+def _single_latency(retriever: Retriever, n: int, k: int, sample: int = LATENCY_SAMPLE) -> list[float]:
+    rows = np.linspace(0, n - 1, min(sample, n)).astype(np.int64)
+    times = []
+    for row in rows:
+        began = time.perf_counter()
+        retriever.batch(np.array([row]), k)
+        times.append(time.perf_counter() - began)
+    return times
+
+
+def choose_fusion_weight(indexes: CorpusIndexes, work: Workload, k: int) -> tuple[float, list[float]]:
+    """The IWAN weight of the weighted fusion, chosen on validation queries, never the test ones.
+
+    Validation queries are corpus images (each left out of its own results) that are not among the
+    evaluation queries; the weight maximises their mHP@k.
+    """
+    taken = set(work.exclude[work.exclude >= 0].tolist())
+    free = [p for p in range(len(work.corpus.ids)) if p not in taken]
+    rng = np.random.default_rng(0)
+    rows = np.sort(rng.choice(free, size=min(VALIDATION_QUERIES, len(free)), replace=False))
+    if len(rows) < 10:
+        raise ValueError("fewer than 10 corpus images lie outside the queries: too few to choose a fusion weight")
+    exclude = np.arange(len(work.corpus.ids), dtype=np.int64)
+    base = indexes.retrievers(indexes.spec.corpus_split, work.corpus, exclude)
+    depth = 2 * k
+    a, b = base["iwan"].batch(rows, depth), base["hashes"].batch(rows, depth)
+    labels = work.corpus.fine_labels[rows]
+    histogram = metrics.label_histogram(work.corpus.fine_labels, work.similarity.shape[0])
+
+    def metric(ids: np.ndarray) -> float:
+        retrieved = metrics.labels_of(ids, work.corpus.fine_labels)
+        return float(metrics.mhp_at_k(retrieved, labels, work.similarity, histogram, k, query_in_corpus=True))
+
+    weight, values = fusion.choose_weight(a, b, metric, k)
+    return weight, [round(float(v), 6) for v in values]
+
+
+def sweep_top_iwk(engine: Engine, spec: EvaluationSpec, work: Workload, progress: bool) -> tuple[dict, dict]:
+    """IWAN at topIWK 1..10 on the first SWEEP_QUERIES queries: quality at k=20 and latency."""
+    rows = np.arange(min(SWEEP_QUERIES, len(work.queries.ids)))
+    iwan_only = EvaluationSpec(**{**asdict(spec), "methods": ("iwan",)})
+    values = {f"mAP@{SWEEP_K}": [], f"mHP@{SWEEP_K}": []}
+    median_ms = []
+    settings = list(range(1, MAX_TOP_IWK + 1))
+    for top_iwk in tqdm(settings, desc="topIWK sweep", disable=not progress):
+        indexes = CorpusIndexes(engine, iwan_only, work.corpus, top_iwk=top_iwk)
+        retriever = indexes.retrievers(spec.query_split, work.queries, work.exclude)["iwan"]
+        began = time.perf_counter()
+        ranking = retriever.batch(rows, SWEEP_K)
+        median_ms.append(1000 * (time.perf_counter() - began) / len(rows))
+        scored = score(_subset(work, rows), ranking, [SWEEP_K])
+        values[f"mAP@{SWEEP_K}"].append(scored["mAP"][SWEEP_K])
+        values[f"mHP@{SWEEP_K}"].append(scored["mHP (original mAHP)"][SWEEP_K])
+    sweep = {"top_iwk": settings, "metrics": values, "median_ms": {"IWAN": median_ms}}
+    scatter = {
+        "k": SWEEP_K,
+        "labels": [f"IWAN topIWK={t}" for t in settings],
+        "mAP": values[f"mAP@{SWEEP_K}"],
+        "mHP": values[f"mHP@{SWEEP_K}"],
+    }
+    return sweep, scatter
+
+
+def _subset(work: Workload, rows: np.ndarray) -> Workload:
+    q = work.queries
+    queries = SplitLabels(
+        q.ids[rows], q.indices[rows], q.fine_labels[rows],
+        None if q.coarse_labels is None else q.coarse_labels[rows], q.class_names,
+    )
+    return Workload(work.corpus, queries, work.exclude[rows], work.similarity)
+
+
+def run(
+    engine: Engine,
+    spec: EvaluationSpec,
+    out: Path,
+    progress: bool = True,
+    gallery_images: tuple[np.ndarray, np.ndarray] | None = None,
+    metadata: dict | None = None,
+) -> dict:
+    """Evaluate every method of `spec`, write the report into `out`, return the results.
+
+    `gallery_images` = (corpus images, query images) in index order, for the picture of queries.
+    """
+    from iwan.report import write_report
+
+    work = workload(engine, spec)
+    n, k_max = len(work.queries.ids), max(spec.ks)
+    indexes = CorpusIndexes(engine, spec, work.corpus)
+    base = indexes.retrievers(spec.query_split, work.queries, work.exclude)
+    retrievers = {m: base[m] for m in spec.methods if m in base}
+    fusion_info: dict = {}
+    if "fused" in spec.methods:
+        weights = None
+        if spec.fusion == "weighted":
+            weight, by_weight = choose_fusion_weight(indexes, work, SWEEP_K)
+            weights = (weight, 1.0 - weight)
+            fusion_info = {"iwan_weight": weight, f"validation_mHP@{SWEEP_K}_by_weight": by_weight}
+        fusion_info["method"] = spec.fusion
+        retrievers["fused"] = fused_retriever([base["iwan"], base["hashes"]], spec.fusion, weights)
+
+    results: dict = {
+        "metadata": {
+            "dataset": spec.dataset,
+            "corpus": f"{spec.corpus_split} ({len(work.corpus.ids):,} images)",
+            "queries": f"{spec.query_split} ({n:,} images{', each left out of its own results' if work.query_in_corpus.any() else ''})",
+            "corpus_size": len(work.corpus.ids),
+            "query_size": n,
+            "predictor": spec.predictor,
+            "hash_model": spec.hash_model,
+            "settings": {"top_iwk": spec.top_iwk, "top_wwk": spec.top_wwk, "strength": spec.strength},
+            "fusion": fusion_info,
+            **(metadata or {}),
+        },
+        "metrics": {},
+        "latency": {},
+    }
+    rankings = {}
+    cache = out / "cache"
+    for method, retriever in retrievers.items():
+        key = spec.key(method) + ("-" + str(fusion_info.get("iwan_weight")) if method == "fused" else "")
+        ranking, seconds = _cached(cache, key, lambda: _run_batch(retriever, n, k_max, progress))
+        rankings[method] = ranking
+        results["metrics"][retriever.name] = score(work, ranking, spec.ks)
+        latency = metrics.latency_summary(_single_latency(retriever, n, k_max))
+        latency["throughput_qps"] = round(n / seconds, 1) if seconds > 0 else float("inf")
+        latency["batch_ms_per_query"] = round(1000 * seconds / n, 3)
+        results["latency"][retriever.name] = latency
+    if spec.sweep and "iwan" in spec.methods:
+        results["sweep"], results["settings_scatter"] = sweep_top_iwk(engine, spec, work, progress)
+        for method, retriever in retrievers.items():
+            if method != "iwan":
+                scored = results["metrics"][retriever.name]
+                if SWEEP_K in scored["mAP"]:
+                    results["settings_scatter"]["labels"].append(retriever.name)
+                    results["settings_scatter"]["mAP"].append(scored["mAP"][SWEEP_K])
+                    results["settings_scatter"]["mHP"].append(scored["mHP (original mAHP)"][SWEEP_K])
+    gallery = None
+    if gallery_images is not None:
+        gallery = _gallery(work, retrievers, rankings, gallery_images)
+    write_report(results, out, gallery)
+    return results
+
+
+GALLERY_QUERIES = 4
+GALLERY_TOP = 10
+
+
+def _gallery(work: Workload, retrievers: dict[str, Retriever], rankings: dict, images: tuple[np.ndarray, np.ndarray]):
+    from iwan.report import Gallery
+
+    corpus_images, query_images = images
+    names = work.corpus.class_names
+    rng = np.random.default_rng(1)
+    rows = np.sort(rng.choice(len(work.queries.ids), size=min(GALLERY_QUERIES, len(work.queries.ids)), replace=False))
+    result_images, result_labels = {}, {}
+    for method, retriever in retrievers.items():
+        ids = rankings[method][1][rows, :GALLERY_TOP]
+        corpus_rows = work.corpus.indices
+        result_images[retriever.name] = [[corpus_images[corpus_rows[i]] for i in row if i >= 0] for row in ids]
+        result_labels[retriever.name] = [[names[work.corpus.fine_labels[i]] for i in row if i >= 0] for row in ids]
+    return Gallery(
+        query_images=[query_images[work.queries.indices[r]] for r in rows],
+        query_labels=[names[work.queries.fine_labels[r]] for r in rows],
+        result_images=result_images,
+        result_labels=result_labels,
+    )

@@ -1,0 +1,124 @@
+"""The comparative evaluation on a real database, with predictions and codes whose answers are known."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hashing.codes import pack_bits
+from hashing.embeddings import class_embeddings
+from hashing.hierarchy import load_hierarchy
+from hashing.store import load_codes, store_codes
+from iwan import images as image_store
+from iwan.datasets import ImageDataset
+from iwan.evaluate import REPO_DATA, EvaluationSpec, run
+from iwan.norms.store import load_norms
+from iwan.predict import load_predictions, register_classes, replace_predictions
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def fake_split(split: str, per_class: int, seed: int) -> ImageDataset:
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(10), per_class)
+    rng.shuffle(labels)
+    images = rng.integers(0, 255, size=(len(labels), 8, 8, 3), dtype=np.uint8)
+    return ImageDataset("toy10", split, images, labels, None, CLASSES, None, None)
+
+
+def predictions_for(labels: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Top class = the true one (p 0.7), then three other classes."""
+    top = np.stack([np.roll(np.arange(10), -int(l))[:4] for l in labels])
+    others = rng.permuted(top[:, 1:], axis=1)
+    return np.concatenate([top[:, :1], others], axis=1), np.tile([0.7, 0.15, 0.1, 0.05], (len(labels), 1))
+
+
+@pytest.fixture
+def toy_database(engine, shared_data):
+    load_norms(engine, [shared_data / "usf-appendix-a"])
+    embeddings = class_embeddings(load_hierarchy(REPO_DATA / "cifar10" / "parent-child.txt"))
+    class_codes = pack_bits(np.random.default_rng(0).integers(0, 2, size=(10, 48)))
+    register_classes(engine, "toy-classifier", CLASSES)
+    rng = np.random.default_rng(1)
+    for split, per_class in (("train", 6), ("test", 2)):
+        dataset = fake_split(split, per_class, seed=len(split))
+        ids = image_store.register(engine, dataset).ids
+        indices, probabilities = predictions_for(dataset.fine_labels, rng)
+        replace_predictions(engine, "toy-classifier", ids, indices, probabilities)
+        store_codes(engine, "toy-hash", ids, embeddings[dataset.fine_labels], class_codes[dataset.fine_labels])
+    return engine
+
+
+def spec(**overrides) -> EvaluationSpec:
+    base = dict(
+        dataset="toy10", corpus_split="train", query_split="test", ks=(1, 5, 6), predictor="toy-classifier",
+        hash_model="toy-hash", sweep=False, hierarchy=REPO_DATA / "cifar10" / "parent-child.txt",
+    )
+    return EvaluationSpec(**{**base, **overrides})
+
+
+def test_codes_round_trip_through_postgres(toy_database):
+    ids = image_store.image_ids(toy_database, "toy10", "test")
+    embeddings, codes = load_codes(toy_database, "toy-hash", ids[::-1])
+    again, again_codes = load_codes(toy_database, "toy-hash", ids)
+    np.testing.assert_allclose(embeddings[::-1], again, rtol=1e-6)
+    np.testing.assert_array_equal(codes[::-1], again_codes)
+    with pytest.raises(LookupError, match="no hash codes of model 'other'"):
+        load_codes(toy_database, "other", ids)
+
+
+def test_standard_protocol_scores_and_report(toy_database, tmp_path):
+    results = run(toy_database, spec(), tmp_path, progress=False)
+    metrics = results["metrics"]
+    assert set(metrics) == {"IWAN", "exhaustive cosine", "hashes (Hamming + cosine)", "fused (weighted)"}
+    # Every image sits exactly on its class embedding: both cosine searches are perfect.
+    for method in ("exhaustive cosine", "hashes (Hamming + cosine)"):
+        assert metrics[method]["mAP"][6] == pytest.approx(1.0)
+        assert metrics[method]["mHP (original mAHP)"][6] == pytest.approx(1.0)
+    # IWAN's first hit shares the query's top word, which is its true class.
+    assert metrics["IWAN"]["P"][1] == pytest.approx(1.0)
+    assert 0 <= results["metadata"]["fusion"]["iwan_weight"] <= 1
+    for name in ("report.md", "metrics.csv", "results.json"):
+        assert (tmp_path / name).stat().st_size > 100
+    assert json.loads((tmp_path / "results.json").read_text())["metadata"]["query_size"] == 20
+    assert "hashes (Hamming + cosine)" in (tmp_path / "report.md").read_text()
+
+
+def test_original_protocol_leaves_each_query_out(toy_database, tmp_path):
+    results = run(toy_database, spec(query_split="train", methods=("exhaustive", "iwan")), tmp_path, progress=False)
+    # 6 images per class, one is the query itself: 5 relevant ones remain, all found first.
+    assert results["metrics"]["exhaustive cosine"]["P"][5] == pytest.approx(1.0)
+    assert results["metrics"]["exhaustive cosine"]["P"][6] < 1.0
+    cached = list((tmp_path / "cache").glob("*.npz"))
+    ids = np.load(cached[0])["ids"]
+    assert not (ids == np.arange(len(ids))[:, None]).any()
+
+
+def test_rerun_resumes_from_cached_rankings(toy_database, tmp_path):
+    first = run(toy_database, spec(methods=("iwan",)), tmp_path, progress=False)
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.npz")}
+    second = run(toy_database, spec(methods=("iwan",)), tmp_path, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.npz")} == stamps
+    assert first["metrics"] == second["metrics"]
+
+
+def test_iwan_sweep_and_bad_specs(toy_database, tmp_path):
+    results = run(toy_database, spec(methods=("iwan",), sweep=True), tmp_path, progress=False)
+    assert results["sweep"]["top_iwk"] == list(range(1, 11))
+    assert len(results["sweep"]["metrics"]["mAP@20"]) == 10
+    assert (tmp_path / "report.md").is_file()
+    with pytest.raises(ValueError, match="need --hash-model"):
+        spec(hash_model=None)
+    with pytest.raises(ValueError, match="unknown methods"):
+        spec(methods=("nope",))
+    with pytest.raises(LookupError, match="no toy-classifier predictions|no images of toy10/validation"):
+        run(toy_database, spec(query_split="validation"), tmp_path, progress=False)
+
+
+def test_stored_predictions_read_back_in_index_order(toy_database):
+    stored = load_predictions(toy_database, "toy-classifier", "toy10", "test", top=2)
+    assert stored.class_indices.shape == (20, 2)
+    assert stored.categories == CLASSES
+    np.testing.assert_allclose(stored.probabilities[0], [0.7, 0.15])
