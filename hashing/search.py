@@ -1,0 +1,293 @@
+"""In-memory retrieval over image embeddings and hash codes, with a FAISS-like protocol.
+
+`index.add(...)`, then `index.search(queries, k) -> (scores, ids)`, batch first: queries (q, d) give
+float32 scores and int64 ids of shape (q, k), best first. Ids are positions in the order added;
+scores are cosine similarities (higher is better). Ties are broken by the lower id, so results are
+deterministic. A row with fewer than k results is padded with id -1 and score -inf, as FAISS does.
+
+`exclude` (q,) int64 removes one id per query from its results (-1: none), for corpora that contain
+their own queries.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from iwan.config import DEFAULT_SHORTLIST_FACTOR, HASH_BITS
+
+SCORE_BLOCK_CELLS = 1 << 24
+"""Exhaustive search scores blocks of queries whose (queries x corpus) float32 matrix has at most
+this many cells: large enough for BLAS to reuse each corpus row, bounded (64 MiB) for any batch."""
+
+HAMMING_CHUNK = 1 << 16
+"""Codes XORed and counted per step: the 512 KiB XOR buffer stays in the L2 cache."""
+
+SAMPLE_HITS = 16
+"""The Hamming cut is estimated from a sample expected to hold this many shortlisted codes..."""
+SAMPLE_MIN = 4096
+"""...and at least this many codes."""
+CUT_SLACK = 8
+"""An estimated cut gathering more than this many times the shortlist is refined on what it gathered."""
+
+_EXCLUDED = np.uint8(255)  # a Hamming distance above any real one, so excluded ids never qualify
+
+
+class ExhaustiveCosineIndex:
+    """Cosine similarity of every query to every embedding; the exact reference."""
+
+    def __init__(self) -> None:
+        self._embeddings = np.zeros((0, 0), dtype=np.float32)
+
+    @property
+    def ntotal(self) -> int:
+        return len(self._embeddings)
+
+    def add(self, embeddings: np.ndarray) -> None:
+        """Append (n, d) embeddings; their ids continue from `ntotal`."""
+        self._embeddings = _append_unit_rows(self._embeddings, embeddings, "embeddings")
+
+    def search(
+        self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        queries = _unit_rows(queries, "queries", self._embeddings.shape[1])
+        exclude = _check_exclude(exclude, len(queries), self.ntotal)
+        scores, ids = _empty_results(len(queries), _check_k(k))
+        if not self.ntotal:
+            return scores, ids
+        margin = _score_margin(queries.shape[1])
+        for rows in _blocks(len(queries), self.ntotal):
+            sims = queries[rows] @ self._embeddings.T
+            _exclude_rows(sims, exclude[rows], -np.inf)
+            n_take = np.minimum(k, self.ntotal - (exclude[rows] >= 0))
+            thresholds = _kth_largest(sims, n_take)
+            for r, row in enumerate(sims):
+                if n_take[r]:
+                    # BLAS rounds differently at its block edges, so its scores only preselect
+                    # everything that could be in the top k; _cosines then gives the exact order.
+                    near = np.flatnonzero(row >= thresholds[r] - margin)
+                    i = rows.start + r
+                    ids[i, : n_take[r]], scores[i, : n_take[r]] = _rank(
+                        near, _cosines(self._embeddings[near], queries[i]), n_take[r]
+                    )
+        return scores, ids
+
+
+class HammingCosineIndex:
+    """Barz & Denzler's retrieval: a Hamming-distance shortlist over binary codes, re-ranked by the
+    cosine of the embeddings.
+
+    Distances are small integers (0..n_bits), so the shortlist is cut by counting instead of a
+    partial sort of the corpus: cumulative counts over a sample of the distances estimate the cut,
+    one pass gathers the ids within it, and only those are sorted (a bisection over counts repairs
+    an estimate that gathers too few or far too many). Queries run one at a time, vectorised over
+    the corpus, which keeps each query's distances in cache from the XOR to the cut.
+    """
+
+    def __init__(self, n_bits: int = HASH_BITS, shortlist_factor: int = DEFAULT_SHORTLIST_FACTOR) -> None:
+        if not 0 < n_bits <= 64:
+            raise ValueError(f"HammingCosineIndex: n_bits must be 1..64 (one uint64 per code), got {n_bits}")
+        if shortlist_factor < 1:
+            raise ValueError(f"HammingCosineIndex: shortlist_factor must be >= 1, got {shortlist_factor}")
+        self.n_bits = n_bits
+        self.shortlist_factor = shortlist_factor
+        self._embeddings = np.zeros((0, 0), dtype=np.float32)
+        self._codes = np.zeros(0, dtype=np.uint64)
+
+    @property
+    def ntotal(self) -> int:
+        return len(self._codes)
+
+    def add(self, embeddings: np.ndarray, codes: np.ndarray) -> None:
+        """Append (n, d) embeddings and their (n,) uint64 codes (see hashing.codes)."""
+        codes = self._check_codes(codes, "codes")
+        if len(codes) != len(embeddings):
+            raise ValueError(
+                f"HammingCosineIndex.add: {len(embeddings)} embeddings but {len(codes)} codes; "
+                "pass one code per embedding"
+            )
+        self._embeddings = _append_unit_rows(self._embeddings, embeddings, "embeddings")
+        self._codes = np.concatenate([self._codes, codes])
+
+    def search(
+        self,
+        query_embeddings: np.ndarray,
+        k: int,
+        *,
+        query_codes: np.ndarray,
+        shortlist: int | None = None,
+        exclude: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The `shortlist` (default shortlist_factor * k) codes nearest in Hamming distance, ties to
+        the lower id, re-ranked by cosine; the best k of them."""
+        k = _check_k(k)
+        shortlist = self.shortlist_factor * k if shortlist is None else shortlist
+        if shortlist < k:
+            raise ValueError(f"HammingCosineIndex.search: shortlist ({shortlist}) must be >= k ({k})")
+        queries = _unit_rows(query_embeddings, "query_embeddings", self._embeddings.shape[1])
+        query_codes = self._check_codes(query_codes, "query_codes")
+        if len(query_codes) != len(queries):
+            raise ValueError(
+                f"HammingCosineIndex.search: {len(queries)} query embeddings but {len(query_codes)} "
+                "query codes; pass one code per query"
+            )
+        exclude = _check_exclude(exclude, len(queries), self.ntotal)
+        scores, ids = _empty_results(len(queries), k)
+        if not self.ntotal:
+            return scores, ids
+        distances = np.empty(self.ntotal, dtype=np.uint8)
+        buffer = np.empty(min(HAMMING_CHUNK, self.ntotal), dtype=np.uint64)
+        for i in range(len(queries)):
+            _hamming_row(self._codes, query_codes[i], distances, buffer)
+            n_take = min(shortlist, self.ntotal)
+            if exclude[i] >= 0:
+                distances[exclude[i]] = _EXCLUDED
+                n_take = min(shortlist, self.ntotal - 1)
+            if n_take:
+                near = self._nearest(distances, n_take)
+                top = min(k, n_take)
+                ids[i, :top], scores[i, :top] = _rank(near, _cosines(self._embeddings[near], queries[i]), k)
+        return scores, ids
+
+    def _nearest(self, distances: np.ndarray, n_take: int) -> np.ndarray:
+        """Ascending ids of the n_take smallest distances, the lower ids first among equal ones."""
+        # Distances are integers 0..n_bits, so cumulative counts over a strided sample estimate the
+        # cut t; one pass then gathers everything within t, and only that short list is sorted.
+        stride = max(1, min(n_take // SAMPLE_HITS, len(distances) // SAMPLE_MIN))
+        sampled = np.bincount(distances[::stride], minlength=self.n_bits + 1)[: self.n_bits + 1]
+        t = min(int(np.searchsorted(np.cumsum(sampled) * stride, n_take)), self.n_bits)
+        ids = np.flatnonzero(distances <= t)
+        if len(ids) < n_take:  # the sample over-counted the near codes: find the cut by counting
+            ids = np.flatnonzero(distances <= _smallest_cut(distances, n_take, t, self.n_bits))
+        elif len(ids) > CUT_SLACK * n_take:  # it under-counted: cut the gathered ids, not the corpus
+            gathered = distances[ids]
+            ids = ids[gathered <= _smallest_cut(gathered, n_take, -1, t)]
+        nearest = ids[np.argsort(distances[ids], kind="stable")[:n_take]]
+        return np.sort(nearest)
+
+    def _check_codes(self, codes: np.ndarray, what: str) -> np.ndarray:
+        codes = np.asarray(codes)
+        if codes.ndim != 1 or codes.dtype != np.uint64:
+            raise ValueError(
+                f"HammingCosineIndex: {what} must be a 1-D uint64 array (hashing.codes.pack_bits), "
+                f"got {codes.dtype} of shape {codes.shape}"
+            )
+        if self.n_bits < 64 and codes.size and (codes >> np.uint64(self.n_bits)).any():
+            bad = int(np.flatnonzero(codes >> np.uint64(self.n_bits))[0])
+            raise ValueError(
+                f"HammingCosineIndex: {what}[{bad}] = {int(codes[bad]):#x} has bits above the index's "
+                f"{self.n_bits}; build the index with the codes' n_bits"
+            )
+        return codes
+
+
+def hamming_distances(codes: np.ndarray, query_codes: np.ndarray) -> np.ndarray:
+    """(q, n) uint8 Hamming distances between (q,) query codes and (n,) codes, both uint64."""
+    out = np.empty((len(query_codes), len(codes)), dtype=np.uint8)
+    buffer = np.empty(min(HAMMING_CHUNK, len(codes)), dtype=np.uint64)
+    for row, query in zip(out, query_codes):
+        _hamming_row(codes, query, row, buffer)
+    return out
+
+
+def _hamming_row(codes: np.ndarray, query: np.uint64, out: np.ndarray, buffer: np.ndarray) -> None:
+    for start in range(0, len(codes), len(buffer)):
+        stop = min(start + len(buffer), len(codes))
+        xor = np.bitwise_xor(codes[start:stop], query, out=buffer[: stop - start])
+        np.bitwise_count(xor, out=out[start:stop])
+
+
+def _smallest_cut(distances: np.ndarray, n_take: int, lo: int, hi: int) -> int:
+    """The smallest t in (lo, hi] with at least n_take distances <= t, by bisection over counts;
+    requires count(<= lo) < n_take <= count(<= hi)."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if np.count_nonzero(distances <= mid) >= n_take:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _kth_largest(scores: np.ndarray, n_take: np.ndarray) -> np.ndarray:
+    """Per row, the n_take-th largest score (rows with n_take == 0 get -inf)."""
+    positions = np.unique(scores.shape[1] - n_take[n_take > 0])
+    if not len(positions):
+        return np.full(len(scores), -np.inf, dtype=scores.dtype)
+    parted = np.partition(scores, positions, axis=1)
+    at = np.minimum(scores.shape[1] - n_take, scores.shape[1] - 1)
+    return np.take_along_axis(parted, at[:, None], axis=1)[:, 0]
+
+
+def _cosines(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Dot products of unit rows with a unit query. einsum sums every row in the same order, so
+    equal vectors get equal scores wherever they are stored (BLAS gemv/gemm do not)."""
+    return np.einsum("nd,d->n", vectors, query)
+
+
+def _rank(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best k of ascending `ids` by score, the lower id first among equal scores."""
+    order = np.argsort(-scores, kind="stable")[:k]
+    return ids[order], scores[order]
+
+
+def _score_margin(dim: int) -> float:
+    """How far below the k-th best BLAS score a top-k item's BLAS score can be. Any float32 dot
+    product of unit vectors is within dim * eps / 2 of the exact value (Higham's gamma_n), so two
+    computations of one cosine differ by at most dim * eps; the k-th best moves by that much, and
+    each item by that much again."""
+    return 2.0 * dim * float(np.finfo(np.float32).eps)
+
+
+def _exclude_rows(keys: np.ndarray, exclude: np.ndarray, worst) -> None:
+    rows = np.flatnonzero(exclude >= 0)
+    keys[rows, exclude[rows]] = worst
+
+
+def _blocks(n_queries: int, n_corpus: int):
+    step = max(1, SCORE_BLOCK_CELLS // max(1, n_corpus))
+    return (slice(s, min(s + step, n_queries)) for s in range(0, n_queries, step))
+
+
+def _empty_results(n_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((n_queries, k), -np.inf, dtype=np.float32), np.full((n_queries, k), -1, dtype=np.int64)
+
+
+def _check_k(k: int) -> int:
+    if int(k) != k or k < 1:
+        raise ValueError(f"search: k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+def _check_exclude(exclude: np.ndarray | None, n_queries: int, n_corpus: int | None = None) -> np.ndarray:
+    """(q,) int64 ids to leave out per query, -1 for none; ids are checked against n_corpus if given."""
+    if exclude is None:
+        return np.full(n_queries, -1, dtype=np.int64)
+    exclude = np.asarray(exclude)
+    if exclude.shape != (n_queries,) or not np.issubdtype(exclude.dtype, np.integer):
+        raise ValueError(
+            f"search: exclude must be an integer array of shape ({n_queries},), one id per query "
+            f"(-1 for none), got {exclude.dtype} of shape {exclude.shape}"
+        )
+    bad = np.flatnonzero((exclude < -1) | (exclude >= (n_corpus if n_corpus is not None else np.inf)))
+    if len(bad):
+        known = f"an id of the {n_corpus} indexed items" if n_corpus is not None else "an id"
+        raise ValueError(f"search: exclude[{bad[0]}] = {exclude[bad[0]]} is not {known} nor -1 (none)")
+    return exclude.astype(np.int64)
+
+
+def _unit_rows(x: np.ndarray, what: str, dim: int | None = None) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or (dim and x.shape[1] != dim):
+        want = f"(n, {dim})" if dim else "(n, d)"
+        raise ValueError(f"{what} must have shape {want}, got {x.shape}; reshape one vector to (1, d)")
+    norms = np.sqrt(np.einsum("nd,nd->n", x, x))
+    usable = (norms > 0) & (norms < np.inf)  # NaN fails both
+    if not usable.all():
+        bad = np.flatnonzero(~usable)[0]
+        raise ValueError(f"{what}[{bad}] has norm {norms[bad]}; cosine needs finite, non-zero vectors")
+    return x / norms[:, None]
+
+
+def _append_unit_rows(existing: np.ndarray, new: np.ndarray, what: str) -> np.ndarray:
+    rows = _unit_rows(new, what, existing.shape[1] if len(existing) else None)
+    return np.concatenate([existing, rows]) if len(existing) else rows
