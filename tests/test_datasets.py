@@ -1,0 +1,220 @@
+"""Data set loading: the real CIFAR copies in the shared data, tiny image folders, and the errors."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from iwan import datasets
+from iwan.config import settings
+from iwan.datasets import DatasetFormatError, DatasetNotFoundError, load_dataset, load_image
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture
+def sample(shared_data) -> Path:
+    return shared_data / "cifar100-train-sample"
+
+
+def test_cifar100_sample_has_675_images_with_fine_and_coarse_labels(sample):
+    data = load_dataset(f"cifar100:{sample}", "train")
+
+    assert (data.name, data.split, len(data)) == ("cifar100", "train", 675)
+    assert data.images.shape == (675, 32, 32, 3) and data.images.dtype == np.uint8
+    assert data.fine_labels.dtype == np.int64 and data.coarse_labels.dtype == np.int64
+    # The official train split starts with cattle (fine 19), in large omnivores and herbivores (11).
+    assert data.class_names[data.fine_labels[0]] == "cattle"
+    assert data.coarse_class_names[data.coarse_labels[0]] == "large_omnivores_and_herbivores"
+    assert len(data.class_names) == 100 and len(data.coarse_class_names) == 20
+    assert set(data.fine_labels.tolist()) == set(range(100))  # the sample covers every class
+    assert data.paths is None
+
+
+def test_cifar100_path_may_name_the_python_folder_itself(sample):
+    outer = load_dataset(f"cifar100:{sample}", "train", limit=50)
+    inner = load_dataset(f"cifar100:{sample / 'cifar-100-python'}", "train", limit=50)
+
+    assert len(outer) == 50
+    np.testing.assert_array_equal(outer.images, inner.images)
+    np.testing.assert_array_equal(outer.coarse_labels, inner.coarse_labels)
+
+
+def test_plain_cifar100_reads_the_data_dir(sample, monkeypatch):
+    monkeypatch.setenv("IWAN_DATA_DIR", str(sample))
+
+    data = load_dataset("cifar100", "train", limit=7)
+
+    assert len(data) == 7 and data.fine_labels.tolist()[:2] == [19, 29]
+
+
+def test_missing_split_says_which_splits_exist(sample):
+    with pytest.raises(DatasetNotFoundError, match=r"no 'test' split \(splits present: train\)"):
+        load_dataset(f"cifar100:{sample}", "test")
+
+
+def test_missing_cifar100_offline_gives_the_one_line_manual_fix(tmp_path, monkeypatch):
+    def offline(what, root):
+        raise URLError("Name or service not known")
+
+    monkeypatch.setattr(datasets, "_torchvision_download", offline)
+    monkeypatch.setenv("IWAN_DATA_DIR", str(tmp_path))
+
+    with pytest.raises(DatasetNotFoundError) as caught:
+        load_dataset("cifar100", "train")
+
+    message = str(caught.value)
+    folder = tmp_path / "cifar-100-python"
+    assert message.startswith(f"CIFAR-100 not found in {folder} and it could not be downloaded")
+    assert message.endswith(f"download {datasets.CIFAR100_URL} and extract it into {tmp_path}")
+    assert "\n" not in message
+
+
+def test_missing_cifar100_is_downloaded_into_the_data_dir(sample, tmp_path, monkeypatch):
+    def fake_download(what, root):
+        assert what == "CIFAR-100"
+        shutil.copytree(sample / "cifar-100-python", root / "cifar-100-python")
+
+    monkeypatch.setattr(datasets, "_torchvision_download", fake_download)
+    monkeypatch.setenv("IWAN_DATA_DIR", str(tmp_path))
+
+    assert len(load_dataset("cifar100", "train")) == 675
+
+
+def test_cifar10_falls_back_to_the_jpeg_folders_and_takes_the_first_images(shared_data):
+    data = load_dataset("cifar10", "test", limit=25)
+
+    assert (data.name, len(data), data.images.shape[1:]) == ("cifar10", 25, (32, 32, 3))
+    assert data.class_names == CIFAR10_CLASSES
+    assert data.fine_labels.tolist() == [0] * 25  # class folders in order: airplanes first
+    assert data.paths[0] == shared_data / "cifar10-jpg" / "test" / "airplane" / "0000.jpg"
+    np.testing.assert_array_equal(data.images[3], load_image(data.paths[3]))
+    assert data.coarse_labels is None
+
+
+def _write_cifar10_pickles(root: Path) -> np.ndarray:
+    """The official cifar-10-batches-py layout with 2 images per batch; returns all pixels."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (12, 3072), dtype=np.uint8)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for i, name in enumerate(names):
+        batch = {"data": pixels[2 * i : 2 * i + 2], "labels": [i, 9 - i]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": CIFAR10_CLASSES}))
+    return pixels
+
+
+def test_cifar10_official_pickles_come_first(tmp_path, monkeypatch):
+    pixels = _write_cifar10_pickles(tmp_path)
+    monkeypatch.setenv("IWAN_DATA_DIR", str(tmp_path))
+
+    train, test = load_dataset("cifar10", "train"), load_dataset("cifar10", "test")
+
+    assert len(train) == 10 and len(test) == 2
+    assert train.fine_labels.tolist()[:4] == [0, 9, 1, 8]
+    # Pickled rows are channel-major: red plane, then green, then blue.
+    np.testing.assert_array_equal(test.images[1, :, :, 2].ravel(), pixels[11, 2048:])
+    assert train.class_names == CIFAR10_CLASSES
+
+
+def test_damaged_cifar_pickle_names_the_file(tmp_path, monkeypatch):
+    _write_cifar10_pickles(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"not a pickle")
+    monkeypatch.setenv("IWAN_DATA_DIR", str(tmp_path))
+
+    with pytest.raises(DatasetFormatError, match="test_batch: not a CIFAR python pickle"):
+        load_dataset("cifar10", "test")
+
+
+def _write_png(path: Path, value: int, size=(4, 4)) -> np.ndarray:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.full((size[1], size[0], 3), value, dtype=np.uint8)
+    pixels[0, 0] = (value, 255 - value, 7)
+    Image.fromarray(pixels).save(path)
+    return pixels
+
+
+def test_image_folder_with_split_folders_sorts_classes_like_torchvision(tmp_path):
+    root = tmp_path / "photos"
+    dog = _write_png(root / "train" / "dog" / "a.png", 10)
+    cat_b = _write_png(root / "train" / "cat" / "b.png", 20)
+    cat_a = _write_png(root / "train" / "cat" / "a.png", 30)
+    _write_png(root / "test" / "cat" / "z.png", 40)
+    (root / "train" / "cat" / "notes.txt").write_text("not an image")
+
+    data = load_dataset(f"imagefolder:{root}", "train")
+
+    assert (data.name, data.split, data.class_names) == ("imagefolder:photos", "train", ["cat", "dog"])
+    assert data.fine_labels.tolist() == [0, 0, 1]
+    assert [p.name for p in data.paths] == ["a.png", "b.png", "a.png"]
+    np.testing.assert_array_equal(data.images, np.stack([cat_a, cat_b, dog]))
+    assert len(load_dataset(f"imagefolder:{root}", "test")) == 1
+    with pytest.raises(DatasetNotFoundError, match=r"no 'val' split folder \(folders present: test, train\)"):
+        load_dataset(f"imagefolder:{root}", "val")
+
+
+def test_image_folder_of_class_folders_is_one_split(tmp_path):
+    _write_png(tmp_path / "cat" / "a.png", 1)
+    _write_png(tmp_path / "dog" / "a.png", 2)
+
+    data = load_dataset(f"imagefolder:{tmp_path}", "train", limit=1)
+
+    assert len(data) == 1 and data.class_names == ["cat", "dog"]
+
+
+def test_decoded_image_folder_is_cached_until_a_file_changes(tmp_path, monkeypatch):
+    root = tmp_path / "photos"
+    _write_png(root / "cat" / "a.png", 1)
+    _write_png(root / "dog" / "a.png", 2)
+    first = load_dataset(f"imagefolder:{root}", "train")
+    assert len(list((settings().cache_dir / "datasets").glob("*.npy"))) == 1
+
+    real_decode = datasets._decode
+    monkeypatch.setattr(datasets, "_decode", lambda files: pytest.fail("decoded despite the cache"))
+    np.testing.assert_array_equal(load_dataset(f"imagefolder:{root}", "train").images, first.images)
+
+    monkeypatch.setattr(datasets, "_decode", real_decode)
+    changed = _write_png(root / "dog" / "a.png", 99, size=(4, 4))
+    np.testing.assert_array_equal(load_dataset(f"imagefolder:{root}", "train").images[1], changed)
+
+
+def test_images_of_different_sizes_name_the_odd_file(tmp_path):
+    _write_png(tmp_path / "cat" / "a.png", 1, size=(4, 4))
+    _write_png(tmp_path / "cat" / "b.png", 1, size=(5, 3))
+
+    with pytest.raises(
+        DatasetFormatError, match=r"b.png \(image 1\) is 5x3 but the images before it are 4x4"
+    ):
+        load_dataset(f"imagefolder:{tmp_path}", "train")
+
+
+def test_missing_image_folder_and_unknown_spec(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="does not exist"):
+        load_dataset(f"imagefolder:{tmp_path / 'nowhere'}", "train")
+    with pytest.raises(ValueError, match="spec 'mnist' is unknown"):
+        load_dataset("mnist", "train")
+    with pytest.raises(ValueError, match="split 'val' is unknown for CIFAR"):
+        load_dataset("cifar10", "val")
+
+
+def test_load_image_reads_rgb_and_explains_failures(tmp_path):
+    gray = tmp_path / "gray.png"
+    Image.fromarray(np.full((3, 5), 77, dtype=np.uint8)).save(gray)
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("this is text")
+
+    image = load_image(gray)
+
+    assert image.shape == (3, 5, 3) and image.dtype == np.uint8 and (image == 77).all()
+    with pytest.raises(FileNotFoundError, match="missing.jpg: no such image file"):
+        load_image(tmp_path / "missing.jpg")
+    with pytest.raises(DatasetFormatError, match="fake.jpg: not a readable image"):
+        load_image(fake)
