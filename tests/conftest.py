@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from pathlib import Path
@@ -50,21 +51,35 @@ def _template_database(tmp_path_factory):
     admin.dispose()
 
 
-@pytest.fixture
-def database_url(_template_database, monkeypatch) -> str:
-    """A fresh, fully migrated database for one test; also set as IWAN_DATABASE_URL."""
+@contextlib.contextmanager
+def _fresh_database(template):
+    """A new database cloned from the migrated template, set as IWAN_DATABASE_URL meanwhile."""
     import sqlalchemy as sa
 
-    admin, template_url = _template_database
+    admin, template_url = template
     name = f"test_{next(_database_numbers)}"
     with admin.connect() as conn:
         conn.execute(sa.text(f"CREATE DATABASE {name} TEMPLATE iwan_template"))
     url = template_url.set(database=name).render_as_string(hide_password=False)
-    monkeypatch.setenv("IWAN_DATABASE_URL", url)
-    yield url
-    sa.create_engine(url).dispose()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IWAN_DATABASE_URL", url)
+        yield url
     with admin.connect() as conn:
         conn.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+def database_url(_template_database) -> str:
+    """A fresh, fully migrated database for one test; also set as IWAN_DATABASE_URL."""
+    with _fresh_database(_template_database) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_database_url(_template_database) -> str:
+    """One fresh database shared by a module's tests, for set-up too slow to repeat per test."""
+    with _fresh_database(_template_database) as url:
+        yield url
 
 
 @pytest.fixture

@@ -13,8 +13,9 @@ import threading
 import pytest
 
 
-def iwan(*args: str, database_url: str | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
+def iwan(*args: str, database_url: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI as a user would; `env` overrides variables of the test's environment."""
+    env = {**os.environ, **(env or {})}
     if database_url:
         env["IWAN_DATABASE_URL"] = database_url
     return subprocess.run(

@@ -1,0 +1,97 @@
+"""IWAN through the CLI on real data: the CIFAR-100 sample indexed with EfficientNet-Lite0's
+genuine ImageNet predictions, queried by words, by a CIFAR-10 JPEG and by a registered image."""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+from test_cli_norms import iwan
+
+N_IMAGES = 24
+
+
+@dataclass(frozen=True)
+class Sample:
+    spec: str
+    run: Callable[..., subprocess.CompletedProcess]
+
+
+@pytest.fixture(scope="module")
+def sample(module_database_url, shared_data, tmp_path_factory) -> Sample:
+    """Predicted and indexed once for the module, in its own database and IWAN_HOME."""
+    env = {
+        "IWAN_HOME": str(tmp_path_factory.mktemp("iwan-home")),
+        "IWAN_DATABASE_URL": module_database_url,
+        "IWAN_DATA_DIR": str(shared_data),
+    }
+    run = functools.partial(iwan, env=env)
+    spec = f"cifar100:{shared_data / 'cifar100-train-sample'}"
+    assert run("norms", "load", "--json").returncode == 0
+    predicted = run("predict", "--dataset", spec, "--split", "train", "--limit", str(N_IMAGES),
+                    "--model", "efficientnet-lite0", "--json")
+    assert predicted.returncode == 0, predicted.stderr
+    assert json.loads(predicted.stdout) == {
+        "model": "efficientnet-lite0", "dataset": "cifar100", "split": "train",
+        "images": N_IMAGES, "predicted": N_IMAGES, "skipped": 0,
+    }
+    built = run("index", "build", "--dataset", "cifar100", "--split", "train", "--model", "efficientnet-lite0", "--json")
+    assert built.returncode == 0, built.stderr
+    meta = json.loads(built.stdout)
+    assert meta["n_images"] == N_IMAGES and meta["top_iwk"] == 4 and meta["n_words"] == 10_617
+    return Sample(spec, run)
+
+
+def test_rerun_of_predict_skips_done_images(sample):
+    again = sample.run("predict", "--dataset", sample.spec, "--split", "train", "--limit", str(N_IMAGES),
+                 "--model", "efficientnet-lite0", "--json")
+    assert json.loads(again.stdout)["skipped"] == N_IMAGES
+
+
+def test_words_query(sample):
+    result = sample.run("search", "--words", "apple:0.8,tree:0.2", "--k", "5", "--json")
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert [w["word"] for w in found["query_words"]] == ["APPLE", "TREE"]
+    hits = found["hits"]
+    assert len(hits) == 5
+    assert [h["distance"] for h in hits] == sorted(h["distance"] for h in hits)
+    assert all(h["path"][0] in ("APPLE", "TREE") and h["path"][-1].startswith("image ") for h in hits)
+    assert all(h["dataset"] == "cifar100" and 0 <= h["index"] < N_IMAGES for h in hits)
+
+
+def test_image_file_query(sample, shared_data):
+    jpeg = shared_data / "cifar10-jpg" / "test" / "cat" / "0000.jpg"
+    result = sample.run("search", "--image", str(jpeg), "--k", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert 1 <= len(found["query_words"]) <= 4 and len(found["hits"]) == 3
+
+
+def test_registered_image_query_leaves_itself_out(sample):
+    result = sample.run("search", "--dataset", sample.spec, "--split", "train", "--index", "2", "--k", "30", "--json")
+    assert result.returncode == 0, result.stderr
+    hits = json.loads(result.stdout)["hits"]
+    assert 0 < len(hits) <= N_IMAGES - 1
+    assert 2 not in [h["index"] for h in hits]
+
+
+def test_bad_queries_are_one_line_errors(sample, tmp_path):
+    unknown = sample.run("search", "--words", "qwertyuiop:1", "--k", "3")
+    assert unknown.returncode == 1 and "no query word is in the norms' vocabulary" in unknown.stderr
+    missing = sample.run("search", "--image", str(tmp_path / "absent.jpg"))
+    assert missing.returncode == 1 and "absent.jpg" in missing.stderr
+    two = sample.run("search", "--words", "cat", "--image", "x.jpg")
+    assert two.returncode == 2 and "exactly one query" in two.stderr
+    outside = sample.run("search", "--dataset", sample.spec, "--split", "train", "--index", "9999")
+    assert outside.returncode == 1 and "outside cifar100/train" in outside.stderr
+
+
+def test_missing_dataset_is_a_clear_error(database_url, tmp_path):
+    result = iwan("predict", "--dataset", f"imagefolder:{tmp_path / 'nothing'}", "--split", "train")
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and "nothing" in result.stderr
