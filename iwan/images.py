@@ -94,20 +94,7 @@ def _register_classes(conn: sa.Connection, dataset: str, granularity: str, names
 
 def image_ids(engine: Engine, dataset: str, split: str, limit: int | None = None) -> np.ndarray:
     """Ids of a registered split in index order (the first `limit`); error if none registered."""
-    with engine.connect() as conn:
-        ids = conn.scalars(
-            sa.text(
-                "SELECT id FROM images WHERE dataset = :d AND split = :s AND (CAST(:n AS integer) IS NULL OR index < :n) "
-                "ORDER BY index"
-            ),
-            {"d": dataset, "s": split, "n": limit},
-        ).all()
-    if not ids:
-        raise LookupError(
-            f"no images of {dataset}/{split} are registered: run "
-            f"`iwan predict --dataset {dataset} --split {split}` first"
-        )
-    return np.asarray(ids, dtype=np.int64)
+    return split_labels(engine, dataset, split, limit).ids
 
 
 @dataclass(frozen=True)
@@ -136,7 +123,10 @@ def split_labels(engine: Engine, dataset: str, split: str, limit: int | None = N
             {"d": dataset},
         ).all()
     if not rows:
-        raise LookupError(f"no images of {dataset}/{split} are registered")
+        raise LookupError(
+            f"no images of {dataset}/{split} are registered: run "
+            f"`iwan predict --dataset {dataset} --split {split}` first"
+        )
     table = np.array([(r[0], r[1], r[2], -1 if r[3] is None else r[3]) for r in rows], dtype=np.int64)
     has_coarse = rows[0][3] is not None
     return SplitLabels(table[:, 0], table[:, 1], table[:, 2], table[:, 3] if has_coarse else None, list(names))
