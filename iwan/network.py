@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 
 from iwan.config import DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, MAX_TOP_IWK, USF_SOURCE, settings
 from iwan.graph import build_graph
+from iwan.imagenet_words import with_hypernyms
 from iwan.norms.store import association_arrays
 from iwan.predict import load_predictions
 from iwan.search import IwanIndex
@@ -121,7 +122,7 @@ def build(
     started = time.perf_counter()
     associations = association_arrays(engine, source)
     predictions = load_predictions(engine, model, dataset, split, top=top_iwk, limit=limit)
-    mapping = WordMatcher(associations.words).map(predictions.categories)
+    mapping = with_hypernyms(WordMatcher(associations.words).map(predictions.categories), associations.words)
     class_word_ids = mapping.word_ids
     graph = build_graph(
         associations,

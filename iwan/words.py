@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-METHODS = ("exact", "compound", "number", "head", "head_number", "compound_head", "unmapped")
+# `hypernym` is set by iwan.imagenet_words, which overlays ImageNet subtrees on these rules.
+METHODS = ("exact", "compound", "number", "head", "head_number", "compound_head", "hypernym", "unmapped")
 
 # Closed compounds split only into a modifier of 3+ letters and a head of 4+: three-letter
 # heads were as often wrong as right on ImageNet (lady|bug, but limp|kin, ring|let, lap|top).
