@@ -298,8 +298,8 @@ def sweep_top_iwk(engine: Engine, spec: EvaluationSpec, work: Workload, progress
     scatter = {
         "k": SWEEP_K,
         "labels": [f"IWAN topIWK={t}" for t in settings],
-        "mAP": values[f"mAP@{SWEEP_K}"],
-        "mHP": values[f"mHP@{SWEEP_K}"],
+        "mAP": list(values[f"mAP@{SWEEP_K}"]),
+        "mHP": list(values[f"mHP@{SWEEP_K}"]),
     }
     return sweep, scatter
 

@@ -105,9 +105,12 @@ def test_rerun_resumes_from_cached_rankings(toy_database, tmp_path):
 
 
 def test_iwan_sweep_and_bad_specs(toy_database, tmp_path):
-    results = run(toy_database, spec(methods=("iwan",), sweep=True), tmp_path, progress=False)
+    results = run(toy_database, spec(methods=("iwan", "exhaustive"), ks=(1, 20), sweep=True), tmp_path, progress=False)
     assert results["sweep"]["top_iwk"] == list(range(1, 11))
     assert len(results["sweep"]["metrics"]["mAP@20"]) == 10
+    # The scatter holds the ten IWAN settings and then each other method at k=20.
+    assert results["settings_scatter"]["labels"][10:] == ["exhaustive cosine"]
+    assert len(results["settings_scatter"]["mAP"]) == 11
     assert (tmp_path / "report.md").is_file()
     with pytest.raises(ValueError, match="need --hash-model"):
         spec(hash_model=None)
