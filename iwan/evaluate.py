@@ -383,11 +383,47 @@ def run(
                     results["settings_scatter"]["labels"].append(retriever.name)
                     results["settings_scatter"]["mAP"].append(scored["mAP"][SWEEP_K])
                     results["settings_scatter"]["mHP"].append(scored["mHP (original mAHP)"][SWEEP_K])
+    results["notes"] = fusion_findings(results, retrievers, fusion_info)
     gallery = None
     if gallery_images is not None:
         gallery = _gallery(work, retrievers, rankings, gallery_images)
     write_report(results, out, gallery)
     return results
+
+
+FUSION_METRIC, FUSION_K = "Barz mAHP", 250
+
+
+def fusion_findings(results: dict, retrievers: dict[str, Retriever], fusion_info: dict) -> list[str]:
+    """Whether the fused ranking beats each retriever it fuses on Barz mAHP@250, by how much, and
+    what the validated weight says about why."""
+    if "fused" not in retrievers:
+        return []
+    table = results["metrics"]
+    if FUSION_K not in table[retrievers["fused"].name][FUSION_METRIC]:
+        return [f"Fusion is not compared: the cut-offs do not include k={FUSION_K}."]
+    fused = table[retrievers["fused"].name][FUSION_METRIC][FUSION_K]
+    members = [retrievers[m].name for m in ("iwan", "hashes")]
+    deltas = ", ".join(
+        f"{name} {100 * table[name][FUSION_METRIC][FUSION_K]:.2f} ({100 * (fused - table[name][FUSION_METRIC][FUSION_K]):+.2f} points)"
+        for name in members
+    )
+    beats = all(fused > table[name][FUSION_METRIC][FUSION_K] for name in members)
+    notes = [
+        f"Fusion {'beats' if beats else 'does not beat'} both retrievers it fuses on {FUSION_METRIC}@{FUSION_K}: "
+        f"fused {100 * fused:.2f} against {deltas}."
+    ]
+    weight = fusion_info.get("iwan_weight")
+    if weight in (0.0, 1.0):
+        alone, other = (members[1], members[0]) if weight == 0.0 else members
+        notes.append(
+            f"The IWAN weight chosen on validation images of the corpus is {weight:.1f}: {other} adds "
+            f"nothing that helps there, so the fused ranking is {alone}'s, searched twice as deep "
+            "(which alone changes a Hamming shortlist: it re-ranks twice as many candidates)."
+        )
+    elif weight is not None:
+        notes.append(f"The IWAN weight chosen on validation images of the corpus is {weight:.1f}.")
+    return notes
 
 
 GALLERY_QUERIES = 4

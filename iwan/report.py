@@ -20,6 +20,7 @@ The results structure `write_report` expects (plain, JSON-able; numpy scalars ar
         "settings_scatter": {               # optional: one point per setting
             "k": 20, "labels": ["iwk=1", ...], "mAP": [...], "mHP": [...],
         },
+        "notes": ["Fusion beats ...", ...],  # optional: sentences under "Findings"
     }
 
 Metric names are free text (e.g. "mHP (original mAHP)"); each gets a table and, when it has more
@@ -323,6 +324,8 @@ def _write_markdown(results: Mapping, figures: list[tuple[str, Path]], path: Pat
         lines += ["## Setup", "", "| setting | value |", "| --- | --- |"]
         lines += [f"| {_cell(key)} | {_cell(value)} |" for key, value in _flatten(metadata)]
         lines.append("")
+    if results.get("notes"):
+        lines += ["## Findings", ""] + [f"- {note}" for note in results["notes"]] + [""]
     lines += ["Metric values are percentages, averaged over the queries.", ""]
     for metric in _metric_names(results):
         by_method = {m: v[metric] for m, v in results["metrics"].items() if metric in v}

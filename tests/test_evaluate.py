@@ -80,6 +80,7 @@ def test_standard_protocol_scores_and_report(toy_database, tmp_path):
     # IWAN's first hit shares the query's top word, which is its true class.
     assert metrics["IWAN"]["P"][1] == pytest.approx(1.0)
     assert 0 <= results["metadata"]["fusion"]["iwan_weight"] <= 1
+    assert results["notes"] == ["Fusion is not compared: the cut-offs do not include k=250."]
     for name in ("report.md", "metrics.csv", "results.json"):
         assert (tmp_path / name).stat().st_size > 100
     assert json.loads((tmp_path / "results.json").read_text())["metadata"]["query_size"] == 20
@@ -125,3 +126,19 @@ def test_stored_predictions_read_back_in_index_order(toy_database):
     assert stored.class_indices.shape == (20, 2)
     assert stored.categories == CLASSES
     np.testing.assert_allclose(stored.probabilities[0], [0.7, 0.15])
+
+
+def test_fusion_findings_say_by_how_much_and_why():
+    from iwan.evaluate import Retriever, fusion_findings
+
+    names = {"iwan": "IWAN", "hashes": "hashes", "fused": "fused"}
+    retrievers = {m: Retriever(n, None) for m, n in names.items()}
+    results = {"metrics": {n: {"Barz mAHP": {250: v}} for n, v in (("IWAN", 0.64), ("hashes", 0.877), ("fused", 0.883))}}
+    notes = fusion_findings(results, retrievers, {"iwan_weight": 0.0})
+    assert notes[0] == (
+        "Fusion beats both retrievers it fuses on Barz mAHP@250: fused 88.30 against "
+        "IWAN 64.00 (+24.30 points), hashes 87.70 (+0.60 points)."
+    )
+    assert "fused ranking is hashes'" in notes[1]
+    results["metrics"]["fused"]["Barz mAHP"][250] = 0.80
+    assert fusion_findings(results, retrievers, {"iwan_weight": 0.4})[0].startswith("Fusion does not beat")
