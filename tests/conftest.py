@@ -89,3 +89,14 @@ def engine(database_url):
     engine = sa.create_engine(database_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small batches run as fast on one thread, and a busy shared CPU stalls two (measured 3x)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

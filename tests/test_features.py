@@ -6,7 +6,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from iwan.datasets import load_dataset
 from iwan.features import chunk_dir, extract, iter_chunks
@@ -17,13 +16,7 @@ CHUNK = 8
 BATCH = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Small batches run as fast on one thread, and a busy shared CPU stalls two (measured 3x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.
 MILITARY_UNIFORM = 652  # ImageNet-1k index order, as in torchvision's weights metadata
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Small batches run as fast on one thread, and a busy shared CPU stalls two (measured 3x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

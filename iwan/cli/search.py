@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import numpy as np
 
 from iwan.cli.common import CliContext, emit_json, pass_context
 from iwan.config import DEFAULT_K
