@@ -24,7 +24,7 @@ iwan norms load --json
 iwan norms show LAB --top 3 --json
 
 # The hash network: a decoder MLP and a 48-bit sigmoid layer on frozen EfficientNet-Lite0 features.
-hash_recipe=(--backbone precomputed-efficientnet-lite0 --epochs 30 --hidden 1024 --input-dropout 0.2 --dropout 0.1)
+hash_recipe=(--backbone precomputed-efficientnet-lite0)
 
 train_and_encode() {  # DATASET NAME: train on DATASET's train split, encode train and test
     local out="$IWAN_HOME/models/$2"

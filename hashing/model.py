@@ -1,0 +1,385 @@
+"""The semantic hash network: backbone -> decoder MLP -> sigmoid hash layer -> unit embedding.
+
+Barz & Denzler (WACV 2019) map images onto hierarchy-based class embeddings; Lin et al. (CVPR-W
+2015) put a layer of sigmoid units between the features and the output, whose activations
+binarised at 0.5 are the image's hash code. Here the hash layer is the bottleneck in front of the
+embedding, so the code is trained to carry everything the embedding knows. An optional
+classification head on the embedding adds Barz's cross-entropy term, and its softmax doubles as
+word predictions for IWAN.
+
+Image backbones take uint8 (N, H, W, 3) RGB batches and normalise (and resize) them themselves, so
+a checkpoint is all a caller needs; `precomputed` takes (N, feature_dim) cached backbone features.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from iwan.config import HASH_BITS
+
+BACKBONES = ("precomputed", "efficientnet-lite0", "small-cnn", "resnet50", "alexnet")
+PRETRAINABLE = ("efficientnet-lite0", "resnet50", "alexnet")
+"""Backbones with ImageNet weights ('imagenet' as `pretrained`)."""
+
+CHECKPOINT_FORMAT = "iwan-hash-network/1"
+DEFAULT_HIDDEN = (1024,)
+
+_IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)  # alexnet; the others use iwan.predictors'
+_IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+_CIFAR10_MEAN = (125.3, 123.0, 113.9)
+_CIFAR10_STD = (63.0, 62.1, 66.7)
+_IMAGENET_SIZE = 224
+_SMALL_CNN_SIZE = 32
+
+
+@dataclass(frozen=True)
+class HashConfig:
+    """Everything that fixes the network's shape; checkpoints record it and loading checks it."""
+
+    backbone: str
+    n_classes: int
+    embedding_dim: int
+    feature_dim: int = 0
+    """The backbone's output width; 0 means the named backbone's own (required for precomputed)."""
+    features: str = ""
+    """For `precomputed`: which extractor made the features (e.g. efficientnet-lite0)."""
+    hidden: tuple[int, ...] = DEFAULT_HIDDEN
+    bits: int = HASH_BITS
+    classification: bool = True
+    input_dropout: float = 0.0
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone {self.backbone!r} is unknown: use one of {', '.join(BACKBONES)}")
+        if self.backbone == "precomputed" and self.feature_dim <= 0:
+            raise ValueError("backbone 'precomputed' needs feature_dim: the width of the cached features")
+        if min(self.n_classes, self.embedding_dim, self.bits, *self.hidden, 1) < 1:
+            raise ValueError(
+                f"n_classes={self.n_classes}, embedding_dim={self.embedding_dim}, bits={self.bits} and "
+                f"hidden={self.hidden} must all be positive"
+            )
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+
+    def describe(self) -> str:
+        head = "with" if self.classification else "without"
+        source = f" of {self.features}" if self.features else ""
+        width = f" ({self.feature_dim}-d)" if self.feature_dim else ""
+        return (
+            f"{self.backbone}{source}{width} -> {list(self.hidden)} -> {self.bits} bits "
+            f"-> {self.embedding_dim}-d embedding, {self.n_classes} classes, {head} classification head"
+        )
+
+
+class HashOutput(NamedTuple):
+    embedding: torch.Tensor
+    """(N, embedding_dim), unit L2 norm."""
+    hash: torch.Tensor
+    """(N, bits) sigmoid activations in (0, 1); binarise at 0.5 for the code."""
+    logits: torch.Tensor | None
+    """(N, n_classes), or None without a classification head."""
+
+
+class HashNetwork(nn.Module):
+    def __init__(self, config: HashConfig, pretrained: str | Path | None = None):
+        """`pretrained`: None (random init), 'imagenet', or the path of a state dict of the whole
+        torchvision / efficientnet-lite classifier (or of SmallCNN). Checkpoints need none of it."""
+        super().__init__()
+        self.backbone, feature_dim = build_backbone(config.backbone, config.feature_dim, pretrained)
+        if config.feature_dim not in (0, feature_dim):
+            raise ValueError(
+                f"feature_dim={config.feature_dim} does not match backbone {config.backbone}, whose "
+                f"features are {feature_dim}-d; leave feature_dim 0 for non-precomputed backbones"
+            )
+        self.config = HashConfig(**{**asdict(config), "feature_dim": feature_dim})
+        self.frozen_backbone = False
+        widths = (feature_dim, *config.hidden)
+        layers: list[nn.Module] = [nn.Dropout(config.input_dropout)]
+        for width_in, width_out in zip(widths, widths[1:]):
+            layers += [nn.Linear(width_in, width_out), nn.BatchNorm1d(width_out), nn.ReLU(inplace=True)]
+            layers.append(nn.Dropout(config.dropout))
+        self.decoder = nn.Sequential(*layers)
+        self.hash_layer = nn.Linear(widths[-1], config.bits)
+        self.embedding_layer = nn.Linear(config.bits, config.embedding_dim)
+        self.classifier = nn.Linear(config.embedding_dim, config.n_classes) if config.classification else None
+
+    def freeze_backbone(self) -> None:
+        """Keep the backbone's weights and batch-norm statistics as they are while the head trains."""
+        self.frozen_backbone = True
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+
+    def train(self, mode: bool = True) -> HashNetwork:
+        super().train(mode)
+        if self.frozen_backbone:
+            self.backbone.eval()
+        return self
+
+    def features(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.frozen_backbone:
+            with torch.no_grad():
+                return self.backbone(inputs)
+        return self.backbone(inputs)
+
+    def forward(self, inputs: torch.Tensor) -> HashOutput:
+        hashed = torch.sigmoid(self.hash_layer(self.decoder(self.features(inputs))))
+        return self.from_hash(hashed)
+
+    def from_hash(self, hashed: torch.Tensor) -> HashOutput:
+        """The embedding (and logits) that hash activations, or binary codes as 0/1 floats, map to."""
+        embedding = F.normalize(self.embedding_layer(hashed), dim=1)
+        logits = self.classifier(embedding) if self.classifier is not None else None
+        return HashOutput(embedding, hashed, logits)
+
+
+# --- backbones ---------------------------------------------------------------------------------
+
+
+class ImageInput(nn.Module):
+    """uint8 (N, H, W, 3) RGB -> normalised float (N, 3, size, size), resized as iwan.predictors
+    resizes, so that a backbone here sees what the cached features were computed from."""
+
+    def __init__(self, size: int, mean: tuple[float, ...], std: tuple[float, ...], interpolation: str = "bilinear"):
+        super().__init__()
+        self.size = size
+        self.interpolation = interpolation
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(
+                f"image backbones take uint8 (N, H, W, 3) RGB batches, got {images.dtype} of shape "
+                f"{tuple(images.shape)}; pass ImageDataset.images (not cached features)"
+            )
+        x = images.permute(0, 3, 1, 2).float()
+        side = x.shape[-1]
+        if x.shape[-2:] != (self.size, self.size):
+            x = F.interpolate(
+                x, size=(self.size, self.size), mode=self.interpolation, align_corners=False, antialias=side > self.size
+            ).clamp_(0, 255)
+        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+
+
+class FeatureInput(nn.Module):
+    """Cached features in, float32 out: the backbone has already run."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if features.ndim != 2 or features.shape[1] != self.dim or not features.is_floating_point():
+            raise ValueError(
+                f"the precomputed backbone takes float (N, {self.dim}) features, got {features.dtype} "
+                f"of shape {tuple(features.shape)}; pass the cached features this network was trained on"
+            )
+        return features.float()
+
+
+def build_backbone(name: str, feature_dim: int, pretrained: str | Path | None) -> tuple[nn.Module, int]:
+    """(module, output width) of the named backbone; `feature_dim` matters only for precomputed."""
+    if name == "precomputed":
+        if pretrained is not None:
+            raise ValueError("backbone 'precomputed' has no weights: drop the pretrained weights")
+        return FeatureInput(feature_dim), feature_dim
+    if name == "small-cnn":
+        if pretrained == "imagenet":
+            raise ValueError("small-cnn has no ImageNet weights: train it from scratch or pass a state dict")
+        net = SmallCNN()
+        _load_state(net, pretrained, name)
+        return nn.Sequential(ImageInput(_SMALL_CNN_SIZE, _CIFAR10_MEAN, _CIFAR10_STD), net), net.width
+    if name == "alexnet":
+        net, width = _alexnet(pretrained)
+        return nn.Sequential(ImageInput(_IMAGENET_SIZE, _IMAGENET_MEAN, _IMAGENET_STD), net), width
+    return _predictor_backbone(name, pretrained)
+
+
+class SmallCNN(nn.Module):
+    """A from-scratch CNN for 32x32 images: a ResNet-9 at half width (~0.1 GMAC per image), sized
+    to train an epoch of CIFAR-10 in minutes on two CPU cores."""
+
+    width = 256
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(
+            _conv_bn(3, 32),
+            _conv_bn(32, 64),
+            nn.MaxPool2d(2),
+            _Residual(nn.Sequential(_conv_bn(64, 64), _conv_bn(64, 64))),
+            _conv_bn(64, 128),
+            nn.MaxPool2d(2),
+            _conv_bn(128, 256),
+            nn.MaxPool2d(2),
+            _Residual(nn.Sequential(_conv_bn(256, 256), _conv_bn(256, 256))),
+            nn.AdaptiveMaxPool2d(1),
+            nn.Flatten(),
+        )
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class _Residual(nn.Module):
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.inner(x)
+
+
+def _conv_bn(width_in: int, width_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(width_in, width_out, 3, padding=1, bias=False), nn.BatchNorm2d(width_out), nn.ReLU(inplace=True)
+    )
+
+
+class _PooledFeatures(nn.Module):
+    """An iwan.predictors network cut at its pooled features: exactly what `iwan.features` caches."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)[1]
+
+
+def _predictor_backbone(name: str, pretrained: str | Path | None) -> tuple[nn.Module, int]:
+    from iwan.predictors import ARCHITECTURES
+
+    arch = ARCHITECTURES[name]
+    imagenet = pretrained == "imagenet"
+    head = arch.build(None if imagenet else pretrained, imagenet, arch.image_size)
+    # The ImageNet classifier stays in the module (unused) so that its weights files load as they are.
+    head.fc.requires_grad_(False)
+    preprocess = ImageInput(arch.image_size, arch.mean, arch.std, arch.interpolation)
+    return nn.Sequential(preprocess, _PooledFeatures(head)), arch.feature_dim
+
+
+def _alexnet(pretrained: str | Path | None) -> tuple[nn.Module, int]:
+    from iwan.tv import models
+
+    if pretrained == "imagenet":
+        try:
+            net = models.alexnet(weights=models.AlexNet_Weights.DEFAULT)
+        except Exception as err:  # noqa: BLE001 - network, disk or checksum: the same manual fix
+            reason = f"{type(err).__name__}: {err}".splitlines()[0]
+            raise RuntimeError(
+                f"could not download the ImageNet weights of alexnet ({reason}): fetch "
+                f"{models.AlexNet_Weights.DEFAULT.url} on a machine with internet and pass its path instead"
+            ) from None
+    else:
+        net = models.alexnet(weights=None)
+        _load_state(net, pretrained, "alexnet")
+    # Lin et al. put the hash layer on AlexNet's fc7 (after its ReLU), in place of fc8.
+    width = net.classifier[-1].in_features
+    net.classifier = net.classifier[:-1]
+    return net, width
+
+
+def _load_state(net: nn.Module, path: str | Path | None, name: str) -> None:
+    if path is None:
+        return
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights for {name}: {path} is not a file; pass a saved state dict")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise ValueError(
+            f"{path} does not fit {name} ({first}); pass the state dict of a {name} classifier"
+        ) from None
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    model: HashNetwork
+    class_embeddings: np.ndarray
+    """(n_classes, embedding_dim) float32: the targets the network was trained towards."""
+    class_names: list[str] | None
+    training: dict | None
+    """Optimizer, scheduler and history in `last.pt` (see hashing.train); None in `best.pt`."""
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: HashNetwork,
+    class_embeddings: np.ndarray,
+    class_names: list[str] | None = None,
+    training: dict | None = None,
+) -> Path:
+    """Write atomically, so that an interrupted save leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": asdict(model.config),
+        "model": model.state_dict(),
+        "class_embeddings": torch.as_tensor(np.asarray(class_embeddings, dtype=np.float32)),
+        "class_names": list(class_names) if class_names is not None else None,
+        "training": training,
+    }
+    partial = path.with_name(path.name + ".partial")
+    torch.save(payload, partial)
+    os.replace(partial, path)
+    return path
+
+
+def load_checkpoint(
+    path: str | Path, expect: HashConfig | None = None, device: str | torch.device = "cpu"
+) -> Checkpoint:
+    """Rebuild the network a checkpoint holds (in eval mode, on `device`).
+
+    With `expect`, a checkpoint saved for any other architecture is a ValueError naming both."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint; train one with `hash train`")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a hash-network checkpoint ({CHECKPOINT_FORMAT}); pass one `hash train` wrote")
+    config = HashConfig(**payload["config"])
+    if expect is not None:
+        _check_architecture(path, config, expect)
+    model = HashNetwork(config)
+    model.load_state_dict(payload["model"])
+    model.to(device).eval()
+    return Checkpoint(
+        path=path,
+        model=model,
+        class_embeddings=payload["class_embeddings"].numpy(),
+        class_names=payload["class_names"],
+        training=payload["training"],
+    )
+
+
+def _check_architecture(path: Path, saved: HashConfig, expected: HashConfig) -> None:
+    differences = [
+        f"{f.name} {getattr(saved, f.name)!r} there, {getattr(expected, f.name)!r} here"
+        for f in fields(HashConfig)
+        # feature_dim 0 asks for the backbone's own width, whatever the checkpoint found it to be.
+        if getattr(saved, f.name) != getattr(expected, f.name) and not (f.name == "feature_dim" and not expected.feature_dim)
+    ]
+    if differences:
+        raise ValueError(
+            f"{path} holds a hash network for another architecture: saved {saved.describe()}; "
+            f"asked for {expected.describe()} ({'; '.join(differences)}). Load it with the architecture "
+            "it was saved for, or train the new one in another directory"
+        )

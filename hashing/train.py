@@ -1,0 +1,404 @@
+"""Training the hash network towards class embeddings, evaluating it, and encoding data sets.
+
+Loss (Barz & Denzler, WACV 2019): 1 - <f(x), emb[y]> with f(x) and emb unit vectors, plus
+`classification_weight` x cross-entropy of the classification head. A validation split carved
+from the training data (seeded) picks the best epoch; every epoch also rewrites `last.pt`, which
+holds what `resume` needs to continue exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from hashing.codes import ACTIVATION_THRESHOLD
+from hashing.model import HashNetwork, HashOutput, load_checkpoint, save_checkpoint
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("cosine", "onecycle")
+PRECISIONS = ("auto", "fp32", "bf16")
+"""Of the training forward passes; auto is bf16 where the device computes it natively (CPUs with
+AMX / AVX512-BF16, recent GPUs), about twice as fast for the small CNN, else fp32."""
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+EVAL_BATCH_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3
+    """Peak learning rate (one-cycle) or starting one (cosine)."""
+    optimizer: str = "adam"
+    schedule: str = "onecycle"
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    classification_weight: float = 0.1
+    val_fraction: float = 0.1
+    seed: int = 0
+    feature_noise: float = 0.0
+    """Gaussian noise on cached features, as a fraction of each dimension's standard deviation."""
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is unknown: use one of {', '.join(PRECISIONS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer {self.optimizer!r} is unknown: use one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule {self.schedule!r} is unknown: use one of {', '.join(SCHEDULES)}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(
+                f"val_fraction={self.val_fraction} must be in (0, 1): the best checkpoint is chosen on it"
+            )
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"epochs={self.epochs}, batch_size={self.batch_size} and lr={self.lr} must be positive")
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    seconds: float
+    best: bool
+
+
+@dataclass(frozen=True)
+class FitResult:
+    history: list[EpochRecord]
+    """Every epoch so far, resumed ones included."""
+    best_epoch: int
+    best_val_loss: float
+    best_path: Path
+    last_path: Path
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    loss: float
+    accuracy: float
+    """Nearest-class-embedding accuracy of the embeddings."""
+    code_accuracy: float
+    """The same, with the hash activations binarised first: what the stored codes can tell."""
+    n: int
+
+
+def hash_loss(output: HashOutput, labels: torch.Tensor, targets: torch.Tensor, classification_weight: float) -> torch.Tensor:
+    """Mean cosine loss towards the labels' class embeddings (+ weighted cross-entropy), in float32."""
+    loss = 1.0 - (output.embedding.float() * targets[labels]).sum(dim=1).mean()
+    if output.logits is not None and classification_weight:
+        loss = loss + classification_weight * F.cross_entropy(output.logits.float(), labels)
+    return loss
+
+
+def nearest_class(embeddings: np.ndarray | torch.Tensor, class_embeddings: np.ndarray | torch.Tensor):
+    """The class whose embedding has the largest dot product with each row of `embeddings`."""
+    if isinstance(embeddings, torch.Tensor):
+        return (embeddings @ torch.as_tensor(class_embeddings, dtype=embeddings.dtype, device=embeddings.device).T).argmax(1)
+    return (np.asarray(embeddings) @ np.asarray(class_embeddings, dtype=np.float32).T).argmax(1)
+
+
+def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, validation indices), both sorted; the same for the same n, fraction and seed."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, round(n * fraction))
+    if n_val >= n:
+        raise ValueError(f"a validation fraction of {fraction} leaves no training data out of {n} examples")
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def fit(
+    model: HashNetwork,
+    inputs: np.ndarray | torch.Tensor,
+    labels: np.ndarray,
+    class_embeddings: np.ndarray,
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    flipped: np.ndarray | torch.Tensor | None = None,
+    class_names: list[str] | None = None,
+    resume: bool = False,
+    device: str | torch.device = "cpu",
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train `model` on `inputs` (cached features, or uint8 (N, H, W, 3) images for image backbones).
+
+    `flipped`: features of the horizontally mirrored images, row for row, used as augmentation.
+    Writes `out_dir/last.pt` every epoch and `out_dir/best.pt` whenever the validation loss improves.
+    `resume` continues from `last.pt`; without it an existing `last.pt` is an error, not overwritten."""
+    out_dir = Path(out_dir)
+    last_path, best_path = out_dir / LAST_CHECKPOINT, out_dir / BEST_CHECKPOINT
+    inputs, labels_t = torch.as_tensor(inputs), torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    _check_data(model, inputs, labels_t, class_embeddings, flipped)
+    flipped = torch.as_tensor(flipped) if flipped is not None else None
+    train_idx, val_idx = split_validation(len(labels_t), config.val_fraction, config.seed)
+    targets = torch.as_tensor(np.asarray(class_embeddings), dtype=torch.float32, device=device)
+    model.to(device)
+    optimizer = _optimizer(model, config)
+    steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
+    scheduler = _scheduler(optimizer, config, steps_per_epoch)
+    augment = _augmenter(model, inputs, train_idx, flipped, config)
+
+    history: list[EpochRecord] = []
+    best_epoch, best_val_loss = 0, math.inf
+    if resume:
+        state = _resume_state(last_path, model, class_embeddings, config)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = [EpochRecord(**record) for record in state["history"]]
+        best_epoch, best_val_loss = state["best_epoch"], state["best_val_loss"]
+    elif last_path.exists():
+        raise FileExistsError(
+            f"{last_path} exists: resume that run, train into another directory, or delete it first"
+        )
+
+    val_inputs, val_labels = inputs[torch.as_tensor(val_idx)], labels_t[torch.as_tensor(val_idx)]
+    for epoch in range(len(history) + 1, config.epochs + 1):
+        started = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss = _train_epoch(
+            model, inputs, labels_t, train_idx, targets, optimizer, scheduler, augment, config, epoch, device, progress
+        )
+        val = evaluate(
+            model, val_inputs, val_labels.numpy(), class_embeddings,
+            classification_weight=config.classification_weight, device=device,
+        )
+        improved = val.loss < best_val_loss
+        if improved:
+            best_epoch, best_val_loss = epoch, val.loss
+            save_checkpoint(best_path, model, class_embeddings, class_names)
+        record = EpochRecord(epoch, train_loss, val.loss, val.accuracy, lr, time.perf_counter() - started, improved)
+        history.append(record)
+        training = {
+            "epoch": epoch,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "history": [asdict(r) for r in history],
+            "best_epoch": best_epoch,
+            "best_val_loss": best_val_loss,
+            "train_config": asdict(config),
+        }
+        save_checkpoint(last_path, model, class_embeddings, class_names, training)
+        if on_epoch is not None:
+            on_epoch(record)
+    return FitResult(history, best_epoch, best_val_loss, best_path, last_path)
+
+
+@torch.no_grad()
+def evaluate(
+    model: HashNetwork,
+    inputs: np.ndarray | torch.Tensor,
+    labels: np.ndarray,
+    class_embeddings: np.ndarray,
+    *,
+    classification_weight: float = 0.1,
+    batch_size: int = EVAL_BATCH_SIZE,
+    device: str | torch.device | None = None,
+) -> Evaluation:
+    """Loss and nearest-class-embedding accuracy (of embeddings, and of binarised codes)."""
+    device = _model_device(model) if device is None else torch.device(device)
+    targets = torch.as_tensor(np.asarray(class_embeddings), dtype=torch.float32, device=device)
+    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    if len(labels_t) != len(inputs):
+        raise ValueError(f"evaluate: {len(inputs)} inputs but {len(labels_t)} labels; pass one label per input")
+    loss_sum, correct, code_correct = 0.0, 0, 0
+    for start, output in _outputs(model, inputs, batch_size, device):
+        y = labels_t[start : start + len(output.embedding)].to(device)
+        loss_sum += hash_loss(output, y, targets, classification_weight).item() * len(y)
+        correct += (nearest_class(output.embedding, targets) == y).sum().item()
+        codes = (output.hash > ACTIVATION_THRESHOLD).float()
+        code_correct += (nearest_class(model.from_hash(codes).embedding, targets) == y).sum().item()
+    n = len(labels_t)
+    return Evaluation(loss_sum / n, correct / n, code_correct / n, n)
+
+
+@torch.no_grad()
+def encode(
+    model: HashNetwork,
+    inputs: np.ndarray | torch.Tensor,
+    *,
+    batch_size: int = EVAL_BATCH_SIZE,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings float32 (N, embedding_dim), hash activations float32 (N, bits)) of a data set.
+
+    Binarise the activations with hashing.codes.pack_activations for the stored 48-bit codes."""
+    device = _model_device(model) if device is None else torch.device(device)
+    embeddings = np.empty((len(inputs), model.config.embedding_dim), dtype=np.float32)
+    hashes = np.empty((len(inputs), model.config.bits), dtype=np.float32)
+    batches = _outputs(model, inputs, batch_size, device)
+    for start, output in tqdm(batches, total=math.ceil(len(inputs) / batch_size), desc="encode", disable=not progress):
+        embeddings[start : start + len(output.embedding)] = output.embedding.float().cpu().numpy()
+        hashes[start : start + len(output.hash)] = output.hash.float().cpu().numpy()
+    return embeddings, hashes
+
+
+# --- one epoch -----------------------------------------------------------------------------------
+
+
+def _train_epoch(model, inputs, labels, train_idx, targets, optimizer, scheduler, augment, config, epoch, device, progress) -> float:
+    model.train()
+    # Shuffling, augmentation and (on CPU) dropout draw from a generator seeded by (seed, epoch), so a
+    # resumed run repeats exactly the epochs an uninterrupted one would have run.
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    order = torch.as_tensor(train_idx)[torch.randperm(len(train_idx), generator=generator)]
+    batches = order.split(config.batch_size)
+    total, count = 0.0, 0
+    bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=not progress)
+    device = torch.device(device)
+    bf16 = _use_bf16(config.precision, device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
+        for batch in bar:
+            x = augment(inputs[batch], batch, generator).to(device, non_blocking=True)
+            y = labels[batch].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                output = model(x)
+            loss = hash_loss(output, y, targets, config.classification_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(batch)
+            count += len(batch)
+            bar.set_postfix(loss=f"{total / count:.4f}")
+    return total / count
+
+
+def _augmenter(model: HashNetwork, inputs: torch.Tensor, train_idx: np.ndarray, flipped: torch.Tensor | None, config: TrainConfig):
+    """fn(batch inputs, batch indices, generator) -> augmented batch, for this model's kind of input."""
+    if model.config.backbone != "precomputed":
+        return lambda x, _, generator: crop_and_flip(x, generator)
+    noise_scale = None
+    if config.feature_noise:
+        # Scaled per dimension, so that the noise perturbs rare and common features alike.
+        noise_scale = inputs[torch.as_tensor(train_idx)].float().std(dim=0) * config.feature_noise
+
+    def augment(x: torch.Tensor, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        x = x.float()
+        if flipped is not None:
+            mirror = torch.rand(len(x), generator=generator) < 0.5
+            x = torch.where(mirror[:, None], flipped[batch].float(), x)
+        if noise_scale is not None:
+            x = x + torch.randn(x.shape, generator=generator) * noise_scale
+        return x
+
+    return augment
+
+
+def crop_and_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crops of zero-padded uint8 (N, H, W, 3) images (padding H/8) and random mirroring."""
+    n, h, w, _ = images.shape
+    pad = max(1, h // 8)
+    padded = F.pad(images, (0, 0, pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)
+    mirror = torch.rand(n, 1, generator=generator) < 0.5
+    columns = torch.arange(w)
+    columns = torch.where(mirror, columns.flip(0), columns) + dx
+    rows = torch.arange(h) + dy
+    return padded[torch.arange(n)[:, None, None], rows[:, :, None], columns[:, None, :]]
+
+
+# --- optimiser, schedule, resume -------------------------------------------------------------------
+
+
+def _optimizer(model: HashNetwork, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay)
+    # AdamW: Adam's adaptive steps would shrink an L2 penalty's effect; decoupled decay keeps it.
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+
+
+def _resume_state(last_path: Path, model: HashNetwork, class_embeddings: np.ndarray, config: TrainConfig) -> dict:
+    if not last_path.is_file():
+        raise FileNotFoundError(f"cannot resume: {last_path} does not exist; train without resume first")
+    saved = load_checkpoint(last_path, expect=model.config)
+    if saved.training is None:
+        raise ValueError(f"cannot resume from {last_path}: it holds no training state (a best.pt?)")
+    if saved.class_embeddings.shape != np.shape(class_embeddings) or not np.allclose(
+        saved.class_embeddings, np.asarray(class_embeddings, dtype=np.float32), atol=1e-5
+    ):
+        raise ValueError(
+            f"cannot resume from {last_path}: it was trained towards other class embeddings (another "
+            "hierarchy?); resume with the same hierarchy or train into another directory"
+        )
+    # A setting the checkpoint does not record is older than it, so it trained with the default.
+    before = {f.name: f.default for f in fields(TrainConfig)} | saved.training["train_config"]
+    changed = [
+        f"{f.name} {before[f.name]!r} there, {getattr(config, f.name)!r} here"
+        for f in fields(TrainConfig)
+        if before[f.name] != getattr(config, f.name)
+    ]
+    if changed:
+        raise ValueError(
+            f"cannot resume from {last_path} with other training settings ({'; '.join(changed)}): "
+            "the schedule depends on them; resume with the same settings or train into another directory"
+        )
+    model.load_state_dict(saved.model.state_dict())
+    return saved.training
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _outputs(model: HashNetwork, inputs, batch_size: int, device: torch.device):
+    """(start index, network output) per batch, in eval mode."""
+    model.eval()
+    inputs = torch.as_tensor(inputs)
+    for start in range(0, len(inputs), batch_size):
+        yield start, model(inputs[start : start + batch_size].to(device, non_blocking=True))
+
+
+def _use_bf16(precision: str, device: torch.device) -> bool:
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def _model_device(model: HashNetwork) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _check_data(model: HashNetwork, inputs: torch.Tensor, labels: torch.Tensor, class_embeddings, flipped) -> None:
+    n_classes, dim = np.shape(class_embeddings)
+    if (n_classes, dim) != (model.config.n_classes, model.config.embedding_dim):
+        raise ValueError(
+            f"class embeddings of shape {(n_classes, dim)} do not fit the network "
+            f"({model.config.n_classes} classes, {model.config.embedding_dim}-d embedding); build it from them"
+        )
+    if len(inputs) != len(labels):
+        raise ValueError(f"{len(inputs)} inputs but {len(labels)} labels; pass one label per input")
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"labels must be class ids 0..{n_classes - 1}, got {labels.min()}..{labels.max()}")
+    if flipped is not None and tuple(np.shape(flipped)) != tuple(inputs.shape):
+        raise ValueError(
+            f"flipped features have shape {tuple(np.shape(flipped))}, the inputs {tuple(inputs.shape)}; "
+            "pass the mirrored images' features row for row"
+        )
+    if flipped is not None and model.config.backbone != "precomputed":
+        raise ValueError("flipped features only serve the precomputed backbone; image backbones mirror images themselves")

@@ -1,0 +1,90 @@
+"""The hash network: output shapes and ranges, input checks, checkpoints and their architecture check."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hashing.model import HashConfig, HashNetwork, load_checkpoint, save_checkpoint
+
+FEATURES = 24
+
+
+def _precomputed(**overrides) -> HashNetwork:
+    config = dict(backbone="precomputed", n_classes=5, embedding_dim=5, feature_dim=FEATURES, hidden=(16,), bits=12)
+    torch.manual_seed(0)
+    return HashNetwork(HashConfig(**{**config, **overrides})).eval()
+
+
+@pytest.mark.parametrize("classification", [True, False])
+def test_precomputed_outputs_are_unit_embeddings_and_sigmoid_hashes(classification):
+    model = _precomputed(classification=classification)
+    embedding, hashed, logits = model(torch.randn(7, FEATURES) * 10)
+    assert embedding.shape == (7, 5) and hashed.shape == (7, 12)
+    torch.testing.assert_close(embedding.norm(dim=1), torch.ones(7))
+    assert ((hashed > 0) & (hashed < 1)).all()
+    assert (logits.shape == (7, 5)) if classification else logits is None
+
+
+def test_small_cnn_takes_uint8_images_of_any_size_and_rejects_features():
+    torch.manual_seed(0)
+    model = HashNetwork(HashConfig(backbone="small-cnn", n_classes=3, embedding_dim=3, hidden=(8,))).eval()
+    assert model.config.feature_dim == 256
+    for side in (32, 40):
+        embedding, hashed, logits = model(torch.randint(0, 256, (2, side, side, 3), dtype=torch.uint8))
+        assert embedding.shape == (2, 3) and hashed.shape == (2, 48) and logits.shape == (2, 3)
+    with pytest.raises(ValueError, match="uint8 \\(N, H, W, 3\\)"):
+        model(torch.randn(2, 256))
+
+
+def test_precomputed_rejects_features_of_another_width():
+    with pytest.raises(ValueError, match=f"float \\(N, {FEATURES}\\) features, got .* shape \\(2, 9\\)"):
+        _precomputed()(torch.randn(2, 9))
+
+
+def test_frozen_backbone_keeps_weights_and_batch_norm_statistics():
+    torch.manual_seed(0)
+    model = HashNetwork(HashConfig(backbone="small-cnn", n_classes=3, embedding_dim=3, hidden=(8,)))
+    model.freeze_backbone()
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    model.train()
+    out = model(torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8))
+    out.embedding.sum().backward()
+    assert all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert model.hash_layer.weight.grad is not None
+
+
+def test_checkpoint_round_trip_reproduces_outputs_and_metadata(tmp_path):
+    model = _precomputed()
+    embeddings = np.linalg.qr(np.random.default_rng(0).normal(size=(5, 5)))[0]
+    path = save_checkpoint(tmp_path / "best.pt", model, embeddings, ["a", "b", "c", "d", "e"])
+    loaded = load_checkpoint(path, expect=model.config)
+    x = torch.randn(6, FEATURES)
+    for got, want in zip(loaded.model(x), model(x)):
+        torch.testing.assert_close(got, want)
+    assert loaded.model.config == model.config
+    np.testing.assert_allclose(loaded.class_embeddings, embeddings, atol=1e-6)
+    assert loaded.class_names == ["a", "b", "c", "d", "e"] and loaded.training is None
+    assert not (tmp_path / "best.pt.partial").exists()
+
+
+def test_checkpoint_of_another_architecture_names_both(tmp_path):
+    path = save_checkpoint(tmp_path / "last.pt", _precomputed(), np.eye(5))
+    asked = HashConfig(backbone="small-cnn", n_classes=5, embedding_dim=5, hidden=(16,), bits=12)
+    with pytest.raises(ValueError, match="another architecture") as err:
+        load_checkpoint(path, expect=asked)
+    message = str(err.value)
+    assert "saved precomputed" in message and "asked for small-cnn" in message
+    assert "backbone 'precomputed' there, 'small-cnn' here" in message
+    with pytest.raises(ValueError, match="bits 12 there, 48 here"):
+        load_checkpoint(path, expect=HashConfig(**{**_precomputed().config.__dict__, "bits": 48}))
+
+
+def test_load_rejects_files_that_are_not_hash_checkpoints(tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a hash-network checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
