@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +54,6 @@ class EvaluationSpec:
     fusion: str = "weighted"
     hierarchy: Path | None = None
     sweep: bool = True
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
