@@ -52,7 +52,10 @@ def encode_split(
     loaded = load_checkpoint(checkpoint)
     network = loaded.model
     registered = image_store.register(engine, dataset)
-    embeddings, activations = encode(network, network_inputs(network.config, dataset, backend, progress), progress=progress)
+    # Image backbones encode each image with its mirror image, as `hash train` measures them.
+    mirror = network.config.backbone != "precomputed"
+    inputs = network_inputs(network.config, dataset, backend, progress)
+    embeddings, activations = encode(network, inputs, progress=progress, mirror=mirror)
     codes = pack_activations(activations)
     store_codes(engine, model_name, registered.ids, embeddings, codes)
     stored_predictions = False

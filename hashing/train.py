@@ -23,13 +23,24 @@ from hashing.codes import ACTIVATION_THRESHOLD
 from hashing.model import HashNetwork, HashOutput, load_checkpoint, save_checkpoint
 
 OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("cosine", "onecycle")
+SCHEDULES = ("cosine", "onecycle", "triangle")
+"""triangle: airbench's linear warm-up from 0.2 x lr to lr over the first 20% of steps, then linear
+decay to 0.07 x lr."""
 PRECISIONS = ("auto", "fp32", "bf16")
 """Of the training forward passes; auto is bf16 where the device computes it natively (CPUs with
 AMX / AVX512-BF16, recent GPUs), about twice as fast for the small CNN, else fp32."""
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 EVAL_BATCH_SIZE = 1024
+WHITENING_SAMPLE = 5000
+"""Training images that data-dependent initialisation (the small CNN's whitening) looks at."""
+AUXILIARY_LOGIT_SCALE = 1 / 9
+"""airbench's output scaling, kept for its auxiliary classifier: small logits at its high learning rates."""
+LOOKAHEAD_EVERY = 5
+LOOKAHEAD_DECAY = 0.95**LOOKAHEAD_EVERY
+"""Lookahead (Zhang et al. 2019) as airbench runs it: every 5 steps the weights move to a running
+average of their past, whose memory grows with the cube of the progress (to 0.95^5 at the end),
+and training ends on the average itself."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,19 @@ class TrainConfig:
     feature_noise: float = 0.0
     """Gaussian noise on cached features, as a fraction of each dimension's standard deviation."""
     precision: str = "fp32"
+    label_smoothing: float = 0.0
+    """Of the cross-entropy terms."""
+    auxiliary_weight: float = 0.0
+    """Weight of the cross-entropy of a linear classifier on the backbone features, used in training
+    only: a from-scratch backbone learns from it directly, where the hash layer's bottleneck would
+    attenuate the embedding loss's gradient."""
+    head_lr_scale: float = 1.0
+    """The learning rate of the decoder, hash layer and heads, as a multiple of `lr`."""
+    bias_lr_scale: float = 1.0
+    """The same for the backbone's biases and norm parameters, whose weight decay shrinks by as much."""
+    lookahead: bool = False
+    translate: int = 0
+    """Image backbones: the largest random shift in pixels (reflected border); 0 means an eighth of the side."""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -60,6 +84,13 @@ class TrainConfig:
             raise ValueError(
                 f"val_fraction={self.val_fraction} must be in (0, 1): the best checkpoint is chosen on it"
             )
+        if not 0 <= self.label_smoothing < 1 or min(self.auxiliary_weight, self.translate) < 0:
+            raise ValueError(
+                f"label_smoothing={self.label_smoothing} must be in [0, 1); auxiliary_weight="
+                f"{self.auxiliary_weight} and translate={self.translate} must be >= 0"
+            )
+        if min(self.head_lr_scale, self.bias_lr_scale) <= 0:
+            raise ValueError(f"head_lr_scale={self.head_lr_scale} and bias_lr_scale={self.bias_lr_scale} must be positive")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"epochs={self.epochs}, batch_size={self.batch_size} and lr={self.lr} must be positive")
 
@@ -95,11 +126,13 @@ class Evaluation:
     n: int
 
 
-def hash_loss(output: HashOutput, labels: torch.Tensor, targets: torch.Tensor, classification_weight: float) -> torch.Tensor:
+def hash_loss(
+    output: HashOutput, labels: torch.Tensor, targets: torch.Tensor, classification_weight: float, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """Mean cosine loss towards the labels' class embeddings (+ weighted cross-entropy), in float32."""
     loss = 1.0 - (output.embedding.float() * targets[labels]).sum(dim=1).mean()
     if output.logits is not None and classification_weight:
-        loss = loss + classification_weight * F.cross_entropy(output.logits.float(), labels)
+        loss = loss + classification_weight * F.cross_entropy(output.logits.float(), labels, label_smoothing=label_smoothing)
     return loss
 
 
@@ -146,8 +179,14 @@ def fit(
     flipped = torch.as_tensor(flipped) if flipped is not None else None
     train_idx, val_idx = split_validation(len(labels_t), config.val_fraction, config.seed)
     targets = torch.as_tensor(np.asarray(class_embeddings), dtype=torch.float32, device=device)
+    if not resume:
+        model.prepare(inputs[torch.as_tensor(train_idx[:WHITENING_SAMPLE])])
     model.to(device)
-    optimizer = _optimizer(model, config)
+    auxiliary = (
+        torch.nn.Linear(model.config.feature_dim, model.config.n_classes, bias=False).to(device)
+        if config.auxiliary_weight else None
+    )
+    optimizer = _optimizer(model, auxiliary, config)
     steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
     scheduler = _scheduler(optimizer, config, steps_per_epoch)
     augment = _augmenter(model, inputs, train_idx, flipped, config)
@@ -156,6 +195,8 @@ def fit(
     best_epoch, best_val_loss = 0, math.inf
     if resume:
         state = _resume_state(last_path, model, class_embeddings, config)
+        if auxiliary is not None:
+            auxiliary.load_state_dict(state["auxiliary"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history = [EpochRecord(**record) for record in state["history"]]
@@ -170,7 +211,7 @@ def fit(
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_loss = _train_epoch(
-            model, inputs, labels_t, train_idx, targets, optimizer, scheduler, augment, config, epoch, device, progress
+            model, auxiliary, inputs, labels_t, train_idx, targets, optimizer, scheduler, augment, config, epoch, device, progress
         )
         val = evaluate(
             model, val_inputs, val_labels.numpy(), class_embeddings,
@@ -190,6 +231,7 @@ def fit(
             "best_epoch": best_epoch,
             "best_val_loss": best_val_loss,
             "train_config": asdict(config),
+            "auxiliary": auxiliary.state_dict() if auxiliary is not None else None,
         }
         save_checkpoint(last_path, model, class_embeddings, class_names, training)
         if on_epoch is not None:
@@ -207,15 +249,18 @@ def evaluate(
     classification_weight: float = 0.1,
     batch_size: int = EVAL_BATCH_SIZE,
     device: str | torch.device | None = None,
+    mirror: bool = False,
 ) -> Evaluation:
-    """Loss and nearest-class-embedding accuracy (of embeddings, and of binarised codes)."""
+    """Loss and nearest-class-embedding accuracy (of embeddings, and of binarised codes).
+
+    `mirror`: average each image's hash activations with its mirror image's (image backbones)."""
     device = _model_device(model) if device is None else torch.device(device)
     targets = torch.as_tensor(np.asarray(class_embeddings), dtype=torch.float32, device=device)
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if len(labels_t) != len(inputs):
         raise ValueError(f"evaluate: {len(inputs)} inputs but {len(labels_t)} labels; pass one label per input")
     loss_sum, correct, code_correct = 0.0, 0, 0
-    for start, output in _outputs(model, inputs, batch_size, device):
+    for start, output in _outputs(model, inputs, batch_size, device, mirror):
         y = labels_t[start : start + len(output.embedding)].to(device)
         loss_sum += hash_loss(output, y, targets, classification_weight).item() * len(y)
         correct += (nearest_class(output.embedding, targets) == y).sum().item()
@@ -233,14 +278,16 @@ def encode(
     batch_size: int = EVAL_BATCH_SIZE,
     device: str | torch.device | None = None,
     progress: bool = False,
+    mirror: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings float32 (N, embedding_dim), hash activations float32 (N, bits)) of a data set.
 
-    Binarise the activations with hashing.codes.pack_activations for the stored 48-bit codes."""
+    Binarise the activations with hashing.codes.pack_activations for the stored 48-bit codes.
+    `mirror`: as in `evaluate`."""
     device = _model_device(model) if device is None else torch.device(device)
     embeddings = np.empty((len(inputs), model.config.embedding_dim), dtype=np.float32)
     hashes = np.empty((len(inputs), model.config.bits), dtype=np.float32)
-    batches = _outputs(model, inputs, batch_size, device)
+    batches = _outputs(model, inputs, batch_size, device, mirror)
     for start, output in tqdm(batches, total=math.ceil(len(inputs) / batch_size), desc="encode", disable=not progress):
         embeddings[start : start + len(output.embedding)] = output.embedding.float().cpu().numpy()
         hashes[start : start + len(output.hash)] = output.hash.float().cpu().numpy()
@@ -250,7 +297,7 @@ def encode(
 # --- one epoch -----------------------------------------------------------------------------------
 
 
-def _train_epoch(model, inputs, labels, train_idx, targets, optimizer, scheduler, augment, config, epoch, device, progress) -> float:
+def _train_epoch(model, auxiliary, inputs, labels, train_idx, targets, optimizer, scheduler, augment, config, epoch, device, progress) -> float:
     model.train()
     # Shuffling, augmentation and (on CPU) dropout draw from a generator seeded by (seed, epoch), so a
     # resumed run repeats exactly the epochs an uninterrupted one would have run.
@@ -261,28 +308,69 @@ def _train_epoch(model, inputs, labels, train_idx, targets, optimizer, scheduler
     bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=not progress)
     device = torch.device(device)
     bf16 = _use_bf16(config.precision, device)
+    lookahead = (
+        _Lookahead(model, auxiliary, (epoch - 1) * len(batches), config.epochs * len(batches))
+        if config.lookahead else None
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
         for batch in bar:
             x = augment(inputs[batch], batch, generator).to(device, non_blocking=True)
             y = labels[batch].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                output = model(x)
-            loss = hash_loss(output, y, targets, config.classification_weight)
+                features = model.features(x)
+                output = model.head(features)
+            loss = hash_loss(output, y, targets, config.classification_weight, config.label_smoothing)
+            if auxiliary is not None:
+                logits = auxiliary(features.float()) * AUXILIARY_LOGIT_SCALE
+                loss = loss + config.auxiliary_weight * F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if lookahead is not None:
+                lookahead.step()
             total += loss.item() * len(batch)
             count += len(batch)
             bar.set_postfix(loss=f"{total / count:.4f}")
+    if lookahead is not None:
+        lookahead.sync()
     return total / count
+
+
+class _Lookahead:
+    """Slow weights (and batch-norm statistics) that the fast ones are pulled back to; synced at the
+    end of each epoch too, so that a checkpoint holds all the state a resumed run needs."""
+
+    def __init__(self, model: HashNetwork, auxiliary, step: int, total_steps: int):
+        modules = [model] + ([auxiliary] if auxiliary is not None else [])
+        self.tensors = [t for m in modules for t in m.state_dict().values() if t.is_floating_point()]
+        self.slow = [t.detach().clone() for t in self.tensors]
+        self.step_count = step
+        self.total_steps = total_steps
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.step_count += 1
+        if self.step_count >= self.total_steps:
+            self.sync(keep=1.0)
+        elif self.step_count % LOOKAHEAD_EVERY == 0:
+            self.sync()
+
+    @torch.no_grad()
+    def sync(self, keep: float | None = None) -> None:
+        if keep is None:
+            keep = LOOKAHEAD_DECAY * (self.step_count / self.total_steps) ** 3
+        for slow, fast in zip(self.slow, self.tensors):
+            slow.lerp_(fast, 1 - keep)
+            fast.copy_(slow)
+
 
 
 def _augmenter(model: HashNetwork, inputs: torch.Tensor, train_idx: np.ndarray, flipped: torch.Tensor | None, config: TrainConfig):
     """fn(batch inputs, batch indices, generator) -> augmented batch, for this model's kind of input."""
     if model.config.backbone != "precomputed":
-        return lambda x, _, generator: crop_and_flip(x, generator)
+        return lambda x, _, generator: crop_and_flip(x, generator, config.translate)
     noise_scale = None
     if config.feature_noise:
         # Scaled per dimension, so that the noise perturbs rare and common features alike.
@@ -300,35 +388,59 @@ def _augmenter(model: HashNetwork, inputs: torch.Tensor, train_idx: np.ndarray, 
     return augment
 
 
-def crop_and_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random crops of zero-padded uint8 (N, H, W, 3) images (padding H/8) and random mirroring."""
+def crop_and_flip(images: torch.Tensor, generator: torch.Generator, shift: int = 0) -> torch.Tensor:
+    """uint8 (N, H, W, 3) images shifted at random by up to `shift` pixels each way (0: H/8), the
+    border filled by reflection, and mirrored at random."""
     n, h, w, _ = images.shape
-    pad = max(1, h // 8)
-    padded = F.pad(images, (0, 0, pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)
+    shift = shift or max(1, h // 8)
+    dy = torch.randint(-shift, shift + 1, (n, 1), generator=generator)
+    dx = torch.randint(-shift, shift + 1, (n, 1), generator=generator)
     mirror = torch.rand(n, 1, generator=generator) < 0.5
     columns = torch.arange(w)
-    columns = torch.where(mirror, columns.flip(0), columns) + dx
-    rows = torch.arange(h) + dy
-    return padded[torch.arange(n)[:, None, None], rows[:, :, None], columns[:, None, :]]
+    columns = _reflect(torch.where(mirror, columns.flip(0), columns) + dx, w)
+    rows = _reflect(torch.arange(h) + dy, h)
+    return images[torch.arange(n)[:, None, None], rows[:, :, None], columns[:, None, :]]
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices outside 0..size-1 mirrored back in at the border (as numpy's 'reflect' pads)."""
+    index = index.abs()
+    return torch.where(index > size - 1, 2 * (size - 1) - index, index)
 
 
 # --- optimiser, schedule, resume -------------------------------------------------------------------
 
 
-def _optimizer(model: HashNetwork, config: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(model: HashNetwork, auxiliary, config: TrainConfig) -> torch.optim.Optimizer:
+    backbone = {id(p) for p in model.backbone.parameters()}
     params = [p for p in model.parameters() if p.requires_grad]
+    weights = [p for p in params if id(p) in backbone and p.ndim > 1]
+    if auxiliary is not None:
+        weights += list(auxiliary.parameters())
+    biases = [p for p in params if id(p) in backbone and p.ndim <= 1]
+    head = [p for p in params if id(p) not in backbone]
+    decay, lr = config.weight_decay, config.lr
+    groups = [
+        dict(params=weights, lr=lr, weight_decay=decay),
+        dict(params=biases, lr=lr * config.bias_lr_scale, weight_decay=decay / config.bias_lr_scale),
+        dict(params=head, lr=lr * config.head_lr_scale, weight_decay=decay),
+    ]
+    groups = [group for group in groups if group["params"]]
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay)
+        return torch.optim.SGD(groups, momentum=config.momentum, nesterov=True)
     # AdamW: Adam's adaptive steps would shrink an L2 penalty's effect; decoupled decay keeps it.
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups)
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
     total = config.epochs * steps_per_epoch
     if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total)
+        peaks = [group["lr"] for group in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total)
+    if config.schedule == "triangle":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: float(np.interp(step, [0, int(0.2 * total), total], [0.2, 1.0, 0.07]))
+        )
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
 
 
@@ -364,12 +476,13 @@ def _resume_state(last_path: Path, model: HashNetwork, class_embeddings: np.ndar
 # --- helpers ---------------------------------------------------------------------------------------
 
 
-def _outputs(model: HashNetwork, inputs, batch_size: int, device: torch.device):
+def _outputs(model: HashNetwork, inputs, batch_size: int, device: torch.device, mirror: bool = False):
     """(start index, network output) per batch, in eval mode."""
     model.eval()
+    forward = model.forward_mirrored if mirror else model
     inputs = torch.as_tensor(inputs)
     for start in range(0, len(inputs), batch_size):
-        yield start, model(inputs[start : start + batch_size].to(device, non_blocking=True))
+        yield start, forward(inputs[start : start + batch_size].to(device, non_blocking=True))
 
 
 def _use_bf16(precision: str, device: torch.device) -> bool:

@@ -38,6 +38,36 @@ def test_small_cnn_takes_uint8_images_of_any_size_and_rejects_features():
         model(torch.randn(2, 256))
 
 
+def test_small_cnn_whitening_decorrelates_the_training_patches():
+    # Correlated channels and neighbouring pixels, as in real images.
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(200, 1, 16, 16))
+    images = torch.tensor(base + 0.3 * rng.normal(size=(200, 3, 16, 16)) + 0.5 * np.roll(base, 1, axis=3), dtype=torch.float32)
+    cnn = HashNetwork(HashConfig(backbone="small-cnn", n_classes=3, embedding_dim=3, hidden=(8,))).backbone[1]
+    cnn.fit_whitening(images)
+    weight = cnn.whiten.weight.detach()
+    assert weight.shape == (24, 3, 2, 2) and not cnn.whiten.weight.requires_grad
+    torch.testing.assert_close(weight[12:], -weight[:12])
+    out = torch.nn.functional.conv2d(images, weight[:12]).permute(0, 2, 3, 1).reshape(-1, 12).double()
+    covariance = out.T @ out / len(out)
+    # Identity up to the eps that keeps near-zero variance directions from exploding.
+    assert torch.allclose(covariance, torch.eye(12, dtype=torch.float64), atol=0.05)
+
+
+def test_mirror_averaging_averages_the_hash_activations_of_both_views():
+    torch.manual_seed(0)
+    model = HashNetwork(HashConfig(backbone="small-cnn", n_classes=3, embedding_dim=3, hidden=(8,))).eval()
+    images = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        mirrored = model.forward_mirrored(images)
+        expected = (model(images).hash + model(images.flip(2)).hash) / 2
+        torch.testing.assert_close(mirrored.hash, expected)
+        torch.testing.assert_close(mirrored.embedding, model.from_hash(expected).embedding)
+        assert not torch.allclose(mirrored.hash, model(images).hash)
+    with pytest.raises(ValueError, match="mirror averaging needs images"):
+        _precomputed().forward_mirrored(torch.randn(2, FEATURES))
+
+
 def test_precomputed_rejects_features_of_another_width():
     with pytest.raises(ValueError, match=f"float \\(N, {FEATURES}\\) features, got .* shape \\(2, 9\\)"):
         _precomputed()(torch.randn(2, 9))

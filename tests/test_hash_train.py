@@ -70,9 +70,17 @@ def test_flipped_features_and_noise_are_used_as_augmentation(tmp_path):
     assert noisy.history[-1].train_loss > clean.history[-1].train_loss + 0.05
 
 
-def test_resume_continues_from_the_saved_epoch_as_if_never_stopped(tmp_path):
+# The small CNN's recipe: SGD, triangle schedule, lookahead, auxiliary classifier, label smoothing.
+AIRBENCH_LIKE = dataclasses.replace(
+    CONFIG, optimizer="sgd", schedule="triangle", lr=0.5, momentum=0.85, lookahead=True, auxiliary_weight=1.0,
+    label_smoothing=0.2, bias_lr_scale=4.0,
+)
+
+
+@pytest.mark.parametrize("base", [CONFIG, AIRBENCH_LIKE], ids=["adam-onecycle", "sgd-lookahead-auxiliary"])
+def test_resume_continues_from_the_saved_epoch_as_if_never_stopped(tmp_path, base):
     features, labels = _data(200, seed=1)
-    config = dataclasses.replace(CONFIG, epochs=4)
+    config = dataclasses.replace(base, epochs=4)
     straight = _model()
     fit(straight, features, labels, EMBEDDINGS, config, tmp_path / "straight", progress=False)
 
@@ -97,6 +105,18 @@ def test_resume_continues_from_the_saved_epoch_as_if_never_stopped(tmp_path):
     assert [r.epoch for r in seen] == [3, 4] and [r.epoch for r in result.history] == [1, 2, 3, 4]
     for got, want in zip(resumed.state_dict().values(), straight.state_dict().values()):
         torch.testing.assert_close(got, want)
+
+
+def test_the_small_cnn_recipe_learns(tmp_path):
+    features, labels = _data(400, seed=1)
+    result = fit(_model(), features, labels, EMBEDDINGS, AIRBENCH_LIKE, tmp_path, progress=False)
+    losses = [r.train_loss for r in result.history]
+    assert losses[-1] < 0.6 * losses[0]
+    assert evaluate(load_checkpoint(result.best_path).model, *_data(300, seed=2), EMBEDDINGS).accuracy >= 0.9
+    # The auxiliary classifier trains with the network and is kept for resuming, not in best.pt.
+    last = load_checkpoint(result.last_path)
+    assert last.training["auxiliary"]["weight"].shape == (4, DIM)
+    assert not any("auxiliary" in key for key in last.model.state_dict())
 
 
 def test_resume_refuses_other_settings_or_architecture(tmp_path):
@@ -154,12 +174,27 @@ def test_small_cnn_trains_on_uint8_images(tmp_path):
     assert np.isfinite(result.history[0].train_loss) and result.best_path.is_file()
 
 
-def test_crop_and_flip_translates_and_mirrors_whole_images():
-    images = torch.arange(3 * 8 * 8 * 3, dtype=torch.int64).remainder(251).to(torch.uint8).reshape(3, 8, 8, 3)
-    out = crop_and_flip(images, torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("shift", [0, 2])
+def test_crop_and_flip_shifts_with_reflected_borders_and_mirrors_whole_images(shift):
+    images = torch.arange(64 * 8 * 8 * 3, dtype=torch.int64).remainder(251).to(torch.uint8).reshape(64, 8, 8, 3)
+    out = crop_and_flip(images, torch.Generator().manual_seed(0), shift)
     assert out.shape == images.shape and out.dtype == torch.uint8
-    padded = torch.nn.functional.pad(images, (0, 0, 1, 1, 1, 1))
-    windows = [padded[:, dy : dy + 8, dx : dx + 8] for dy in range(3) for dx in range(3)]
-    for i in range(3):
-        candidates = [w[i] for w in windows] + [w[i].flip(1) for w in windows]
-        assert any(torch.equal(out[i], c) for c in candidates)
+    pad = shift or 1  # 0 means an eighth of the side
+    placements = [_placement(out[i].numpy(), images[i].numpy(), pad) for i in range(len(images))]
+    assert None not in placements, "every output is a shifted (or mirrored) window of its reflected original"
+    # Both orientations and shifts to either border turn up among 64 images.
+    assert {m for m, _, _ in placements} == {False, True}
+    assert {dy for _, dy, _ in placements} >= {0, 2 * pad} and {dx for _, _, dx in placements} >= {0, 2 * pad}
+
+
+def _placement(out: np.ndarray, image: np.ndarray, pad: int):
+    """(mirrored, dy, dx) of the window of the reflect-padded image that `out` is, or None."""
+    side = image.shape[0]
+    for mirrored in (False, True):
+        source = image[:, ::-1] if mirrored else image
+        padded = np.pad(source, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+        for dy in range(2 * pad + 1):
+            for dx in range(2 * pad + 1):
+                if np.array_equal(out, padded[dy : dy + side, dx : dx + side]):
+                    return mirrored, dy, dx
+    return None
