@@ -366,7 +366,6 @@ class _Lookahead:
             fast.copy_(slow)
 
 
-
 def _augmenter(model: HashNetwork, inputs: torch.Tensor, train_idx: np.ndarray, flipped: torch.Tensor | None, config: TrainConfig):
     """fn(batch inputs, batch indices, generator) -> augmented batch, for this model's kind of input."""
     if model.config.backbone != "precomputed":

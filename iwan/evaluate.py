@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from tqdm import tqdm
 
@@ -64,13 +65,35 @@ class EvaluationSpec:
         if any(k < 1 for k in self.ks):
             raise ValueError(f"every k must be >= 1, got {self.ks}")
 
-    def key(self, method: str) -> str:
-        """What a cached ranking of `method` depends on."""
+    def key(self, method: str, stored: str) -> str:
+        """What a cached ranking of `method` depends on; `stored` is `stored_digest`'s."""
         relevant = asdict(self)
         relevant.pop("methods")
         relevant.pop("sweep")
         relevant["method"] = method
+        relevant["stored"] = stored
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stored_digest(engine: Engine, spec: EvaluationSpec) -> str:
+    """A digest of the predictions and hash codes the methods read, so that re-running `predict`
+    or `hash encode` under the same model name invalidates the cached rankings."""
+    with engine.connect() as conn:
+        predictions = conn.scalar(
+            sa.text(
+                "SELECT md5(string_agg(concat_ws(':', image_id, rank, class_index, probability), ',' "
+                "ORDER BY image_id, rank)) FROM predictions WHERE model = :m"
+            ),
+            {"m": spec.predictor},
+        )
+        codes = conn.scalar(
+            sa.text(
+                "SELECT md5(string_agg(concat_ws(':', image_id, code::text, embedding::text), ',' ORDER BY image_id)) "
+                "FROM hash_codes WHERE model = :m"
+            ),
+            {"m": spec.hash_model or ""},
+        )
+    return f"{predictions}/{codes}"
 
 
 def hierarchy_path(dataset: str, given: Path | None) -> Path:
@@ -364,8 +387,9 @@ def run(
     }
     rankings = {}
     cache = out / "cache"
+    stored = stored_digest(engine, spec)
     for method, retriever in retrievers.items():
-        key = spec.key(method) + ("-" + str(fusion_info.get("iwan_weight")) if method == "fused" else "")
+        key = spec.key(method, stored) + ("-" + str(fusion_info.get("iwan_weight")) if method == "fused" else "")
         ranking, seconds = _cached(cache, key, lambda: _run_batch(retriever, n, k_max, progress))
         rankings[method] = ranking
         results["metrics"][retriever.name] = score(work, ranking, spec.ks)

@@ -105,6 +105,17 @@ def test_rerun_resumes_from_cached_rankings(toy_database, tmp_path):
     assert first["metrics"] == second["metrics"]
 
 
+def test_re_encoding_under_the_same_name_invalidates_cached_rankings(toy_database, tmp_path):
+    first = run(toy_database, spec(methods=("exhaustive",)), tmp_path, progress=False)
+    # A new network stored under the old name: every test image now embeds as an airplane.
+    ids = image_store.image_ids(toy_database, "toy10", "test")
+    embeddings, codes = load_codes(toy_database, "toy-hash", ids)
+    store_codes(toy_database, "toy-hash", ids, np.repeat(embeddings[:1], len(ids), axis=0), codes)
+    second = run(toy_database, spec(methods=("exhaustive",)), tmp_path, progress=False)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    assert second["metrics"] != first["metrics"]
+
+
 def test_iwan_sweep_and_bad_specs(toy_database, tmp_path):
     results = run(toy_database, spec(methods=("iwan", "exhaustive"), ks=(1, 20), sweep=True), tmp_path, progress=False)
     assert results["sweep"]["top_iwk"] == list(range(1, 11))
