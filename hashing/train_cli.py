@@ -41,7 +41,7 @@ RECIPES: dict[str, dict] = {
         hidden=(1024,), dropout=0.5, input_dropout=0.2, feature_noise=0.0, precision="fp32",
     ),
     "small-cnn": dict(
-        epochs=16, batch_size=1024, lr=1.5, optimizer="sgd", schedule="triangle", weight_decay=0.002 / 1.5,
+        epochs=20, batch_size=1024, lr=1.5, optimizer="sgd", schedule="triangle", weight_decay=0.002 / 1.5,
         momentum=0.85, hidden=(512,), dropout=0.0, input_dropout=0.0, feature_noise=0.0, precision="auto",
         label_smoothing=0.2, auxiliary_weight=1.0, head_lr_scale=0.1, bias_lr_scale=64.0, lookahead=True,
         translate=2, mirror_test=True,
