@@ -31,14 +31,11 @@ HIERARCHY_NAMES = "class_names.txt"
 # precomputed head plateaus near 84% validation accuracy. The small CNN's is airbench94's (Jordan
 # 2024), its summed-loss learning rates restated for a mean loss, plus the auxiliary classifier
 # that the hash layer's bottleneck makes necessary (3 epochs: 68% without it, 78% with it).
-_NO_EXTRAS = dict(
-    label_smoothing=0.0, auxiliary_weight=0.0, head_lr_scale=1.0, bias_lr_scale=1.0, lookahead=False, translate=0,
-    momentum=0.9, mirror_test=False,
-)
+# Settings a recipe leaves out keep TrainConfig's defaults.
 RECIPES: dict[str, dict] = {
     "precomputed": dict(
-        _NO_EXTRAS, epochs=30, batch_size=256, lr=1e-3, optimizer="adam", schedule="onecycle", weight_decay=1e-4,
-        hidden=(1024,), dropout=0.5, input_dropout=0.2, feature_noise=0.0, precision="fp32",
+        epochs=30, batch_size=256, lr=1e-3, optimizer="adam", schedule="onecycle", weight_decay=1e-4,
+        hidden=(1024,), dropout=0.5, input_dropout=0.2, feature_noise=0.0, precision="fp32", mirror_test=False,
     ),
     "small-cnn": dict(
         epochs=20, batch_size=1024, lr=1.5, optimizer="sgd", schedule="triangle", weight_decay=0.002 / 1.5,
@@ -47,7 +44,7 @@ RECIPES: dict[str, dict] = {
         translate=2, mirror_test=True,
     ),
     "pretrained": dict(
-        _NO_EXTRAS, epochs=10, batch_size=64, lr=0.01, optimizer="sgd", schedule="cosine", weight_decay=1e-4,
+        epochs=10, batch_size=64, lr=0.01, optimizer="sgd", schedule="cosine", weight_decay=1e-4,
         hidden=(1024,), dropout=0.5, input_dropout=0.0, feature_noise=0.0, precision="auto", mirror_test=True,
     ),
 }
