@@ -21,8 +21,9 @@ from psycopg import sql
 from sqlalchemy.engine import Engine
 
 from hashing.codes import to_bit_strings
-from hashing.search import _check_exclude, _check_k, _unit_rows
+from hashing.search import _check_exclude, _unit_rows
 from iwan.config import DEFAULT_SHORTLIST_FACTOR, HASH_BITS
+from iwan.retrievers import check_k
 
 QUERIES_PER_STATEMENT = 256
 """Queries sent in one statement: one round trip each, with a bounded result set."""
@@ -136,7 +137,7 @@ class PgHammingCosineIndex:
         shortlist: int | None = None,
         exclude: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        k = _check_k(k)
+        k = check_k(k)
         shortlist = self.shortlist_factor * k if shortlist is None else shortlist
         if shortlist < k:
             raise ValueError(f"PgHammingCosineIndex.search: shortlist ({shortlist}) must be >= k ({k})")
@@ -160,7 +161,7 @@ def _run(
     shortlist: int,
     exclude: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    k = _check_k(k)
+    k = check_k(k)
     exclude = _check_exclude(exclude, len(queries))
     statement = sa.text(template.format(bits=HASH_BITS, dim=queries.shape[1]))
     vectors = ["[" + ",".join(map(repr, row)) + "]" for row in queries.tolist()]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from iwan.config import DEFAULT_SHORTLIST_FACTOR, HASH_BITS
+from iwan.retrievers import check_k, empty_results
 
 SCORE_BLOCK_CELLS = 1 << 24
 """Exhaustive search scores blocks of queries whose (queries x corpus) float32 matrix has at most
@@ -51,7 +52,7 @@ class ExhaustiveCosineIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         queries = _unit_rows(queries, "queries", self._embeddings.shape[1])
         exclude = _check_exclude(exclude, len(queries), self.ntotal)
-        scores, ids = _empty_results(len(queries), _check_k(k))
+        scores, ids = empty_results(len(queries), check_k(k))
         if not self.ntotal:
             return scores, ids
         margin = _score_margin(queries.shape[1])
@@ -119,7 +120,7 @@ class HammingCosineIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The `shortlist` (default shortlist_factor * k) codes nearest in Hamming distance, ties to
         the lower id, re-ranked by cosine; the best k of them."""
-        k = _check_k(k)
+        k = check_k(k)
         shortlist = self.shortlist_factor * k if shortlist is None else shortlist
         if shortlist < k:
             raise ValueError(f"HammingCosineIndex.search: shortlist ({shortlist}) must be >= k ({k})")
@@ -131,7 +132,7 @@ class HammingCosineIndex:
                 "query codes; pass one code per query"
             )
         exclude = _check_exclude(exclude, len(queries), self.ntotal)
-        scores, ids = _empty_results(len(queries), k)
+        scores, ids = empty_results(len(queries), k)
         if not self.ntotal:
             return scores, ids
         distances = np.empty(self.ntotal, dtype=np.uint8)
@@ -246,16 +247,6 @@ def _exclude_rows(keys: np.ndarray, exclude: np.ndarray, worst) -> None:
 def _blocks(n_queries: int, n_corpus: int):
     step = max(1, SCORE_BLOCK_CELLS // max(1, n_corpus))
     return (slice(s, min(s + step, n_queries)) for s in range(0, n_queries, step))
-
-
-def _empty_results(n_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.full((n_queries, k), -np.inf, dtype=np.float32), np.full((n_queries, k), -1, dtype=np.int64)
-
-
-def _check_k(k: int) -> int:
-    if int(k) != k or k < 1:
-        raise ValueError(f"search: k must be a positive integer, got {k!r}")
-    return int(k)
 
 
 def _check_exclude(exclude: np.ndarray | None, n_queries: int, n_corpus: int | None = None) -> np.ndarray:

@@ -37,6 +37,7 @@ import networkx as nx
 import numpy as np
 
 from iwan.graph import QUERY_NODE, IwanGraph
+from iwan.retrievers import check_k
 from iwan.words import WordMatcher
 
 INDEX_FORMAT = "iwan-index/1"
@@ -183,7 +184,7 @@ class IwanIndex:
 
     def search_one(self, query: Query, k: int, exclude: Iterable[int] = ()) -> list[Hit]:
         """The k nearest images (fewer if fewer are reachable), nearest first, with paths."""
-        _check_k(k)
+        check_k(k)
         self._check_words(query.word_ids)
         found, pred = self._nearest(query, k, frozenset(int(i) for i in exclude))
         return [Hit(node - 1, d, _path(pred, node)) for d, node in found]
@@ -203,7 +204,7 @@ class IwanIndex:
         is better), ids int64 image positions; rows with fewer hits are padded with id -1 and
         score -inf. A query with no usable word gets a row of padding.
         """
-        _check_k(k)
+        check_k(k)
         word_ids, weights = np.asarray(word_ids), np.asarray(weights, dtype=np.float64)
         if word_ids.ndim != 2 or word_ids.shape != weights.shape:
             raise ValueError(
@@ -342,7 +343,7 @@ def networkx_search(
 ) -> list[Hit]:
     """The reference: wire the query node to the query words, run networkx's Dijkstra over the
     whole graph (`graph.to_networkx()`, built once by the caller), unwire, rank the images."""
-    _check_k(k)
+    check_k(k)
     if nx_graph.degree(QUERY_NODE):
         raise ValueError("the networkx graph's query node already has edges: pass an unwired graph")
     wires = [(QUERY_NODE, graph.word_node(w), c) for w, c in zip(query.word_ids, query.costs)]
@@ -366,8 +367,3 @@ def _path(pred: dict[int, int], node: int) -> tuple[int, ...]:
         path.append(node)
         node = pred[node]
     return tuple(reversed(path))
-
-
-def _check_k(k: int) -> None:
-    if int(k) != k or k < 1:
-        raise ValueError(f"k={k} must be a whole number >= 1")

@@ -179,7 +179,7 @@ def test_bad_arguments_say_what_to_do():
         index.search(np.eye(3)[:1], 3, query_codes=one, shortlist=2)
     with pytest.raises(ValueError, match=r"shape \(n, 3\)"):
         index.search(np.ones((1, 4)), 1, query_codes=one)
-    with pytest.raises(ValueError, match="k must be a positive integer"):
+    with pytest.raises(ValueError, match="must be a whole number >= 1"):
         index.search(np.eye(3)[:1], 0, query_codes=one)
     with pytest.raises(ValueError, match=r"exclude\[0\] = 3 is not an id"):
         index.search(np.eye(3)[:1], 1, query_codes=one, exclude=np.array([3]))

@@ -9,8 +9,13 @@ import sys
 import click
 
 from iwan.cli.common import CliContext
+from hashing.cli import hash_group
 from iwan.cli.db import db
+from iwan.cli.evaluate import evaluate
+from iwan.cli.index import index
 from iwan.cli.norms import norms
+from iwan.cli.predict import predict
+from iwan.cli.search import search
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,29 +32,8 @@ def cli(ctx: click.Context, database_url: str | None, verbose: bool) -> None:
     ctx.obj = CliContext(database_url=database_url)
 
 
-cli.add_command(db)
-cli.add_command(norms)
-
-
-def _register_optional_commands() -> None:
-    """Commands of modules that other parts of the project add; each registers if present."""
-    from importlib import import_module
-
-    for module, name in [
-        ("hashing.cli", "hash_group"),
-        ("iwan.cli.predict", "predict"),
-        ("iwan.cli.index", "index"),
-        ("iwan.cli.search", "search"),
-        ("iwan.cli.evaluate", "evaluate"),
-    ]:
-        try:
-            command = getattr(import_module(module), name)
-        except (ImportError, AttributeError):
-            continue
-        cli.add_command(command)
-
-
-_register_optional_commands()
+for command in (db, norms, predict, index, search, evaluate, hash_group):
+    cli.add_command(command)
 
 
 def main() -> None:
