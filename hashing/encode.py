@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 
 from hashing.codes import pack_activations
 from hashing.model import load_checkpoint
+from hashing.recipes import network_inputs
 from hashing.store import store_codes
 from hashing.train import encode
 from iwan import images as image_store
@@ -35,17 +36,6 @@ class EncodeSummary:
         return asdict(self)
 
 
-def network_inputs(config, dataset, backend: str = "onnx", progress: bool = True) -> np.ndarray:
-    """What the network eats: cached backbone features for a precomputed backbone, else pixels."""
-    if config.backbone != "precomputed":
-        return dataset.images
-    from iwan.features import extract
-    from iwan.predictors import load_predictor
-
-    predictor = load_predictor(config.features, backend=backend)
-    return extract(predictor, dataset, progress=progress).features.astype(np.float32)
-
-
 def encode_split(
     engine: Engine, checkpoint: Path, dataset, model_name: str, backend: str = "onnx", progress: bool = True
 ) -> EncodeSummary:
@@ -54,7 +44,7 @@ def encode_split(
     registered = image_store.register(engine, dataset)
     # Image backbones encode each image with its mirror image, as `hash train` measures them.
     mirror = network.config.backbone != "precomputed"
-    inputs = network_inputs(network.config, dataset, backend, progress)
+    inputs = network_inputs(dataset, network.config.features, backend, progress)
     embeddings, activations = encode(network, inputs, progress=progress, mirror=mirror)
     codes = pack_activations(activations)
     store_codes(engine, model_name, registered.ids, embeddings, codes)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from iwan.cli.common import CliContext, emit_json, pass_context
+from iwan.config import BACKENDS
 
 
 @click.command("encode")
@@ -16,7 +17,7 @@ from iwan.cli.common import CliContext, emit_json, pass_context
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A checkpoint written by `iwan hash train` (best.pt).")
 @click.option("--name", "model_name", required=True, help="Model name the codes are stored under.")
-@click.option("--backend", type=click.Choice(["torch", "onnx"]), default="onnx", show_default=True,
+@click.option("--backend", type=click.Choice(BACKENDS), default="onnx", show_default=True,
               help="How backbone features are computed when the network uses cached ones.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_context

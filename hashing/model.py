@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from iwan.config import HASH_BITS
+from iwan.predictors import IMAGENET_MEAN, IMAGENET_STD, load_state_dict
 
 BACKBONES = ("precomputed", "efficientnet-lite0", "small-cnn", "resnet50", "alexnet")
 PRETRAINABLE = ("efficientnet-lite0", "resnet50", "alexnet")
@@ -32,8 +33,6 @@ PRETRAINABLE = ("efficientnet-lite0", "resnet50", "alexnet")
 CHECKPOINT_FORMAT = "iwan-hash-network/1"
 DEFAULT_HIDDEN = (1024,)
 
-_IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)  # alexnet; the others use iwan.predictors'
-_IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 _CIFAR10_MEAN = (125.3, 123.0, 113.9)
 _CIFAR10_STD = (63.0, 62.1, 66.7)
 _IMAGENET_SIZE = 224
@@ -216,7 +215,7 @@ def build_backbone(name: str, feature_dim: int, pretrained: str | Path | None) -
         return nn.Sequential(ImageInput(_SMALL_CNN_SIZE, _CIFAR10_MEAN, _CIFAR10_STD), net), net.width
     if name == "alexnet":
         net, width = _alexnet(pretrained)
-        return nn.Sequential(ImageInput(_IMAGENET_SIZE, _IMAGENET_MEAN, _IMAGENET_STD), net), width
+        return nn.Sequential(ImageInput(_IMAGENET_SIZE, IMAGENET_MEAN, IMAGENET_STD), net), width
     return _predictor_backbone(name, pretrained)
 
 
@@ -326,19 +325,8 @@ def _alexnet(pretrained: str | Path | None) -> tuple[nn.Module, int]:
 
 
 def _load_state(net: nn.Module, path: str | Path | None, name: str) -> None:
-    if path is None:
-        return
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights for {name}: {path} is not a file; pass a saved state dict")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
-        raise ValueError(
-            f"{path} does not fit {name} ({first}); pass the state dict of a {name} classifier"
-        ) from None
+    if path is not None:
+        load_state_dict(net, Path(path).expanduser(), name)
 
 
 # --- checkpoints ---------------------------------------------------------------------------------

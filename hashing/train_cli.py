@@ -12,47 +12,31 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 import click
-import numpy as np
 
 from hashing.model import PRETRAINABLE, HashConfig, HashNetwork, load_checkpoint
-from hashing.train import LAST_CHECKPOINT, OPTIMIZERS, PRECISIONS, SCHEDULES, EpochRecord, TrainConfig, evaluate, fit
-
-PRECOMPUTED_PREFIX = "precomputed-"
-FEATURE_EXTRACTORS = ("efficientnet-lite0",)
-CLI_BACKBONES = (*(PRECOMPUTED_PREFIX + name for name in FEATURE_EXTRACTORS), "efficientnet-lite0", "small-cnn", "resnet50", "alexnet")
-FEATURE_BACKEND = "onnx"
-"""The backend of the standing feature cache (scripts/extract_features.py); another one recomputes it."""
-REPO_DATA = Path(__file__).resolve().parent.parent / "data"
-HIERARCHY_NAMES = "class_names.txt"
-"""Beside a parent-child file: its node names, checked against the data set's class names."""
-
-# Each backbone's recipe: the defaults of the options below ("pretrained" serves the ImageNet
-# backbones trained on images). Measured on CIFAR-10 with two CPU cores (README, "Training"): the
-# precomputed head plateaus near 84% validation accuracy. The small CNN's is airbench94's (Jordan
-# 2024), its summed-loss learning rates restated for a mean loss, plus the auxiliary classifier
-# that the hash layer's bottleneck makes necessary (3 epochs: 68% without it, 78% with it).
-# Settings a recipe leaves out keep TrainConfig's defaults.
-RECIPES: dict[str, dict] = {
-    "precomputed": dict(
-        epochs=30, batch_size=256, lr=1e-3, optimizer="adam", schedule="onecycle", weight_decay=1e-4,
-        hidden=(1024,), dropout=0.5, input_dropout=0.2, feature_noise=0.0, precision="fp32", mirror_test=False,
-    ),
-    "small-cnn": dict(
-        epochs=20, batch_size=1024, lr=1.5, optimizer="sgd", schedule="triangle", weight_decay=0.002 / 1.5,
-        momentum=0.85, hidden=(512,), dropout=0.0, input_dropout=0.0, feature_noise=0.0, precision="auto",
-        label_smoothing=0.2, auxiliary_weight=1.0, head_lr_scale=0.1, bias_lr_scale=64.0, lookahead=True,
-        translate=2, mirror_test=True,
-    ),
-    "pretrained": dict(
-        epochs=10, batch_size=64, lr=0.01, optimizer="sgd", schedule="cosine", weight_decay=1e-4,
-        hidden=(1024,), dropout=0.5, input_dropout=0.0, feature_noise=0.0, precision="auto", mirror_test=True,
-    ),
-}
+from hashing.recipes import (
+    BACKBONE_CHOICES,
+    cached_flips,
+    dataset_class_embeddings,
+    feature_extractor,
+    network_inputs,
+    recipe,
+)
+from hashing.train import (
+    LAST_CHECKPOINT,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    EpochRecord,
+    TrainConfig,
+    evaluate,
+    fit,
+)
 
 
 @click.command("train")
 @click.option("--dataset", "spec", default="cifar10", show_default=True, help="Data set spec (see iwan.datasets).")
-@click.option("--backbone", type=click.Choice(CLI_BACKBONES), default=CLI_BACKBONES[0], show_default=True)
+@click.option("--backbone", type=click.Choice(BACKBONE_CHOICES), default=BACKBONE_CHOICES[0], show_default=True)
 @click.option("--pretrained", help="Backbone weights: imagenet (default where there are some), none, or a state dict PATH.")
 @click.option("--freeze-backbone", is_flag=True, help="Train only the head on top of the backbone.")
 @click.option("--epochs", type=click.IntRange(min=1))
@@ -97,16 +81,18 @@ def train(spec, backbone, pretrained, freeze_backbone, hierarchy, flipped_featur
 
     started = time.perf_counter()
     dataset_name = spec.partition(":")[0]
-    kind = backbone.removeprefix(PRECOMPUTED_PREFIX) if backbone.startswith(PRECOMPUTED_PREFIX) else None
-    recipe = RECIPES["precomputed" if kind else backbone if backbone == "small-cnn" else "pretrained"]
-    chosen = {**recipe, **{name: value for name, value in options.items() if value is not None}}
+    kind = feature_extractor(backbone)
+    chosen = {**recipe(backbone), **{name: value for name, value in options.items() if value is not None}}
     out = out or settings().model_dir / f"{dataset_name}-hash-{backbone}"
     if (out / LAST_CHECKPOINT).exists() and not resume:
         raise click.UsageError(f"{out / LAST_CHECKPOINT} exists: pass --resume to continue it, or another --out")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
     splits = _load_splits(spec)
-    embeddings = _class_embeddings(spec, dataset_name, hierarchy, splits["train"].class_names)
+    try:
+        embeddings = dataset_class_embeddings(spec, splits["train"].class_names, hierarchy)
+    except (FileNotFoundError, ValueError) as err:
+        raise click.UsageError(str(err)) from None
     data = _inputs(splits, kind, flipped_features)
     config = TrainConfig(
         classification_weight=classification_weight,
@@ -193,43 +179,15 @@ def _load_splits(spec: str) -> dict:
     return splits
 
 
-def _class_embeddings(spec: str, dataset_name: str, hierarchy_path: Path | None, class_names: list[str]) -> np.ndarray:
-    from hashing.embeddings import class_embeddings
-    from hashing.hierarchy import load_hierarchy
-
-    hierarchy_path = hierarchy_path or REPO_DATA / dataset_name / "parent-child.txt"
-    if not hierarchy_path.is_file():
-        raise click.UsageError(f"class hierarchy {hierarchy_path} does not exist: pass --hierarchy PATH (a parent-child file)")
-    names_path = hierarchy_path.parent / HIERARCHY_NAMES
-    hierarchy = load_hierarchy(hierarchy_path, names_path if names_path.is_file() else None)
-    if hierarchy.n_classes != len(class_names):
-        raise click.UsageError(
-            f"{hierarchy_path} has {hierarchy.n_classes} classes (leaves), {spec} has {len(class_names)}: "
-            f"pass the hierarchy of {spec} with --hierarchy"
-        )
-    named = {i: hierarchy.names[i] for i in range(len(class_names)) if i in hierarchy.names}
-    wrong = [f"{i}: {name!r} there, {class_names[i]!r} in {spec}" for i, name in named.items() if name != class_names[i]]
-    if wrong:
-        raise click.UsageError(f"{hierarchy_path} numbers the classes otherwise than {spec} ({'; '.join(wrong[:3])}): pass its hierarchy")
-    return class_embeddings(hierarchy).astype(np.float32)
-
-
 def _inputs(splits: dict, kind: str | None, flipped_features: str) -> dict:
     """train / test inputs and labels: cached features for precomputed backbones, else images."""
     data = {f"{name}_labels": ds.fine_labels for name, ds in splits.items()}
+    data.update({name: network_inputs(ds, kind) for name, ds in splits.items()})
     if kind is None:
-        data.update({name: ds.images for name, ds in splits.items()})
         return data
-
-    from iwan.features import CHUNK_SIZE, chunk_dir, extract
-    from iwan.predictors import load_predictor
-
-    predictor = load_predictor(kind, backend=FEATURE_BACKEND)
-    data.update({name: extract(predictor, ds).features for name, ds in splits.items()})
     train = splits["train"]
-    cached_flips = len(list(chunk_dir(predictor, train, flip=True).glob("*.npz")))
-    if flipped_features == "yes" or (flipped_features == "auto" and cached_flips >= -(-len(train) // CHUNK_SIZE)):
-        data["flipped"] = extract(predictor, train, flip=True).features
+    if flipped_features == "yes" or (flipped_features == "auto" and cached_flips(train, kind)):
+        data["flipped"] = network_inputs(train, kind, flip=True)
     elif flipped_features == "auto":
         click.echo("no cached mirrored-image features: training without them (--flipped-features yes computes them)", err=True)
     return data

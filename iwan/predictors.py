@@ -22,9 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from iwan.config import DEFAULT_BATCH_SIZE, DEFAULT_PREDICTOR, STORED_PREDICTIONS, settings
+from iwan.config import BACKENDS, DEFAULT_BATCH_SIZE, DEFAULT_PREDICTOR, STORED_PREDICTIONS, settings
 
-BACKENDS = ("torch", "onnx")
 PRECISIONS = ("fp32", "bf16")
 INTERPOLATIONS = ("bilinear", "bicubic")
 RANDOM_SEED = 0
@@ -92,7 +91,7 @@ def _resnet50(weights: str | Path | None, pretrained: bool, image_size: int) -> 
 
     model = models.resnet50()
     if weights is not None:
-        _load_state_dict(model, Path(weights), "ResNet-50")
+        load_state_dict(model, Path(weights), "ResNet-50")
     elif pretrained:
         model.load_state_dict(_download_resnet50_state_dict())
     return _ResNet50Head(model, model.fc)
@@ -127,19 +126,19 @@ def _efficientnet_lite0(weights: str | Path | None, pretrained: bool, image_size
     else:
         model = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
         if weights is not None:
-            _load_state_dict(model, Path(weights), "EfficientNet-Lite0")
+            load_state_dict(model, Path(weights), "EfficientNet-Lite0")
     return _Lite0Head(model, model._fc)
 
 
-_IMAGENET_MEAN = tuple(255 * m for m in (0.485, 0.456, 0.406))
-_IMAGENET_STD = tuple(255 * s for s in (0.229, 0.224, 0.225))
+IMAGENET_MEAN = tuple(255 * m for m in (0.485, 0.456, 0.406))
+IMAGENET_STD = tuple(255 * s for s in (0.229, 0.224, 0.225))
 
 ARCHITECTURES = {
     "resnet50": _Architecture(
         name="resnet50",
         image_size=224,
-        mean=_IMAGENET_MEAN,
-        std=_IMAGENET_STD,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
         feature_dim=2048,
         # The original work upscaled CIFAR's 32 px bicubically.
         interpolation="bicubic",
@@ -160,7 +159,8 @@ ARCHITECTURES = {
 }
 
 
-def _load_state_dict(model: nn.Module, path: Path, what: str) -> None:
+def load_state_dict(model: nn.Module, path: Path, what: str) -> None:
+    """Load a state dict file (tensors only: torch's weights_only) into `model`; WeightsError unless it fits."""
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist: pass the path of a {what} state dict")
     try:

@@ -104,12 +104,3 @@ def test_migrations_down_and_up(engine):
             sa.inspect(conn).get_table_names()
         )
 
-
-def test_models_match_migrations(engine):
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-
-    from iwan.models import Base
-
-    with engine.connect() as conn:
-        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from iwan import migrate
 from iwan.cli.common import CliContext, emit_json, pass_context
 from iwan.db import safe_url
+from iwan.norms.store import loaded_sources
 
 COUNTED_TABLES = (
     "sources",
@@ -57,11 +58,7 @@ def status(ctx: CliContext, as_json: bool) -> None:
             for table in COUNTED_TABLES
             if table in existing
         }
-        sources = (
-            [dict(r._mapping) for r in conn.execute(sa.text("SELECT name, checksum, loaded_at FROM sources ORDER BY name"))]
-            if "sources" in existing
-            else []
-        )
+        sources = loaded_sources(conn) if "sources" in existing else []
     report = {
         "url": safe_url(str(engine.url)),
         "revision": migrate.current_revision(engine),

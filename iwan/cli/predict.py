@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from iwan.cli.common import CliContext, emit_json, pass_context
-from iwan.config import DEFAULT_BATCH_SIZE, DEFAULT_PREDICTOR
+from iwan.config import BACKENDS, DEFAULT_BATCH_SIZE, DEFAULT_PREDICTOR
 
 
 @click.command()
@@ -16,7 +16,7 @@ from iwan.config import DEFAULT_BATCH_SIZE, DEFAULT_PREDICTOR
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N images.")
 @click.option("--model", default=DEFAULT_PREDICTOR, show_default=True, help="resnet50 or efficientnet-lite0.")
 @click.option("--weights", type=click.Path(exists=True, path_type=Path), help="A local state dict for the model.")
-@click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
               help="onnx: ONNX Runtime, several times faster on CPU.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

@@ -159,3 +159,9 @@ def association_arrays(engine: Engine, source: str = "usf") -> Associations:
         forward=table[:, 2],
         backward=table[:, 3],
     )
+
+
+def loaded_sources(conn: sa.Connection) -> list[dict]:
+    """Each loaded norm set: name, checksum, loaded_at."""
+    rows = conn.execute(sa.text("SELECT name, checksum, loaded_at FROM sources ORDER BY name"))
+    return [dict(r._mapping) for r in rows]

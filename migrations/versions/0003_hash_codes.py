@@ -1,4 +1,4 @@
-"""Semantic hash codes (48-bit) and embeddings per image and model, through pgvector.
+"""Semantic hash codes (iwan.config.HASH_BITS bits) and embeddings per image and model, through pgvector.
 
 Revision ID: 0003
 Revises: 0002
@@ -8,6 +8,8 @@ Create Date: 2026-11-21
 import sqlalchemy as sa
 from alembic import op
 from pgvector.sqlalchemy import BIT, VECTOR
+
+from iwan.config import HASH_BITS
 
 revision = "0003"
 down_revision = "0002"
@@ -26,7 +28,7 @@ def upgrade() -> None:
             sa.ForeignKey("images.id", ondelete="CASCADE"),
             primary_key=True,
         ),
-        sa.Column("code", BIT(48), nullable=False),
+        sa.Column("code", BIT(HASH_BITS), nullable=False),
         # No fixed dimension: it is the number of classes of the model's hierarchy.
         sa.Column("embedding", VECTOR(), nullable=False),
     )
