@@ -14,7 +14,7 @@ import torch
 from sqlalchemy.engine import Engine
 
 from hashing.codes import pack_activations
-from hashing.model import load_checkpoint
+from hashing.net import load_checkpoint
 from hashing.recipes import network_inputs
 from hashing.store import store_codes
 from hashing.train import encode

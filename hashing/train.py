@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from hashing.codes import ACTIVATION_THRESHOLD
-from hashing.model import HashNetwork, HashOutput, load_checkpoint, save_checkpoint
+from hashing.net import HashNet, HashOutput, load_checkpoint, save_checkpoint
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "onecycle", "triangle")
@@ -117,7 +117,7 @@ class FitResult:
 
 
 @dataclass(frozen=True)
-class Evaluation:
+class Measurement:
     loss: float
     accuracy: float
     """Nearest-class-embedding accuracy of the embeddings."""
@@ -153,7 +153,7 @@ def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np
 
 
 def fit(
-    model: HashNetwork,
+    model: HashNet,
     inputs: np.ndarray | torch.Tensor,
     labels: np.ndarray,
     class_embeddings: np.ndarray,
@@ -213,7 +213,7 @@ def fit(
         train_loss = _train_epoch(
             model, auxiliary, inputs, labels_t, train_idx, targets, optimizer, scheduler, augment, config, epoch, device, progress
         )
-        val = evaluate(
+        val = measure(
             model, val_inputs, val_labels.numpy(), class_embeddings,
             classification_weight=config.classification_weight, device=device,
         )
@@ -240,8 +240,8 @@ def fit(
 
 
 @torch.no_grad()
-def evaluate(
-    model: HashNetwork,
+def measure(
+    model: HashNet,
     inputs: np.ndarray | torch.Tensor,
     labels: np.ndarray,
     class_embeddings: np.ndarray,
@@ -250,7 +250,7 @@ def evaluate(
     batch_size: int = EVAL_BATCH_SIZE,
     device: str | torch.device | None = None,
     mirror: bool = False,
-) -> Evaluation:
+) -> Measurement:
     """Loss and nearest-class-embedding accuracy (of embeddings, and of binarised codes).
 
     `mirror`: average each image's hash activations with its mirror image's (image backbones)."""
@@ -258,7 +258,7 @@ def evaluate(
     targets = torch.as_tensor(np.asarray(class_embeddings), dtype=torch.float32, device=device)
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if len(labels_t) != len(inputs):
-        raise ValueError(f"evaluate: {len(inputs)} inputs but {len(labels_t)} labels; pass one label per input")
+        raise ValueError(f"measure: {len(inputs)} inputs but {len(labels_t)} labels; pass one label per input")
     loss_sum, correct, code_correct = 0.0, 0, 0
     for start, output in _outputs(model, inputs, batch_size, device, mirror):
         y = labels_t[start : start + len(output.embedding)].to(device)
@@ -267,12 +267,12 @@ def evaluate(
         codes = (output.hash > ACTIVATION_THRESHOLD).float()
         code_correct += (nearest_class(model.from_hash(codes).embedding, targets) == y).sum().item()
     n = len(labels_t)
-    return Evaluation(loss_sum / n, correct / n, code_correct / n, n)
+    return Measurement(loss_sum / n, correct / n, code_correct / n, n)
 
 
 @torch.no_grad()
 def encode(
-    model: HashNetwork,
+    model: HashNet,
     inputs: np.ndarray | torch.Tensor,
     *,
     batch_size: int = EVAL_BATCH_SIZE,
@@ -283,7 +283,7 @@ def encode(
     """(embeddings float32 (N, embedding_dim), hash activations float32 (N, bits)) of a data set.
 
     Binarise the activations with hashing.codes.pack_activations for the stored 48-bit codes.
-    `mirror`: as in `evaluate`."""
+    `mirror`: as in `measure`."""
     device = _model_device(model) if device is None else torch.device(device)
     embeddings = np.empty((len(inputs), model.config.embedding_dim), dtype=np.float32)
     hashes = np.empty((len(inputs), model.config.bits), dtype=np.float32)
@@ -342,7 +342,7 @@ class _Lookahead:
     """Slow weights (and batch-norm statistics) that the fast ones are pulled back to; synced at the
     end of each epoch too, so that a checkpoint holds all the state a resumed run needs."""
 
-    def __init__(self, model: HashNetwork, auxiliary, step: int, total_steps: int):
+    def __init__(self, model: HashNet, auxiliary, step: int, total_steps: int):
         modules = [model] + ([auxiliary] if auxiliary is not None else [])
         self.tensors = [t for m in modules for t in m.state_dict().values() if t.is_floating_point()]
         self.slow = [t.detach().clone() for t in self.tensors]
@@ -366,7 +366,7 @@ class _Lookahead:
             fast.copy_(slow)
 
 
-def _augmenter(model: HashNetwork, inputs: torch.Tensor, train_idx: np.ndarray, flipped: torch.Tensor | None, config: TrainConfig):
+def _augmenter(model: HashNet, inputs: torch.Tensor, train_idx: np.ndarray, flipped: torch.Tensor | None, config: TrainConfig):
     """fn(batch inputs, batch indices, generator) -> augmented batch, for this model's kind of input."""
     if model.config.backbone != "precomputed":
         return lambda x, _, generator: crop_and_flip(x, generator, config.translate)
@@ -410,7 +410,7 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
 # --- optimiser, schedule, resume -------------------------------------------------------------------
 
 
-def _optimizer(model: HashNetwork, auxiliary, config: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(model: HashNet, auxiliary, config: TrainConfig) -> torch.optim.Optimizer:
     backbone = {id(p) for p in model.backbone.parameters()}
     params = [p for p in model.parameters() if p.requires_grad]
     weights = [p for p in params if id(p) in backbone and p.ndim > 1]
@@ -443,7 +443,7 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
 
 
-def _resume_state(last_path: Path, model: HashNetwork, class_embeddings: np.ndarray, config: TrainConfig) -> dict:
+def _resume_state(last_path: Path, model: HashNet, class_embeddings: np.ndarray, config: TrainConfig) -> dict:
     if not last_path.is_file():
         raise FileNotFoundError(f"cannot resume: {last_path} does not exist; train without resume first")
     saved = load_checkpoint(last_path, expect=model.config)
@@ -475,7 +475,7 @@ def _resume_state(last_path: Path, model: HashNetwork, class_embeddings: np.ndar
 # --- helpers ---------------------------------------------------------------------------------------
 
 
-def _outputs(model: HashNetwork, inputs, batch_size: int, device: torch.device, mirror: bool = False):
+def _outputs(model: HashNet, inputs, batch_size: int, device: torch.device, mirror: bool = False):
     """(start index, network output) per batch, in eval mode."""
     model.eval()
     forward = model.forward_mirrored if mirror else model
@@ -492,11 +492,11 @@ def _use_bf16(precision: str, device: torch.device) -> bool:
     return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-def _model_device(model: HashNetwork) -> torch.device:
+def _model_device(model: HashNet) -> torch.device:
     return next(model.parameters()).device
 
 
-def _check_data(model: HashNetwork, inputs: torch.Tensor, labels: torch.Tensor, class_embeddings, flipped) -> None:
+def _check_data(model: HashNet, inputs: torch.Tensor, labels: torch.Tensor, class_embeddings, flipped) -> None:
     n_classes, dim = np.shape(class_embeddings)
     if (n_classes, dim) != (model.config.n_classes, model.config.embedding_dim):
         raise ValueError(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from hashing.model import PRETRAINABLE, HashConfig, HashNetwork, load_checkpoint
+from hashing.net import PRETRAINABLE, HashConfig, HashNet, load_checkpoint
 from hashing.recipes import (
     BACKBONE_CHOICES,
     cached_flips,
@@ -29,7 +29,7 @@ from hashing.train import (
     SCHEDULES,
     EpochRecord,
     TrainConfig,
-    evaluate,
+    measure,
     fit,
 )
 
@@ -99,7 +99,7 @@ def train(spec, backbone, pretrained, freeze_backbone, hierarchy, flipped_featur
         **{f.name: chosen[f.name] for f in fields(TrainConfig) if f.name in chosen},
     )
     torch.manual_seed(config.seed)  # the initial weights: the same command trains the same network
-    model = HashNetwork(
+    model = HashNet(
         HashConfig(
             backbone="precomputed" if kind else backbone,
             n_classes=len(embeddings),
@@ -162,7 +162,7 @@ def _widths(text: str | tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _weights(backbone: str, pretrained: str | None) -> str | None:
-    """None (random), 'imagenet' or a path; HashNetwork says which backbone takes which."""
+    """None (random), 'imagenet' or a path; HashNet says which backbone takes which."""
     if pretrained == "none":
         return None
     return pretrained or ("imagenet" if backbone in PRETRAINABLE else None)
@@ -197,7 +197,7 @@ def _test_figures(best_path: Path, data: dict, device: str, classification_weigh
     if "test" not in data:
         return {"test_accuracy": None, "test_code_accuracy": None, "test_loss": None}
     best = load_checkpoint(best_path, device=device)
-    result = evaluate(
+    result = measure(
         best.model, data["test"], data["test_labels"], best.class_embeddings,
         classification_weight=classification_weight, mirror=mirror,
     )

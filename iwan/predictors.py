@@ -47,7 +47,7 @@ class Prediction:
 class _Head(nn.Module):
     """A classifier split at its pooled features: forward gives (logits, features).
 
-    `fc` is the model's own classifier under a second name: hashing/model.py freezes it there,
+    `fc` is the model's own classifier under a second name: hashing/net.py freezes it there,
     and state dicts saved from a head keep both key sets.
     """
 

@@ -11,7 +11,7 @@ from PIL import Image
 from test_cli_norms import iwan
 
 from hashing.codes import pack_activations
-from hashing.model import load_checkpoint
+from hashing.net import load_checkpoint
 from hashing.store import load_codes
 from hashing.train import encode
 from iwan import images as image_store

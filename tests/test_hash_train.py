@@ -11,8 +11,8 @@ import torch
 from hashing.codes import pack_activations
 from hashing.embeddings import class_embeddings
 from hashing.hierarchy import ClassHierarchy
-from hashing.model import HashConfig, HashNetwork, load_checkpoint
-from hashing.train import TrainConfig, crop_and_flip, encode, evaluate, fit, split_validation
+from hashing.net import HashConfig, HashNet, load_checkpoint
+from hashing.train import TrainConfig, crop_and_flip, encode, fit, measure, split_validation
 
 DIM = 16
 
@@ -37,22 +37,22 @@ def _data(n: int, seed: int, noise: float = 1.0) -> tuple[np.ndarray, np.ndarray
     return (prototypes[labels] + rng.normal(size=(n, DIM)) * noise).astype(np.float16), labels
 
 
-def _model(hidden=(32,), seed: int = 0) -> HashNetwork:
+def _model(hidden=(32,), seed: int = 0) -> HashNet:
     torch.manual_seed(seed)
     config = HashConfig(backbone="precomputed", n_classes=4, embedding_dim=4, feature_dim=DIM, hidden=hidden, bits=16)
-    return HashNetwork(config)
+    return HashNet(config)
 
 
 def test_training_lowers_the_loss_and_classifies_by_nearest_class_embedding(tmp_path):
     features, labels = _data(400, seed=1)
     model = _model()
-    before = evaluate(model, *_data(300, seed=2), EMBEDDINGS)
+    before = measure(model, *_data(300, seed=2), EMBEDDINGS)
     result = fit(model, features, labels, EMBEDDINGS, CONFIG, tmp_path, progress=False)
     losses = [r.train_loss for r in result.history]
     assert len(losses) == CONFIG.epochs and losses[-1] < 0.5 * losses[0]
 
     best = load_checkpoint(result.best_path)
-    after = evaluate(best.model, *_data(300, seed=2), EMBEDDINGS)
+    after = measure(best.model, *_data(300, seed=2), EMBEDDINGS)
     assert after.loss < before.loss and before.accuracy < 0.6
     assert after.accuracy >= 0.95 and after.code_accuracy >= 0.9
 
@@ -112,7 +112,7 @@ def test_the_small_cnn_recipe_learns(tmp_path):
     result = fit(_model(), features, labels, EMBEDDINGS, AIRBENCH_LIKE, tmp_path, progress=False)
     losses = [r.train_loss for r in result.history]
     assert losses[-1] < 0.6 * losses[0]
-    assert evaluate(load_checkpoint(result.best_path).model, *_data(300, seed=2), EMBEDDINGS).accuracy >= 0.9
+    assert measure(load_checkpoint(result.best_path).model, *_data(300, seed=2), EMBEDDINGS).accuracy >= 0.9
     # The auxiliary classifier trains with the network and is kept for resuming, not in best.pt.
     last = load_checkpoint(result.last_path)
     assert last.training["auxiliary"]["weight"].shape == (4, DIM)
@@ -146,9 +146,9 @@ def test_best_checkpoint_is_the_epoch_of_lowest_validation_loss(tmp_path):
     _, val_idx = split_validation(len(labels), config.val_fraction, config.seed)
     best = load_checkpoint(result.best_path)
     last = load_checkpoint(result.last_path)
-    best_val = evaluate(best.model, features[val_idx], labels[val_idx], EMBEDDINGS)
+    best_val = measure(best.model, features[val_idx], labels[val_idx], EMBEDDINGS)
     assert best_val.loss == pytest.approx(result.best_val_loss, abs=1e-5) == pytest.approx(min(val_losses), abs=1e-5)
-    assert evaluate(last.model, features[val_idx], labels[val_idx], EMBEDDINGS).loss > best_val.loss
+    assert measure(last.model, features[val_idx], labels[val_idx], EMBEDDINGS).loss > best_val.loss
     assert last.training["epoch"] == config.epochs and best.training is None
 
 
@@ -168,7 +168,7 @@ def test_small_cnn_trains_on_uint8_images(tmp_path):
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), rng.integers(0, 4, 40)
     torch.manual_seed(0)
-    model = HashNetwork(HashConfig(backbone="small-cnn", n_classes=4, embedding_dim=4, hidden=(16,)))
+    model = HashNet(HashConfig(backbone="small-cnn", n_classes=4, embedding_dim=4, hidden=(16,)))
     config = dataclasses.replace(CONFIG, epochs=1, batch_size=16)
     result = fit(model, images, labels, EMBEDDINGS, config, tmp_path, progress=False)
     assert np.isfinite(result.history[0].train_loss) and result.best_path.is_file()

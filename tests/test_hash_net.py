@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from hashing.model import HashConfig, HashNetwork, load_checkpoint, save_checkpoint
+from hashing.net import HashConfig, HashNet, load_checkpoint, save_checkpoint
 
 FEATURES = 24
 
 
-def _precomputed(**overrides) -> HashNetwork:
+def _precomputed(**overrides) -> HashNet:
     config = dict(backbone="precomputed", n_classes=5, embedding_dim=5, feature_dim=FEATURES, hidden=(16,), bits=12)
     torch.manual_seed(0)
-    return HashNetwork(HashConfig(**{**config, **overrides})).eval()
+    return HashNet(HashConfig(**{**config, **overrides})).eval()
 
 
 @pytest.mark.parametrize("classification", [True, False])
@@ -29,7 +29,7 @@ def test_precomputed_outputs_are_unit_embeddings_and_sigmoid_hashes(classificati
 
 def test_small_cnn_takes_uint8_images_of_any_size_and_rejects_features():
     torch.manual_seed(0)
-    model = HashNetwork(HashConfig(backbone="small-cnn", n_classes=3, embedding_dim=3, hidden=(8,))).eval()
+    model = HashNet(HashConfig(backbone="small-cnn", n_classes=3, embedding_dim=3, hidden=(8,))).eval()
     assert model.config.feature_dim == 256
     for side in (32, 40):
         embedding, hashed, logits = model(torch.randint(0, 256, (2, side, side, 3), dtype=torch.uint8))
@@ -43,7 +43,7 @@ def test_small_cnn_whitening_decorrelates_the_training_patches():
     rng = np.random.default_rng(0)
     base = rng.normal(size=(200, 1, 16, 16))
     images = torch.tensor(base + 0.3 * rng.normal(size=(200, 3, 16, 16)) + 0.5 * np.roll(base, 1, axis=3), dtype=torch.float32)
-    cnn = HashNetwork(HashConfig(backbone="small-cnn", n_classes=3, embedding_dim=3, hidden=(8,))).backbone[1]
+    cnn = HashNet(HashConfig(backbone="small-cnn", n_classes=3, embedding_dim=3, hidden=(8,))).backbone[1]
     cnn.fit_whitening(images)
     weight = cnn.whiten.weight.detach()
     assert weight.shape == (24, 3, 2, 2) and not cnn.whiten.weight.requires_grad
@@ -56,7 +56,7 @@ def test_small_cnn_whitening_decorrelates_the_training_patches():
 
 def test_mirror_averaging_averages_the_hash_activations_of_both_views():
     torch.manual_seed(0)
-    model = HashNetwork(HashConfig(backbone="small-cnn", n_classes=3, embedding_dim=3, hidden=(8,))).eval()
+    model = HashNet(HashConfig(backbone="small-cnn", n_classes=3, embedding_dim=3, hidden=(8,))).eval()
     images = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
     with torch.no_grad():
         mirrored = model.forward_mirrored(images)
@@ -75,7 +75,7 @@ def test_precomputed_rejects_features_of_another_width():
 
 def test_frozen_backbone_keeps_weights_and_batch_norm_statistics():
     torch.manual_seed(0)
-    model = HashNetwork(HashConfig(backbone="small-cnn", n_classes=3, embedding_dim=3, hidden=(8,)))
+    model = HashNet(HashConfig(backbone="small-cnn", n_classes=3, embedding_dim=3, hidden=(8,)))
     model.freeze_backbone()
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     model.train()

@@ -87,7 +87,7 @@ class HashOutput(NamedTuple):
     """(N, n_classes), or None without a classification head."""
 
 
-class HashNetwork(nn.Module):
+class HashNet(nn.Module):
     def __init__(self, config: HashConfig, pretrained: str | Path | None = None):
         """`pretrained`: None (random init), 'imagenet', or the path of a state dict of the whole
         torchvision / efficientnet-lite classifier (or of SmallCNN). Checkpoints need none of it."""
@@ -116,7 +116,7 @@ class HashNetwork(nn.Module):
         self.backbone.requires_grad_(False)
         self.backbone.eval()
 
-    def train(self, mode: bool = True) -> HashNetwork:
+    def train(self, mode: bool = True) -> HashNet:
         super().train(mode)
         if self.frozen_backbone:
             self.backbone.eval()
@@ -335,7 +335,7 @@ def _load_state(net: nn.Module, path: str | Path | None, name: str) -> None:
 @dataclass
 class Checkpoint:
     path: Path
-    model: HashNetwork
+    model: HashNet
     class_embeddings: np.ndarray
     """(n_classes, embedding_dim) float32: the targets the network was trained towards."""
     class_names: list[str] | None
@@ -345,7 +345,7 @@ class Checkpoint:
 
 def save_checkpoint(
     path: str | Path,
-    model: HashNetwork,
+    model: HashNet,
     class_embeddings: np.ndarray,
     class_names: list[str] | None = None,
     training: dict | None = None,
@@ -382,7 +382,7 @@ def load_checkpoint(
     config = HashConfig(**payload["config"])
     if expect is not None:
         _check_architecture(path, config, expect)
-    model = HashNetwork(config)
+    model = HashNet(config)
     model.load_state_dict(payload["model"])
     model.to(device).eval()
     return Checkpoint(
