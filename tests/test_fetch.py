@@ -1,4 +1,4 @@
-"""Downloads against a real local HTTP server: checked, resumable, atomic, once; and offline."""
+"""Downloads against a real local HTTP server: checked, resumable, atomic, once; offline; the CLI."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import dataclasses
 import hashlib
 import http.server
 import io
+import json
 import pickle
 import re
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -518,3 +521,79 @@ def test_only_the_missing_pieces_are_fetched_and_named(site, data_dir, closed_ur
 
     assert str(caught.value).startswith("1 piece of data is missing and could not be downloaded: ResNet-50's")
     assert "USF" not in str(caught.value) and site.requests == []
+
+
+# --- the commands: `iwan data check|fetch`, `iwan norms load --download` ---------------------
+
+
+def iwan(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "iwan", *args], check=False, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_offline_fetch_stops_at_once_naming_every_piece_and_its_place(data_dir, closed_url, monkeypatch):
+    for variable in ("IWAN_USF_URL", "IWAN_CIFAR_URL", "IWAN_WEIGHTS_URL"):
+        monkeypatch.setenv(variable, closed_url)
+
+    started = time.monotonic()
+    result = iwan("data", "fetch", "norms", "cifar100", "resnet50")
+
+    assert time.monotonic() - started < 60
+    assert result.returncode == 1 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("iwan: error: 3 pieces of data are missing and could not be downloaded: the USF norms (")
+    for place in (data_dir / "usf-appendix-a", data_dir / "weights" / "resnet50-0676ba61.pth"):
+        assert str(place) in line
+    assert f"{closed_url}cifar-100-python.tar.gz and extract it into {data_dir}" in line
+
+
+def test_fetch_then_check(site, data_dir, tmp_path, monkeypatch):
+    bodies = _usf_bodies(tmp_path, "LAB")
+    site.files.update(bodies)
+    monkeypatch.setenv("IWAN_USF_URL", site.url)
+
+    fetched = iwan("data", "fetch", "norms", "--json")
+    again = iwan("data", "fetch", "norms", "--json")
+    checked = iwan("data", "check", "norms")
+
+    assert fetched.returncode == 0, fetched.stderr
+    [row] = json.loads(fetched.stdout)
+    assert row == {
+        "name": "norms", "title": "the USF norms", "path": str(data_dir / "usf-appendix-a"), "present": True,
+        "missing": [], "url": site.url, "fetched": True,
+    }
+    assert json.loads(again.stdout)[0]["fetched"] is False
+    assert len(site.requests) == len(FILES)
+    assert _snapshot(data_dir / "usf-appendix-a") == bodies
+    assert (checked.returncode, checked.stdout.split()) == (0, ["norms", "present", str(data_dir / "usf-appendix-a")])
+
+
+def test_check_lists_what_is_missing_and_exits_1(data_dir, tmp_path):
+    _local_copy(data_dir / "usf-appendix-a", _usf_bodies(tmp_path, "LAB"))
+    (data_dir / "usf-appendix-a" / FILES[2]).unlink()
+
+    result = iwan("data", "check", "--json")
+
+    assert result.returncode == 1
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert list(rows) == ["norms", "cifar100", "resnet50"]
+    assert rows["norms"]["missing"] == [FILES[2]] and rows["cifar100"]["missing"] == ["meta", "train", "test"]
+    [line] = result.stderr.splitlines()
+    assert line.startswith("iwan: error: 3 pieces of data are missing: the USF norms; CIFAR-100; ResNet-50's")
+    assert "run `iwan data fetch` on a machine with internet" in line
+
+
+def test_norms_load_download_failure_keeps_the_local_copy(site, data_dir, tmp_path, monkeypatch):
+    good = _usf_bodies(tmp_path / "good", "LAB")
+    _local_copy(data_dir / "usf-appendix-a", good)
+    site.files.update(_usf_bodies(tmp_path / "new", "CAT"))
+    del site.files[FILES[3]]
+
+    result = iwan("norms", "load", "--download", "--base-url", site.url)
+
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"iwan: error: cannot download {site.url}{FILES[3]}: HTTP 404 Not Found; ")
+    assert f"{data_dir / 'usf-appendix-a'} is unchanged" in line
+    assert _snapshot(data_dir / "usf-appendix-a") == good
