@@ -219,11 +219,19 @@ def swap_in(new: Path, target: Path) -> None:
     The caller holds `locked(target.parent)`.
     """
     old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
     if target.exists() or target.is_symlink():
         os.rename(target, old)
     os.rename(new, target)
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, a link (not what it points to) or a folder tree, if there."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
 
 
 @contextlib.contextmanager

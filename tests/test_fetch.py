@@ -597,3 +597,19 @@ def test_norms_load_download_failure_keeps_the_local_copy(site, data_dir, tmp_pa
     assert line.startswith(f"iwan: error: cannot download {site.url}{FILES[3]}: HTTP 404 Not Found; ")
     assert f"{data_dir / 'usf-appendix-a'} is unchanged" in line
     assert _snapshot(data_dir / "usf-appendix-a") == good
+
+
+def test_a_local_copy_that_is_a_link_is_replaced_by_the_download(site, data_dir, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    _local_copy(elsewhere, _usf_bodies(tmp_path / "old", "LAB"))
+    data_dir.mkdir()
+    (data_dir / "usf-appendix-a").symlink_to(elsewhere)
+    new = _usf_bodies(tmp_path / "new", "CAT")
+    site.files.update(new)
+
+    download_usf(data_dir / "usf-appendix-a", site.url, progress=False)
+
+    assert not (data_dir / "usf-appendix-a").is_symlink()
+    assert _snapshot(data_dir / "usf-appendix-a") == new
+    assert sorted(p.name for p in data_dir.iterdir()) == ["usf-appendix-a"]
+    assert _snapshot(elsewhere) == _usf_bodies(tmp_path / "old", "LAB")  # what the link named is kept
