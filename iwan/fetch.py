@@ -123,7 +123,9 @@ def describe_missing(missing: Sequence[tuple[Resource, str | None]]) -> str:
     tried = any(why for _, why in missing)
     what = "; ".join(f"{r.title} ({why})" if why else r.title for r, why in missing)
     places = "; ".join(f"{r.title}: {r.manual}" for r, _ in missing)
-    fix = "put them in place by hand" if tried else "run `iwan data fetch` on a machine with internet, or put them in place by hand"
+    fix = "put them in place by hand"
+    if not tried:
+        fix = f"run `iwan data fetch` on a machine with internet, or {fix}"
     return (
         f"{count} {'is' if len(missing) == 1 else 'are'} missing"
         f"{' and could not be downloaded' if tried else ''}: {what}. To fix, {fix}: {places}; "
@@ -342,7 +344,9 @@ def _copy(response, part: Path, start: int, total: int | None, what: str, progre
                 received += len(block)
                 bar.update(len(block))
     except OSError as err:
-        raise FetchError(f"cannot write {part} ({err.strerror or err}): free some space or set IWAN_DATA_DIR") from None
+        raise FetchError(
+            f"cannot write {part} ({err.strerror or err}): free some space or set IWAN_DATA_DIR"
+        ) from None
     return received, cut
 
 

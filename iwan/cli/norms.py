@@ -22,9 +22,11 @@ def norms() -> None:
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--source", default=USF_SOURCE, show_default=True, help="Name of the norm set.")
 @click.option(
-    "--download", is_flag=True, help="Fetch the 8 Appendix A files first (the local copy is replaced only if all arrive)."
+    "--download", is_flag=True, help="Fetch the 8 Appendix A files first (replacing the local copy once all 8 parse)."
 )
-@click.option("--base-url", default=None, help="Where --download fetches from [default: IWAN_USF_URL, else the USF site].")
+@click.option(
+    "--base-url", default=None, help="Where --download fetches from [default: IWAN_USF_URL, else the USF site]."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @pass_context
 def load(
