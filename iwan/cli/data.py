@@ -37,7 +37,7 @@ def data() -> None:
 @names_argument
 @json_option
 def check(names: tuple[str, ...], as_json: bool) -> None:
-    """Say where each of NAMES (default: all) is and what is missing; exit 1 if anything is.
+    """Say where each of NAMES (default: all) is; exit 1 if any is missing.
 
     Looks at the local copies only, never the network.
     """
