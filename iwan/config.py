@@ -30,13 +30,20 @@ BACKENDS = ("torch", "onnx")
 """How a predictor runs: PyTorch, or its ONNX export under ONNX Runtime."""
 
 USF_SOURCE = "usf"
-USF_BASE_URL = "http://w3.usf.edu/FreeAssociation/AppendixA/"
 USF_FILES = ("A-B", "C", "D-F", "G-K", "L-O", "P-R", "S", "T-Z")
 USF_CITATION = (
     "Nelson, D. L., McEvoy, C. L., & Schreiber, T. A. (2004). The University of South Florida "
     "free association, rhyme, and word fragment norms. Behavior Research Methods, Instruments, "
     "& Computers, 36(3), 402-407."
 )
+
+# Where the external data comes from (each overridable, for mirrors and for tests).
+USF_BASE_URL = "http://w3.usf.edu/FreeAssociation/AppendixA/"
+CIFAR_BASE_URL = "https://www.cs.toronto.edu/~kriz/"
+WEIGHTS_BASE_URL = "https://download.pytorch.org/models/"
+# Seconds to wait for a connection (and for each block of a download): short, so that an
+# offline machine learns within a minute that nothing can be fetched.
+DEFAULT_FETCH_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,14 @@ class Settings:
     """Local copies of external data sets (CIFAR, the USF norms); loaders look here first."""
     database_url: str | None
     """An external PostgreSQL; None means the embedded server under `home`."""
+    usf_url: str = USF_BASE_URL
+    """The folder URL of the 8 USF Appendix A files (IWAN_USF_URL)."""
+    cifar_url: str = CIFAR_BASE_URL
+    """The folder URL of the official CIFAR python archives (IWAN_CIFAR_URL)."""
+    weights_url: str = WEIGHTS_BASE_URL
+    """The folder URL of torchvision's pretrained weight files (IWAN_WEIGHTS_URL)."""
+    fetch_timeout: float = DEFAULT_FETCH_TIMEOUT
+    """Seconds a download waits to connect, and for each block (IWAN_FETCH_TIMEOUT)."""
 
     @property
     def pgdata(self) -> Path:
@@ -75,4 +90,21 @@ def settings(database_url: str | None = None) -> Settings:
         home=home,
         data_dir=data_dir,
         database_url=database_url or os.environ.get("IWAN_DATABASE_URL") or None,
+        usf_url=os.environ.get("IWAN_USF_URL") or USF_BASE_URL,
+        cifar_url=os.environ.get("IWAN_CIFAR_URL") or CIFAR_BASE_URL,
+        weights_url=os.environ.get("IWAN_WEIGHTS_URL") or WEIGHTS_BASE_URL,
+        fetch_timeout=_positive_float("IWAN_FETCH_TIMEOUT", DEFAULT_FETCH_TIMEOUT),
     )
+
+
+def _positive_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name}={raw!r} must be a positive number of seconds")
+    return value

@@ -1,7 +1,8 @@
 """Image data sets as one uint8 array plus labels: CIFAR-100, CIFAR-10 and image folders.
 
 Specs: `cifar100`, `cifar100:PATH`, `cifar10`, `imagefolder:PATH`. Local copies in
-`settings().data_dir` come first; the CIFAR sets fall back to torchvision's download.
+`settings().data_dir` come first; the CIFAR sets fall back to downloading the official archive
+(`iwan.fetch`: checked, resumable).
 Decoded image folders are cached as .npy under `settings().cache_dir` so that later runs
 skip the JPEG decoding.
 """
@@ -18,12 +19,13 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from iwan.config import settings
+from iwan import fetch
+from iwan.config import CIFAR_BASE_URL, settings
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 CIFAR_SPLITS = ("train", "test")
-CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR100_URL = CIFAR_BASE_URL + "cifar-100-python.tar.gz"
+CIFAR10_URL = CIFAR_BASE_URL + "cifar-10-python.tar.gz"
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -111,7 +113,7 @@ def _load_cifar100(path: Path | None, split: str) -> ImageDataset:
         root = settings().data_dir
         folder = root / "cifar-100-python"
         if not folder.is_dir():
-            _download("CIFAR-100", folder, CIFAR100_URL, root)
+            _download("cifar100")
     else:
         folder = path if path.name == "cifar-100-python" else path / "cifar-100-python"
         if not folder.is_dir():
@@ -150,7 +152,7 @@ def _load_cifar10(split: str, limit: int | None) -> ImageDataset:
     if not pickles.is_dir() and jpegs.is_dir():
         return _read_image_folder(_image_folder_split(jpegs, split), "cifar10", split, limit)
     if not pickles.is_dir():
-        _download("CIFAR-10", pickles, CIFAR10_URL, root)
+        _download("cifar10")
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     batches = [(pickles / name, _unpickle(pickles / name, "data", "labels")) for name in names]
     return ImageDataset(
@@ -199,25 +201,57 @@ def _cifar_images(data, path: Path) -> np.ndarray:
     return np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
 
 
-def _download(what: str, folder: Path, url: str, root: Path) -> None:
-    """torchvision's download of `what` into `root`; fails with the one-line manual fix."""
+@dataclass(frozen=True)
+class _CifarArchive:
+    title: str
+    archive: str
+    md5: str
+    folder: str
+    files: tuple[str, ...]
+
+
+# The official archives (torchvision checks the same md5s).
+_CIFAR_ARCHIVES = {
+    "cifar100": _CifarArchive(
+        "CIFAR-100", "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
+        "cifar-100-python", ("meta", "train", "test"),
+    ),
+    "cifar10": _CifarArchive(
+        "CIFAR-10", "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a", "cifar-10-batches-py",
+        ("batches.meta", *(f"data_batch_{i}" for i in range(1, 6)), "test_batch"),
+    ),
+}
+
+
+def cifar_resource(name: str) -> fetch.Resource:
+    """The official CIFAR archive `name` (cifar100, cifar10), extracted into `settings().data_dir`."""
+    spec = _CIFAR_ARCHIVES[name]
+    root = settings().data_dir
+    url = fetch.join_url(settings().cifar_url, spec.archive)
+    return fetch.Resource(
+        name=name,
+        title=spec.title,
+        path=root / spec.folder,
+        url=url,
+        manual=f"download {url} and extract it into {root}",
+        get=lambda progress: fetch.fetch_archive(
+            url, root / spec.archive, fetch.Checksum("md5", spec.md5), root / spec.folder, spec.files,
+            what=spec.title, progress=progress,
+        ),
+        files=spec.files,
+    )
+
+
+def _download(name: str) -> None:
+    """Download and extract CIFAR `name` into the data dir; fails with the one-line manual fix."""
+    resource = cifar_resource(name)
     try:
-        _torchvision_download(what, root)
-    except Exception as err:  # noqa: BLE001 - any failure (network, disk, checksum) has the same fix
-        reason = f"{type(err).__name__}: {err}".splitlines()[0]
+        resource.get(True)
+    except fetch.FetchError as err:
         raise DatasetNotFoundError(
-            f"{what} not found in {folder} and it could not be downloaded ({reason}): "
-            f"download {url} and extract it into {root}"
+            f"{resource.title} not found in {resource.path} and it could not be downloaded ({err}): "
+            f"{resource.manual}"
         ) from None
-    if not folder.is_dir():
-        raise DatasetNotFoundError(f"{what} was downloaded into {root} but {folder} is not there")
-
-
-def _torchvision_download(what: str, root: Path) -> None:
-    from iwan.tv import datasets
-
-    cls = datasets.CIFAR100 if what == "CIFAR-100" else datasets.CIFAR10
-    cls(root=str(root), train=True, download=True)
 
 
 # --- image folders ---------------------------------------------------------------------------

