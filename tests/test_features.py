@@ -1,4 +1,5 @@
-"""The chunked, resumable predictor pass, with EfficientNet-Lite0 at CIFAR's own 32 px."""
+"""The chunked, resumable predictor pass, with EfficientNet-Lite0 at CIFAR's own 32 px, on a
+small CIFAR-100 written in the official format."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 from iwan.datasets import load_dataset
 from iwan.features import chunk_dir, extract, iter_chunks
 from iwan.predictors import load_predictor
+
+import cifar_files
 
 N = 24
 CHUNK = 8
@@ -26,8 +29,9 @@ def predictor():
 
 
 @pytest.fixture(scope="module")
-def dataset(shared_data):
-    return load_dataset(f"cifar100:{shared_data / 'cifar100-train-sample'}", "train", limit=N)
+def dataset(tmp_path_factory):
+    root = cifar_files.write_cifar100(tmp_path_factory.mktemp("cifar100"), cifar_files.images(N), list(range(N)))
+    return load_dataset(f"cifar100:{root}", "train")
 
 
 class Interrupted(Exception):

@@ -78,3 +78,11 @@ def write_appendix(folder: Path) -> Path:
         header = TRF_HEADER_LINE if suffix == "D-F" else HEADER_LINE
         write(folder, header, *lines, name=f"Cue_Target_Pairs.{suffix}")
     return folder
+
+
+def write_chain(folder: Path, words: list[str], fsg: str = ".500") -> Path:
+    """One Appendix A file in `folder` in which each word cues the next: a connected vocabulary
+    of exactly `words`, for tests that need given words in the norms; returns the file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [row(cue, target, fsg=fsg, bsg=fsg) for cue, target in zip(words, words[1:])]
+    return write(folder, HEADER_LINE, *lines, name="Cue_Target_Pairs.A-B")
