@@ -62,8 +62,6 @@ def missing_real_data(names) -> list[str]:
     """Why each named data set is unusable, with where to get it; empty when all are there."""
     reasons = []
     for name in names:
-        if name not in REAL_DATA:
-            raise ValueError(f"real_data({name!r}): unknown data set, choose from {', '.join(REAL_DATA)}")
         data = REAL_DATA[name]
         folder = SHARED_DATA / data.folder
         if not folder.is_dir() or not any(folder.iterdir()):
@@ -74,13 +72,17 @@ def missing_real_data(names) -> list[str]:
     return reasons
 
 
+def _known(names) -> bool:
+    return bool(names) and all(name in REAL_DATA for name in names)
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip (with the reason and where to get the data) what needs absent data; under
     IWAN_REQUIRE_REAL_DATA=1 leave those tests to fail in set-up instead."""
     for item in items:
         marker = item.get_closest_marker("real_data")
-        if marker is None or REQUIRE_REAL_DATA:
-            continue
+        if marker is None or REQUIRE_REAL_DATA or not _known(marker.args):
+            continue  # unmarked; or left for set-up to fail (required data, unknown names)
         reasons = missing_real_data(marker.args)
         if reasons:
             item.add_marker(pytest.mark.skip(reason="; ".join(reasons)))
@@ -90,10 +92,14 @@ def pytest_runtest_setup(item):
     marker = item.get_closest_marker("real_data")
     if marker is None:
         if "shared_data" in item.fixturenames:
-            pytest.fail(f"{item.nodeid} uses shared_data: mark it @pytest.mark.real_data(<data sets>)")
+            pytest.fail(f"{item.nodeid} uses shared_data: mark it @pytest.mark.real_data(<data sets>)", pytrace=False)
         return
-    if not marker.args:
-        pytest.fail(f"{item.nodeid}: name the data sets, e.g. @pytest.mark.real_data(\"usf\")")
+    if not _known(marker.args):
+        pytest.fail(
+            f"{item.nodeid}: @pytest.mark.real_data{tuple(marker.args)} must name data sets among "
+            f"{', '.join(REAL_DATA)}",
+            pytrace=False,
+        )
     reasons = missing_real_data(marker.args)
     if reasons:
         pytest.fail(f"IWAN_REQUIRE_REAL_DATA=1 but this test {'; '.join(reasons)}", pytrace=False)
