@@ -10,12 +10,12 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import cifar_files
 import pytest
 from PIL import Image
 from test_cli_norms import iwan
 from usf_files import write_chain
 
-import cifar_files
 from iwan.tv import models
 
 N_IMAGES = 24

@@ -12,7 +12,13 @@ import threading
 
 import pytest
 from usf_files import (
-    APPENDIX_CUES, APPENDIX_PAIRS, APPENDIX_TARGETS, APPENDIX_WORDS, HEADER_LINE, row, write,
+    APPENDIX_CUES,
+    APPENDIX_PAIRS,
+    APPENDIX_TARGETS,
+    APPENDIX_WORDS,
+    HEADER_LINE,
+    row,
+    write,
     write_appendix,
 )
 

@@ -1,4 +1,5 @@
-"""Data set loading: the real CIFAR copies in the shared data, tiny image folders, and the errors."""
+"""Data set loading: CIFAR written in the official formats (the real copies where present), tiny
+image folders, and the errors."""
 
 from __future__ import annotations
 
@@ -7,16 +8,20 @@ import shutil
 from pathlib import Path
 from urllib.error import URLError
 
+import cifar_files
 import numpy as np
 import pytest
+from cifar_files import CIFAR10_CLASSES
 from PIL import Image
 
 from iwan import datasets
 from iwan.config import settings
-from iwan.datasets import DatasetFormatError, DatasetNotFoundError, load_dataset, load_image
-
-import cifar_files
-from cifar_files import CIFAR10_CLASSES
+from iwan.datasets import (
+    DatasetFormatError,
+    DatasetNotFoundError,
+    load_dataset,
+    load_image,
+)
 
 # Cattle first, as in the official train split, then every class once.
 SAMPLE_FINE = [19, 29, 0, 11, 1, 86, 90, 28, 23, 31, *range(100)]
@@ -156,13 +161,8 @@ def test_real_cifar10_jpegs(shared_data, monkeypatch):
     np.testing.assert_array_equal(data.images[3], load_image(data.paths[3]))
 
 
-def _write_cifar10_pickles(root: Path) -> np.ndarray:
-    """The official cifar-10-batches-py layout with 2 images per batch; returns all pixels."""
-    return cifar_files.write_cifar10_batches(root, per_batch=2)
-
-
 def test_cifar10_official_pickles_come_first(tmp_path, monkeypatch):
-    pixels = _write_cifar10_pickles(tmp_path)
+    pixels = cifar_files.write_cifar10_batches(tmp_path, per_batch=2)
     monkeypatch.setenv("IWAN_DATA_DIR", str(tmp_path))
 
     train, test = load_dataset("cifar10", "train"), load_dataset("cifar10", "test")
@@ -175,7 +175,7 @@ def test_cifar10_official_pickles_come_first(tmp_path, monkeypatch):
 
 
 def test_damaged_cifar_pickle_names_the_file(tmp_path, monkeypatch):
-    _write_cifar10_pickles(tmp_path)
+    cifar_files.write_cifar10_batches(tmp_path, per_batch=2)
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"not a pickle")
     monkeypatch.setenv("IWAN_DATA_DIR", str(tmp_path))
 

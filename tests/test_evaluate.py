@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from usf_files import write_chain
 
 from hashing.codes import pack_bits
 from hashing.embeddings import class_embeddings
@@ -16,7 +17,6 @@ from iwan.datasets import ImageDataset
 from iwan.evaluate import REPO_DATA, EvaluationSpec, run
 from iwan.norms.store import load_norms
 from iwan.predict import load_predictions, register_classes, replace_predictions
-from usf_files import write_chain
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

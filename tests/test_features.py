@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import cifar_files
 import numpy as np
 import pytest
 
 from iwan.datasets import load_dataset
 from iwan.features import chunk_dir, extract, iter_chunks
 from iwan.predictors import load_predictor
-
-import cifar_files
 
 N = 24
 CHUNK = 8

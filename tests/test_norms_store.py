@@ -6,15 +6,25 @@ import shutil
 
 import pytest
 import sqlalchemy as sa
-
-from iwan import migrate
-from iwan.norms.store import UnknownWordError, association_arrays, load_norms, top_targets
-from iwan.norms.usf import NormsFormatError
-
 from usf_files import (
-    APPENDIX_CUES, APPENDIX_PAIRS, APPENDIX_TARGETS, APPENDIX_WORDS, HEADER_LINE, row, write,
+    APPENDIX_CUES,
+    APPENDIX_PAIRS,
+    APPENDIX_TARGETS,
+    APPENDIX_WORDS,
+    HEADER_LINE,
+    row,
+    write,
     write_appendix,
 )
+
+from iwan import migrate
+from iwan.norms.store import (
+    UnknownWordError,
+    association_arrays,
+    load_norms,
+    top_targets,
+)
+from iwan.norms.usf import NormsFormatError
 
 
 def counts(engine) -> dict:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from usf_files import (
+    APPENDIX_CUES,
+    APPENDIX_PAIRS,
+    APPENDIX_TARGETS,
+    HEADER_LINE,
+    row,
+    write,
+    write_appendix,
+)
 
 from iwan.norms.usf import NormsFormatError, parse_file, parse_paths
-from usf_files import (
-    APPENDIX_CUES, APPENDIX_PAIRS, APPENDIX_TARGETS, HEADER_LINE, row, write, write_appendix,
-)
 
 
 def test_types_and_missing_values(tmp_path):

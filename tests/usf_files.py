@@ -5,6 +5,7 @@ words, LF line ends, and file D-F's header spelling TFR as TRF."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from iwan.config import USF_FILES
@@ -84,5 +85,5 @@ def write_chain(folder: Path, words: list[str], fsg: str = ".500") -> Path:
     """One Appendix A file in `folder` in which each word cues the next: a connected vocabulary
     of exactly `words`, for tests that need given words in the norms; returns the file."""
     folder.mkdir(parents=True, exist_ok=True)
-    lines = [row(cue, target, fsg=fsg, bsg=fsg) for cue, target in zip(words, words[1:])]
+    lines = [row(cue, target, fsg=fsg, bsg=fsg) for cue, target in itertools.pairwise(words)]
     return write(folder, HEADER_LINE, *lines, name="Cue_Target_Pairs.A-B")
