@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: set-up, then the whole suite against an embedded PostgreSQL and ../shared/data.
+# The test command: set-up, then the whole suite against an embedded PostgreSQL. Tests marked
+# real_data use IWAN_DATA_DIR or ../shared/data and are skipped, with the reason, where it is absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

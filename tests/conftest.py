@@ -1,31 +1,130 @@
-"""Shared fixtures: the real data in ../shared/data, and a real (embedded) PostgreSQL."""
+"""Shared fixtures: a private IWAN_HOME and data folder per test, a real (embedded) PostgreSQL,
+and the real data for the tests marked `real_data`.
+
+Most tests make their own data (tests/usf_files.py, tests/cifar_files.py). A test that needs the
+real data says which with `@pytest.mark.real_data("usf", ...)` and takes the `shared_data`
+fixture; the data is found in IWAN_DATA_DIR, else in ../shared/data beside the checkout. Where a
+data set is missing the test is skipped with the reason and where to get the data, unless
+IWAN_REQUIRE_REAL_DATA=1 (as in CI), which turns that skip into a failure.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import itertools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 _database_numbers = itertools.count()
-SHARED_DATA = Path(os.environ.get("IWAN_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
+# Read once, before any fixture points IWAN_DATA_DIR at a test's own folder.
+SHARED_DATA = Path(os.environ.get("IWAN_DATA_DIR") or REPO.parent / "shared" / "data").resolve()
+REQUIRE_REAL_DATA = os.environ.get("IWAN_REQUIRE_REAL_DATA", "") not in ("", "0")
+
+
+@dataclass(frozen=True)
+class RealData:
+    folder: str
+    what: str
+    how: str
+
+
+REAL_DATA = {
+    "usf": RealData(
+        "usf-appendix-a",
+        "the USF free association norms, Appendix A (the 8 Cue_Target_Pairs.* files, 72,176 pairs)",
+        "`IWAN_DATA_DIR=DIR iwan norms load --download` fetches them into DIR/usf-appendix-a",
+    ),
+    "cifar10-jpg": RealData(
+        "cifar10-jpg",
+        "CIFAR-10 as JPEG files, train/<class>/NNNN.jpg and test/<class>/NNNN.jpg",
+        "export the official CIFAR-10 (cs.toronto.edu/~kriz/cifar.html) to JPEG class folders "
+        "in that layout",
+    ),
+    "cifar100-sample": RealData(
+        "cifar100-train-sample/cifar-100-python",
+        "the official CIFAR-100 python format: meta, and train holding the first 675 images",
+        "extract cifar-100-python.tar.gz (cs.toronto.edu/~kriz/cifar.html) there and cut train "
+        "to its first 675 images",
+    ),
+    "barz": RealData(
+        "barz-cifar100",
+        "Barz & Denzler's CIFAR-100 hierarchy (cifar.parent-child.txt, class_names.txt, hierarchy.txt, LICENSE)",
+        "copy Cifar-Hierarchy/ of github.com/cvjena/semantic-embeddings",
+    ),
+}
+
+
+def missing_real_data(names) -> list[str]:
+    """Why each named data set is unusable, with where to get it; empty when all are there."""
+    reasons = []
+    for name in names:
+        data = REAL_DATA[name]
+        folder = SHARED_DATA / data.folder
+        if not folder.is_dir() or not any(folder.iterdir()):
+            reasons.append(
+                f"needs {data.what} in {folder} (set IWAN_DATA_DIR or put the data in ../shared/data; "
+                f"{data.how})"
+            )
+    return reasons
+
+
+def _known(names) -> bool:
+    return bool(names) and all(name in REAL_DATA for name in names)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip (with the reason and where to get the data) what needs absent data; under
+    IWAN_REQUIRE_REAL_DATA=1 leave those tests to fail in set-up instead."""
+    for item in items:
+        marker = item.get_closest_marker("real_data")
+        if marker is None or REQUIRE_REAL_DATA or not _known(marker.args):
+            continue  # unmarked; or left for set-up to fail (required data, unknown names)
+        reasons = missing_real_data(marker.args)
+        if reasons:
+            item.add_marker(pytest.mark.skip(reason="; ".join(reasons)))
+
+
+def pytest_runtest_setup(item):
+    marker = item.get_closest_marker("real_data")
+    if marker is None:
+        if "shared_data" in item.fixturenames:
+            pytest.fail(f"{item.nodeid} uses shared_data: mark it @pytest.mark.real_data(<data sets>)", pytrace=False)
+        return
+    if not _known(marker.args):
+        pytest.fail(
+            f"{item.nodeid}: @pytest.mark.real_data{tuple(marker.args)} must name data sets among "
+            f"{', '.join(REAL_DATA)}",
+            pytrace=False,
+        )
+    reasons = missing_real_data(marker.args)
+    if reasons:
+        pytest.fail(f"IWAN_REQUIRE_REAL_DATA=1 but this test {'; '.join(reasons)}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The read-only real data (USF norms, CIFAR-10 JPEGs, CIFAR-100 sample, Barz hierarchy)."""
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"{SHARED_DATA} is missing: tests need the project's shared data beside the repo")
+    """The read-only real data; only for tests marked real_data, which checked it is there."""
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_session_env(tmp_path_factory):
+    """Module fixtures too see a private IWAN_HOME and an empty data folder, never the user's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IWAN_DATA_DIR", str(tmp_path_factory.mktemp("session-data")))
+        patch.setenv("IWAN_HOME", str(tmp_path_factory.mktemp("session-home")))
+        patch.delenv("IWAN_DATABASE_URL", raising=False)
+        yield
 
 
 @pytest.fixture(autouse=True)
 def _isolated_iwan_env(tmp_path_factory, monkeypatch):
-    """Every test sees the shared data as IWAN_DATA_DIR and a private IWAN_HOME."""
-    monkeypatch.setenv("IWAN_DATA_DIR", str(SHARED_DATA))
+    """Every test has its own empty IWAN_DATA_DIR and IWAN_HOME: it brings the data it needs."""
+    monkeypatch.setenv("IWAN_DATA_DIR", str(tmp_path_factory.mktemp("iwan-data")))
     monkeypatch.setenv("IWAN_HOME", str(tmp_path_factory.mktemp("iwan-home")))
     monkeypatch.delenv("IWAN_DATABASE_URL", raising=False)
 

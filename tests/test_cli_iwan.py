@@ -1,5 +1,6 @@
-"""IWAN through the CLI on real data: the CIFAR-100 sample indexed with EfficientNet-Lite0's
-genuine ImageNet predictions, queried by words, by a CIFAR-10 JPEG and by a registered image."""
+"""IWAN through the CLI: a CIFAR-100 written in the official format indexed with EfficientNet-Lite0's
+genuine ImageNet predictions, queried by words, by an image file and by a registered image; and
+once on the real data (the CIFAR-100 sample, the USF norms, a CIFAR-10 JPEG)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,13 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import cifar_files
 import pytest
+from PIL import Image
 from test_cli_norms import iwan
+from usf_files import write_chain
+
+from iwan.tv import models
 
 N_IMAGES = 24
 
@@ -21,16 +27,26 @@ class Sample:
     run: Callable[..., subprocess.CompletedProcess]
 
 
+def vocabulary() -> list[str]:
+    """Every ImageNet class name as a word, and APPLE and TREE: each prediction names a word."""
+    names = {name.upper() for name in models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"]}
+    return sorted(names | {"APPLE", "TREE"})
+
+
 @pytest.fixture(scope="module")
-def sample(module_database_url, shared_data, tmp_path_factory) -> Sample:
-    """Predicted and indexed once for the module, in its own database and IWAN_HOME."""
+def sample(module_database_url, tmp_path_factory) -> Sample:
+    """Norms, a small CIFAR-100 and an image, written for the module, then predicted with
+    EfficientNet-Lite0 and indexed once, in the module's own database and IWAN_HOME."""
+    data = tmp_path_factory.mktemp("data")
+    write_chain(data / "usf-appendix-a", vocabulary())
+    cifar_files.write_cifar100(data, cifar_files.images(N_IMAGES), list(range(N_IMAGES)))
     env = {
         "IWAN_HOME": str(tmp_path_factory.mktemp("iwan-home")),
         "IWAN_DATABASE_URL": module_database_url,
-        "IWAN_DATA_DIR": str(shared_data),
+        "IWAN_DATA_DIR": str(data),
     }
     run = functools.partial(iwan, env=env)
-    spec = f"cifar100:{shared_data / 'cifar100-train-sample'}"
+    spec = f"cifar100:{data}"
     assert run("norms", "load", "--json").returncode == 0
     predicted = run("predict", "--dataset", spec, "--split", "train", "--limit", str(N_IMAGES),
                     "--model", "efficientnet-lite0", "--json")
@@ -42,7 +58,7 @@ def sample(module_database_url, shared_data, tmp_path_factory) -> Sample:
     built = run("index", "build", "--dataset", "cifar100", "--split", "train", "--model", "efficientnet-lite0", "--json")
     assert built.returncode == 0, built.stderr
     meta = json.loads(built.stdout)
-    assert meta["n_images"] == N_IMAGES and meta["top_iwk"] == 4 and meta["n_words"] == 10_617
+    assert meta["n_images"] == N_IMAGES and meta["top_iwk"] == 4 and meta["n_words"] == len(vocabulary())
     return Sample(spec, run)
 
 
@@ -64,9 +80,10 @@ def test_words_query(sample):
     assert all(h["dataset"] == "cifar100" and 0 <= h["index"] < N_IMAGES for h in hits)
 
 
-def test_image_file_query(sample, shared_data):
-    jpeg = shared_data / "cifar10-jpg" / "test" / "cat" / "0000.jpg"
-    result = sample.run("search", "--image", str(jpeg), "--k", "3", "--json")
+def test_image_file_query(sample, tmp_path):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(cifar_files.images(1, seed=7)[0]).save(photo)
+    result = sample.run("search", "--image", str(photo), "--k", "3", "--json")
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout)
     assert 1 <= len(found["query_words"]) <= 4 and len(found["hits"]) == 3
@@ -95,3 +112,21 @@ def test_missing_dataset_is_a_clear_error(database_url, tmp_path):
     result = iwan("predict", "--dataset", f"imagefolder:{tmp_path / 'nothing'}", "--split", "train")
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1 and "nothing" in result.stderr
+
+
+@pytest.mark.real_data("usf", "cifar100-sample", "cifar10-jpg")
+def test_real_data_end_to_end(database_url, shared_data, tmp_path):
+    run = functools.partial(iwan, env={"IWAN_HOME": str(tmp_path / "home"), "IWAN_DATA_DIR": str(shared_data)})
+    spec = f"cifar100:{shared_data / 'cifar100-train-sample'}"
+    assert run("norms", "load", "--json").returncode == 0
+    predicted = run("predict", "--dataset", spec, "--split", "train", "--limit", str(N_IMAGES),
+                    "--model", "efficientnet-lite0", "--json")
+    assert predicted.returncode == 0, predicted.stderr
+    built = run("index", "build", "--dataset", "cifar100", "--split", "train", "--model", "efficientnet-lite0", "--json")
+    assert built.returncode == 0, built.stderr
+    assert json.loads(built.stdout)["n_words"] == 10_617
+    jpeg = shared_data / "cifar10-jpg" / "test" / "cat" / "0000.jpg"
+    found = json.loads(run("search", "--image", str(jpeg), "--k", "3", "--json").stdout)
+    assert 1 <= len(found["query_words"]) <= 4 and len(found["hits"]) == 3
+    words = json.loads(run("search", "--words", "apple:0.8,tree:0.2", "--k", "5", "--json").stdout)
+    assert [w["word"] for w in words["query_words"]] == ["APPLE", "TREE"] and len(words["hits"]) == 5

@@ -11,6 +11,16 @@ import sys
 import threading
 
 import pytest
+from usf_files import (
+    APPENDIX_CUES,
+    APPENDIX_PAIRS,
+    APPENDIX_TARGETS,
+    APPENDIX_WORDS,
+    HEADER_LINE,
+    row,
+    write,
+    write_appendix,
+)
 
 
 def iwan(*args: str, database_url: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -23,12 +33,13 @@ def iwan(*args: str, database_url: str | None = None, env: dict | None = None) -
     )
 
 
-def test_load_show_status(database_url, shared_data):
-    loaded = iwan("norms", "load", str(shared_data / "usf-appendix-a"), "--json")
+def test_load_show_status(database_url, tmp_path):
+    loaded = iwan("norms", "load", str(write_appendix(tmp_path / "usf-appendix-a")), "--json")
     assert loaded.returncode == 0, loaded.stderr
     summary = json.loads(loaded.stdout)
     assert {k: summary[k] for k in ("source", "pairs", "cues", "targets", "words")} == {
-        "source": "usf", "pairs": 72_176, "cues": 5_018, "targets": 10_469, "words": 10_617
+        "source": "usf", "pairs": APPENDIX_PAIRS, "cues": APPENDIX_CUES, "targets": APPENDIX_TARGETS,
+        "words": APPENDIX_WORDS,
     }
     assert summary["seconds"] > 0
 
@@ -40,16 +51,32 @@ def test_load_show_status(database_url, shared_data):
     ]
     text = iwan("norms", "show", "lab", "--top", "2")
     assert text.stdout.split() == ["EXPERIMENT", "0.145", "CHEMISTRY", "0.138"]
+    assert iwan("norms", "show", "aardvark").stdout.split() == ["PINK", "PANTHER", "0.026"]
 
     status = json.loads(iwan("db", "status", "--json").stdout)
     assert status["revision"] == status["head"]
-    assert status["counts"]["associations"] == 72_176
+    assert status["counts"]["associations"] == APPENDIX_PAIRS
     assert [s["name"] for s in status["sources"]] == ["usf"]
 
 
-def test_unknown_word_exits_1_with_one_line(database_url, tmp_path):
-    from usf_files import HEADER_LINE, row, write
+@pytest.mark.real_data("usf")
+def test_real_norms_load_show_status(database_url, shared_data):
+    loaded = iwan("norms", "load", str(shared_data / "usf-appendix-a"), "--json")
+    assert loaded.returncode == 0, loaded.stderr
+    summary = json.loads(loaded.stdout)
+    assert {k: summary[k] for k in ("source", "pairs", "cues", "targets", "words")} == {
+        "source": "usf", "pairs": 72_176, "cues": 5_018, "targets": 10_469, "words": 10_617
+    }
+    shown = iwan("norms", "show", "LAB", "--top", "3", "--json")
+    assert json.loads(shown.stdout) == [
+        {"target": "EXPERIMENT", "strength": 0.145},
+        {"target": "CHEMISTRY", "strength": 0.138},
+        {"target": "WORK", "strength": 0.13},
+    ]
+    assert json.loads(iwan("db", "status", "--json").stdout)["counts"]["associations"] == 72_176
 
+
+def test_unknown_word_exits_1_with_one_line(database_url, tmp_path):
     assert iwan("norms", "load", str(write(tmp_path, HEADER_LINE, row()))).returncode == 0
     result = iwan("norms", "show", "NOSUCHWORD")
     assert result.returncode == 1
@@ -57,8 +84,6 @@ def test_unknown_word_exits_1_with_one_line(database_url, tmp_path):
 
 
 def test_malformed_file_exits_non_zero_with_location(database_url, tmp_path):
-    from usf_files import HEADER_LINE, row, write
-
     path = write(tmp_path, HEADER_LINE, row(), "LAB, X")
     result = iwan("norms", "load", str(path))
     assert result.returncode == 1
@@ -80,11 +105,10 @@ def test_db_downgrade_and_upgrade(database_url):
 
 
 @pytest.fixture
-def usf_site(shared_data):
-    """A local HTTP server that serves the Appendix A files the way the USF site does."""
-    handler = functools.partial(
-        http.server.SimpleHTTPRequestHandler, directory=str(shared_data / "usf-appendix-a")
-    )
+def usf_site(tmp_path_factory):
+    """A local HTTP server that serves Appendix A files the way the USF site does."""
+    folder = write_appendix(tmp_path_factory.mktemp("site"))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
     handler.log_message = lambda *a: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -97,8 +121,10 @@ def test_download_then_load(database_url, usf_site, tmp_path, monkeypatch):
     monkeypatch.setenv("IWAN_DATA_DIR", str(tmp_path))
     result = iwan("norms", "load", "--download", "--base-url", usf_site, "--json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["pairs"] == 72_176
-    assert len(list((tmp_path / "usf-appendix-a").glob("Cue_Target_Pairs.*"))) == 8
+    assert json.loads(result.stdout)["pairs"] == APPENDIX_PAIRS
+    downloaded = tmp_path / "usf-appendix-a"
+    assert sorted(p.name for p in downloaded.iterdir()) == sorted(p.name for p in write_appendix(tmp_path / "served").iterdir())
+    assert all((downloaded / p.name).read_bytes() == p.read_bytes() for p in (tmp_path / "served").iterdir())
     assert not list((tmp_path / "usf-appendix-a").glob("*.part"))
 
 

@@ -1,38 +1,81 @@
-"""Data set loading: the real CIFAR copies in the shared data, tiny image folders, and the errors."""
+"""Data set loading: CIFAR written in the official formats (the real copies where present), tiny
+image folders, and the errors."""
 
 from __future__ import annotations
 
 import pickle
 from pathlib import Path
 
+import cifar_files
 import numpy as np
 import pytest
+from cifar_files import CIFAR10_CLASSES
 from PIL import Image
 
 from iwan import datasets
 from iwan.config import settings
-from iwan.datasets import DatasetFormatError, DatasetNotFoundError, load_dataset, load_image
+from iwan.datasets import (
+    DatasetFormatError,
+    DatasetNotFoundError,
+    load_dataset,
+    load_image,
+)
 
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+# Cattle first, as in the official train split, then every class once.
+SAMPLE_FINE = [19, 29, 0, 11, 1, 86, 90, 28, 23, 31, *range(100)]
 
 
 @pytest.fixture
-def sample(shared_data) -> Path:
-    return shared_data / "cifar100-train-sample"
+def sample(tmp_path) -> Path:
+    """A small CIFAR-100 in the official python format (train only, like the real sample)."""
+    return cifar_files.write_cifar100(tmp_path / "sample", cifar_files.images(len(SAMPLE_FINE)), SAMPLE_FINE)
 
 
-def test_cifar100_sample_has_675_images_with_fine_and_coarse_labels(sample):
+def test_cifar100_python_format_round_trips_pixels_and_labels(sample):
     data = load_dataset(f"cifar100:{sample}", "train")
+
+    assert (data.name, data.split, len(data)) == ("cifar100", "train", len(SAMPLE_FINE))
+    assert data.images.shape == (len(SAMPLE_FINE), 32, 32, 3) and data.images.dtype == np.uint8
+    np.testing.assert_array_equal(data.images, cifar_files.images(len(SAMPLE_FINE)))
+    assert data.fine_labels.dtype == np.int64 and data.coarse_labels.dtype == np.int64
+    assert data.fine_labels.tolist() == SAMPLE_FINE
+    assert data.coarse_labels.tolist() == [f // 5 for f in SAMPLE_FINE]
+    assert data.class_names[data.fine_labels[0]] == "cattle"
+    assert data.coarse_class_names == cifar_files.CIFAR100_COARSE
+    assert len(data.class_names) == 100 and data.paths is None
+
+
+@pytest.mark.real_data("cifar100-sample")
+def test_real_cifar100_sample_has_675_images_with_fine_and_coarse_labels(shared_data):
+    data = load_dataset(f"cifar100:{shared_data / 'cifar100-train-sample'}", "train")
 
     assert (data.name, data.split, len(data)) == ("cifar100", "train", 675)
     assert data.images.shape == (675, 32, 32, 3) and data.images.dtype == np.uint8
-    assert data.fine_labels.dtype == np.int64 and data.coarse_labels.dtype == np.int64
     # The official train split starts with cattle (fine 19), in large omnivores and herbivores (11).
     assert data.class_names[data.fine_labels[0]] == "cattle"
     assert data.coarse_class_names[data.coarse_labels[0]] == "large_omnivores_and_herbivores"
-    assert len(data.class_names) == 100 and len(data.coarse_class_names) == 20
     assert set(data.fine_labels.tolist()) == set(range(100))  # the sample covers every class
-    assert data.paths is None
+    assert data.fine_labels.tolist()[:2] == [19, 29]
+
+
+@pytest.mark.real_data("cifar100-sample")
+def test_written_cifar100_files_are_built_like_the_official_ones(shared_data, tmp_path):
+    """The test writer's pickles against the official meta (and the sample's train file)."""
+    official = shared_data / "cifar100-train-sample" / "cifar-100-python"
+    written = cifar_files.write_cifar100(tmp_path, cifar_files.images(3), [19, 29, 0]) / "cifar-100-python"
+
+    def shape(path):
+        with path.open("rb") as f:
+            content = pickle.load(f, encoding="bytes")
+        return {k: (type(k), type(v), type(v[0]) if isinstance(v, list) else None) for k, v in content.items()}
+
+    assert shape(written / "meta") == shape(official / "meta")
+    with (official / "meta").open("rb") as f:
+        assert pickle.load(f, encoding="bytes") == pickle.loads((written / "meta").read_bytes(), encoding="bytes")
+    # The sample's train file was cut from the official one and pickled again with str keys.
+    with (official / "train").open("rb") as f:
+        train = pickle.load(f, encoding="latin1")
+    assert {k.encode() for k in train} == set(pickle.loads((written / "train").read_bytes(), encoding="bytes"))
 
 
 def test_cifar100_path_may_name_the_python_folder_itself(sample):
@@ -49,7 +92,7 @@ def test_plain_cifar100_reads_the_data_dir(sample, monkeypatch):
 
     data = load_dataset("cifar100", "train", limit=7)
 
-    assert len(data) == 7 and data.fine_labels.tolist()[:2] == [19, 29]
+    assert len(data) == 7 and data.fine_labels.tolist() == SAMPLE_FINE[:7]
 
 
 def test_missing_split_says_which_splits_exist(sample):
@@ -57,33 +100,36 @@ def test_missing_split_says_which_splits_exist(sample):
         load_dataset(f"cifar100:{sample}", "test")
 
 
-def test_cifar10_falls_back_to_the_jpeg_folders_and_takes_the_first_images(shared_data):
+def test_cifar10_falls_back_to_the_jpeg_folders_and_takes_the_first_images(tmp_path, monkeypatch):
+    cifar_files.write_cifar10_jpgs(tmp_path, per_class=3, splits=("test",))
+    monkeypatch.setenv("IWAN_DATA_DIR", str(tmp_path))
+
+    data = load_dataset("cifar10", "test", limit=5)
+
+    assert (data.name, len(data), data.images.shape[1:]) == ("cifar10", 5, (32, 32, 3))
+    assert data.class_names == CIFAR10_CLASSES
+    assert data.fine_labels.tolist() == [0, 0, 0, 1, 1]  # class folders in order: airplanes first
+    assert data.paths[0] == tmp_path / "cifar10-jpg" / "test" / "airplane" / "0000.jpg"
+    assert data.paths[3] == tmp_path / "cifar10-jpg" / "test" / "automobile" / "0000.jpg"
+    np.testing.assert_array_equal(data.images[3], load_image(data.paths[3]))
+    assert data.coarse_labels is None
+    assert len(load_dataset("cifar10", "test")) == 30
+
+
+@pytest.mark.real_data("cifar10-jpg")
+def test_real_cifar10_jpegs(shared_data, monkeypatch):
+    monkeypatch.setenv("IWAN_DATA_DIR", str(shared_data))
+
     data = load_dataset("cifar10", "test", limit=25)
 
     assert (data.name, len(data), data.images.shape[1:]) == ("cifar10", 25, (32, 32, 3))
-    assert data.class_names == CIFAR10_CLASSES
-    assert data.fine_labels.tolist() == [0] * 25  # class folders in order: airplanes first
+    assert data.class_names == CIFAR10_CLASSES and data.fine_labels.tolist() == [0] * 25
     assert data.paths[0] == shared_data / "cifar10-jpg" / "test" / "airplane" / "0000.jpg"
     np.testing.assert_array_equal(data.images[3], load_image(data.paths[3]))
-    assert data.coarse_labels is None
-
-
-def _write_cifar10_pickles(root: Path) -> np.ndarray:
-    """The official cifar-10-batches-py layout with 2 images per batch; returns all pixels."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, (12, 3072), dtype=np.uint8)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for i, name in enumerate(names):
-        batch = {"data": pixels[2 * i : 2 * i + 2], "labels": [i, 9 - i]}
-        (folder / name).write_bytes(pickle.dumps(batch))
-    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": CIFAR10_CLASSES}))
-    return pixels
 
 
 def test_cifar10_official_pickles_come_first(tmp_path, monkeypatch):
-    pixels = _write_cifar10_pickles(tmp_path)
+    pixels = cifar_files.write_cifar10_batches(tmp_path, per_batch=2)
     monkeypatch.setenv("IWAN_DATA_DIR", str(tmp_path))
 
     train, test = load_dataset("cifar10", "train"), load_dataset("cifar10", "test")
@@ -96,7 +142,7 @@ def test_cifar10_official_pickles_come_first(tmp_path, monkeypatch):
 
 
 def test_damaged_cifar_pickle_names_the_file(tmp_path, monkeypatch):
-    _write_cifar10_pickles(tmp_path)
+    cifar_files.write_cifar10_batches(tmp_path, per_batch=2)
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"not a pickle")
     monkeypatch.setenv("IWAN_DATA_DIR", str(tmp_path))
 

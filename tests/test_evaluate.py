@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from usf_files import write_chain
 
 from hashing.codes import pack_bits
 from hashing.embeddings import class_embeddings
@@ -35,19 +36,38 @@ def predictions_for(labels: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([top[:, :1], others], axis=1), np.tile([0.7, 0.15, 0.1, 0.05], (len(labels), 1))
 
 
-@pytest.fixture
-def toy_database(engine, shared_data):
-    load_norms(engine, [shared_data / "usf-appendix-a"])
-    embeddings = class_embeddings(load_hierarchy(REPO_DATA / "cifar10" / "parent-child.txt"))
-    class_codes = pack_bits(np.random.default_rng(0).integers(0, 2, size=(10, 48)))
+EMBEDDINGS = class_embeddings(load_hierarchy(REPO_DATA / "cifar10" / "parent-child.txt"))
+CLASS_CODES = pack_bits(np.random.default_rng(0).integers(0, 2, size=(10, 48)))
+
+
+def load_class_words(engine, folder) -> None:
+    """Norms in which each class word cues the next, in the hierarchy's order: every class word
+    is a word of the norms, and the word graph is connected."""
+    words = ["AIRPLANE", "SHIP", "AUTOMOBILE", "TRUCK", "BIRD", "FROG", "CAT", "DOG", "DEER", "HORSE"]
+    load_norms(engine, [write_chain(folder, words)])
+
+
+def toy(engine, folder, per_class: dict[str, int], predictions, codes) -> None:
+    """Images of `per_class` per split, with `predictions(labels, rng)` and `codes(labels)`
+    (embeddings, packed codes) stored as the toy classifier's and the toy hash model's."""
+    load_class_words(engine, folder)
     register_classes(engine, "toy-classifier", CLASSES)
     rng = np.random.default_rng(1)
-    for split, per_class in (("train", 6), ("test", 2)):
-        dataset = fake_split(split, per_class, seed=len(split))
+    for split, count in per_class.items():
+        dataset = fake_split(split, count, seed=len(split))
         ids = image_store.register(engine, dataset).ids
-        indices, probabilities = predictions_for(dataset.fine_labels, rng)
-        replace_predictions(engine, "toy-classifier", ids, indices, probabilities)
-        store_codes(engine, "toy-hash", ids, embeddings[dataset.fine_labels], class_codes[dataset.fine_labels])
+        replace_predictions(engine, "toy-classifier", ids, *predictions(dataset.fine_labels, rng))
+        store_codes(engine, "toy-hash", ids, *codes(dataset.fine_labels))
+
+
+def true_codes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each image exactly on its class embedding: cosine = hierarchical similarity."""
+    return EMBEDDINGS[labels], CLASS_CODES[labels]
+
+
+@pytest.fixture
+def toy_database(engine, tmp_path):
+    toy(engine, tmp_path / "norms", {"train": 6, "test": 2}, predictions_for, true_codes)
     return engine
 
 
@@ -57,6 +77,55 @@ def spec(**overrides) -> EvaluationSpec:
         hash_model="toy-hash", sweep=False, hierarchy=REPO_DATA / "cifar10" / "parent-child.txt",
     )
     return EvaluationSpec(**{**base, **overrides})
+
+
+def only_the_true_class(labels: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Each image names its true class with probability 1: the other ranks make no edge."""
+    indices = np.stack([np.roll(np.arange(10), -int(label))[:4] for label in labels])
+    return indices, np.tile([1.0, 0.0, 0.0, 0.0], (len(labels), 1))
+
+
+def all_airplanes(labels: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Every image names the same class: every image lies at the same IWAN distance."""
+    return np.tile([0, 1, 2, 3], (len(labels), 1)), np.tile([1.0, 0.0, 0.0, 0.0], (len(labels), 1))
+
+
+def one_code(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every image has the same embedding (exactly representable) and code: all score alike."""
+    embeddings = np.zeros((len(labels), EMBEDDINGS.shape[1]))
+    embeddings[:, 0] = 1.0
+    return embeddings, np.repeat(CLASS_CODES[:1], len(labels), axis=0)
+
+
+# 40 corpus images and cut-offs up to 20: each member is searched 2 x 20 = 40 deep, so a member
+# that scores everything alike lists every image and adds the same to each fused score.
+@pytest.mark.parametrize(
+    "predictions, codes, winner, weight",
+    [
+        # IWAN finds the 4 images of the query's class first (mAP 1); the hashes tell nothing.
+        # Any IWAN weight above 0 gives IWAN's ranking: the first such grid weight is 0.1.
+        (only_the_true_class, one_code, "IWAN", 0.1),
+        # The reverse: the hashes rank ideally (mHP 1) and IWAN tells nothing; any weight below
+        # 1 gives the hashes' ranking, and the first grid weight is 0.0.
+        (all_airplanes, true_codes, "hashes (Hamming + cosine)", 0.0),
+    ],
+)
+def test_fusion_weight_follows_the_informative_retriever(engine, tmp_path, predictions, codes, winner, weight):
+    toy(engine, tmp_path / "norms", {"train": 4, "test": 2}, predictions, codes)
+    results = run(engine, spec(ks=(1, 5, 20)), tmp_path, progress=False)
+
+    fusion_info = results["metadata"]["fusion"]
+    by_weight = fusion_info["validation_mHP@20_by_weight"]
+    assert fusion_info["iwan_weight"] == weight
+    useless = 0 if winner == "IWAN" else 10
+    informative = [v for i, v in enumerate(by_weight) if i != useless]
+    assert informative == [informative[0]] * 10 and by_weight[useless] < informative[0] - 0.05
+    metrics = results["metrics"]
+    assert metrics["fused (weighted)"] == metrics[winner]
+    assert metrics[winner]["mAP"][20] == pytest.approx(1.0) and metrics[winner]["P"][1] == 1.0
+    if winner != "IWAN":
+        assert metrics[winner]["mHP (original mAHP)"][20] == pytest.approx(1.0)
+        assert by_weight[0] == pytest.approx(1.0)
 
 
 def test_codes_round_trip_through_postgres(toy_database):
@@ -79,7 +148,13 @@ def test_standard_protocol_scores_and_report(toy_database, tmp_path):
         assert metrics[method]["mHP (original mAHP)"][6] == pytest.approx(1.0)
     # IWAN's first hit shares the query's top word, which is its true class.
     assert metrics["IWAN"]["P"][1] == pytest.approx(1.0)
-    assert 0 <= results["metadata"]["fusion"]["iwan_weight"] <= 1
+    # The hashes alone rank every validation query ideally (mHP 1), so the first weight of the
+    # grid, 0.0 (hashes alone), is chosen; IWAN alone is worse.
+    fusion_info = results["metadata"]["fusion"]
+    by_weight = fusion_info["validation_mHP@20_by_weight"]
+    assert fusion_info["iwan_weight"] == 0.0
+    assert by_weight[0] == pytest.approx(1.0) and by_weight[-1] < 0.99
+    assert metrics["fused (weighted)"]["mAP"][6] == pytest.approx(1.0)
     assert results["notes"] == ["Fusion is not compared: the cut-offs do not include k=250."]
     for name in ("report.md", "metrics.csv", "results.json"):
         assert (tmp_path / name).stat().st_size > 100

@@ -1,9 +1,11 @@
-"""The chunked, resumable predictor pass, with EfficientNet-Lite0 at CIFAR's own 32 px."""
+"""The chunked, resumable predictor pass, with EfficientNet-Lite0 at CIFAR's own 32 px, on a
+small CIFAR-100 written in the official format."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+import cifar_files
 import numpy as np
 import pytest
 
@@ -26,8 +28,9 @@ def predictor():
 
 
 @pytest.fixture(scope="module")
-def dataset(shared_data):
-    return load_dataset(f"cifar100:{shared_data / 'cifar100-train-sample'}", "train", limit=N)
+def dataset(tmp_path_factory):
+    root = cifar_files.write_cifar100(tmp_path_factory.mktemp("cifar100"), cifar_files.images(N), list(range(N)))
+    return load_dataset(f"cifar100:{root}", "train")
 
 
 class Interrupted(Exception):

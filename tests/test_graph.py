@@ -150,6 +150,7 @@ def test_unknown_strength_is_an_error():
         build_graph(a, *no_images(), strength="both")
 
 
+@pytest.mark.real_data("usf")
 def test_real_norms_every_cue_reaches_top_wwk(shared_data):
     rows = parse_paths([shared_data / "usf-appendix-a"])
     a = Associations.from_rows((r.cue, r.target, r.fsg, r.bsg) for r in rows)

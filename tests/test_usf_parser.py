@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import pytest
+from usf_files import (
+    APPENDIX_CUES,
+    APPENDIX_PAIRS,
+    APPENDIX_TARGETS,
+    HEADER_LINE,
+    row,
+    write,
+    write_appendix,
+)
 
 from iwan.norms.usf import NormsFormatError, parse_file, parse_paths
-from usf_files import HEADER_LINE, row, write
+
 
 def test_types_and_missing_values(tmp_path):
     [parsed] = parse_file(write(tmp_path, HEADER_LINE, row()))
@@ -47,6 +56,27 @@ def test_unwrapped_file_without_html_lines(tmp_path):
     assert len(list(parse_file(write(tmp_path, HEADER_LINE, row(), wrap=False)))) == 1
 
 
+def test_windows_line_ends(tmp_path):
+    [parsed] = parse_file(write(tmp_path, HEADER_LINE, row(tuc="1"), newline="\r\n"))
+    assert parsed.tuc == 1
+
+
+def test_appendix_folder_reads_every_file_in_name_order(tmp_path):
+    rows = parse_paths([write_appendix(tmp_path / "usf-appendix-a")])
+    assert len(rows) == APPENDIX_PAIRS
+    assert len({r.cue for r in rows}) == APPENDIX_CUES
+    assert len({r.target for r in rows}) == APPENDIX_TARGETS
+    assert [r.cue for r in rows][:3] == ["A", "AARDVARK", "BIRD"] and rows[-1].cue == "ZUCCHINI"
+    a_b, aardvark = rows[0], rows[1]
+    # Copied from the real file A-B: ¥ nearly everywhere, QFR 9999, a target of two words.
+    assert (a_b.normed, a_b.fsg, a_b.bsg, a_b.qfr, a_b.qh, a_b.tuc) == (False, 0.454, None, 9999, None, 0)
+    assert aardvark.target == "PINK PANTHER"
+    lab = sorted((r for r in rows if r.cue == "LAB"), key=lambda r: -r.fsg)
+    assert [(r.target, r.fsg) for r in lab[:3]] == [("EXPERIMENT", 0.145), ("CHEMISTRY", 0.138), ("WORK", 0.13)]
+    coat = next(r for r in rows if r.target == "COAT")  # written with ? for missing values
+    assert (coat.bsg, coat.tfr, coat.tcon) == (None, None, None)
+
+
 def test_wrong_field_count_names_file_and_line(tmp_path):
     path = write(tmp_path, HEADER_LINE, row(), "LAB, WORK, YES")
     with pytest.raises(NormsFormatError, match=rf"{path.name}:6: expected 31 fields"):
@@ -74,6 +104,7 @@ def test_missing_folder_is_an_error(tmp_path):
         parse_paths([tmp_path / "absent"])
 
 
+@pytest.mark.real_data("usf")
 def test_real_appendix_a(shared_data):
     rows = parse_paths([shared_data / "usf-appendix-a"])
     assert len(rows) == 72_176

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from hashing.hierarchy import load_names
 from iwan.norms.usf import parse_paths
 from iwan.tv import models
 from iwan.words import METHODS, WordMatcher, map_class_names, plurals, singulars
@@ -24,10 +25,10 @@ def imagenet_names() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def cifar100_names(shared_data) -> list[str]:
-    meta = shared_data / "cifar100-train-sample" / "cifar-100-python" / "meta"
-    with meta.open("rb") as f:
-        return pickle.load(f, encoding="latin1")["fine_label_names"]
+def cifar100_names() -> list[str]:
+    """CIFAR-100's class names in label order, as the repo ships them with Barz's hierarchy."""
+    names = load_names(Path(__file__).resolve().parent.parent / "data" / "cifar100" / "class_names.txt")
+    return [names[i] for i in range(100)]
 
 
 def mapped(names, vocabulary) -> dict[str, tuple[str | None, str]]:
@@ -156,6 +157,7 @@ def test_matcher_reuses_its_index():
 # --- real class names onto the real USF vocabulary -----------------------------------
 
 
+@pytest.mark.real_data("usf")
 def test_imagenet_names(imagenet_names, usf_vocabulary):
     m = mapped(imagenet_names, usf_vocabulary)
     assert len(m) == len(set(imagenet_names))
@@ -175,6 +177,7 @@ def test_imagenet_names(imagenet_names, usf_vocabulary):
     assert {name: m[name] for name in expect} == expect
 
 
+@pytest.mark.real_data("usf")
 def test_imagenet_unmapped_count_is_reported(imagenet_names, usf_vocabulary):
     mapping = map_class_names(imagenet_names, usf_vocabulary)
     unmapped = mapping.counts()["unmapped"]
@@ -184,6 +187,7 @@ def test_imagenet_unmapped_count_is_reported(imagenet_names, usf_vocabulary):
     assert f"{unmapped} map to no word" in mapping.report()
 
 
+@pytest.mark.real_data("usf")
 def test_cifar100_names(cifar100_names, usf_vocabulary):
     m = mapped(cifar100_names, usf_vocabulary)
     assert len(cifar100_names) == 100

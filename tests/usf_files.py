@@ -1,12 +1,18 @@
-"""Small Appendix A files for tests, written the way the official ones are."""
+"""Small Appendix A files for tests, written the way the official ones are: ISO-8859-1, inside
+`<HTML>`/`<BODY>`/`<PRE>` wrapper lines, fields joined by ", ", `¥` for a missing value (`?` or
+an empty field in other copies), numbers like `.145`, `0.0000`, `7.0` and 9999, words of several
+words, LF line ends, and file D-F's header spelling TFR as TRF."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
+from iwan.config import USF_FILES
 from iwan.norms.usf import FIELDS, HEADER
 
 HEADER_LINE = ", ".join(HEADER)
+TRF_HEADER_LINE = HEADER_LINE.replace("TFR", "TRF")
 
 
 def row(cue="LAB", target="EXPERIMENT", **overrides) -> str:
@@ -22,10 +28,62 @@ def row(cue="LAB", target="EXPERIMENT", **overrides) -> str:
     return ", ".join(values[f] for f in FIELDS)
 
 
-def write(tmp_path: Path, *lines: str, name="Cue_Target_Pairs.X", wrap=True) -> Path:
+def unnormed(cue: str, target: str, fsg: str, missing: str = "¥") -> str:
+    """A pair whose target is no normed word: every target-side and two-way value is missing."""
+    gone = dict.fromkeys(
+        ("bsg", "msg", "osg", "n_mediators", "mmias", "n_overlaps", "omias", "tss", "tfr", "tcon",
+         "tmc", "tpr", "trsg"),
+        missing,
+    )
+    return row(cue, target, normed="NO", fsg=fsg, th="", tps="", tuc="0", **gone)
+
+
+def write(tmp_path: Path, *lines: str, name="Cue_Target_Pairs.X", wrap=True, newline="\n") -> Path:
     body = list(lines)
     if wrap:
-        body = ["<HTML>", "<BODY>", "<PRE>", *body, "</pre>", "</BODY>", "</HTML>"]
+        body = ["<HTML>", "<BODY>", "<PRE>", *body, "</PRE>", "</BODY>", "</HTML>"]
     path = tmp_path / name
-    path.write_bytes(("\r\n".join(body) + "\r\n").encode("iso-8859-1"))
+    path.write_bytes((newline.join(body) + newline).encode("iso-8859-1"))
     return path
+
+
+# A small Appendix A in the 8 official files. Two rows are copied from the real files verbatim.
+APPENDIX = {
+    "A-B": [
+        "A, B, NO, 152, 69, .454, ¥, ¥, ¥, ¥, ¥, ¥, ¥, 13, 9999, ¥, , N, .62, .25, .019, 0, ¥, ¥, ¥, , , ¥, ¥, ¥, 0",
+        "AARDVARK, PINK PANTHER, NO, 152, 4, .026, ¥, ¥, ¥, ¥, ¥, ¥, ¥, 13, 0, ¥, , N, .80, .10, .007, 1, ¥, ¥, ¥, , , ¥, ¥, ¥, 0",
+        row("BIRD", "CAT", fsg=".210", bsg=".050"),
+    ],
+    "C": [row("CAT", "DOG", fsg=".500", bsg=".400"), row("CAT", "MOUSE", fsg=".250", bsg="0.000")],
+    "D-F": [row("DOG", "CAT", fsg=".400", bsg=".500"), unnormed("DOG", "BEST FRIEND", ".013")],
+    "G-K": [],
+    "L-O": [
+        row("LAB", "EXPERIMENT"),
+        row("LAB", "CHEMISTRY", fsg=".138", bsg=".047"),
+        row("LAB", "WORK", fsg=".13", bsg="0.000"),
+        unnormed("LAB", "COAT", ".007", missing="?"),
+    ],
+    "P-R": [],
+    "S": [row("SHIP", "BOAT", fsg=".600", bsg=".300", qh="")],
+    "T-Z": [unnormed("ZUCCHINI", "YUCK", ".014", missing="")],
+}
+# Counted by hand: 13 pairs; 8 cues; 12 targets (CAT twice); 18 words (CAT and DOG are both).
+APPENDIX_PAIRS, APPENDIX_CUES, APPENDIX_TARGETS, APPENDIX_WORDS = 13, 8, 12, 18
+
+
+def write_appendix(folder: Path) -> Path:
+    """The 8 files of APPENDIX under their official names in `folder`; returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    assert tuple(APPENDIX) == USF_FILES
+    for suffix, lines in APPENDIX.items():
+        header = TRF_HEADER_LINE if suffix == "D-F" else HEADER_LINE
+        write(folder, header, *lines, name=f"Cue_Target_Pairs.{suffix}")
+    return folder
+
+
+def write_chain(folder: Path, words: list[str], fsg: str = ".500") -> Path:
+    """One Appendix A file in `folder` in which each word cues the next: a connected vocabulary
+    of exactly `words`, for tests that need given words in the norms; returns the file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [row(cue, target, fsg=fsg, bsg=fsg) for cue, target in itertools.pairwise(words)]
+    return write(folder, HEADER_LINE, *lines, name="Cue_Target_Pairs.A-B")
