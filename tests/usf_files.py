@@ -56,19 +56,20 @@ APPENDIX = {
     ],
     "C": [row("CAT", "DOG", fsg=".500", bsg=".400"), row("CAT", "MOUSE", fsg=".250", bsg="0.000")],
     "D-F": [row("DOG", "CAT", fsg=".400", bsg=".500"), unnormed("DOG", "BEST FRIEND", ".013")],
-    "G-K": [],
+    "G-K": [row("HOUSE", "HOME", fsg=".300", bsg=".200")],
     "L-O": [
         row("LAB", "EXPERIMENT"),
         row("LAB", "CHEMISTRY", fsg=".138", bsg=".047"),
         row("LAB", "WORK", fsg=".13", bsg="0.000"),
         unnormed("LAB", "COAT", ".007", missing="?"),
     ],
-    "P-R": [],
+    "P-R": [row("RIVER", "WATER", fsg=".400", bsg=".100")],
     "S": [row("SHIP", "BOAT", fsg=".600", bsg=".300", qh="")],
     "T-Z": [unnormed("ZUCCHINI", "YUCK", ".014", missing="")],
 }
-# Counted by hand: 13 pairs; 8 cues; 12 targets (CAT twice); 18 words (CAT and DOG are both).
-APPENDIX_PAIRS, APPENDIX_CUES, APPENDIX_TARGETS, APPENDIX_WORDS = 13, 8, 12, 18
+# Every file has rows, as the real ones do (a file without rows is taken for a failed download).
+# Counted by hand: 15 pairs; 10 cues; 14 targets (CAT twice); 22 words (CAT and DOG are both).
+APPENDIX_PAIRS, APPENDIX_CUES, APPENDIX_TARGETS, APPENDIX_WORDS = 15, 10, 14, 22
 
 
 def write_appendix(folder: Path) -> Path:
