@@ -26,6 +26,13 @@ STORED_PREDICTIONS = MAX_TOP_IWK
 DEFAULT_PREDICTOR = "resnet50"
 DEFAULT_BATCH_SIZE = 64
 
+# Untrusted input.
+DEFAULT_CONNECT_TIMEOUT_S = 10
+"""How long a connection to PostgreSQL may take before the command fails (IWAN_CONNECT_TIMEOUT)."""
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+"""Images with more pixels are refused before decoding (IWAN_MAX_IMAGE_PIXELS): a small file can
+hold a huge image."""
+
 USF_SOURCE = "usf"
 USF_BASE_URL = "http://w3.usf.edu/FreeAssociation/AppendixA/"
 USF_FILES = ("A-B", "C", "D-F", "G-K", "L-O", "P-R", "S", "T-Z")
@@ -44,6 +51,9 @@ class Settings:
     """Local copies of external data sets (CIFAR, the USF norms); loaders look here first."""
     database_url: str | None
     """An external PostgreSQL; None means the embedded server under `home`."""
+    connect_timeout: int = DEFAULT_CONNECT_TIMEOUT_S
+    """Seconds a database connection may take (libpq counts whole seconds, at least 2)."""
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     @property
     def pgdata(self) -> Path:
@@ -72,4 +82,19 @@ def settings(database_url: str | None = None) -> Settings:
         home=home,
         data_dir=data_dir,
         database_url=database_url or os.environ.get("IWAN_DATABASE_URL") or None,
+        connect_timeout=_positive_int("IWAN_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_S, minimum=2),
+        max_image_pixels=_positive_int("IWAN_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, minimum=1),
     )
+
+
+def _positive_int(variable: str, default: int, minimum: int) -> int:
+    raw = os.environ.get(variable)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise ValueError(f"{variable}={raw!r} must be a whole number >= {minimum} (default {default})")
+    return value

@@ -51,8 +51,15 @@ def ensure_schema(engine: Engine, external: bool) -> None:
     migrate.upgrade(engine)
 
 
+def one_line(err: BaseException) -> str:
+    """An error's message on one line, with any password in it hidden."""
+    text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return safe_url(text or type(err).__name__)
+
+
 def emit_json(payload) -> None:
-    click.echo(json.dumps(payload, indent=None, default=str))
+    """Standard JSON only: NaN and infinities are a bug to report, never `NaN`/`Infinity` output."""
+    click.echo(json.dumps(payload, indent=None, default=str, allow_nan=False))
 
 
 pass_context = click.make_pass_decorator(CliContext)
