@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from iwan.config import HASH_BITS
+from iwan.torchfile import load_tensors
 
 BACKBONES = ("precomputed", "efficientnet-lite0", "small-cnn", "resnet50", "alexnet")
 PRETRAINABLE = ("efficientnet-lite0", "resnet50", "alexnet")
@@ -331,10 +332,10 @@ def _load_state(net: nn.Module, path: str | Path | None, name: str) -> None:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights for {name}: {path} is not a file; pass a saved state dict")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_tensors(path, f"the state dict of a {name} classifier")
     try:
         net.load_state_dict(state)
-    except RuntimeError as err:
+    except (RuntimeError, TypeError, AttributeError) as err:
         first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
         raise ValueError(
             f"{path} does not fit {name} ({first}); pass the state dict of a {name} classifier"
@@ -388,22 +389,31 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint; train one with `hash train`")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    wanted = "a checkpoint that `iwan hash train` wrote (best.pt)"
+    payload = load_tensors(path, wanted)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a hash-network checkpoint ({CHECKPOINT_FORMAT}); pass one `hash train` wrote")
-    config = HashConfig(**payload["config"])
-    if expect is not None:
-        _check_architecture(path, config, expect)
-    model = HashNetwork(config)
-    model.load_state_dict(payload["model"])
+        raise ValueError(f"{path} is not a hash-network checkpoint ({CHECKPOINT_FORMAT}); pass {wanted}")
+    try:
+        config = HashConfig(**payload["config"])
+        if expect is not None:
+            _check_architecture(path, config, expect)
+        model = HashNetwork(config)
+        model.load_state_dict(payload["model"])
+        checkpoint = Checkpoint(
+            path=path,
+            model=model,
+            class_embeddings=payload["class_embeddings"].numpy(),
+            class_names=list(payload["class_names"]),
+            training=payload["training"],
+        )
+    except (KeyError, TypeError, AttributeError, RuntimeError) as err:
+        # A checkpoint edited or written by another version: its parts do not fit together.
+        raise ValueError(
+            f"{path} is a damaged {CHECKPOINT_FORMAT} checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200] if str(err) else 'missing part'}); pass {wanted}"
+        ) from None
     model.to(device).eval()
-    return Checkpoint(
-        path=path,
-        model=model,
-        class_embeddings=payload["class_embeddings"].numpy(),
-        class_names=payload["class_names"],
-        training=payload["training"],
-    )
+    return checkpoint
 
 
 def _check_architecture(path: Path, saved: HashConfig, expected: HashConfig) -> None:
