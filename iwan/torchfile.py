@@ -22,14 +22,19 @@ def load_tensors(path: Path, what: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower():
+        # torch names the callable a file asks for ("GLOBAL posix.system"); garbage fails otherwise.
+        if "global" in str(err).lower():
             raise TorchFileError(
                 f"{path}: refused: it holds Python objects besides tensors, numbers, strings and "
                 f"containers, and iwan never loads those from a file (they could run code); pass {what}"
             ) from None
-        raise TorchFileError(f"{path} is not a file written by torch.save (UnpicklingError); pass {what}") from None
+        raise TorchFileError(_unreadable(path, err, what)) from None
     except Exception as err:  # noqa: BLE001 - torch fails on garbage in many ways (KeyError, RuntimeError, EOFError)
-        raise TorchFileError(
-            f"{path} is not a readable file written by torch.save ({type(err).__name__}: truncated, "
-            f"damaged or another format); pass {what}"
-        ) from None
+        raise TorchFileError(_unreadable(path, err, what)) from None
+
+
+def _unreadable(path: Path, err: Exception, what: str) -> str:
+    return (
+        f"{path} is not a PyTorch weights file that can be read ({type(err).__name__}: truncated, "
+        f"damaged or another format); pass {what}"
+    )
