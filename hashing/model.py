@@ -403,7 +403,7 @@ def load_checkpoint(
             path=path,
             model=model,
             class_embeddings=payload["class_embeddings"].numpy(),
-            class_names=list(payload["class_names"]),
+            class_names=payload["class_names"],
             training=payload["training"],
         )
     except (KeyError, TypeError, AttributeError, RuntimeError) as err:
