@@ -340,11 +340,13 @@ def test_word_weights_whose_cost_overflows_are_refused(database_url):
     assert "too small" in line and "1e-300" in line
 
 
-def test_emit_json_never_writes_non_standard_json():
+def test_emit_json_never_writes_non_standard_json(capsys):
     from iwan.cli.common import emit_json
 
-    with pytest.raises(ValueError):
-        emit_json({"distance": float("inf")})
+    emit_json({"distance": float("inf"), "scores": [np.float32("nan"), 0.5, np.int64(3)], "k": (1, -math.inf)})
+    written = capsys.readouterr().out
+    assert json.loads(written, parse_constant=lambda c: pytest.fail(f"non-standard {c}")) == {
+        "distance": None, "scores": [None, 0.5, 3], "k": [1, None]}
 
 
 def test_an_index_out_of_step_with_the_database_is_one_line(database_url):

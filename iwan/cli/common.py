@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 import click
+import numpy as np
 from sqlalchemy.engine import Engine
 
 from iwan import migrate
@@ -58,8 +60,21 @@ def one_line(err: BaseException) -> str:
 
 
 def emit_json(payload) -> None:
-    """Standard JSON only: NaN and infinities are a bug to report, never `NaN`/`Infinity` output."""
-    click.echo(json.dumps(payload, indent=None, default=str, allow_nan=False))
+    """Standard JSON only: a NaN or infinite number (an undefined figure) is written as null,
+    never as the `NaN`/`Infinity` that JSON parsers reject."""
+    click.echo(json.dumps(_finite(payload), indent=None, default=str, allow_nan=False))
+
+
+def _finite(value):
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 pass_context = click.make_pass_decorator(CliContext)
