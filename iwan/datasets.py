@@ -392,8 +392,11 @@ def _decoded_cache_path(folder: Path, name: str, split: str, files: list[Path]) 
     for path in files:
         stat = path.stat()
         digest.update(f"\0{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    return settings().cache_dir / "datasets" / f"{safe}-{split}-{digest.hexdigest()[:16]}.npy"
+    # An image folder's name holds its whole path: the readable part is cut short (the digest
+    # tells folders apart), so the file name stays within the file system's 255 bytes.
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[-80:]
+    safe_split = "".join(c if c.isalnum() or c in "-_." else "_" for c in split)[:40]
+    return settings().cache_dir / "datasets" / f"{safe}-{safe_split}-{digest.hexdigest()[:16]}.npy"
 
 
 def _decode(files: list[Path]) -> np.ndarray:

@@ -211,6 +211,16 @@ def test_image_folders_with_one_name_are_two_data_sets(tmp_path, database_url):
     engine.dispose()
 
 
+def test_a_deep_image_folder_is_cached_under_a_short_name(tmp_path):
+    from iwan.datasets import load_dataset
+
+    deep = tmp_path / ("d" * 200) / ("e" * 200)
+    folder = _image_folder(deep, 30)
+    dataset = load_dataset(f"imagefolder:{folder}", "train")
+    assert dataset.name == f"imagefolder:{folder.resolve()}"
+    assert load_dataset(f"imagefolder:{folder}", "train").images[0, 0, 0, 0] == 30
+
+
 # --- norms files: damage is file:line ----------------------------------------------------------
 
 
