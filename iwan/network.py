@@ -191,9 +191,9 @@ def build(
     """The IWAN of a split's stored predictions of `model` on the norm set `source`."""
     if not 1 <= top_iwk <= MAX_TOP_IWK:
         raise ValueError(f"top_iwk={top_iwk} must be 1..{MAX_TOP_IWK}")
+    dataset = registered_name(dataset)
     name = name or default_name(dataset, split)
     index_dir(name)
-    dataset = registered_name(dataset)
     started = time.perf_counter()
     associations = association_arrays(engine, source)
     predictions = load_predictions(engine, model, dataset, split, top=top_iwk, limit=limit)
