@@ -211,6 +211,26 @@ def test_image_folders_with_one_name_are_two_data_sets(tmp_path, database_url):
     engine.dispose()
 
 
+def test_index_build_finds_the_folder_just_predicted(tmp_path, database_url):
+    from usf_files import HEADER_LINE, row, write
+
+    assert iwan("norms", "load", str(write(tmp_path, HEADER_LINE, row(cue="CAT", target="DOG")))).returncode == 0
+    a, b = _image_folder(tmp_path / "a", 10), _image_folder(tmp_path / "b", 200)
+    for folder in (a, b):
+        predicted = iwan("predict", "--dataset", f"imagefolder:{folder}", "--split", "train",
+                         "--model", "efficientnet-lite0", "--json")
+        assert predicted.returncode == 0, predicted.stderr
+        assert json.loads(predicted.stdout)["predicted"] == 1
+    built = subprocess.run(
+        [sys.executable, "-m", "iwan", "index", "build", "--dataset", "imagefolder:a/imgs", "--split", "train",
+         "--model", "efficientnet-lite0", "--json"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "IWAN_DATABASE_URL": database_url},
+    )
+    assert built.returncode == 0, built.stderr
+    meta = json.loads(built.stdout)
+    assert meta["dataset"] == f"imagefolder:{a.resolve()}" and meta["n_images"] == 1
+
+
 def test_a_deep_image_folder_is_cached_under_a_short_name(tmp_path):
     from iwan.datasets import load_dataset
 
