@@ -56,6 +56,9 @@ def ensure_schema(engine: Engine, external: bool) -> None:
 def one_line(err: BaseException) -> str:
     """An error's message on one line, with any password in it hidden."""
     text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    if type(err) is KeyError:
+        # A bare KeyError's text is only the key ("29"): never an answer by itself.
+        text = f"{text} was not found (KeyError); run again with IWAN_DEBUG=1 and report the traceback"
     return safe_url(text or type(err).__name__)
 
 
