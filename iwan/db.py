@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -29,7 +29,7 @@ class DatabaseError(RuntimeError):
     """The database cannot be reached or is not in the state a command needs."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def _embedded_uri(pgdata: Path) -> str:
     """Start (or join) the embedded PostgreSQL at `pgdata` and ensure the iwan database exists.
 

@@ -29,7 +29,8 @@ def iwan(*args: str, home: Path, **env: str) -> subprocess.CompletedProcess:
     environment = {**os.environ, "IWAN_HOME": str(home), **env}
     environment.pop("IWAN_DATABASE_URL", None)
     return subprocess.run(
-        [sys.executable, "-m", "iwan", *args], capture_output=True, text=True, env=environment, timeout=300
+        [sys.executable, "-m", "iwan", *args], capture_output=True, text=True, env=environment, timeout=300,
+        check=False,
     )
 
 
@@ -75,7 +76,7 @@ def psql_as(user: str, host: Path, password: str | None = None) -> subprocess.Co
                "-tAc", "SELECT 1"]
     if user != "root":
         command = ["runuser", "-u", user, "--", *command]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, check=False)
 
 
 @needs_root
@@ -99,7 +100,7 @@ def test_another_os_user_cannot_connect(deep):
         for attempt in (psql_as("nobody", host), psql_as("nobody", host, "wrong")):
             assert attempt.returncode != 0
             assert attempt.stdout.strip() != "1"
-        reading = subprocess.run(["runuser", "-u", "nobody", "--", "cat", str(secret)], capture_output=True)
+        reading = subprocess.run(["runuser", "-u", "nobody", "--", "cat", str(secret)], capture_output=True, check=False)
         assert reading.returncode != 0
     finally:
         holder.communicate("")
@@ -125,7 +126,7 @@ def test_a_cluster_that_trusts_is_given_a_password_in_place():
     try:
         assert psql_as("root", pgdata).stdout.strip() == "1"
         made = subprocess.run(["/usr/bin/psql", "-w", "-h", str(pgdata), "-U", "postgres", "-d", "postgres",
-                               "-c", "CREATE DATABASE iwan; "], capture_output=True, text=True)
+                               "-c", "CREATE DATABASE iwan; "], capture_output=True, text=True, check=False)
         assert made.returncode == 0, made.stderr
 
         status = iwan("db", "status", home=pgdata.parent)
