@@ -28,6 +28,8 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as home:
+        # As root the embedded server runs as another user, who must pass through this folder.
+        os.chmod(home, 0o711)
         os.environ["IWAN_HOME"] = home
         engine = make_engine()
         migrate.upgrade(engine)

@@ -25,6 +25,7 @@ from torch import nn
 
 from iwan.config import HASH_BITS
 from iwan.predictors import IMAGENET_MEAN, IMAGENET_STD, load_state_dict
+from iwan.torchfile import load_tensors
 
 BACKBONES = ("precomputed", "efficientnet-lite0", "small-cnn", "resnet50", "alexnet")
 PRETRAINABLE = ("efficientnet-lite0", "resnet50", "alexnet")
@@ -376,22 +377,31 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint; train one with `hash train`")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    wanted = "a checkpoint that `iwan hash train` wrote (best.pt)"
+    payload = load_tensors(path, wanted)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a hash-network checkpoint ({CHECKPOINT_FORMAT}); pass one `hash train` wrote")
-    config = HashConfig(**payload["config"])
-    if expect is not None:
-        _check_architecture(path, config, expect)
-    model = HashNet(config)
-    model.load_state_dict(payload["model"])
+        raise ValueError(f"{path} is not a hash-network checkpoint ({CHECKPOINT_FORMAT}); pass {wanted}")
+    try:
+        config = HashConfig(**payload["config"])
+        if expect is not None:
+            _check_architecture(path, config, expect)
+        model = HashNet(config)
+        model.load_state_dict(payload["model"])
+        checkpoint = Checkpoint(
+            path=path,
+            model=model,
+            class_embeddings=payload["class_embeddings"].numpy(),
+            class_names=payload["class_names"],
+            training=payload["training"],
+        )
+    except (KeyError, TypeError, AttributeError, RuntimeError) as err:
+        # A checkpoint edited or written by another version: its parts do not fit together.
+        raise ValueError(
+            f"{path} is a damaged {CHECKPOINT_FORMAT} checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200] if str(err) else 'missing part'}); pass {wanted}"
+        ) from None
     model.to(device).eval()
-    return Checkpoint(
-        path=path,
-        model=model,
-        class_embeddings=payload["class_embeddings"].numpy(),
-        class_names=payload["class_names"],
-        training=payload["training"],
-    )
+    return checkpoint
 
 
 def _check_architecture(path: Path, saved: HashConfig, expected: HashConfig) -> None:

@@ -29,6 +29,13 @@ DEFAULT_BATCH_SIZE = 64
 BACKENDS = ("torch", "onnx")
 """How a predictor runs: PyTorch, or its ONNX export under ONNX Runtime."""
 
+# Untrusted input.
+DEFAULT_CONNECT_TIMEOUT_S = 10
+"""How long a connection to PostgreSQL may take before the command fails (IWAN_CONNECT_TIMEOUT)."""
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+"""Images with more pixels are refused before decoding (IWAN_MAX_IMAGE_PIXELS): a small file can
+hold a huge image."""
+
 USF_SOURCE = "usf"
 USF_FILES = ("A-B", "C", "D-F", "G-K", "L-O", "P-R", "S", "T-Z")
 USF_CITATION = (
@@ -62,6 +69,9 @@ class Settings:
     """The folder URL of torchvision's pretrained weight files (IWAN_WEIGHTS_URL)."""
     fetch_timeout: float = DEFAULT_FETCH_TIMEOUT
     """Seconds a download waits to connect, and for each block (IWAN_FETCH_TIMEOUT)."""
+    connect_timeout: int = DEFAULT_CONNECT_TIMEOUT_S
+    """Seconds a database connection may take (libpq counts whole seconds, at least 2)."""
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     @property
     def pgdata(self) -> Path:
@@ -94,6 +104,8 @@ def settings(database_url: str | None = None) -> Settings:
         cifar_url=os.environ.get("IWAN_CIFAR_URL") or CIFAR_BASE_URL,
         weights_url=os.environ.get("IWAN_WEIGHTS_URL") or WEIGHTS_BASE_URL,
         fetch_timeout=_positive_float("IWAN_FETCH_TIMEOUT", DEFAULT_FETCH_TIMEOUT),
+        connect_timeout=_positive_int("IWAN_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_S, minimum=2),
+        max_image_pixels=_positive_int("IWAN_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, minimum=1),
     )
 
 
@@ -107,4 +119,17 @@ def _positive_float(name: str, default: float) -> float:
         value = float("nan")
     if not value > 0 or value == float("inf"):
         raise ValueError(f"{name}={raw!r} must be a positive number of seconds")
+    return value
+
+
+def _positive_int(variable: str, default: int, minimum: int) -> int:
+    raw = os.environ.get(variable)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise ValueError(f"{variable}={raw!r} must be a whole number >= {minimum} (default {default})")
     return value

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,16 +74,59 @@ def load_dataset(spec: str, split: str, limit: int | None = None) -> ImageDatase
     return _take(dataset, limit)
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """One image file as uint8 (H, W, 3) RGB."""
+def registered_name(spec: str) -> str:
+    """The name a data set is registered under in the database.
+
+    An image folder is named by its resolved path: two folders that share a last name
+    (`/a/imgs`, `/b/imgs`) are different data sets, and `imagefolder:./imgs` is the same data
+    set wherever it is run from. Other specs name themselves.
+    """
+    kind, _, arg = spec.partition(":")
+    if kind == "imagefolder" and arg:
+        return f"imagefolder:{Path(arg).expanduser().resolve()}"
+    return spec
+
+
+# Everything Pillow raises on a damaged or hostile file (it uses SyntaxError for some formats).
+_IMAGE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error,
+                 Image.DecompressionBombError)
+
+
+def load_image(path: str | Path, min_side: int | None = None) -> np.ndarray:
+    """One untrusted image file as uint8 (H, W, 3) RGB: every image iwan reads comes through here.
+
+    The pixel count is checked from the header, before anything is decoded: a small file can
+    hold a huge image (settings().max_image_pixels, IWAN_MAX_IMAGE_PIXELS). With `min_side`,
+    a large image is decoded at a reduced size whose shorter side stays >= `min_side` (JPEG's
+    draft mode decodes at 1/2, 1/4 or 1/8 scale directly; other formats are reduced by a whole
+    factor), for callers that resize to a small input anyway.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image file")
+    limit = settings().max_image_pixels
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as err:
-        raise DatasetFormatError(f"{path}: not a readable image ({err})") from None
+        with warnings.catch_warnings():
+            # Pillow's own bomb warning; the limit below is the one that applies.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > limit:
+                    raise DatasetFormatError(
+                        f"{path}: {width}x{height} is {width * height / 1e6:.1f} megapixels, over the "
+                        f"limit of {limit / 1e6:g} (IWAN_MAX_IMAGE_PIXELS): downscale the image, or "
+                        "raise the limit if you trust it"
+                    )
+                short = min(width, height)
+                if min_side is None or short < 2 * min_side:
+                    return np.asarray(image.convert("RGB"))
+                # JPEG only: decodes at the smallest scale still at least this big.
+                image.draft("RGB", (width * min_side // short, height * min_side // short))
+                rgb = image.convert("RGB")
+                factor = min(rgb.size) // min_side
+                return np.asarray(rgb.reduce(factor) if factor >= 2 else rgb)
+    except _IMAGE_ERRORS as err:
+        raise DatasetFormatError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None
 
 
 def _take(dataset: ImageDataset, limit: int | None) -> ImageDataset:
@@ -170,6 +215,35 @@ def _load_cifar10(split: str, limit: int | None) -> ImageDataset:
 # --- the official CIFAR python format, and its download ----------------------------------------
 
 
+class _ForbiddenGlobal(Exception):
+    """A pickle names a callable outside what CIFAR files hold."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only what the official CIFAR files hold.
+
+    A pickle can call any importable function while loading; these files are user-supplied
+    (`cifar100:PATH`, IWAN_DATA_DIR), so only numpy's array reconstruction and the bytes
+    decoding of protocol 2 are admitted. Dicts, lists, str, bytes and ints need no global.
+    """
+
+    ALLOWED = frozenset({
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),
+    })
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise _ForbiddenGlobal(f"{module}.{name}")
+        # numpy 2 moved numpy.core to numpy._core; the official files name the old module.
+        return super().find_class(module.replace("numpy.core", "numpy._core", 1), name)
+
+
 def _unpickle(path: Path, *keys: str) -> dict:
     """One CIFAR pickle, checked to hold `keys`."""
     if not path.is_file():
@@ -180,7 +254,13 @@ def _unpickle(path: Path, *keys: str) -> dict:
     try:
         with path.open("rb") as f:
             # latin1 turns the pickles' Python 2 string keys into str, as torchvision reads them.
-            content = pickle.load(f, encoding="latin1")
+            content = _CifarUnpickler(f, encoding="latin1").load()
+    except _ForbiddenGlobal as err:
+        raise DatasetFormatError(
+            f"{path}: refused to read: it asks to load {err}, which the official CIFAR files never "
+            "hold (only dicts, lists, strings, numbers and numpy arrays); it may be crafted to run "
+            "code. Extract the official archive again"
+        ) from None
     except Exception as err:  # noqa: BLE001 - garbage bytes fail in many ways; all mean "not a pickle"
         raise DatasetFormatError(
             f"{path}: not a CIFAR python pickle ({err}); extract the archive again"
@@ -260,7 +340,7 @@ def _download(name: str) -> None:
 def _load_image_folder(path: Path, split: str, limit: int | None) -> ImageDataset:
     if not path.is_dir():
         raise DatasetNotFoundError(f"image folder {path} does not exist: pass a folder of class folders")
-    return _read_image_folder(_image_folder_split(path, split), f"imagefolder:{path.name}", split, limit)
+    return _read_image_folder(_image_folder_split(path, split), registered_name(f"imagefolder:{path}"), split, limit)
 
 
 def _image_folder_split(path: Path, split: str) -> Path:
@@ -346,8 +426,11 @@ def _decoded_cache_path(folder: Path, name: str, split: str, files: list[Path]) 
     for path in files:
         stat = path.stat()
         digest.update(f"\0{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    return settings().cache_dir / "datasets" / f"{safe}-{split}-{digest.hexdigest()[:16]}.npy"
+    # An image folder's name holds its whole path: the readable part is cut short (the digest
+    # tells folders apart), so the file name stays within the file system's 255 bytes.
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[-80:]
+    safe_split = "".join(c if c.isalnum() or c in "-_." else "_" for c in split)[:40]
+    return settings().cache_dir / "datasets" / f"{safe}-{safe_split}-{digest.hexdigest()[:16]}.npy"
 
 
 def _decode(files: list[Path]) -> np.ndarray:

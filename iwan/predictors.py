@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from iwan import fetch
 from iwan.config import BACKENDS, DEFAULT_BATCH_SIZE, DEFAULT_PREDICTOR, STORED_PREDICTIONS, settings
+from iwan.torchfile import TorchFileError, load_tensors
 
 PRECISIONS = ("fp32", "bf16")
 INTERPOLATIONS = ("bilinear", "bicubic")
@@ -185,12 +186,9 @@ def load_state_dict(model: nn.Module, path: Path, what: str) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist: pass the path of a {what} state dict")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - every unreadable file gets the same advice
-        reason = f"{type(err).__name__}: {err}".splitlines()[0]
-        raise WeightsError(
-            f"{path} is not a PyTorch weights file ({reason}): pass a {what} state dict saved with torch.save"
-        ) from None
+        state = load_tensors(path, f"a {what} state dict saved with torch.save")
+    except TorchFileError as err:
+        raise WeightsError(str(err)) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -10,7 +10,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from iwan.network import BuiltIndex
-from iwan.search import Query
+from iwan.search import Query, parse_text_query
+
+QUERY_IMAGE_SIDE = 512
+MIN_WEIGHT = 1e-300
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,14 @@ class PlannedQuery:
 
 
 def text_query(built: BuiltIndex, text: str) -> PlannedQuery:
+    for word, weight in parse_text_query(text):
+        # A weight's cost is 1/weight: a subnormal weight's cost overflows to infinity, and
+        # path lengths must stay finite (JSON has no Infinity).
+        if weight < MIN_WEIGHT:
+            raise ValueError(
+                f"text query {text!r}: weight {weight:g} of {word!r} is too small (its cost 1/weight "
+                f"would overflow); use weights >= {MIN_WEIGHT:g}"
+            )
     return PlannedQuery(built.index.text_query(text))
 
 
@@ -43,7 +54,8 @@ def image_query(built: BuiltIndex, path: Path, backend: str = "torch") -> Planne
     from iwan.datasets import load_image
     from iwan.predictors import load_predictor
 
-    image = load_image(path)
+    # The classifiers resize to about 224 pixels; a query decoded at >= 512 loses nothing.
+    image = load_image(path, min_side=QUERY_IMAGE_SIDE)
     predictor = load_predictor(built.meta.model, backend=backend)
     prediction = predictor.predict(image[None], top=built.meta.top_iwk)
     return _from_predictions(built, prediction.indices[0], prediction.probabilities[0], str(path))
@@ -99,6 +111,14 @@ def labelled_hits(engine: Engine, built: BuiltIndex, planned: PlannedQuery, k: i
             {"ids": ids},
         ).all()
     by_id = {r[0]: r for r in rows}
+    missing = [image_id for image_id in ids if image_id not in by_id]
+    if missing:
+        raise LookupError(
+            f"index {built.meta.name!r} is out of step with the database: {len(missing)} of its "
+            f"images (first: id {missing[0]}) are not in it (the database was reset, or the index "
+            "was built against another one); rebuild it with `iwan index build --dataset "
+            f"{built.meta.dataset} --split {built.meta.split} --name {built.meta.name}`"
+        )
     out = []
     for hit, image_id in zip(hits, ids):
         _, dataset, split, index, label, name = by_id[image_id]

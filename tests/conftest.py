@@ -10,9 +10,12 @@ IWAN_REQUIRE_REAL_DATA=1 (as in CI), which turns that skip into a failure.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,6 +132,19 @@ def _isolated_iwan_env(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("IWAN_DATABASE_URL", raising=False)
 
 
+def private_folder(prefix: str) -> Path:
+    """A new folder that only its owner can list, removed at exit after the servers in it stop.
+
+    pytest's own folders are mode 0700; as root, the embedded server's user could not pass
+    through them, and iwan never loosens folders it did not create.
+    """
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    folder.chmod(0o711)
+    # atexit runs last-registered first: the server's stop (registered later) runs before this.
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def _template_database(tmp_path_factory):
     """An embedded PostgreSQL for the whole run, with one migrated template database."""
@@ -137,7 +153,7 @@ def _template_database(tmp_path_factory):
     from iwan import migrate
     from iwan.db import _embedded_uri, _sqlalchemy_url
 
-    pgdata = tmp_path_factory.mktemp("pg") / "data"
+    pgdata = private_folder("iwan-test-pg-") / "data"
     server_url = _sqlalchemy_url(_embedded_uri(pgdata))
     template_url = sa.make_url(server_url).set(database="iwan_template")
     admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")

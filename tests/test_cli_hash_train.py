@@ -59,7 +59,7 @@ def test_hash_train_small_cnn_on_an_image_folder_then_encode_into_postgres(folde
                    "--name", "colours", "--json", env=env)
     assert encoded.returncode == 0, encoded.stderr
     assert json.loads(encoded.stdout) | {"distinct_codes": 0} == {
-        "model": "colours", "dataset": "imagefolder:images", "split": "test", "images": 18, "embedding_dim": 3,
+        "model": "colours", "dataset": f"imagefolder:{(folder / 'images').resolve()}", "split": "test", "images": 18, "embedding_dim": 3,
         "distinct_codes": 0, "predictions_stored": True,
     }
     # What PostgreSQL holds is the mirror-averaged encoding of each image, in registration order.

@@ -39,7 +39,7 @@ for command in (db, data, norms, predict, index, search, evaluate, hash_group):
 
 def main() -> None:
     """Entry point: known errors become one line on stderr and a non-zero exit."""
-    from iwan.cli.common import EXPECTED_ERRORS
+    from iwan.cli.common import EXPECTED_ERRORS, one_line
 
     try:
         cli.main(standalone_mode=False)
@@ -52,5 +52,5 @@ def main() -> None:
     except EXPECTED_ERRORS as err:
         if os.environ.get("IWAN_DEBUG"):
             raise
-        click.echo(f"iwan: error: {err}", err=True)
+        click.echo(f"iwan: error: {one_line(err)}", err=True)
         sys.exit(1)

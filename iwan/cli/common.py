@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 import click
+import numpy as np
 from sqlalchemy.engine import Engine
 
 from iwan import migrate
@@ -51,8 +53,31 @@ def ensure_schema(engine: Engine, external: bool) -> None:
     migrate.upgrade(engine)
 
 
+def one_line(err: BaseException) -> str:
+    """An error's message on one line, with any password in it hidden."""
+    text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    if type(err) is KeyError:
+        # A bare KeyError's text is only the key ("29"): never an answer by itself.
+        text = f"{text} was not found (KeyError); run again with IWAN_DEBUG=1 and report the traceback"
+    return safe_url(text or type(err).__name__)
+
+
 def emit_json(payload) -> None:
-    click.echo(json.dumps(payload, indent=None, default=str))
+    """Standard JSON only: a NaN or infinite number (an undefined figure) is written as null,
+    never as the `NaN`/`Infinity` that JSON parsers reject."""
+    click.echo(json.dumps(_finite(payload), indent=None, default=str, allow_nan=False))
+
+
+def _finite(value):
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 pass_context = click.make_pass_decorator(CliContext)

@@ -16,7 +16,8 @@ def index() -> None:
 
 
 @index.command()
-@click.option("--dataset", required=True, help="Registered data set name (cifar100, cifar10, imagefolder:NAME).")
+@click.option("--dataset", required=True,
+              help="Registered data set: cifar100, cifar10, or imagefolder:PATH (known by its resolved path).")
 @click.option("--split", required=True)
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N images of the split.")
 @click.option("--model", default=DEFAULT_PREDICTOR, show_default=True, help="Whose stored predictions name the images.")
@@ -27,13 +28,15 @@ def index() -> None:
 @click.option("--strength", type=click.Choice(["forward", "backward", "max"]), default="forward",
               show_default=True, help="Which association strength ranks and weighs word-word edges.")
 @click.option("--source", default=USF_SOURCE, show_default=True, help="Norm set.")
-@click.option("--name", help="Index name (default DATASET-SPLIT).")
+@click.option("--name", help="Index name: letters, digits, '.', '_', '-' (default DATASET-SPLIT).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_context
 def build(ctx: CliContext, dataset, split, limit, model, top_iwk, top_wwk, strength, source, name, as_json) -> None:
     """Build the IWAN of a split's stored predictions and save it under IWAN_HOME/indexes."""
     from iwan import network
 
+    if name is not None:
+        network.index_dir(name)  # a bad name fails now, not after the build
     built = network.build(
         ctx.engine(), model, dataset, split, top_iwk=top_iwk, top_wwk=top_wwk,
         strength=strength, source=source, limit=limit, name=name,

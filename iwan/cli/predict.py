@@ -11,7 +11,8 @@ from iwan.config import BACKENDS, DEFAULT_BATCH_SIZE, DEFAULT_PREDICTOR
 
 
 @click.command()
-@click.option("--dataset", "spec", required=True, help="cifar100, cifar100:PATH, cifar10 or imagefolder:PATH.")
+@click.option("--dataset", "spec", required=True,
+              help="cifar100, cifar100:PATH, cifar10 or imagefolder:PATH (registered by its resolved path).")
 @click.option("--split", required=True, help="train or test (or a folder's split).")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N images.")
 @click.option("--model", default=DEFAULT_PREDICTOR, show_default=True, help="resnet50 or efficientnet-lite0.")

@@ -33,7 +33,7 @@ def search(ctx: CliContext, image, query_dataset, query_split, query_index, word
         raise click.UsageError("give exactly one query: --image PATH, --dataset D --split S --index I, or --words")
     if given[1] and any(v is None for v in by_split):
         raise click.UsageError("a data set query needs all of --dataset, --split and --index")
-    built = network.BuiltIndex.load(network.index_dir(corpus) if corpus else network.latest_index())
+    built = network.BuiltIndex.load(network.index_dir(corpus) if corpus is not None else network.latest_index())
     engine = ctx.engine()
     if words is not None:
         query, exclude = text_query(built, words), ()

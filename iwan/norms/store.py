@@ -14,6 +14,8 @@ from sqlalchemy.engine import Engine
 from iwan.graph import Associations
 from iwan.norms.usf import COLUMNS, FIELDS, UsfRow, checksum, expand_paths, parse_file
 
+NORMS_LOCK = 0x1A7A_0002
+"""pg_advisory_xact_lock key held while a norm set is replaced."""
 _SQL_TYPES = {"bool": "boolean", "int": "integer", "real": "real", "text": "text"}
 
 
@@ -47,6 +49,9 @@ def load_norms(
     _check_unique_pairs(rows, files)
     staging_columns = ", ".join(f"{c.field} {_SQL_TYPES[c.kind]}" for c in COLUMNS)
     with engine.begin() as conn:
+        # Two loads at once would both insert the source (a unique violation): the second waits
+        # for the first to commit, then replaces what it loaded.
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": NORMS_LOCK})
         conn.execute(sa.text("DELETE FROM sources WHERE name = :name"), {"name": source})
         source_id = conn.scalar(
             sa.text(

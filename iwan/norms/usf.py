@@ -67,6 +67,11 @@ HEADER_ALIASES = {"TRF": "TFR"}
 UsfRow = NamedTuple("UsfRow", [(c.field, object) for c in COLUMNS])  # type: ignore[misc]
 
 
+# Longer cues or targets are damage, not words; PostgreSQL's index on words would also refuse
+# one beyond about 2,700 bytes, with a traceback instead of a line number.
+MAX_WORD_LENGTH = 100
+
+
 class NormsFormatError(ValueError):
     """A line of a norms file that cannot be read; the message starts with `file:line:`."""
 
@@ -111,6 +116,11 @@ def parse_file(path: Path) -> Iterator[UsfRow]:
                 continue
             fields = [f.strip() for f in line.split(SEPARATOR)]
             where = f"{path}:{number}"
+            if "\0" in line:
+                raise NormsFormatError(
+                    f"{where}: holds a NUL byte, which no text column can store: the file is "
+                    "damaged or not an Appendix A file"
+                )
             # `CUE` is itself a cue word, so only the exact header row is a header.
             if _is_header(fields):
                 if seen_header:
@@ -131,6 +141,12 @@ def parse_file(path: Path) -> Iterator[UsfRow]:
             values = [_convert(c.kind, raw, where, c.header) for c, raw in zip(COLUMNS, fields)]
             if values[0] is None or values[1] is None:
                 raise NormsFormatError(f"{where}: empty cue or target")
+            for word in values[:2]:
+                if len(word) > MAX_WORD_LENGTH:
+                    raise NormsFormatError(
+                        f"{where}: a cue or target of {len(word):,} characters ({word[:20]!r}...); "
+                        f"words have at most {MAX_WORD_LENGTH}: the file is damaged"
+                    )
             yield UsfRow(*values)
     if not seen_header:
         raise NormsFormatError(f"{path}:1: no header row (CUE, TARGET, NORMED?, ...) found")
