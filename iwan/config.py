@@ -6,7 +6,7 @@ Environment variables override the defaults; nothing else reads the environment.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import platformdirs
@@ -26,6 +26,15 @@ STORED_PREDICTIONS = MAX_TOP_IWK
 DEFAULT_PREDICTOR = "resnet50"
 DEFAULT_BATCH_SIZE = 64
 
+# The HTTP service (`iwan serve`).
+SERVE_HOST = "127.0.0.1"  # loopback unless told otherwise: nothing is exposed by accident
+SERVE_PORT = 8000
+MAX_BODY_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+MAX_SEARCH_K = 1000
+MAX_SEARCH_OFFSET = 10_000
+MAX_TEXT_QUERY_CHARS = 2000
+
 USF_SOURCE = "usf"
 USF_BASE_URL = "http://w3.usf.edu/FreeAssociation/AppendixA/"
 USF_FILES = ("A-B", "C", "D-F", "G-K", "L-O", "P-R", "S", "T-Z")
@@ -44,6 +53,12 @@ class Settings:
     """Local copies of external data sets (CIFAR, the USF norms); loaders look here first."""
     database_url: str | None
     """An external PostgreSQL; None means the embedded server under `home`."""
+    api_key: str | None = field(default=None, repr=False)
+    """The service's write key (IWAN_API_KEY); None refuses every write."""
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    """Largest image (width x height) a query or an upload may have (IWAN_MAX_IMAGE_PIXELS)."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins allowed to call the service from a browser (IWAN_CORS_ORIGINS, comma-separated)."""
 
     @property
     def pgdata(self) -> Path:
@@ -72,4 +87,20 @@ def settings(database_url: str | None = None) -> Settings:
         home=home,
         data_dir=data_dir,
         database_url=database_url or os.environ.get("IWAN_DATABASE_URL") or None,
+        api_key=os.environ.get("IWAN_API_KEY") or None,
+        max_image_pixels=_positive_int("IWAN_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS),
+        cors_origins=tuple(o.strip() for o in os.environ.get("IWAN_CORS_ORIGINS", "").split(",") if o.strip()),
     )
+
+
+def _positive_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name}={raw!r} must be a whole number >= 1 (unset it for {default:,})")
+    return value
