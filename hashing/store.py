@@ -19,17 +19,22 @@ def store_codes(engine: Engine, model: str, image_ids: np.ndarray, embeddings: n
             f"store_codes: {len(image_ids)} image ids, {len(embeddings)} embeddings and {len(codes)} "
             "codes; give one of each per image"
         )
-    bits = to_bit_strings(np.asarray(codes, dtype=np.uint64), HASH_BITS)
     with engine.begin() as conn:
         conn.execute(
             sa.text("DELETE FROM hash_codes WHERE model = :m AND image_id = ANY(:ids)"),
             {"m": model, "ids": image_ids.tolist()},
         )
-        cursor = conn.connection.driver_connection.cursor()
-        with cursor.copy("COPY hash_codes (model, image_id, code, embedding) FROM STDIN") as copy:
-            for image_id, code, vector in zip(image_ids.tolist(), bits, embeddings):
-                copy.write_row((model, image_id, code, "[" + ",".join(map(repr, vector.tolist())) + "]"))
+        write_codes(conn, model, image_ids, embeddings, codes)
     return len(image_ids)
+
+
+def write_codes(conn: sa.Connection, model: str, image_ids: np.ndarray, embeddings: np.ndarray, codes: np.ndarray) -> None:
+    """Insert codes and embeddings of images that have none of `model`, inside the caller's transaction."""
+    bits = to_bit_strings(np.asarray(codes, dtype=np.uint64), HASH_BITS)
+    cursor = conn.connection.driver_connection.cursor()
+    with cursor.copy("COPY hash_codes (model, image_id, code, embedding) FROM STDIN") as copy:
+        for image_id, code, vector in zip(np.asarray(image_ids).tolist(), bits, np.asarray(embeddings, dtype=np.float32)):
+            copy.write_row((model, image_id, code, "[" + ",".join(map(repr, vector.tolist())) + "]"))
 
 
 def load_codes(engine: Engine, model: str, image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

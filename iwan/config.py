@@ -76,6 +76,16 @@ class Settings:
     def cache_dir(self) -> Path:
         return self.home / "cache"
 
+    @property
+    def image_dir(self) -> Path:
+        """Bytes of uploaded images, each file named by its sha256."""
+        return self.home / "images"
+
+    @property
+    def collection_dir(self) -> Path:
+        """Saved snapshots of collections' in-memory indexes."""
+        return self.home / "collections"
+
 
 def settings(database_url: str | None = None) -> Settings:
     """The settings in force now; an explicit `database_url` wins over IWAN_DATABASE_URL."""

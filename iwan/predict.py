@@ -67,7 +67,7 @@ def predict_split(engine: Engine, predictor, dataset, batch_size: int, progress:
             if not todo.any():
                 continue
             with engine.begin() as conn:
-                _store(
+                write_predictions(
                     conn,
                     predictor.name,
                     registered.ids[chunk.start : chunk.stop][todo],
@@ -92,10 +92,11 @@ def replace_predictions(engine: Engine, model: str, ids: np.ndarray, indices: np
             sa.text("DELETE FROM predictions WHERE model = :m AND image_id = ANY(:ids)"),
             {"m": model, "ids": np.asarray(ids).tolist()},
         )
-        _store(conn, model, ids, indices, probabilities)
+        write_predictions(conn, model, ids, indices, probabilities)
 
 
-def _store(conn: sa.Connection, model: str, ids: np.ndarray, indices: np.ndarray, probabilities: np.ndarray) -> None:
+def write_predictions(conn: sa.Connection, model: str, ids: np.ndarray, indices: np.ndarray, probabilities: np.ndarray) -> None:
+    """Insert the top classes of these images inside the caller's transaction."""
     top = min(STORED_PREDICTIONS, indices.shape[1])
     cursor = conn.connection.driver_connection.cursor()
     with cursor.copy("COPY predictions (model, image_id, rank, class_index, probability) FROM STDIN") as copy:
