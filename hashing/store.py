@@ -34,7 +34,12 @@ def write_codes(conn: sa.Connection, model: str, image_ids: np.ndarray, embeddin
     cursor = conn.connection.driver_connection.cursor()
     with cursor.copy("COPY hash_codes (model, image_id, code, embedding) FROM STDIN") as copy:
         for image_id, code, vector in zip(np.asarray(image_ids).tolist(), bits, np.asarray(embeddings, dtype=np.float32)):
-            copy.write_row((model, image_id, code, "[" + ",".join(map(repr, vector.tolist())) + "]"))
+            copy.write_row((model, image_id, code, vector_literal(vector)))
+
+
+def vector_literal(vector: np.ndarray) -> str:
+    """A pgvector text literal, "[x,y,...]", exact for float32 values (repr round-trips)."""
+    return "[" + ",".join(map(repr, np.asarray(vector, dtype=np.float32).tolist())) + "]"
 
 
 def load_codes(engine: Engine, model: str, image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -129,6 +129,44 @@ def load_predictions(engine: Engine, model: str, dataset: str, split: str, top: 
         categories = conn.scalars(
             sa.text("SELECT name FROM classifier_classes WHERE model = :m ORDER BY class_index"), {"m": model}
         ).all()
+    class_indices, probabilities = _by_image(ids, rows, top)
+    # A classifier with fewer classes than `top` leaves the lower ranks empty (-1, probability 0).
+    missing = np.flatnonzero(class_indices[:, 0] < 0)
+    if len(missing):
+        raise LookupError(
+            f"{len(missing)} images of {dataset}/{split} have no {model} predictions (first: image "
+            f"index {missing[0]}): run `iwan predict --dataset {dataset} --split {split} --model {model}`"
+        )
+    return SplitPredictions(ids, class_indices, probabilities, list(categories))
+
+
+def predictions_of(engine: Engine, model: str, image_ids: np.ndarray, top: int) -> SplitPredictions:
+    """The top `top` predictions of `model` for these images, in their order; LookupError naming
+    the first image that has none."""
+    ids = np.asarray(image_ids, dtype=np.int64)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT image_id, rank, class_index, probability FROM predictions "
+                "WHERE model = :m AND image_id = ANY(:ids) AND rank < :top"
+            ),
+            {"m": model, "ids": ids.tolist(), "top": top},
+        ).all()
+        categories = conn.scalars(
+            sa.text("SELECT name FROM classifier_classes WHERE model = :m ORDER BY class_index"), {"m": model}
+        ).all()
+    class_indices, probabilities = _by_image(ids, rows, top)
+    missing = np.flatnonzero(class_indices[:, 0] < 0)
+    if len(missing):
+        raise LookupError(
+            f"{len(missing)} images have no {model} predictions (first: image id {ids[missing[0]]}): "
+            f"run `iwan predict --model {model}` for their split"
+        )
+    return SplitPredictions(ids, class_indices, probabilities, list(categories))
+
+
+def _by_image(ids: np.ndarray, rows, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image_id, rank, class_index, probability) rows as (len(ids), top) arrays in the order of ids."""
     table = np.array(rows, dtype=np.float64).reshape(-1, 4)
     # Ids follow registration order, which need not be index order: look them up through a sort.
     order = np.argsort(ids)
@@ -138,11 +176,4 @@ def load_predictions(engine: Engine, model: str, dataset: str, split: str, top: 
     ranks = table[:, 1].astype(np.int64)
     class_indices[position, ranks] = table[:, 2]
     probabilities[position, ranks] = table[:, 3]
-    # A classifier with fewer classes than `top` leaves the lower ranks empty (-1, probability 0).
-    missing = np.flatnonzero(class_indices[:, 0] < 0)
-    if len(missing):
-        raise LookupError(
-            f"{len(missing)} images of {dataset}/{split} have no {model} predictions (first: image "
-            f"index {missing[0]}): run `iwan predict --dataset {dataset} --split {split} --model {model}`"
-        )
-    return SplitPredictions(ids, class_indices, probabilities, list(categories))
+    return class_indices, probabilities
