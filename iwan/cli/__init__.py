@@ -16,6 +16,7 @@ from iwan.cli.index import index
 from iwan.cli.norms import norms
 from iwan.cli.predict import predict
 from iwan.cli.search import search
+from iwan.cli.serve import serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,7 +33,7 @@ def cli(ctx: click.Context, database_url: str | None, verbose: bool) -> None:
     ctx.obj = CliContext(database_url=database_url)
 
 
-for command in (db, norms, predict, index, search, evaluate, hash_group):
+for command in (db, norms, predict, index, search, evaluate, hash_group, serve):
     cli.add_command(command)
 
 
