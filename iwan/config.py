@@ -23,8 +23,11 @@ DEFAULT_SHORTLIST_FACTOR = 2  # the Hamming shortlist holds factor * k candidate
 
 # Word predictions: how many classes are stored per image (topIWK chooses among them later).
 STORED_PREDICTIONS = MAX_TOP_IWK
-DEFAULT_PREDICTOR = "resnet50"
+DEFAULT_PREDICTOR = "efficientnet-lite0"
+"""The ImageNet classifier whose weights ship with the project (ResNet-50's must be downloaded)."""
 DEFAULT_BATCH_SIZE = 64
+BACKENDS = ("torch", "onnx")
+"""How a predictor runs: PyTorch, or its ONNX export under ONNX Runtime."""
 
 # The HTTP service (`iwan serve`).
 SERVE_HOST = "127.0.0.1"  # loopback unless told otherwise: nothing is exposed by accident
