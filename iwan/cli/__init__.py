@@ -10,8 +10,10 @@ import click
 
 from iwan.cli.common import CliContext
 from hashing.cli import hash_group
+from iwan.cli.collection import collection
 from iwan.cli.db import db
 from iwan.cli.evaluate import evaluate
+from iwan.cli.images import images
 from iwan.cli.index import index
 from iwan.cli.norms import norms
 from iwan.cli.predict import predict
@@ -33,7 +35,7 @@ def cli(ctx: click.Context, database_url: str | None, verbose: bool) -> None:
     ctx.obj = CliContext(database_url=database_url)
 
 
-for command in (db, norms, predict, index, search, evaluate, hash_group, serve):
+for command in (db, norms, predict, index, search, evaluate, hash_group, serve, collection, images):
     cli.add_command(command)
 
 
