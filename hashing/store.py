@@ -64,3 +64,15 @@ def load_codes(engine: Engine, model: str, image_ids: np.ndarray) -> tuple[np.nd
     embeddings = np.array([row[2] for row in ordered], dtype=np.float32).reshape(len(ordered), -1)
     codes = from_bit_strings([row[1] for row in ordered], HASH_BITS)
     return embeddings, codes
+
+
+def codes_digest(engine: Engine, model: str) -> str | None:
+    """An md5 of every stored code and embedding of `model` (None without any), to tell when they change."""
+    with engine.connect() as conn:
+        return conn.scalar(
+            sa.text(
+                "SELECT md5(string_agg(concat_ws(':', image_id, code::text, embedding::text), ',' ORDER BY image_id)) "
+                "FROM hash_codes WHERE model = :m"
+            ),
+            {"m": model},
+        )

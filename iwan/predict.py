@@ -126,9 +126,7 @@ def load_predictions(engine: Engine, model: str, dataset: str, split: str, top: 
             ),
             {"m": model, "d": dataset, "s": split, "top": top, "n": limit},
         ).all()
-        categories = conn.scalars(
-            sa.text("SELECT name FROM classifier_classes WHERE model = :m ORDER BY class_index"), {"m": model}
-        ).all()
+    categories = classifier_categories(engine, model)
     class_indices, probabilities = _by_image(ids, rows, top)
     # A classifier with fewer classes than `top` leaves the lower ranks empty (-1, probability 0).
     missing = np.flatnonzero(class_indices[:, 0] < 0)
@@ -152,9 +150,7 @@ def predictions_of(engine: Engine, model: str, image_ids: np.ndarray, top: int) 
             ),
             {"m": model, "ids": ids.tolist(), "top": top},
         ).all()
-        categories = conn.scalars(
-            sa.text("SELECT name FROM classifier_classes WHERE model = :m ORDER BY class_index"), {"m": model}
-        ).all()
+    categories = classifier_categories(engine, model)
     class_indices, probabilities = _by_image(ids, rows, top)
     missing = np.flatnonzero(class_indices[:, 0] < 0)
     if len(missing):
@@ -163,6 +159,28 @@ def predictions_of(engine: Engine, model: str, image_ids: np.ndarray, top: int) 
             f"run `iwan predict --model {model}` for their split"
         )
     return SplitPredictions(ids, class_indices, probabilities, list(categories))
+
+
+def predictions_digest(engine: Engine, model: str) -> str | None:
+    """An md5 of every stored prediction of `model` (None without any), to tell when they change."""
+    with engine.connect() as conn:
+        return conn.scalar(
+            sa.text(
+                "SELECT md5(string_agg(concat_ws(':', image_id, rank, class_index, probability), ',' "
+                "ORDER BY image_id, rank)) FROM predictions WHERE model = :m"
+            ),
+            {"m": model},
+        )
+
+
+def classifier_categories(engine: Engine, model: str) -> list[str]:
+    """The class names of a predictor, by class index."""
+    with engine.connect() as conn:
+        return list(
+            conn.scalars(
+                sa.text("SELECT name FROM classifier_classes WHERE model = :m ORDER BY class_index"), {"m": model}
+            ).all()
+        )
 
 
 def _by_image(ids: np.ndarray, rows, top: int) -> tuple[np.ndarray, np.ndarray]:
