@@ -19,7 +19,7 @@ class PlannedQuery:
 
     def describe(self, built: BuiltIndex) -> list[tuple[str, float]]:
         """The query's start words with their weights (1 / cost)."""
-        words = built.index.graph.words
+        words = built.index.words
         return [(words[w], 1.0 / c) for w, c in zip(self.query.word_ids, self.query.costs)]
 
 
@@ -88,7 +88,7 @@ def labelled_hits(engine: Engine, built: BuiltIndex, planned: PlannedQuery, k: i
     hits = built.index.search_one(planned.query, k, exclude=exclude)
     if not hits:
         return []
-    ids = [int(built.image_ids[h.image]) for h in hits]
+    ids = [int(built.image_ids[h.image_id]) for h in hits]
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text(
