@@ -232,9 +232,9 @@ def _search(service: Service, collection, method: str, k: int, offset: int, body
         keep = ids >= 0
         scores, ids = scores[keep], ids[keep].tolist()
         explanations = _explain(collection, queries, ids, method)
-        labels = collection.labels(ids) if ids else []
+        labels = service.labels.of(ids)
         if words is None:
-            words = [models.Word(word=w, weight=_finite(p) or 0.0) for w, p in collection.query_words(queries)[0]]
+            words = _query_words(collection, queries)
     results = [
         models.Result(rank=offset + i + 1, image_id=image_id, label=label, score=_finite(score),
                       thumbnail_url=f"/v1/images/{image_id}/thumbnail", explanation=_plain(why))
@@ -247,6 +247,16 @@ def _search(service: Service, collection, method: str, k: int, offset: int, body
         timing_ms=models.Timing(model=round((modelled - start) * 1e3, 3), search=round((searched - modelled) * 1e3, 3),
                                 total=round((end - start) * 1e3, 3)),
     )
+
+
+def _query_words(collection, queries) -> list[models.Word]:
+    """The words one query starts from, heaviest first (a word given twice keeps its larger weight)."""
+    best: dict[int, float] = {}
+    for word_id, weight in zip(queries.word_ids[0].tolist(), queries.weights[0].tolist()):
+        if word_id >= 0 and weight > 0 and math.isfinite(weight):
+            best[word_id] = max(best.get(word_id, 0.0), weight)
+    ranked = sorted(best.items(), key=lambda item: -item[1])
+    return [models.Word(word=collection.words[w], weight=p) for w, p in ranked]
 
 
 def _explain(collection, queries, ids: list[int], method: str) -> list[dict]:
