@@ -1,8 +1,9 @@
-"""An IWAN over a registered split, built from PostgreSQL and kept on disk for later searches.
+"""An IWAN over stored images, built from PostgreSQL and kept on disk for later searches.
 
-The norms, the split's stored word predictions and the class-name-to-word mapping come from the
-database; the built graph is saved under IWAN_HOME/indexes/NAME/ with what a search needs to
-answer in the database's terms (image ids, the model whose words queries must use).
+The norms, the images' stored word predictions and the class-name-to-word mapping come from the
+database (`graph_of` for any images, `build` for a registered split); a split's built graph is
+saved under IWAN_HOME/indexes/NAME/ with what a search needs to answer in the database's terms
+(image ids, the predictor whose words queries must use).
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import numpy as np
 from sqlalchemy.engine import Engine
 
 from iwan.config import DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, MAX_TOP_IWK, USF_SOURCE, settings
-from iwan.graph import build_graph
+from iwan.graph import Associations, IwanGraph, build_graph
 from iwan.imagenet_words import with_hypernyms
 from iwan.norms.store import association_arrays
-from iwan.predict import load_predictions
+from iwan.predict import SplitPredictions, classifier_categories, load_predictions, predictions_of
 from iwan.search import IwanIndex
-from iwan.words import WordMatcher
+from iwan.words import WordMapping, WordMatcher
 
 INDEX_FILE = "graph.npz"
 META_FILE = "meta.json"
@@ -86,6 +87,49 @@ def class_words(class_word_ids: np.ndarray, class_indices: np.ndarray) -> np.nda
     return np.where(class_indices >= 0, class_word_ids[np.maximum(class_indices, 0)], -1)
 
 
+def word_mapping(words: list[str], categories: list[str]) -> WordMapping:
+    """A predictor's class names onto the norms' words (with ImageNet hypernyms for the rest)."""
+    return with_hypernyms(WordMatcher(words).map(categories), words)
+
+
+def class_word_mapping(engine: Engine, predictor: str, source: str = USF_SOURCE) -> WordMapping:
+    """The mapping of `predictor`'s classes onto the vocabulary of the norm set `source`."""
+    return word_mapping(association_arrays(engine, source).words, classifier_categories(engine, predictor))
+
+
+def _graph(associations: Associations, predictions: SplitPredictions, top_wwk: int, strength: str) -> tuple[IwanGraph, WordMapping]:
+    mapping = word_mapping(associations.words, predictions.categories)
+    graph = build_graph(
+        associations,
+        class_words(mapping.word_ids, predictions.class_indices),
+        predictions.probabilities,
+        top_wwk=top_wwk,
+        strength=strength,
+    )
+    return graph, mapping
+
+
+def graph_of(
+    engine: Engine,
+    predictor: str,
+    image_ids: np.ndarray,
+    top_iwk: int = DEFAULT_TOP_IWK,
+    top_wwk: int = DEFAULT_TOP_WWK,
+    strength: str = "forward",
+    source: str = USF_SOURCE,
+) -> tuple[IwanGraph, WordMapping]:
+    """The IWAN of the stored predictions of `predictor` for `image_ids` (graph rows in their
+    order), and the mapping of the predictor's classes onto the graph's words."""
+    _check_top_iwk(top_iwk)
+    predictions = predictions_of(engine, predictor, image_ids, top_iwk)
+    return _graph(association_arrays(engine, source), predictions, top_wwk, strength)
+
+
+def _check_top_iwk(top_iwk: int) -> None:
+    if not 1 <= top_iwk <= MAX_TOP_IWK:
+        raise ValueError(f"top_iwk={top_iwk} must be 1..{MAX_TOP_IWK}")
+
+
 def index_dir(name: str) -> Path:
     return settings().index_dir / name
 
@@ -117,20 +161,11 @@ def build(
     name: str | None = None,
 ) -> BuiltIndex:
     """The IWAN of a split's stored predictions of `model` on the norm set `source`."""
-    if not 1 <= top_iwk <= MAX_TOP_IWK:
-        raise ValueError(f"top_iwk={top_iwk} must be 1..{MAX_TOP_IWK}")
+    _check_top_iwk(top_iwk)
     started = time.perf_counter()
     associations = association_arrays(engine, source)
     predictions = load_predictions(engine, model, dataset, split, top=top_iwk, limit=limit)
-    mapping = with_hypernyms(WordMatcher(associations.words).map(predictions.categories), associations.words)
-    class_word_ids = mapping.word_ids
-    graph = build_graph(
-        associations,
-        class_words(class_word_ids, predictions.class_indices),
-        predictions.probabilities,
-        top_wwk=top_wwk,
-        strength=strength,
-    )
+    graph, mapping = _graph(associations, predictions, top_wwk, strength)
     meta = IndexMeta(
         name=name or default_name(dataset, split),
         model=model,
@@ -143,8 +178,8 @@ def build(
         n_images=graph.n_images,
         n_words=graph.n_words,
         n_word_edges=len(graph.edge_a),
-        mapped_classes=int((class_word_ids >= 0).sum()),
+        mapped_classes=int((mapping.word_ids >= 0).sum()),
         unmapped_classes=mapping.unmapped,
         build_seconds=round(time.perf_counter() - started, 3),
     )
-    return BuiltIndex(IwanIndex(graph), predictions.ids, class_word_ids, meta)
+    return BuiltIndex(IwanIndex(graph), predictions.ids, mapping.word_ids, meta)

@@ -102,7 +102,14 @@ class Retriever(Protocol):
 
 Builder = Callable[..., Retriever]
 _BUILDERS: dict[str, Builder] = {}
-_BUILTIN_MODULES = ()
+_BUILTIN_MODULES = (
+    "iwan.retrievers.iwan",
+    "iwan.retrievers.exhaustive",
+    "iwan.retrievers.hashes",
+    "iwan.retrievers.fused",
+    "iwan.retrievers.hashes_pg",
+    "iwan.retrievers.exhaustive_pg",
+)
 """Modules of the project's own methods, imported on first use so that they register."""
 
 
