@@ -55,12 +55,12 @@ class ExhaustiveCosineIndex:
         """Take in (n, d) embeddings with their (n,) ids, none of them held (default: continuing
         from the highest id held)."""
         rows = _unit_rows(embeddings, "embeddings", self._embeddings.shape[1] if self.ntotal else None)
-        self._ids, order = _merged_ids(self._ids, ids, len(rows), "ExhaustiveCosineIndex")
+        self._ids, order = merge_ids(self._ids, ids, len(rows), "ExhaustiveCosineIndex")
         self._embeddings = _merged_rows(self._embeddings, rows, order)
 
     def remove(self, ids: np.ndarray) -> None:
         """Drop the rows of `ids`; an id not held is a ValueError naming it."""
-        keep = _kept(self._ids, ids, "ExhaustiveCosineIndex")
+        keep = kept_rows(self._ids, ids, "ExhaustiveCosineIndex")
         self._ids, self._embeddings = self._ids[keep], self._embeddings[keep]
 
     def search(
@@ -130,13 +130,13 @@ class HammingCosineIndex:
                 "pass one code per embedding"
             )
         rows = _unit_rows(embeddings, "embeddings", self._embeddings.shape[1] if self.ntotal else None)
-        self._ids, order = _merged_ids(self._ids, ids, len(rows), "HammingCosineIndex")
+        self._ids, order = merge_ids(self._ids, ids, len(rows), "HammingCosineIndex")
         self._embeddings = _merged_rows(self._embeddings, rows, order)
         self._codes = _merged_rows(self._codes, codes, order)
 
     def remove(self, ids: np.ndarray) -> None:
         """Drop the rows of `ids`; an id not held is a ValueError naming it."""
-        keep = _kept(self._ids, ids, "HammingCosineIndex")
+        keep = kept_rows(self._ids, ids, "HammingCosineIndex")
         self._ids, self._embeddings, self._codes = self._ids[keep], self._embeddings[keep], self._codes[keep]
 
     def search(
@@ -320,7 +320,7 @@ def _check_ids(ids: np.ndarray, what: str) -> np.ndarray:
     return ids
 
 
-def _merged_ids(held: np.ndarray, new: np.ndarray | None, n: int, what: str) -> tuple[np.ndarray, np.ndarray | None]:
+def merge_ids(held: np.ndarray, new: np.ndarray | None, n: int, what: str) -> tuple[np.ndarray, np.ndarray | None]:
     """The held ids with `new` ones (default: continuing from the highest held) in ascending order,
     and the order that sorts the concatenated rows (None: appending keeps them sorted)."""
     start = int(held[-1]) + 1 if len(held) else 0
@@ -345,7 +345,7 @@ def _merged_rows(existing: np.ndarray, new: np.ndarray, order: np.ndarray | None
     return rows if order is None else rows[order]
 
 
-def _kept(held: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
+def kept_rows(held: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
     """The mask of held rows that stay when `ids` go; ValueError naming ids not held."""
     ids = _check_ids(ids, f"{what}.remove")
     missing = ids[~np.isin(ids, held)]

@@ -124,9 +124,9 @@ def test_iwan_sweep_and_bad_specs(toy_database, tmp_path):
     assert results["settings_scatter"]["labels"][10:] == ["exhaustive cosine"]
     assert len(results["settings_scatter"]["mAP"]) == 11
     assert (tmp_path / "report.md").is_file()
-    with pytest.raises(ValueError, match="need --hash-model"):
-        spec(hash_model=None)
-    with pytest.raises(ValueError, match="unknown methods"):
+    with pytest.raises(ValueError, match="the exhaustive method needs a hash model .* give --hash-model"):
+        run(toy_database, spec(hash_model=None, methods=("exhaustive",)), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="unknown methods \\['nope'\\]: choose from exhaustive, exhaustive-pg, fused"):
         spec(methods=("nope",))
     with pytest.raises(LookupError, match="no toy-classifier predictions|no images of toy10/validation"):
         run(toy_database, spec(query_split="validation"), tmp_path, progress=False)
@@ -140,10 +140,9 @@ def test_stored_predictions_read_back_in_index_order(toy_database):
 
 
 def test_fusion_findings_say_by_how_much_and_why():
-    from iwan.evaluate import Retriever, fusion_findings
+    from iwan.evaluate import fusion_findings
 
-    names = {"iwan": "IWAN", "hashes": "hashes", "fused": "fused"}
-    retrievers = {m: Retriever(n, None) for m, n in names.items()}
+    retrievers = {"iwan": "IWAN", "hashes": "hashes", "fused": "fused"}
     results = {"metrics": {n: {"Barz mAHP": {250: v}} for n, v in (("IWAN", 0.64), ("hashes", 0.877), ("fused", 0.883))}}
     notes = fusion_findings(results, retrievers, {"iwan_weight": 0.0})
     assert notes[0] == (

@@ -14,6 +14,8 @@ from iwan.retrievers import Batch, Corpus, register_retriever
 
 class ExhaustiveRetriever:
     name = "exhaustive"
+    reads = ("embeddings",)
+    """The fields of a query batch (and of added images) this method reads."""
 
     def __init__(self, index: ExhaustiveCosineIndex):
         self.index = index

@@ -13,6 +13,8 @@ from iwan.retrievers.queries import require_hash_model
 
 class PgExhaustiveRetriever(PgCorpusRetriever):
     name = "exhaustive-pg"
+    reads = ("embeddings",)
+    """The fields of a query batch (and of added images) this method reads."""
 
     def search(self, queries: Batch, k: int, *, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         queries.need("embeddings", method=self.name)

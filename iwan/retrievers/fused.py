@@ -41,6 +41,11 @@ class FusedRetriever:
         self.k0 = k0
 
     @property
+    def reads(self) -> tuple[str, ...]:
+        """What the members read of a query batch."""
+        return tuple(dict.fromkeys(f for m in self.members for f in getattr(m, "reads", ())))
+
+    @property
     def ntotal(self) -> int:
         return self.members[0].ntotal
 

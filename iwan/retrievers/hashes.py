@@ -15,6 +15,8 @@ from iwan.retrievers import Batch, Corpus, register_retriever
 
 class HashesRetriever:
     name = "hashes"
+    reads = ("embeddings", "codes")
+    """The fields of a query batch (and of added images) this method reads."""
 
     def __init__(self, index: HammingCosineIndex):
         self.index = index

@@ -14,6 +14,8 @@ from iwan.retrievers.queries import require_hash_model
 
 class PgHashesRetriever(PgCorpusRetriever):
     name = "hashes-pg"
+    reads = ("embeddings", "codes")
+    """The fields of a query batch (and of added images) this method reads."""
 
     def search(self, queries: Batch, k: int, *, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         queries.need("embeddings", "codes", method=self.name)

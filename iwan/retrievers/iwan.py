@@ -17,6 +17,8 @@ from iwan.search import IwanIndex, Query
 
 class IwanRetriever:
     name = "iwan"
+    reads = ("word_ids", "weights")
+    """The fields of a query batch (and of added images) this method reads."""
 
     def __init__(self, index: IwanIndex, class_word_ids: np.ndarray, unmapped_classes: list[str] | None = None):
         self.index = index

@@ -8,10 +8,15 @@ what a method's `add` takes for the image, so a query and an added image read al
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 from sqlalchemy.engine import Engine
 
 from iwan.retrievers import Batch, Corpus
+
+FIELDS = ("word_ids", "weights", "embeddings", "codes")
+"""What a stored image can give a batch."""
 
 
 def require_predictor(corpus: Corpus, method: str) -> str:
@@ -63,16 +68,18 @@ class StoredQueries:
         class_indices = np.asarray(class_indices)[:, :top]
         return class_words(self.class_word_ids, class_indices), np.asarray(probabilities, dtype=np.float64)[:, :top]
 
-    def __call__(self, image_ids: np.ndarray) -> Batch:
-        """A batch for these images, in their order; LookupError naming an image without its data."""
+    def __call__(self, image_ids: np.ndarray, fields: Collection[str] | None = None) -> Batch:
+        """A batch for these images, in their order, with the `fields` asked (default: all the
+        corpus has); LookupError naming an image without its data."""
         from iwan.predict import predictions_of
 
         image_ids = np.asarray(image_ids, dtype=np.int64)
+        wanted = set(FIELDS if fields is None else fields)
         word_ids = weights = embeddings = codes = None
-        if self.corpus.predictor:
+        if self.corpus.predictor and wanted & {"word_ids", "weights"}:
             stored = predictions_of(self.engine, self.corpus.predictor, image_ids, self.corpus.top_iwk)
             word_ids, weights = self.words(stored.class_indices, stored.probabilities)
-        if self.corpus.hash_model:
+        if self.corpus.hash_model and wanted & {"embeddings", "codes"}:
             embeddings, codes = stored_codes(self.engine, self.corpus, image_ids, "hashes")
         return Batch(word_ids=word_ids, weights=weights, embeddings=embeddings, codes=codes, image_ids=image_ids)
 
