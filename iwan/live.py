@@ -87,6 +87,8 @@ class _Members:
         return self.ids, self.class_indices, self.probabilities, self.embeddings, self.codes
 
     def extend(self, other: _Members) -> _Members:
+        if not len(self.ids):
+            return other
         return _Members(*(None if a is None else np.concatenate([a, b]) for a, b in zip(self._arrays(), other._arrays())))
 
 
@@ -96,8 +98,10 @@ def _load_members(engine: Engine, collection: store.Collection, ids: np.ndarray)
 
     predicted = predictions_of(engine, collection.predictor, ids, collection.top_iwk)
     embeddings = codes = None
-    if collection.hash_model:
+    if collection.hash_model and len(ids):
         embeddings, codes = load_codes(engine, collection.hash_model, ids)
+    elif collection.hash_model:  # the width comes with the first image
+        embeddings, codes = np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.uint64)
     return _Members(ids, predicted.class_indices, predicted.probabilities, embeddings, codes)
 
 

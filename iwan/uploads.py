@@ -113,12 +113,14 @@ def expand_paths(paths: Iterable[str | Path]) -> Iterator[Path]:
 class Encoder:
     """A collection's models: its word predictor and, optionally, its hash network (loaded lazily)."""
 
-    def __init__(self, predictor: str, hash_model: str | None, backend: str = "onnx"):
+    def __init__(self, predictor: str, hash_model: str | None, backend: str = "onnx", *, loaded_predictor=None, network=None):
+        """`backend` onnx, as `iwan predict` stores a split's predictions; `loaded_predictor` and
+        `network` are models already loaded (e.g. small ones for tests) to use instead."""
         self.predictor_name = predictor
         self.hash_model = hash_model
         self.backend = backend
-        self._predictor = None
-        self._network = None
+        self._predictor = loaded_predictor
+        self._network = network
 
     @property
     def predictor(self):
