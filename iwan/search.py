@@ -321,7 +321,9 @@ class IwanIndex:
         with self._lock:
             skip = self._edges.slots(exclude.astype(np.int64)).reshape(q, 1)
             distances, slots, _, _, _ = self._nearest(words, costs, skip, k, False)
-            ids = np.where(slots >= 0, self._edges.ids[np.maximum(slots, 0)], -1)
+            found = slots >= 0
+            ids = np.full(slots.shape, -1, np.int64)
+            ids[found] = self._edges.ids[slots[found]]
         return -distances, ids
 
     def _nearest(self, words, costs, exclude_slots, k: int, want_paths: bool):
