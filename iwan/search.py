@@ -35,7 +35,6 @@ import math
 import os
 import tempfile
 import threading
-import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,11 +50,10 @@ from iwan.words import WordMatcher
 
 INDEX_FORMAT = "iwan-index/2"
 _GRAPH_FORMAT = "iwan-index/1"
-"""The earlier format: a built graph, image ids its positions; still loaded (as a fresh build)."""
-_SAVED_ARRAYS = (
-    "words", "edge_a", "edge_b", "edge_weight", "top_wwk", "strength",
-    "image_ids", "image_words", "image_costs", "max_id",
-)
+"""The earlier format: a built graph (_GRAPH_ARRAYS), image ids its positions, no checksum;
+still loaded, as a fresh build."""
+_GRAPH_ARRAYS = ("words", "edge_a", "edge_b", "edge_weight", "top_wwk", "strength", "image_words", "image_costs")
+_SAVED_ARRAYS = (*_GRAPH_ARRAYS, "image_ids", "max_id")
 
 
 @dataclass(frozen=True)
@@ -142,6 +140,8 @@ class IwanIndex:
             edge = np.asarray(getattr(graph, name))
             if edge.size and (edge.min() < 0 or edge.max() >= n_words):
                 raise ValueError(f"IwanGraph.{name} holds word ids outside 0..{n_words - 1}")
+        if not (np.asarray(graph.edge_weight) >= 0).all():
+            raise ValueError("IwanGraph.edge_weight must be >= 0 (1/strength)")
         words = np.asarray(graph.image_words)
         costs = np.asarray(graph.image_costs, dtype=np.float64)
         if words.ndim != 2 or words.shape != costs.shape:
@@ -398,63 +398,59 @@ class IwanIndex:
         path = Path(path)
 
         def damaged(why: str) -> ValueError:
-            return ValueError(f"{path}: {why}; rebuild the index (iwan index build)")
+            return ValueError(f"{path}: {' '.join(why.split())}; rebuild the index (iwan index build)")
 
-        try:
-            with np.load(path, allow_pickle=False) as saved:
-                found = str(saved["format"]) if "format" in saved.files else None
-                if found not in (INDEX_FORMAT, _GRAPH_FORMAT):
-                    raise damaged(f"not an IWAN index of format {INDEX_FORMAT} (found {found})")
-                if found == _GRAPH_FORMAT:
-                    return cls(_graph_of_first_format(saved))
-                missing = [n for n in (*_SAVED_ARRAYS, "digest") if n not in saved.files]
-                if missing:
-                    raise damaged(f"the snapshot lacks {', '.join(missing)}")
-                arrays = {name: saved[name] for name in _SAVED_ARRAYS}
-                digest = str(saved["digest"])
-        except FileNotFoundError:
-            raise
-        except (OSError, EOFError, KeyError, zipfile.BadZipFile) as error:
-            raise damaged(f"unreadable ({' '.join(str(error).split())})") from None
-        except ValueError as error:
-            if str(error).startswith(str(path)):
-                raise
-            raise damaged(f"unreadable ({' '.join(str(error).split())})") from None
-        if _digest(arrays) != digest:
+        saved = _read_arrays(path, damaged)
+        found = str(saved["format"]) if "format" in saved else None
+        if found not in (INDEX_FORMAT, _GRAPH_FORMAT):
+            raise damaged(f"not an IWAN index of format {INDEX_FORMAT} (found {found})")
+        required = (*_SAVED_ARRAYS, "digest") if found == INDEX_FORMAT else _GRAPH_ARRAYS
+        missing = [n for n in required if n not in saved]
+        if missing:
+            raise damaged(f"the snapshot lacks {', '.join(missing)}")
+        if found == INDEX_FORMAT and _digest({n: saved[n] for n in _SAVED_ARRAYS}) != str(saved["digest"]):
             raise damaged("its contents do not match the checksum saved with them (edited or damaged)")
         try:
+            if saved["words"].dtype.kind != "U":
+                raise ValueError(f"words are {saved['words'].dtype}, not text")
             graph = IwanGraph(
-                words=arrays["words"].tolist(),
-                edge_a=arrays["edge_a"],
-                edge_b=arrays["edge_b"],
-                edge_weight=arrays["edge_weight"],
-                image_words=arrays["image_words"],
-                image_costs=arrays["image_costs"],
-                top_wwk=int(arrays["top_wwk"]),
-                strength=str(arrays["strength"]),
-                image_ids=arrays["image_ids"],
+                words=saved["words"].tolist(),
+                edge_a=saved["edge_a"],
+                edge_b=saved["edge_b"],
+                edge_weight=saved["edge_weight"],
+                image_words=saved["image_words"],
+                image_costs=saved["image_costs"],
+                top_wwk=int(saved["top_wwk"]),
+                strength=str(saved["strength"]),
+                image_ids=saved.get("image_ids"),
             )
             index = cls(graph)
+            max_id = int(saved.get("max_id", index._edges.max_id))
         except (ValueError, TypeError) as error:
-            raise damaged(f"inconsistent snapshot ({' '.join(str(error).split())})") from None
-        max_id = int(arrays["max_id"])
+            raise damaged(f"inconsistent snapshot ({error})") from None
         if max_id < index._edges.max_id:
             raise damaged(f"inconsistent snapshot (max_id {max_id} is below an id it holds)")
         index._edges.max_id = max_id
         return index
 
 
-def _graph_of_first_format(saved) -> IwanGraph:
-    return IwanGraph(
-        words=saved["words"].tolist(),
-        edge_a=saved["edge_a"],
-        edge_b=saved["edge_b"],
-        edge_weight=saved["edge_weight"],
-        image_words=saved["image_words"],
-        image_costs=saved["image_costs"],
-        top_wwk=int(saved["top_wwk"]),
-        strength=str(saved["strength"]),
-    )
+def _read_arrays(path: Path, damaged) -> dict[str, np.ndarray]:
+    """Every array of an .npz file, read whole; `damaged(why)` for anything unreadable."""
+    try:
+        saved = np.load(path, allow_pickle=False)
+        if not isinstance(saved, np.lib.npyio.NpzFile):
+            raise damaged("not an .npz archive")
+        with saved:
+            return {name: saved[name] for name in saved.files}
+    except FileNotFoundError:
+        raise
+    except ValueError as error:
+        if str(error).startswith(str(path)):
+            raise
+        raise damaged(f"unreadable ({error})") from None
+    # Untrusted bytes: whatever numpy or zipfile raises on them is "unreadable", never a crash.
+    except Exception as error:  # noqa: BLE001
+        raise damaged(f"unreadable ({type(error).__name__}: {error})") from None
 
 
 def _digest(arrays: dict[str, np.ndarray]) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
 from iwan import image_edges
+from iwan.config import DEFAULT_TOP_WWK
 from iwan.graph import Associations, build_graph
 from iwan.search import IwanIndex, Query, networkx_search
 
@@ -284,7 +287,7 @@ def test_an_edited_snapshot_is_refused(index, tmp_path):
 
 
 def test_a_snapshot_with_out_of_range_words_is_refused_even_with_a_matching_checksum(index, tmp_path):
-    from iwan.search import _digest, _SAVED_ARRAYS
+    from iwan.search import _SAVED_ARRAYS, _digest
 
     path = index.save(tmp_path / "index.npz")
     with np.load(path) as saved:
@@ -307,3 +310,78 @@ def test_a_graph_file_of_the_first_format_still_loads(tmp_path):
     )
     loaded = IwanIndex.load(tmp_path / "old.npz")
     assert pairs(loaded.search_one(Query.from_weights([0], [1.0]), 2)) == [(0, 3.0), (1, 7.0)]
+
+
+def test_any_damaged_byte_is_an_error_or_harmless(index, tmp_path):
+    path = index.save(tmp_path / "index.npz")
+    data = path.read_bytes()
+    query = Query.from_weights([0, 2], [1.0, 0.5])
+    expected = index.search_one(query, 5)
+    rng = np.random.default_rng(0)
+    refused = 0
+    for position in rng.choice(len(data), 300, replace=False):
+        damaged = bytearray(data)
+        damaged[position] ^= 1 << int(rng.integers(0, 8))
+        path.write_bytes(bytes(damaged))
+        try:
+            loaded = IwanIndex.load(path)
+        except ValueError as error:
+            assert str(error).startswith(f"{path}: ") and "\n" not in str(error)
+            assert str(error).endswith("rebuild the index (iwan index build)")
+            refused += 1
+        else:  # the flip hit bytes that carry no content (e.g. a zip header's timestamp)
+            assert loaded.search_one(query, 5) == expected
+    assert refused > 200
+
+
+def test_something_else_than_an_index_is_refused(tmp_path):
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    with pytest.raises(ValueError, match=r"array.npy: not an .npz archive; rebuild the index"):
+        IwanIndex.load(tmp_path / "array.npy")
+    (tmp_path / "text.npz").write_text("hello")
+    with pytest.raises(ValueError, match=r"text.npz: unreadable"):
+        IwanIndex.load(tmp_path / "text.npz")
+    with pytest.raises(FileNotFoundError):
+        IwanIndex.load(tmp_path / "missing.npz")
+
+
+def test_searches_in_threads_while_images_come_and_go():
+    rng = np.random.default_rng(9)
+    associations = random_associations(rng, dyadic=False)
+    n_words = len(associations.words)
+    words, probabilities = random_images(rng, 400, n_words, 3, dyadic=False)
+    index = IwanIndex(build_graph(associations, words[:100], probabilities[:100]))
+    held = Held()
+    held.add(np.arange(100), words[:100], probabilities[:100])
+    queries = [Query.from_weights(rng.integers(0, n_words, 2), rng.uniform(0.1, 1, 2)) for _ in range(20)]
+    stop, failures = threading.Event(), []
+
+    def search():
+        while not stop.is_set():
+            for query in queries:
+                try:
+                    hits = index.search_one(query, 10)
+                    assert [h.distance for h in hits] == sorted(h.distance for h in hits)
+                except Exception as error:  # noqa: BLE001 - reported below
+                    failures.append(error)
+
+    threads = [threading.Thread(target=search) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        for start in range(100, 400, 10):
+            ids = np.arange(start, start + 10)
+            index.add(ids, words[ids], probabilities[ids])
+            held.add(ids, words[ids], probabilities[ids])
+            gone = rng.choice(sorted(held.rows), 6, replace=False)
+            index.remove(gone)
+            for i in gone.tolist():
+                del held.rows[i]
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert not failures
+    fresh = IwanIndex(held.graph(associations, DEFAULT_TOP_WWK, "forward"))
+    for query in queries:
+        assert pairs(index.search_one(query, 10)) == pairs(fresh.search_one(query, 10))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -66,7 +67,7 @@ def assert_valid_path(nx_graph, graph, query: Query, hit):
     starts = dict(zip((graph.word_node(w) for w in query.word_ids), query.costs))
     assert path[0] in starts
     total = starts[path[0]]
-    for u, v in zip(path, path[1:]):
+    for u, v in itertools.pairwise(path):
         total += nx_graph[u][v]["weight"]
     assert total == hit.distance
     assert QUERY_NODE not in path
