@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = "iwan-collection-snapshot/1"
 HASH_METHODS = ("exhaustive", "hashes")
+FUSED_MEMBERS = ("iwan", "hashes")
 EXPLAIN_DEPTH = 1000
 """Ranks looked through when explaining a result by its rank in each fused method."""
 
@@ -153,6 +154,11 @@ class LiveCollection:
             top_iwk=collection.top_iwk, top_wwk=collection.top_wwk, strength=collection.strength, source=collection.source,
         )
         for method in self.methods:
+            if method == "fused":
+                # Fusion over the collection's own iwan and hashes retrievers, shared, not copies.
+                members_ = [self.retrievers[m] for m in FUSED_MEMBERS]
+                self.retrievers[method] = get_retriever(method, engine, corpus, members=members_)
+                continue
             retriever = get_retriever(method, engine, corpus)
             if len(members.ids):
                 retriever.add(members.ids, self._batch(members))
@@ -285,9 +291,7 @@ class LiveCollection:
         if method in HASH_METHODS:
             return self._explain_hashes(query, image_ids)
         ranks = {}
-        for member in self.methods:
-            if member == method or member not in ("iwan", *HASH_METHODS):
-                continue
+        for member in FUSED_MEMBERS:
             try:
                 _, ids = self.search(query, min(EXPLAIN_DEPTH, max(self.size, 1)), method=member)
             except ValueError:  # e.g. a text query has nothing for the hash methods
@@ -297,20 +301,11 @@ class LiveCollection:
         return [{"ranks": {m: p.get(i) for m, p in ranks.items()}} for i in image_ids]
 
     def _explain_iwan(self, query: Batch, image_ids: list[int]) -> list[dict]:
-        from iwan.search import Query
-
-        index = getattr(self.retrievers["iwan"], "index", None)
-        if index is None or query.word_ids is None:
+        if query.word_ids is None:
             return [{} for _ in image_ids]
-        start = Query.from_weights(query.word_ids[0], query.weights[0])
-        wanted = set(image_ids)
         with self._lock:
-            hits = index.search_one(start, min(EXPLAIN_DEPTH, max(self.size, 1)))
-            found = {int(h.image_id): h for h in hits if int(h.image_id) in wanted}
-            return [
-                {"distance": float(found[i].distance), "path": index.path_labels(found[i].path)} if i in found else {}
-                for i in image_ids
-            ]
+            found = self.retrievers["iwan"].explain(query, np.asarray(image_ids, dtype=np.int64))
+        return [why or {} for why in found]
 
     def _explain_hashes(self, query: Batch, image_ids: list[int]) -> list[dict]:
         if query.codes is None or query.embeddings is None:
@@ -334,6 +329,10 @@ class LiveCollection:
         if method not in self.retrievers:
             raise ValueError(f"collection {self.name!r} has no method {method!r}: choose from {', '.join(self.methods)}")
         return self.retrievers[method]
+
+    def _held(self) -> list[Retriever]:
+        """The retrievers that hold images themselves (fusion holds none of its own)."""
+        return [r for m, r in self.retrievers.items() if m != "fused"]
 
     def _batch(self, members: _Members, with_ids: bool = False) -> Batch:
         from iwan.network import class_words
@@ -377,14 +376,14 @@ class LiveCollection:
                 return
             added = _load_members(self.engine, self.collection, np.sort(new))
             batch = self._batch(added)
-            for retriever in self.retrievers.values():
+            for retriever in self._held():
                 retriever.add(added.ids, batch)
             self._members = members.extend(added)
         else:
             gone = change.image_ids[np.isin(change.image_ids, members.ids)]
             if not len(gone):
                 return
-            for retriever in self.retrievers.values():
+            for retriever in self._held():
                 retriever.remove(gone)
             self._members = members.rows(~np.isin(members.ids, gone))
 

@@ -9,13 +9,27 @@ import json
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from livedata import HASH_MODEL, PREDICTOR, load_norms, png, save_hash_model, tiny_encoder
+from livedata import (
+    HASH_MODEL,
+    PREDICTOR,
+    load_norms,
+    png,
+    save_hash_model,
+    tiny_encoder,
+)
 from test_cli_norms import iwan
 
 from hashing.store import load_codes
 from iwan import collections as store
 from iwan import uploads
-from iwan.live import collection_details, create_collection, drop_collection, image_file, image_record, list_collections
+from iwan.live import (
+    collection_details,
+    create_collection,
+    drop_collection,
+    image_file,
+    image_record,
+    list_collections,
+)
 from iwan.predict import predictions_of
 
 
