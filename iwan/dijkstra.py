@@ -7,7 +7,7 @@ of runs per level (the main block and the delta), each run cheapest first, ties 
 `nearest` is the search of iwan/search.py's module doc, for a batch of queries. Distances are
 summed edge by edge in path order, in float64 without fast-math, exactly as networkx sums them.
 The kernels keep no state between calls but the scratch arrays they are given, which they leave
-as they found them (all words at distance inf, every image mark 0): callers serialise calls that
+as they found them (all words at distance inf, every live image state 0): callers serialise calls that
 share scratch.
 """
 
@@ -59,14 +59,15 @@ def _sift_down(hd, hw, hp, hl, size):
 @numba.njit(**_JIT)
 def nearest(
     word_ptr, word_next, word_weight,
-    row_words, row_costs, alive, mark, ids,
+    row_words, row_costs, state, ids,
     main_ptr, main_slot, main_cost, delta_ptr, delta_slot, delta_cost,
     word_dist, word_pred, word_done,
     query_words, query_costs, exclude, k, want_paths,
 ):
     """The k nearest live images of each query (see the module doc).
 
-    main_* and delta_*: the two levels of runs, each (ptr (n_words + 1), slot, cost). query_words /
+    state: per slot, -1 dead, 0 live (during a search: i > 0, settled i-th). main_* and delta_*:
+    the two levels of runs, each (ptr (n_words + 1), slot, cost). query_words /
     query_costs (q, m): start words (-1: none) and their costs. exclude (q, e): image slots left
     out of each query's results (-1: none); they stay bridges. Returns distances (q, k), slots
     (q, k) (-1 padding), hit counts (q,), and when want_paths, the paths of all hits
@@ -154,13 +155,13 @@ def nearest(
             # An image offered by word w's run at position p: settle it if live and new.
             ptr, run_slot, cost = (main_ptr, main_slot, main_cost) if lv == 0 else (delta_ptr, delta_slot, delta_cost)
             s = run_slot[p]
-            if alive[s] and mark[s] == 0:
+            if state[s] == 0:
                 if n_settled == len(settled):
                     settled, settled_pred = _grow(settled, n_settled), _grow(settled_pred, n_settled)
                 settled[n_settled] = s
                 settled_pred[n_settled] = w
                 n_settled += 1
-                mark[s] = n_settled
+                state[s] = n_settled
                 kept = True
                 for j in range(exclude.shape[1]):
                     if exclude[r, j] == s:
@@ -217,7 +218,7 @@ def nearest(
                     if n_path + 2 > len(path_nodes):
                         path_nodes = _grow(path_nodes, n_path)
                     path_nodes[n_path] = 1 + n_words + ids[s]
-                    w = settled_pred[mark[s] - 1]
+                    w = settled_pred[state[s] - 1]
                     path_nodes[n_path + 1] = 1 + w
                     n_path += 2
                     pred = word_pred[w]
@@ -240,7 +241,7 @@ def nearest(
             word_dist[touched[i]] = inf
             word_done[touched[i]] = 0
         for i in range(n_settled):
-            mark[settled[i]] = 0
+            state[settled[i]] = 0
     return out_dist, out_slot, out_n, path_nodes[:n_path], path_ptr
 
 

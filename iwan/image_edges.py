@@ -43,9 +43,9 @@ class ImageEdges:
         self.max_id = -1
         """The highest database id ever held: additions must come above it."""
         self.ids = np.empty(0, np.int64)
-        self.alive = np.empty(0, np.uint8)
-        self.mark = np.empty(0, np.int32)
-        """Search scratch, one per slot, zero between searches (iwan.dijkstra.nearest)."""
+        self.state = np.empty(0, np.int32)
+        """Per slot: -1 dead, 0 live; a search marks the slots it settles and resets them
+        (iwan.dijkstra.nearest)."""
         self.row_words = np.empty((0, width), np.int32)
         self.row_costs = np.empty((0, width), np.float64)
         self.main = _no_runs(n_words)
@@ -57,8 +57,7 @@ class ImageEdges:
         edges = cls(n_words, words.shape[1])
         n = len(ids)
         edges.ids = ids.astype(np.int64)
-        edges.alive = np.ones(n, np.uint8)
-        edges.mark = np.zeros(n, np.int32)
+        edges.state = np.zeros(n, np.int32)
         edges.row_words = words.astype(np.int32)
         edges.row_costs = costs.astype(np.float64)
         edges.n_slots = n
@@ -76,7 +75,7 @@ class ImageEdges:
 
     @property
     def nbytes(self) -> int:
-        arrays = (self.ids, self.alive, self.mark, self.row_words, self.row_costs, *self.main, *self.delta)
+        arrays = (self.ids, self.state, self.row_words, self.row_costs, *self.main, *self.delta)
         return sum(a.nbytes for a in arrays)
 
     def slots(self, ids: np.ndarray) -> np.ndarray:
@@ -86,12 +85,12 @@ class ImageEdges:
             return np.full(ids.shape, -1, np.int64)
         held = self.ids[: self.n_slots]
         slots = np.minimum(np.searchsorted(held, ids), self.n_slots - 1)
-        found = (held[slots] == ids) & (self.alive[slots] == 1)
+        found = (held[slots] == ids) & (self.state[slots] == 0)
         return np.where(found, slots, -1)
 
     def live_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ids, words, costs) of the images held, in slot (= id) order."""
-        keep = self.alive[: self.n_slots].astype(bool)
+        keep = self.state[: self.n_slots] == 0
         return (
             self.ids[: self.n_slots][keep],
             self.row_words[: self.n_slots][keep],
@@ -109,7 +108,7 @@ class ImageEdges:
         self._reserve(self.n_slots + n)
         start, stop = self.n_slots, self.n_slots + n
         self.ids[start:stop] = ids
-        self.alive[start:stop] = 1
+        self.state[start:stop] = 0
         self.row_words[start:stop] = words
         self.row_costs[start:stop] = costs
         self.n_slots = stop
@@ -122,13 +121,13 @@ class ImageEdges:
 
     def remove(self, slots: np.ndarray) -> None:
         """Tombstone the slots (held, each once); compact once a quarter of the slots are dead."""
-        self.alive[slots] = 0
+        self.state[slots] = -1
         self.n_dead += len(slots)
         if 4 * self.n_dead > self.n_slots:
             self._compact()
 
     def _compact(self) -> None:
-        keep = self.alive[: self.n_slots].astype(bool)
+        keep = self.state[: self.n_slots] == 0
         renumber = (np.cumsum(keep) - 1).astype(np.int32)
         self.main = _filter_runs(self.main, keep, renumber)
         self.delta = _filter_runs(self.delta, keep, renumber)
@@ -137,8 +136,7 @@ class ImageEdges:
         self.row_costs = self.row_costs[: self.n_slots][keep]
         self.n_slots = len(self.ids)
         self.n_dead = 0
-        self.alive = np.ones(self.n_slots, np.uint8)
-        self.mark = np.zeros(self.n_slots, np.int32)
+        self.state = np.zeros(self.n_slots, np.int32)
 
     def _reserve(self, n: int) -> None:
         capacity = len(self.ids)
@@ -153,8 +151,7 @@ class ImageEdges:
             return new
 
         self.ids = grown(self.ids, -1)
-        self.alive = grown(self.alive, 0)
-        self.mark = grown(self.mark, 0)
+        self.state = grown(self.state, -1)
         self.row_words = grown(self.row_words, -1)
         self.row_costs = grown(self.row_costs, np.inf)
 

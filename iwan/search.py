@@ -330,7 +330,7 @@ class IwanIndex:
         edges = self._edges
         return nearest(
             self._word_ptr, self._word_next, self._word_weight,
-            edges.row_words, edges.row_costs, edges.alive, edges.mark, edges.ids,
+            edges.row_words, edges.row_costs, edges.state, edges.ids,
             *edges.main, *edges.delta,
             self._word_dist, self._word_pred, self._word_done,
             words, costs, exclude_slots, k, want_paths,
