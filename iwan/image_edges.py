@@ -56,10 +56,11 @@ class ImageEdges:
         """A fresh block over (n,) ascending ids and their (n, width) edge rows, all in the main block."""
         edges = cls(n_words, words.shape[1])
         n = len(ids)
-        edges.ids = ids.astype(np.int64)
+        # C order: the compiled search is specialised for it.
+        edges.ids = np.ascontiguousarray(ids, dtype=np.int64)
         edges.state = np.zeros(n, np.int32)
-        edges.row_words = words.astype(np.int32)
-        edges.row_costs = costs.astype(np.float64)
+        edges.row_words = np.ascontiguousarray(words, dtype=np.int32)
+        edges.row_costs = np.ascontiguousarray(costs, dtype=np.float64)
         edges.n_slots = n
         edges.max_id = int(ids[-1]) if n else -1
         edges.main = _sorted_runs(n_words, np.arange(n), edges.row_words, edges.row_costs)
