@@ -56,3 +56,23 @@ def running(app, port: int | None = None):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def cifar_collection(engine, data, name: str, per_class: int):
+    """A collection of real CIFAR-10 test JPEGs (`per_class` of each class, labelled by class) with
+    the real USF norms and EfficientNet-Lite0's ImageNet weights: what a user would serve."""
+    from iwan.live import LiveCollection, create_collection
+    from iwan.norms.store import load_norms
+
+    load_norms(engine, [data / "usf-appendix-a"])
+    create_collection(engine, name, livedata.PREDICTOR)
+    collection = LiveCollection.open(engine, name)
+    for folder in sorted((data / "cifar10-jpg" / "test").iterdir()):
+        files = [(f"{folder.name}/{p.name}", p.read_bytes()) for p in sorted(folder.glob("*.jpg"))[:per_class]]
+        collection.add_files(files, label=folder.name)
+    return collection
+
+
+def cifar_query(data, class_name: str = "cat", index: int = 999):
+    """A CIFAR-10 test JPEG that the collections above do not hold (they take the first files)."""
+    return data / "cifar10-jpg" / "test" / class_name / f"{index:04d}.jpg"

@@ -158,7 +158,5 @@ def create_app(
 
 
 def _swagger_ui() -> Path:
-    """Swagger UI's files from the swagger-ui-bundle package: the docs page needs no CDN."""
-    from swagger_ui_bundle import swagger_ui_path
-
-    return Path(str(swagger_ui_path))
+    """Swagger UI 5's files (it reads OpenAPI 3.1) as the fastapi-offline package ships them: no CDN."""
+    return Path(str(files("fastapi_offline") / "static"))
