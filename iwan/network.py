@@ -26,7 +26,9 @@ from iwan.words import WordMapping, WordMatcher
 
 INDEX_FILE = "graph.npz"
 META_FILE = "meta.json"
-IDS_FILE = "image_ids.npy"
+CLASS_WORDS_FILE = "class_word_ids.npy"
+OLD_IDS_FILE = "image_ids.npy"
+"""Written beside the graph before the index held its images' database ids."""
 
 
 @dataclass(frozen=True)
@@ -50,20 +52,19 @@ class IndexMeta:
 @dataclass
 class BuiltIndex:
     index: IwanIndex
-    image_ids: np.ndarray  # database id of each image position
-    class_word_ids: np.ndarray  # the model's class index -> word id in the graph (-1: none)
+    """The IWAN; it holds the database ids of its images."""
+    class_word_ids: np.ndarray
+    """The predictor's class index -> word id in the graph (-1: none)."""
     meta: IndexMeta
 
-    def query_words(self, class_indices: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Images' top classes as the (word ids, weights) that `IwanIndex.search` takes."""
-        top = self.meta.top_iwk
-        return class_words(self.class_word_ids, np.asarray(class_indices)[:, :top]), np.asarray(probabilities)[:, :top]
+    @property
+    def image_ids(self) -> np.ndarray:
+        return self.index.image_ids
 
     def save(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         self.index.save(directory / INDEX_FILE)
-        np.save(directory / IDS_FILE, self.image_ids)
-        np.save(directory / "class_word_ids.npy", self.class_word_ids)
+        np.save(directory / CLASS_WORDS_FILE, self.class_word_ids)
         (directory / META_FILE).write_text(json.dumps(asdict(self.meta), indent=2))
         return directory
 
@@ -74,10 +75,14 @@ class BuiltIndex:
                 f"no IWAN index in {directory}: build one with `iwan index build --dataset D --split S`"
             )
         meta = IndexMeta(**json.loads((directory / META_FILE).read_text()))
+        if (directory / OLD_IDS_FILE).is_file():
+            raise ValueError(
+                f"the IWAN index in {directory} was saved by an older iwan (image positions, not ids): rebuild it "
+                f"with `iwan index build --dataset {meta.dataset} --split {meta.split} --name {meta.name}`"
+            )
         return cls(
             index=IwanIndex.load(directory / INDEX_FILE),
-            image_ids=np.load(directory / IDS_FILE),
-            class_word_ids=np.load(directory / "class_word_ids.npy"),
+            class_word_ids=np.load(directory / CLASS_WORDS_FILE),
             meta=meta,
         )
 
@@ -105,6 +110,7 @@ def _graph(associations: Associations, predictions: SplitPredictions, top_wwk: i
         predictions.probabilities,
         top_wwk=top_wwk,
         strength=strength,
+        image_ids=predictions.ids,
     )
     return graph, mapping
 
@@ -118,11 +124,12 @@ def graph_of(
     strength: str = "forward",
     source: str = USF_SOURCE,
 ) -> tuple[IwanGraph, WordMapping]:
-    """The IWAN of the stored predictions of `predictor` for `image_ids` (graph rows in their
-    order), and the mapping of the predictor's classes onto the graph's words."""
+    """The IWAN of the stored predictions of `predictor` for `image_ids` (ascending), and the
+    mapping of the predictor's classes onto the graph's words."""
     _check_top_iwk(top_iwk)
     predictions = predictions_of(engine, predictor, image_ids, top_iwk)
-    return _graph(association_arrays(engine, source), predictions, top_wwk, strength)
+    graph, mapping = _graph(association_arrays(engine, source), predictions, top_wwk, strength)
+    return graph, mapping
 
 
 def _check_top_iwk(top_iwk: int) -> None:
@@ -160,11 +167,16 @@ def build(
     limit: int | None = None,
     name: str | None = None,
 ) -> BuiltIndex:
-    """The IWAN of a split's stored predictions of `model` on the norm set `source`."""
+    """The IWAN of a split's stored predictions of `model` on the norm set `source`, its images
+    in database id order."""
     _check_top_iwk(top_iwk)
     started = time.perf_counter()
     associations = association_arrays(engine, source)
     predictions = load_predictions(engine, model, dataset, split, top=top_iwk, limit=limit)
+    order = np.argsort(predictions.ids, kind="stable")
+    predictions = SplitPredictions(
+        predictions.ids[order], predictions.class_indices[order], predictions.probabilities[order], predictions.categories
+    )
     graph, mapping = _graph(associations, predictions, top_wwk, strength)
     meta = IndexMeta(
         name=name or default_name(dataset, split),
@@ -182,4 +194,4 @@ def build(
         unmapped_classes=mapping.unmapped,
         build_seconds=round(time.perf_counter() - started, 3),
     )
-    return BuiltIndex(IwanIndex(graph), predictions.ids, mapping.word_ids, meta)
+    return BuiltIndex(IwanIndex(graph), mapping.word_ids, meta)

@@ -70,4 +70,4 @@ def build(engine, corpus: Corpus) -> IwanRetriever:
         engine, predictor, corpus.image_ids, top_iwk=corpus.top_iwk, top_wwk=corpus.top_wwk,
         strength=corpus.strength, source=corpus.source,
     )
-    return IwanRetriever(IwanIndex(graph, np.asarray(corpus.image_ids, dtype=np.int64)), mapping.word_ids, mapping.unmapped)
+    return IwanRetriever(IwanIndex(graph), mapping.word_ids, mapping.unmapped)
