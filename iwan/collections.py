@@ -201,7 +201,7 @@ def member_ids(conn: sa.Connection, collection_id: int) -> np.ndarray:
 
 def lock(conn: sa.Connection, name: str) -> Collection:
     """Take the collection's row lock for this transaction (serialises its changes)."""
-    row = conn.execute(sa.text(f"SELECT {_COLUMNS} FROM collections WHERE name = :n FOR UPDATE"), {"n": name}).first()
+    row = conn.execute(sa.text(f"SELECT {_COLUMNS} FROM collections WHERE name = :n FOR NO KEY UPDATE"), {"n": name}).first()
     if row is None:
         raise LookupError(f"unknown collection {name!r}: see `iwan collection list`")
     return Collection(*row)
