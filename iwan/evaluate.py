@@ -401,7 +401,7 @@ def run(
     stored = stored_digest(engine, spec)
     for method, ranker in rankers.items():
         key = spec.key(method, stored) + ("-" + str(fusion_info.get("iwan_weight")) if method == "fused" else "")
-        ranking, seconds = _cached(cache, key, lambda: _run_batch(ranker, labels[method], n, k_max, progress))
+        ranking, seconds = _cached(cache, key, lambda r=ranker, m=method: _run_batch(r, labels[m], n, k_max, progress))
         rankings[method] = ranking
         results["metrics"][labels[method]] = score(work, ranking, spec.ks)
         latency = metrics.latency_summary(_single_latency(ranker, n, k_max))
