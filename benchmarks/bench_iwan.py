@@ -134,7 +134,7 @@ def per_second(count: int, seconds: float) -> float:
     return round(count / seconds, 1)
 
 
-class Corpus:
+class Sampled:
     """All sampled images, their ids (= row), and which the index holds now."""
 
     def __init__(self, associations, word_ids, probabilities, top_wwk):
@@ -155,9 +155,9 @@ def run_size(n: int, args, associations, mapping, n_categories: int, queries, qu
     rng = np.random.default_rng(args.seed + n)
     extra = SINGLES + BATCHES * BATCH
     classes, probabilities = sample_predictions(rng, n + extra, n_categories, args.top_iwk)
-    corpus = Corpus(associations, mapping.word_ids[classes], probabilities, args.top_wwk)
-    corpus.held[:n] = True
-    index, build_s = corpus.fresh()
+    sampled = Sampled(associations, mapping.word_ids[classes], probabilities, args.top_wwk)
+    sampled.held[:n] = True
+    index, build_s = sampled.fresh()
     result = {"build_s": round(build_s, 3)}
     result["fresh"], fresh_hits = search_figures(index, queries, query_words, query_probabilities)
 
@@ -188,17 +188,17 @@ def run_size(n: int, args, associations, mapping, n_categories: int, queries, qu
     started = time.perf_counter()
     for _ in range(SINGLES):
         i = next(new)
-        index.add(np.array([i]), corpus.word_ids[i : i + 1], corpus.probabilities[i : i + 1])
-        corpus.held[i] = True
+        index.add(np.array([i]), sampled.word_ids[i : i + 1], sampled.probabilities[i : i + 1])
+        sampled.held[i] = True
     add_single_s = time.perf_counter() - started
     started = time.perf_counter()
     for _ in range(BATCHES):
         ids = np.array([next(new) for _ in range(BATCH)])
-        index.add(ids, corpus.word_ids[ids], corpus.probabilities[ids])
-        corpus.held[ids] = True
+        index.add(ids, sampled.word_ids[ids], sampled.probabilities[ids])
+        sampled.held[ids] = True
     add_batch_s = time.perf_counter() - started
 
-    gone = rng.permutation(np.flatnonzero(corpus.held))[: SINGLES + BATCHES * BATCH]
+    gone = rng.permutation(np.flatnonzero(sampled.held))[: SINGLES + BATCHES * BATCH]
     started = time.perf_counter()
     for i in gone[:SINGLES]:
         index.remove(np.array([i]))
@@ -207,7 +207,7 @@ def run_size(n: int, args, associations, mapping, n_categories: int, queries, qu
     for batch in gone[SINGLES:].reshape(BATCHES, BATCH):
         index.remove(batch)
     remove_batch_s = time.perf_counter() - started
-    corpus.held[gone] = False
+    sampled.held[gone] = False
     result["changes"] = {
         "added_one_per_call_per_s": per_second(SINGLES, add_single_s),
         "added_in_batches_of_1000_per_s": per_second(BATCHES * BATCH, add_batch_s),
@@ -215,7 +215,7 @@ def run_size(n: int, args, associations, mapping, n_categories: int, queries, qu
         "removed_in_batches_of_1000_per_s": per_second(BATCHES * BATCH, remove_batch_s),
     }
     result["after_changes"], live_hits = search_figures(index, queries, query_words, query_probabilities)
-    fresh, fresh_s = corpus.fresh()
+    fresh, fresh_s = sampled.fresh()
     result["after_changes"]["fresh_build_s"] = round(fresh_s, 3)
     result["after_changes"]["identical_to_fresh_build"] = all(
         same(live_hits[k], [fresh.search_one(q, k) for q in queries]) for k in KS
@@ -224,14 +224,14 @@ def run_size(n: int, args, associations, mapping, n_categories: int, queries, qu
 
     # One removal that brings the dead slots past a quarter of all slots: it compacts them.
     slots, dead = n + extra, len(gone)  # none compacted yet at sizes above 4 * 11,000
-    count = min(max(1, slots // 4 - dead + 1), int(corpus.held.sum()) - 1)
-    gone = rng.permutation(np.flatnonzero(corpus.held))[:count]
+    count = min(max(1, slots // 4 - dead + 1), int(sampled.held.sum()) - 1)
+    gone = rng.permutation(np.flatnonzero(sampled.held))[:count]
     started = time.perf_counter()
     index.remove(gone)
     compact_s = time.perf_counter() - started
-    corpus.held[gone] = False
+    sampled.held[gone] = False
     figures, live_hits = search_figures(index, queries, query_words, query_probabilities)
-    fresh, _ = corpus.fresh()
+    fresh, _ = sampled.fresh()
     result["after_compaction"] = {
         "removed": count,
         "remove_and_compact_s": round(compact_s, 3),
