@@ -47,16 +47,16 @@ class Follower(threading.Thread):
         self.connected = threading.Event()
         """Set while LISTENing (after the catch-up that follows each connect)."""
         self.reconnects = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._conn: psycopg.Connection | None = None
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout)
 
     def run(self) -> None:
         failures = 0
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
@@ -65,21 +65,21 @@ class Follower(threading.Thread):
                     failures = 0
                     self._listen(conn)
             except psycopg.OperationalError as err:
-                if self._stop.is_set():
+                if self._halt.is_set():
                     break
                 if self.connected.is_set():
                     self.reconnects += 1
                     log.warning("collection %d: lost the database connection (%s); reconnecting", self.collection_id,
                                 str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
                 self.connected.clear()
-                self._stop.wait(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)])
+                self._halt.wait(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)])
                 failures += 1
         self.connected.clear()
 
     def _listen(self, conn: psycopg.Connection) -> None:
         mine = f"{self.collection_id}:"
         last_poll = time.monotonic()
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             wanted = False
             for notify in conn.notifies(timeout=WAKE_SECONDS):
                 wanted |= notify.channel == CHANNEL and notify.payload.startswith(mine)

@@ -196,6 +196,21 @@ def member_ids(conn: sa.Connection, collection_id: int) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
+def labels_of(conn: sa.Connection, image_ids: np.ndarray) -> list[str | None]:
+    """Each image's label, in the order of `image_ids`: the one given at upload, else its data set
+    class name; None for neither."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT i.id, coalesce(f.label, c.name) FROM images i LEFT JOIN image_files f ON f.image_id = i.id "
+            "LEFT JOIN dataset_classes c ON c.dataset = i.dataset AND c.granularity = 'fine' AND c.label = i.fine_label "
+            "WHERE i.id = ANY(:ids)"
+        ),
+        {"ids": np.asarray(image_ids).tolist()},
+    ).all()
+    found = dict(rows)
+    return [found.get(int(i)) for i in image_ids]
+
+
 # --- changes ------------------------------------------------------------------------------------
 
 

@@ -35,7 +35,7 @@ from iwan.retrievers import Batch, Corpus, Retriever, check_k, get_retriever
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_FORMAT = "iwan-collection-snapshot/1"
+SNAPSHOT_FORMAT = "iwan-collection-snapshot/2"
 HASH_METHODS = ("exhaustive", "hashes")
 FUSED_MEMBERS = ("iwan", "hashes")
 EXPLAIN_DEPTH = 1000
@@ -80,12 +80,14 @@ class _Members:
     probabilities: np.ndarray
     embeddings: np.ndarray | None
     codes: np.ndarray | None
+    labels: np.ndarray | None = None
+    """Object array of str or None (None only for queries, which have no labels)."""
 
     def rows(self, keep) -> _Members:
         return _Members(*(None if a is None else a[keep] for a in self._arrays()))
 
     def _arrays(self):
-        return self.ids, self.class_indices, self.probabilities, self.embeddings, self.codes
+        return self.ids, self.class_indices, self.probabilities, self.embeddings, self.codes, self.labels
 
     def extend(self, other: _Members) -> _Members:
         if not len(self.ids):
@@ -98,12 +100,14 @@ def _load_members(engine: Engine, collection: store.Collection, ids: np.ndarray)
     from iwan.predict import predictions_of
 
     predicted = predictions_of(engine, collection.predictor, ids, collection.top_iwk)
+    with engine.connect() as conn:
+        labels = np.array(store.labels_of(conn, ids) if len(ids) else [], dtype=object)
     embeddings = codes = None
     if collection.hash_model and len(ids):
         embeddings, codes = load_codes(engine, collection.hash_model, ids)
     elif collection.hash_model:  # the width comes with the first image
         embeddings, codes = np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.uint64)
-    return _Members(ids, predicted.class_indices, predicted.probabilities, embeddings, codes)
+    return _Members(ids, predicted.class_indices, predicted.probabilities, embeddings, codes, labels)
 
 
 def _vocabulary(engine: Engine, collection: store.Collection) -> tuple[list[str], np.ndarray]:
@@ -263,6 +267,17 @@ class LiveCollection:
             unknown=[name for name, ok in zip(mapping.names, found) if not ok],
         )
 
+    def labels(self, image_ids) -> list[str | None]:
+        """Labels of held images from memory (None for an image not held or without a label)."""
+        image_ids = np.atleast_1d(np.asarray(image_ids, dtype=np.int64))
+        with self._lock:
+            members = self._members
+            if not len(members.ids):
+                return [None] * len(image_ids)
+            rows = np.minimum(np.searchsorted(members.ids, image_ids), len(members.ids) - 1)
+            held = members.ids[rows] == image_ids
+            return [members.labels[r] if ok else None for r, ok in zip(rows.tolist(), held.tolist())]
+
     def stored_queries(self, image_ids) -> Batch:
         """Queries from images the collection holds; LookupError naming an id it does not hold."""
         image_ids = np.atleast_1d(np.asarray(image_ids, dtype=np.int64))
@@ -408,6 +423,8 @@ def _write_snapshot(collection: store.Collection, members: _Members, words: list
             f, format=np.array(SNAPSHOT_FORMAT), collection_id=np.array(collection.id),
             created_at=np.array(collection.created_at.isoformat()), seq=np.array(seq),
             ids=members.ids, class_indices=members.class_indices, probabilities=members.probabilities,
+            labels=np.array(["" if x is None else x for x in members.labels], dtype=str),
+            labelled=np.array([x is not None for x in members.labels], dtype=bool),
             words=np.array(words, dtype=str), class_word_ids=class_word_ids, **extra,
         )
     os.replace(partial, path)
@@ -428,9 +445,11 @@ def _read_snapshot(path: Path, collection: store.Collection):
             has_codes = "codes" in saved.files
             if bool(collection.hash_model) != has_codes:
                 return None
+            labels = np.array([x if ok else None for x, ok in zip(saved["labels"].tolist(), saved["labelled"].tolist())],
+                              dtype=object)
             members = _Members(
                 saved["ids"], saved["class_indices"], saved["probabilities"],
-                saved["embeddings"] if has_codes else None, saved["codes"] if has_codes else None,
+                saved["embeddings"] if has_codes else None, saved["codes"] if has_codes else None, labels,
             )
             words, class_word_ids, seq = saved["words"].tolist(), saved["class_word_ids"], int(saved["seq"])
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:

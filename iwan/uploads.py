@@ -113,14 +113,14 @@ def expand_paths(paths: Iterable[str | Path]) -> Iterator[Path]:
 class Encoder:
     """A collection's models: its word predictor and, optionally, its hash network (loaded lazily)."""
 
-    def __init__(self, predictor: str, hash_model: str | None, backend: str = "onnx", *, loaded_predictor=None, network=None):
+    def __init__(self, predictor: str, hash_model: str | None, backend: str = "onnx", *, loaded_predictor=None, net=None):
         """`backend` onnx, as `iwan predict` stores a split's predictions; `loaded_predictor` and
-        `network` are models already loaded (e.g. small ones for tests) to use instead."""
+        `net` (a hash net) are models already loaded (e.g. small ones for tests) to use instead."""
         self.predictor_name = predictor
         self.hash_model = hash_model
         self.backend = backend
         self._predictor = loaded_predictor
-        self._network = network
+        self._net = net
 
     @property
     def predictor(self):
@@ -131,8 +131,9 @@ class Encoder:
         return self._predictor
 
     @property
-    def network(self):
-        if self._network is None and self.hash_model is not None:
+    def net(self):
+        """The hash model's net (torch module), or None without a hash model."""
+        if self._net is None and self.hash_model is not None:
             from hashing.model import load_checkpoint
 
             path = settings().model_dir / self.hash_model / "best.pt"
@@ -141,8 +142,8 @@ class Encoder:
                     f"hash model {self.hash_model!r} has no checkpoint at {path}: train it with "
                     f"`iwan hash train --out {path.parent}`"
                 )
-            self._network = load_checkpoint(path).model
-        return self._network
+            self._net = load_checkpoint(path).model
+        return self._net
 
     @property
     def categories(self) -> list[str]:
@@ -154,35 +155,35 @@ class Encoder:
         n = len(images)
         indices = np.full((n, STORED_PREDICTIONS), -1, dtype=np.int64)
         probabilities = np.zeros((n, STORED_PREDICTIONS), dtype=np.float32)
-        network = self.network
+        net = self.net
         embeddings = codes = None
-        if network is not None:
-            embeddings = np.zeros((n, network.config.embedding_dim), dtype=np.float32)
+        if net is not None:
+            embeddings = np.zeros((n, net.config.embedding_dim), dtype=np.float32)
             codes = np.zeros(n, dtype=np.uint64)
         for shape in {image.shape for image in images}:
             rows = np.array([i for i, image in enumerate(images) if image.shape == shape])
             pixels = np.stack([images[i] for i in rows])
-            need_features = network is not None and network.config.backbone == "precomputed"
+            need_features = net is not None and net.config.backbone == "precomputed"
             predicted = self.predictor.predict(pixels, top=STORED_PREDICTIONS, features=need_features)
             indices[rows], probabilities[rows] = predicted.indices, predicted.probabilities
-            if network is not None:
-                embeddings[rows], codes[rows] = self._hash(network, pixels, predicted.features)
+            if net is not None:
+                embeddings[rows], codes[rows] = self._hash(net, pixels, predicted.features)
         return Encoded(indices, probabilities, embeddings, codes)
 
-    def _hash(self, network, pixels: np.ndarray, features: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _hash(self, net, pixels: np.ndarray, features: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         from hashing.codes import pack_activations
         from hashing.train import encode
 
-        if network.config.backbone == "precomputed":
-            if network.config.features != self.predictor_name:
+        if net.config.backbone == "precomputed":
+            if net.config.features != self.predictor_name:
                 raise ValueError(
-                    f"hash model {self.hash_model!r} reads {network.config.features} features, but the "
+                    f"hash model {self.hash_model!r} reads {net.config.features} features, but the "
                     f"collection's predictor is {self.predictor_name}: create the collection with that predictor"
                 )
-            embeddings, activations = encode(network, features)
+            embeddings, activations = encode(net, features)
         else:
             # As `iwan hash encode` stores a split's codes: each image averaged with its mirror image.
-            embeddings, activations = encode(network, pixels, mirror=True)
+            embeddings, activations = encode(net, pixels, mirror=True)
         return embeddings, pack_activations(activations)
 
 

@@ -158,7 +158,7 @@ def test_a_collection_from_a_split_holds_its_images(normed, home, tmp_path):
 
 def test_cli(normed, home, database_url, tmp_path):
     env = {"IWAN_HOME": str(home)}
-    created = iwan("collection", "create", "snaps", "--model", PREDICTOR, "--hash-model", HASH_MODEL, "--json", env=env)
+    created = iwan("collection", "create", "snaps", "--predictor", PREDICTOR, "--hash-model", HASH_MODEL, "--json", env=env)
     assert created.returncode == 0, created.stderr
     assert json.loads(created.stdout) | {"created_at": None} == {
         "name": "snaps", "size": 0, "predictor": PREDICTOR, "hash_model": HASH_MODEL, "dataset": None, "split": None,

@@ -53,7 +53,7 @@ def test_random_additions_and_removals_answer_as_a_fresh_build(engine, live):
     probes = live.image_queries([Image.open(io.BytesIO(png(s))) for s in (900, 901)])
     for round_ in range(5):
         n = int(rng.integers(3, 9))
-        report = live.add_files([(f"{seed + i}.png", png(seed + i)) for i in range(n)])
+        report = live.add_files([(f"{seed + i}.png", png(seed + i)) for i in range(n)], label="pet")
         seed += n
         assert len(report.added) == n
         held = live.image_ids
@@ -83,6 +83,7 @@ def test_random_additions_and_removals_answer_as_a_fresh_build(engine, live):
     assert snapshot_path("live").is_file()
     again = LiveCollection.open(engine, "live", follow=False, encoder=live.encoder)
     assert again.seq == live.seq and np.array_equal(again.image_ids, live.image_ids)
+    assert again.labels(again.image_ids) == live.labels(live.image_ids) == ["pet"] * live.size
     assert_same_answers(again, fresh_build(engine, live), stored, k=6)
     for method in again.methods:
         np.testing.assert_array_equal(again.search(stored, 6, method=method)[1], live.search(stored, 6, method=method)[1])
@@ -109,6 +110,8 @@ def test_a_snapshot_behind_the_log_catches_up_and_a_foreign_one_is_ignored(engin
 def test_queries_and_explanations(engine, live):
     report = live.add_files([(f"{i}.png", png(i)) for i in range(6)], label="thing")
     ids = [i for i, _ in report.added]
+    live.add_files([("plain.png", png(60))])
+    assert live.labels([ids[0], live.image_ids[-1], 999999]) == ["thing", None, None]
     assert (live.default_method, live.methods) == ("fused", ("iwan", "exhaustive", "hashes", "fused"))
 
     word = live.words[int(live.stored_queries(ids[:1]).word_ids[0, 0])]

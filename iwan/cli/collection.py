@@ -5,7 +5,13 @@ from __future__ import annotations
 import click
 
 from iwan.cli.common import CliContext, emit_json, pass_context
-from iwan.config import DEFAULT_PREDICTOR, DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, MAX_TOP_IWK, USF_SOURCE
+from iwan.config import (
+    DEFAULT_PREDICTOR,
+    DEFAULT_TOP_IWK,
+    DEFAULT_TOP_WWK,
+    MAX_TOP_IWK,
+    USF_SOURCE,
+)
 
 
 @click.group()
@@ -17,8 +23,9 @@ def collection() -> None:
 @click.argument("name")
 @click.option("--dataset", help="Start from this registered data set's split (omit both for an empty start).")
 @click.option("--split", help="... this split.")
-@click.option("--model", "predictor", default=DEFAULT_PREDICTOR, show_default=True,
+@click.option("--predictor", default=DEFAULT_PREDICTOR, show_default=True,
               help="Word predictor whose stored predictions name the images.")
+@click.option("--model", "old_predictor", hidden=True, help="Deprecated alias of --predictor.")
 @click.option("--hash-model", help="Hash model (checkpoint IWAN_HOME/models/NAME/best.pt, codes stored under NAME).")
 @click.option("--top-iwk", type=click.IntRange(1, MAX_TOP_IWK), default=DEFAULT_TOP_IWK, show_default=True,
               help="Words per image.")
@@ -28,10 +35,14 @@ def collection() -> None:
 @click.option("--source", default=USF_SOURCE, show_default=True, help="Norm set.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_context
-def create(ctx: CliContext, name, dataset, split, predictor, hash_model, top_iwk, top_wwk, strength, source, as_json) -> None:
+def create(ctx: CliContext, name, dataset, split, predictor, old_predictor, hash_model, top_iwk, top_wwk, strength, source,
+           as_json) -> None:
     """Create collection NAME and save its first snapshot."""
     from iwan.live import create_collection
 
+    if old_predictor is not None:
+        click.echo("iwan: --model is deprecated; use --predictor", err=True)
+        predictor = old_predictor
     info = create_collection(ctx.engine(), name, predictor, dataset=dataset, split=split, hash_model=hash_model,
                              top_iwk=top_iwk, top_wwk=top_wwk, strength=strength, source=source)
     if as_json:
