@@ -20,6 +20,7 @@ def make_collection(engine, home, name: str, images: list[tuple[str, bytes]], la
     """A new collection holding `images`, opened live with the tiny models (the caller closes it)."""
     from iwan.live import LiveCollection, create_collection
 
+    home.mkdir(parents=True, exist_ok=True)
     livedata.load_norms(engine, home)
     if hash_model:
         livedata.save_hash_model(home)
