@@ -76,3 +76,13 @@ def codes_digest(engine: Engine, model: str) -> str | None:
             ),
             {"m": model},
         )
+
+
+def images_without_codes(engine: Engine, model: str, image_ids: np.ndarray) -> np.ndarray:
+    """Those of `image_ids` that have no stored code of `model`, ascending."""
+    with engine.connect() as conn:
+        held = conn.scalars(
+            sa.text("SELECT image_id FROM hash_codes WHERE model = :m AND image_id = ANY(:ids)"),
+            {"m": model, "ids": np.asarray(image_ids, dtype=np.int64).tolist()},
+        ).all()
+    return np.setdiff1d(np.asarray(image_ids, dtype=np.int64), np.asarray(held, dtype=np.int64))

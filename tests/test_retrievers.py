@@ -118,6 +118,9 @@ def test_added_and_removed_images_answer_as_a_fresh_build(toy, method):
         assert not np.isin(live_ids, gone).any()
     with pytest.raises(ValueError, match=str(int(gone[0]))):
         live.remove(gone[:1])
+    if method.endswith("-pg"):
+        with pytest.raises(LookupError, match="first image id 10000"):
+            live.add(np.array([10_000]), Batch(image_ids=np.array([10_000])))
 
 
 @pytest.mark.parametrize("pg, memory", [("hashes-pg", "hashes"), ("exhaustive-pg", "exhaustive")])

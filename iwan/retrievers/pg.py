@@ -23,7 +23,16 @@ class PgCorpusRetriever:
         return len(self.index.image_ids)
 
     def add(self, image_ids: np.ndarray, images: Batch) -> None:
-        """Take images whose codes the database holds already (`images` is not read)."""
+        """Take images whose codes the database holds already (`images` is not read); LookupError
+        naming an image without them."""
+        from hashing.store import images_without_codes
+
+        missing = images_without_codes(self.index.engine, self.index.model, image_ids)
+        if len(missing):
+            raise LookupError(
+                f"{self.name}: {len(missing)} images have no hash codes of model {self.index.model!r} "
+                f"(first image id {missing[0]}): store them (`iwan hash encode`) before adding them"
+            )
         self.index.image_ids, _ = merge_ids(self.index.image_ids, image_ids, len(np.asarray(image_ids)), self.name)
 
     def remove(self, image_ids: np.ndarray) -> None:
