@@ -59,6 +59,7 @@ def test_database_down_searches_answer_and_writes_wait(database_url, home, one_t
                 assert by_id.status_code == 200 and by_id.json()["results"] == seen
                 by_image = client.post("/v1/collections/pics/search", files={"image": ("q.png", png(1), "image/png")})
                 assert by_image.status_code == 200 and by_image.json()["results"]
+                assert {r["label"] for r in by_image.json()["results"]} == {"before"}  # labels from memory too
                 assert client.get("/readyz").status_code == 200
                 for write in (
                     lambda: client.post("/v1/collections/pics/images", files=[("images", ("new.png", png(50), "image/png"))],

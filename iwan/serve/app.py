@@ -12,7 +12,6 @@ from pathlib import Path
 from fastapi import FastAPI, HTTPException
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
 
 from iwan.config import MAX_BODY_BYTES, Settings, settings as current_settings
 from iwan.serve.metrics import Metrics, MetricsMiddleware
@@ -37,7 +36,6 @@ class Service:
         self.opened: list = []
         """Collections this service opened itself, closed at shutdown."""
         self._lock = threading.Lock()
-        self.labels = Labels(engine)
         self.metrics = Metrics(lambda: {name: c.size for name, c in list(self.collections.items())})
 
     @property
@@ -76,34 +74,6 @@ class Service:
         for collection in self.opened:
             collection.close()
         self.opened.clear()
-
-
-class Labels:
-    """Each image's label, looked up once: a label never changes under its id.
-
-    While the database is down an image not seen before has no label (None); the search answers.
-    """
-
-    def __init__(self, engine: Engine, capacity: int = 1_000_000):
-        self.engine = engine
-        self.capacity = capacity
-        self._known: dict[int, str | None] = {}
-
-    def of(self, image_ids: list[int]) -> list[str | None]:
-        from iwan.collections import image_row
-        from iwan.db import DatabaseError
-
-        for image_id in image_ids:
-            if image_id in self._known:
-                continue
-            try:
-                label = image_row(self.engine, image_id)["label"]
-            except (DatabaseError, DBAPIError, LookupError):
-                continue
-            if len(self._known) >= self.capacity:
-                self._known.clear()
-            self._known[image_id] = label
-        return [self._known.get(i) for i in image_ids]
 
 
 def create_app(

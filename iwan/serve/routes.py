@@ -232,7 +232,7 @@ def _search(service: Service, collection, method: str, k: int, offset: int, body
         keep = ids >= 0
         scores, ids = scores[keep], ids[keep].tolist()
         explanations = _explain(collection, queries, ids, method)
-        labels = service.labels.of(ids)
+        labels = collection.labels(ids) if ids else []
         if words is None:
             words = _query_words(collection, queries)
     results = [
