@@ -288,6 +288,47 @@ def insert_uploads(conn: sa.Connection, collection_id: int, files: list[dict]) -
     return ids
 
 
+def add_registered(conn: sa.Connection, collection: Collection, image_ids: np.ndarray) -> np.ndarray:
+    """Make registered images (e.g. of another split) members; their ids, ascending. They must have
+    the collection's predictions (and codes), and ids above every id the collection has held, since
+    its indexes take images in id order."""
+    ids = np.unique(np.asarray(image_ids, dtype=np.int64))
+    highest = conn.scalar(
+        sa.text(
+            "SELECT greatest((SELECT max(image_id) FROM collection_images WHERE collection_id = :c), "
+            "(SELECT max(x) FROM collection_changes, unnest(image_ids) AS x WHERE collection_id = :c))"
+        ),
+        {"c": collection.id},
+    )
+    if highest is not None and ids[0] <= highest:
+        raise ValueError(
+            f"image {ids[0]} is not above {highest}, the highest image id collection {collection.name!r} has held: "
+            "a collection takes registered images in id order; upload the files instead, or create another collection"
+        )
+    found = conn.execute(
+        sa.text(
+            "SELECT i.id, EXISTS (SELECT 1 FROM predictions p WHERE p.model = :p AND p.image_id = i.id AND p.rank = 0), "
+            "CAST(:h AS text) IS NULL OR EXISTS (SELECT 1 FROM hash_codes h WHERE h.model = :h AND h.image_id = i.id) "
+            "FROM images i WHERE i.id = ANY(:ids)"
+        ),
+        {"p": collection.predictor, "h": collection.hash_model, "ids": ids.tolist()},
+    ).all()
+    state = {row[0]: row[1:] for row in found}
+    for image_id in ids.tolist():
+        if image_id not in state:
+            raise LookupError(f"unknown image id {image_id}")
+        predicted, encoded = state[image_id]
+        if not predicted:
+            raise LookupError(f"image {image_id} has no {collection.predictor} predictions: run `iwan predict` for its split")
+        if not encoded:
+            raise LookupError(f"image {image_id} has no codes of hash model {collection.hash_model!r}: run `iwan hash encode` for its split")
+    conn.execute(
+        sa.text("INSERT INTO collection_images (collection_id, image_id) SELECT :c, unnest(CAST(:ids AS integer[]))"),
+        {"c": collection.id, "ids": ids.tolist()},
+    )
+    return ids
+
+
 def remove_members(conn: sa.Connection, collection_id: int, name: str, image_ids: np.ndarray) -> list[str]:
     """Take images out of the collection (uploads of it are deleted with their predictions and
     codes); LookupError naming ids it does not hold. The sha256 of files nothing references now."""

@@ -368,6 +368,11 @@ class LiveCollection:
         self.catch_up()
         return report
 
+    def add_images(self, image_ids) -> None:
+        """Add registered images (with stored predictions and codes, ids above any held) by id."""
+        uploads.add_registered(self.engine, self.name, image_ids)
+        self.catch_up()
+
     def remove(self, image_ids) -> None:
         """Take images out of the collection; gone from this process's results on return."""
         uploads.remove(self.engine, self.name, image_ids)

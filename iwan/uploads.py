@@ -256,6 +256,21 @@ def _first_of_each(decoded: list, report: AddReport) -> list:
     return fresh
 
 
+def add_registered(engine: Engine, name: str, image_ids) -> int:
+    """Make registered images (stored predictions and codes) members of collection `name`, in one
+    transaction and one change; the change's seq."""
+    image_ids = np.asarray(image_ids, dtype=np.int64)
+    if not len(image_ids):
+        raise ValueError("no image ids to add")
+    try:
+        with engine.begin() as conn:
+            collection = store.lock(conn, name)
+            ids = store.add_registered(conn, collection, image_ids)
+            return store.log_change(conn, collection.id, "add", ids)
+    except sa.exc.OperationalError as err:
+        raise DatabaseError(f"the database went away while adding images to {name!r} ({err.orig}); nothing was added: try again") from None
+
+
 def remove(engine: Engine, name: str, image_ids) -> int:
     """Take images out of collection `name` (one transaction, one change); the change's seq."""
     image_ids = np.asarray(image_ids, dtype=np.int64)

@@ -135,25 +135,50 @@ def test_bad_collections(normed, home):
         uploads.add_files(normed, "nope", [("a.png", png(1))], tiny_encoder())
 
 
-def test_a_collection_from_a_split_holds_its_images(normed, home, tmp_path):
+def test_a_collection_from_a_split_holds_its_images_and_takes_another_split_by_id(normed, home, tmp_path):
     from hashing.encode import encode_split
     from iwan.datasets import load_dataset
+    from iwan.live import LiveCollection
     from iwan.predict import predict_split
 
-    for label in ("red", "blue"):
-        (tmp_path / "folder" / "train" / label).mkdir(parents=True)
-        for i in range(3):
-            (tmp_path / "folder" / "train" / label / f"{i}.png").write_bytes(png(100 * len(label) + i))
-    dataset = load_dataset(f"imagefolder:{tmp_path / 'folder'}", "train")
-    predict_split(normed, tiny_encoder().predictor, dataset, batch_size=8, progress=False)
+    for split, count in (("train", 3), ("test", 2)):
+        for label in ("red", "blue"):
+            (tmp_path / "folder" / split / label).mkdir(parents=True)
+            for i in range(count):
+                (tmp_path / "folder" / split / label / f"{i}.png").write_bytes(png(100 * len(label) + 10 * count + i))
+    spec = f"imagefolder:{tmp_path / 'folder'}"
+    train, test = load_dataset(spec, "train"), load_dataset(spec, "test")
+    predictor = tiny_encoder().predictor
+    for dataset in (train, test):
+        predict_split(normed, predictor, dataset, batch_size=8, progress=False)
     with pytest.raises(LookupError, match="6 of the 6 images of imagefolder:folder/train have no codes of hash model"):
-        create_collection(normed, "split", PREDICTOR, dataset=dataset.name, split="train", hash_model=HASH_MODEL)
-    encode_split(normed, home / "models" / HASH_MODEL / "best.pt", dataset, HASH_MODEL, backend="torch", progress=False)
-    info = create_collection(normed, "split", PREDICTOR, dataset=dataset.name, split="train", hash_model=HASH_MODEL)
-    assert info.size == 6 and (info.dataset, info.split) == (dataset.name, "train")
-    some = int(store.member_ids(normed.connect(), store.get(normed, "split").id)[0])
-    assert image_record(normed, some)["label"] == "blue"
-    assert image_file(normed, some)[0] == (tmp_path / "folder" / "train" / "blue" / "0.png").read_bytes()
+        create_collection(normed, "split", PREDICTOR, dataset=train.name, split="train", hash_model=HASH_MODEL)
+    for dataset in (train, test):
+        encode_split(normed, home / "models" / HASH_MODEL / "best.pt", dataset, HASH_MODEL, backend="torch", progress=False)
+    info = create_collection(normed, "split", PREDICTOR, dataset=train.name, split="train", hash_model=HASH_MODEL)
+    assert info.size == 6 and (info.dataset, info.split) == (train.name, "train")
+    with normed.connect() as conn:
+        members = store.member_ids(conn, store.get(conn, "split").id)
+    assert image_record(normed, int(members[0]))["label"] == "blue"
+    assert image_file(normed, int(members[0]))[0] == (tmp_path / "folder" / "train" / "blue" / "0.png").read_bytes()
+
+    from iwan.images import image_ids
+
+    test_ids = np.sort(image_ids(normed, train.name, "test"))
+    with LiveCollection.open(normed, "split", follow=False, encoder=tiny_encoder()) as live:
+        assert live.labels(members[:1]) == ["blue"]
+        live.add_images(test_ids[:2])
+        assert live.size == 8 and live.labels(test_ids[:2]) == ["blue", "blue"]
+        with pytest.raises(ValueError, match=f"image {members[-1]} is not above {test_ids[1]}, the highest image id"):
+            live.add_images([members[-1]])
+        live.remove(test_ids[1:2])
+        with pytest.raises(ValueError, match="is not above"):
+            live.add_images(test_ids[1:2])  # once held, always below the index's next id
+        with pytest.raises(LookupError, match="unknown image id 999999"):
+            live.add_images([999999])
+        live.add_images(test_ids[2:])
+        assert live.size == 9
+    assert collection_details(normed, "split")["size"] == 9
 
 
 def test_cli(normed, home, database_url, tmp_path):
