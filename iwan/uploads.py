@@ -12,6 +12,7 @@ import io
 import os
 import warnings
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,6 +98,16 @@ def write_file(sha256: str, data: bytes) -> Path:
 def delete_files(shas: Iterable[str]) -> None:
     for sha in shas:
         image_path(sha).unlink(missing_ok=True)
+
+
+@contextmanager
+def database_writes(what: str, outcome: str):
+    """A lost or refused connection during a write becomes a DatabaseError saying what was lost."""
+    try:
+        yield
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
+        reason = str(getattr(err, "orig", err)).strip().splitlines()[0]
+        raise DatabaseError(f"the database is unavailable while {what} ({reason}); {outcome}: try again later") from None
 
 
 def expand_paths(paths: Iterable[str | Path]) -> Iterator[Path]:
@@ -197,50 +208,55 @@ def add_files(
 ) -> AddReport:
     """Add image files (name, bytes) to collection `name`: each batch of files is committed in one
     transaction (images, files, predictions, codes, memberships, change-log row) or not at all."""
-    from hashing.store import write_codes
-    from iwan.predict import register_classes, write_predictions
+    from iwan.predict import register_classes
 
     report = AddReport()
-    collection = store.get(engine, name)
-    register_classes(engine, encoder.predictor_name, encoder.categories)
-    for start in range(0, len(files), batch_size):
-        decoded = []
-        for file_name, data in files[start : start + batch_size]:
-            try:
-                pixels, media_type = decode(data)
-            except ValueError as err:
-                report.skipped.append((file_name, str(err)))
-                continue
-            decoded.append((file_name, data, pixels, media_type, hashlib.sha256(data).hexdigest()))
-        fresh = _first_of_each(decoded, report)
-        if not fresh:
-            continue
-        encoded = encoder.encode([item[2] for item in fresh])
-        for _, data, _, _, sha in fresh:
-            write_file(sha, data)
-        try:
-            with engine.begin() as conn:
-                store.lock(conn, name)
-                known = store.existing_files(conn, collection.id, [item[4] for item in fresh])
-                keep = [i for i, item in enumerate(fresh) if item[4] not in known]
-                for item in fresh:
-                    if item[4] in known:
-                        report.skipped.append((item[0], f"the same bytes are already image {known[item[4]]} of {name!r}"))
-                if not keep:
-                    continue
-                rows = [fresh[i] for i in keep]
-                ids = store.insert_uploads(conn, collection.id, [
-                    {"sha256": sha, "media_type": media_type, "size": len(data), "file_name": file_name, "label": label}
-                    for file_name, data, _, media_type, sha in rows
-                ])
-                write_predictions(conn, encoder.predictor_name, ids, encoded.class_indices[keep], encoded.probabilities[keep])
-                if encoded.codes is not None:
-                    write_codes(conn, collection.hash_model, ids, encoded.embeddings[keep], encoded.codes[keep])
-                report.seqs.append(store.log_change(conn, collection.id, "add", ids))
-        except sa.exc.OperationalError as err:
-            raise DatabaseError(f"the database went away while adding images to {name!r} ({err.orig}); nothing of this batch was stored: try again") from None
-        report.added += [(int(i), item[0]) for i, item in zip(ids, rows)]
+    with database_writes(f"adding images to {name!r}", "nothing of the batch in progress was stored"):
+        collection = store.get(engine, name)
+        register_classes(engine, encoder.predictor_name, encoder.categories)
+        for start in range(0, len(files), batch_size):
+            _add_batch(engine, name, collection, files[start : start + batch_size], encoder, label, report)
     return report
+
+
+def _add_batch(engine: Engine, name: str, collection: store.Collection, files: list[tuple[str, bytes]], encoder: Encoder,
+               label: str | None, report: AddReport) -> None:
+    from hashing.store import write_codes
+    from iwan.predict import write_predictions
+
+    decoded = []
+    for file_name, data in files:
+        try:
+            pixels, media_type = decode(data)
+        except ValueError as err:
+            report.skipped.append((file_name, str(err)))
+            continue
+        decoded.append((file_name, data, pixels, media_type, hashlib.sha256(data).hexdigest()))
+    fresh = _first_of_each(decoded, report)
+    if not fresh:
+        return
+    encoded = encoder.encode([item[2] for item in fresh])
+    for _, data, _, _, sha in fresh:
+        write_file(sha, data)
+    with engine.begin() as conn:
+        store.lock(conn, name)
+        known = store.existing_files(conn, collection.id, [item[4] for item in fresh])
+        keep = [i for i, item in enumerate(fresh) if item[4] not in known]
+        for item in fresh:
+            if item[4] in known:
+                report.skipped.append((item[0], f"the same bytes are already image {known[item[4]]} of {name!r}"))
+        if not keep:
+            return
+        rows = [fresh[i] for i in keep]
+        ids = store.insert_uploads(conn, collection.id, [
+            {"sha256": sha, "media_type": media_type, "size": len(data), "file_name": file_name, "label": label}
+            for file_name, data, _, media_type, sha in rows
+        ])
+        write_predictions(conn, encoder.predictor_name, ids, encoded.class_indices[keep], encoded.probabilities[keep])
+        if encoded.codes is not None:
+            write_codes(conn, collection.hash_model, ids, encoded.embeddings[keep], encoded.codes[keep])
+        report.seqs.append(store.log_change(conn, collection.id, "add", ids))
+    report.added += [(int(i), item[0]) for i, item in zip(ids, rows)]
 
 
 def _first_of_each(decoded: list, report: AddReport) -> list:
@@ -262,13 +278,10 @@ def add_registered(engine: Engine, name: str, image_ids) -> int:
     image_ids = np.asarray(image_ids, dtype=np.int64)
     if not len(image_ids):
         raise ValueError("no image ids to add")
-    try:
-        with engine.begin() as conn:
-            collection = store.lock(conn, name)
-            ids = store.add_registered(conn, collection, image_ids)
-            return store.log_change(conn, collection.id, "add", ids)
-    except sa.exc.OperationalError as err:
-        raise DatabaseError(f"the database went away while adding images to {name!r} ({err.orig}); nothing was added: try again") from None
+    with database_writes(f"adding images to {name!r}", "nothing was added"), engine.begin() as conn:
+        collection = store.lock(conn, name)
+        ids = store.add_registered(conn, collection, image_ids)
+        return store.log_change(conn, collection.id, "add", ids)
 
 
 def remove(engine: Engine, name: str, image_ids) -> int:
@@ -276,12 +289,9 @@ def remove(engine: Engine, name: str, image_ids) -> int:
     image_ids = np.asarray(image_ids, dtype=np.int64)
     if not len(image_ids):
         raise ValueError("no image ids to remove")
-    try:
-        with engine.begin() as conn:
-            collection = store.lock(conn, name)
-            freed = store.remove_members(conn, collection.id, name, image_ids)
-            seq = store.log_change(conn, collection.id, "remove", np.unique(image_ids))
-    except sa.exc.OperationalError as err:
-        raise DatabaseError(f"the database went away while removing images from {name!r} ({err.orig}); nothing was removed: try again") from None
+    with database_writes(f"removing images from {name!r}", "nothing was removed"), engine.begin() as conn:
+        collection = store.lock(conn, name)
+        freed = store.remove_members(conn, collection.id, name, image_ids)
+        seq = store.log_change(conn, collection.id, "remove", np.unique(image_ids))
     delete_files(freed)
     return seq

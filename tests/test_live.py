@@ -136,3 +136,21 @@ def test_queries_and_explanations(engine, live):
     _, fused = live.search(query, 3, method="fused")
     ranks = live.explain(query, fused[0].tolist(), "fused")
     assert set(ranks[0]["ranks"]) == {"iwan", "hashes"} and any(r["ranks"]["hashes"] == 1 for r in ranks)
+
+
+def test_while_the_database_is_away_searches_answer_and_writes_fail(engine, live):
+    import sqlalchemy as sa
+
+    from iwan.db import DatabaseError
+
+    live.add_files([(f"{i}.png", png(i)) for i in range(4)])
+    queries = live.stored_queries(live.image_ids[:2])
+    before = {m: live.search(queries, 3, method=m) for m in live.methods}
+    live.engine = sa.create_engine("postgresql+psycopg://iwan@127.0.0.1:1/iwan")  # nothing listens on port 1
+    for write in (lambda: live.add_files([("new.png", png(40))]), lambda: live.remove(live.image_ids[:1])):
+        with pytest.raises(DatabaseError, match="the database is unavailable while .* try again later"):
+            write()
+    for method in live.methods:
+        np.testing.assert_array_equal(live.search(queries, 3, method=method)[1], before[method][1])
+    live.engine = engine
+    assert len(live.add_files([("new.png", png(40))]).added) == 1 and live.size == 5
