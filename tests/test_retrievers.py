@@ -157,6 +157,14 @@ def test_a_method_says_what_its_queries_lack(toy):
         StoredQueries(engine, corpus)(np.array([10_000]), fields=("codes",))
 
 
+def test_corpus_options_reach_the_builder_of_their_method(toy):
+    engine, ids = toy
+    corpus = replace(corpus_of(ids["train"]), options={"hashes": {"shortlist_factor": 5}, "fused": {"fusion": "weighted"}})
+    assert get_retriever("hashes", engine, corpus).index.shortlist_factor == 5
+    assert get_retriever("hashes", engine, corpus, shortlist_factor=3).index.shortlist_factor == 3
+    assert get_retriever("fused", engine, corpus).method == "weighted"
+
+
 def test_fused_ranks_by_its_members(toy):
     engine, ids = toy
     corpus = corpus_of(ids["train"])
