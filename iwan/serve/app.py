@@ -55,11 +55,15 @@ class Service:
 
     def load(self) -> None:
         """Open the pending collections one by one (in a background thread at start-up)."""
+        from PIL import Image
+
         from iwan.live import LiveCollection
 
         for name in list(self.pending):
             try:
                 collection = LiveCollection.open(self.engine, name)
+                # The predictor (and hash net) load on first use: pay that before answering ready.
+                collection.image_queries([Image.new("RGB", (32, 32))])
             except Exception as err:  # noqa: BLE001 - any failure must reach /readyz and the log
                 log.error("iwan serve: cannot load collection %r: %s", name, err)
                 self.error = f"collection {name!r} failed to load: {err}"
