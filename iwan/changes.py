@@ -81,7 +81,7 @@ class Follower(threading.Thread):
         last_poll = time.monotonic()
         while not self._halt.is_set():
             wanted = False
-            for notify in conn.notifies(timeout=WAKE_SECONDS):
+            for notify in conn.notifies(timeout=WAKE_SECONDS, stop_after=1):
                 wanted |= notify.channel == CHANNEL and notify.payload.startswith(mine)
             # A quiet connection may be dead without knowing it: a query finds out.
             if not wanted and time.monotonic() - last_poll >= self.poll_seconds:
