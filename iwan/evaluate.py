@@ -37,7 +37,6 @@ FUSED_MEMBERS = ("iwan", "hashes")
 LABELS = {"iwan": "IWAN", "exhaustive": "exhaustive cosine", "hashes": "hashes (Hamming + cosine)"}
 """How the report names a method (a method not listed is named as registered)."""
 DEFAULT_KS = (1, 5, 10, 15, 20, 100, 250)
-FUSIONS = ("weighted", "rrf")
 DEFAULT_FUSION = "weighted"
 CACHE_FORMAT = "retrievers/1"
 """Part of every cached ranking's key: rankings made before the retriever registry are remade."""
@@ -73,8 +72,8 @@ class EvaluationSpec:
             raise ValueError(f"unknown methods {unknown}: choose from {', '.join(known)}")
         if any(k < 1 for k in self.ks):
             raise ValueError(f"every k must be >= 1, got {self.ks}")
-        if self.fusion not in FUSIONS:
-            raise ValueError(f"fusion {self.fusion!r} is unknown: choose from {', '.join(FUSIONS)}")
+        if self.fusion not in fusion.METHODS:
+            raise ValueError(f"fusion {self.fusion!r} is unknown: choose from {', '.join(fusion.METHODS)}")
 
     def label(self, method: str) -> str:
         """The method's name in the report."""

@@ -8,7 +8,8 @@ import click
 
 from iwan.cli.common import CliContext, deprecated_option, emit_json, pass_context
 from iwan.config import DEFAULT_PREDICTOR, DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, MAX_TOP_IWK
-from iwan.evaluate import DEFAULT_FUSION, DEFAULT_KS, FUSIONS, METHODS
+from iwan.evaluate import DEFAULT_FUSION, DEFAULT_KS, METHODS
+from iwan.fusion import METHODS as FUSIONS
 from iwan.graph import STRENGTHS
 
 
