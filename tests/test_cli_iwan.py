@@ -136,5 +136,5 @@ def test_an_index_saved_before_database_ids_asks_for_a_rebuild(tmp_path):
     meta = IndexMeta("old", "efficientnet-lite0", "cifar10", "train", 4, 4, "forward", "usf", 3, 5, 2, 10, [], 0.1)
     (tmp_path / META_FILE).write_text(json.dumps(meta.__dict__))
     np.save(tmp_path / OLD_IDS_FILE, np.array([7, 3, 5]))
-    with pytest.raises(ValueError, match="saved by an older iwan .* iwan index build --dataset cifar10 --split train --name old"):
+    with pytest.raises(ValueError, match="saved by an older iwan .*`iwan index build --dataset cifar10 --split train --name old"):
         BuiltIndex.load(tmp_path)
