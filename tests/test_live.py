@@ -19,6 +19,7 @@ from PIL import Image
 
 from iwan.live import LiveCollection, create_collection, snapshot_path
 from iwan.retrievers import Batch, Corpus, get_retriever
+from iwan.search import Query, networkx_search
 
 BASE_METHODS = ("iwan", "exhaustive", "hashes")
 
@@ -71,6 +72,15 @@ def test_random_additions_and_removals_answer_as_a_fresh_build(engine, live):
             assert not np.isin(ids, gone).any(), method
 
     assert len(np.unique(live.stored_queries(live.image_ids).codes)) > 1, "the hash answers must not be trivial"
+
+    # IWAN also equals the networkx reference over the graph of the images held now.
+    graph = live.retrievers["iwan"].index.to_graph()
+    reference = graph.to_networkx()
+    for r in range(len(stored)):
+        hits = networkx_search(reference, graph, Query.from_weights(stored.word_ids[r], stored.weights[r]), 5)
+        scores, ids = live.search(stored.rows(slice(r, r + 1)), 5, method="iwan")
+        assert ids[0][ids[0] >= 0].tolist() == [h.image_id for h in hits]
+        assert scores[0][: len(hits)].tolist() == [-h.distance for h in hits]
 
     # A stored image queried with itself excluded leaves exactly that image out.
     exclude = live.image_ids[:3]
