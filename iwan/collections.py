@@ -386,28 +386,6 @@ def image_row(engine: Engine, image_id: int) -> dict:
     }
 
 
-def image_words(engine: Engine, model: str, image_id: int) -> list[tuple[str, float]]:
-    """(class name, probability) of the stored predictions, most probable first."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT coalesce(k.name, p.class_index::text), p.probability FROM predictions p "
-                "LEFT JOIN classifier_classes k ON k.model = p.model AND k.class_index = p.class_index "
-                "WHERE p.model = :m AND p.image_id = :i ORDER BY p.rank"
-            ),
-            {"m": model, "i": int(image_id)},
-        ).all()
-    return [(r[0], float(r[1])) for r in rows]
-
-
-def image_code(engine: Engine, model: str, image_id: int) -> str | None:
-    """The 48-bit code as '0101...' text, or None."""
-    with engine.connect() as conn:
-        return conn.scalar(
-            sa.text("SELECT code::text FROM hash_codes WHERE model = :m AND image_id = :i"), {"m": model, "i": int(image_id)}
-        )
-
-
 class _connection:
     """`with _connection(engine or connection) as conn`: borrow a connection, or use the one given."""
 

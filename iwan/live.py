@@ -531,14 +531,22 @@ def collections_of(engine: Engine, image_id: int) -> list[str]:
 
 def image_record(engine: Engine, image_id: int) -> dict:
     """The image's collections, label, top words (of its first collection's predictor) and hash code."""
+    from hashing.store import load_codes
+    from iwan.config import HASH_BITS, STORED_PREDICTIONS
+    from iwan.predict import predictions_of
+
     row = store.image_row(engine, image_id)
     words, code = [], None
     if row["collections"]:
         collection = store.get(engine, row["collections"][0])
-        words = [{"word": w, "probability": p} for w, p in store.image_words(engine, collection.predictor, image_id)]
+        predicted = predictions_of(engine, collection.predictor, np.array([image_id]), STORED_PREDICTIONS)
+        words = [{"word": predicted.categories[c] if c < len(predicted.categories) else str(c), "probability": float(p)}
+                 for c, p in zip(predicted.class_indices[0].tolist(), predicted.probabilities[0].tolist()) if c >= 0]
         if collection.hash_model:
-            bits = store.image_code(engine, collection.hash_model, image_id)
-            code = None if bits is None else f"{int(bits, 2):0{(len(bits) + 3) // 4}x}"
+            try:
+                code = f"{int(load_codes(engine, collection.hash_model, np.array([image_id]))[1][0]):0{HASH_BITS // 4}x}"
+            except LookupError:
+                code = None
     return {"image_id": row["image_id"], "collections": row["collections"], "label": row["label"], "words": words,
             "hash_code": code}
 
