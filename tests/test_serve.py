@@ -134,6 +134,11 @@ def test_search_by_text_names_unknown_words(client):
     assert body["query"]["unknown"] == ["qwzx"]
     assert len(body["results"]) == 3
     assert body["results"][0]["explanation"]["path"][0] in ("GOLDFISH", "OSTRICH")
+    # words are searched by IWAN in a collection whose default (fused) needs an image
+    default = search(client, {"text": "goldfish"}, k=3).json()
+    assert default["method"] == "iwan" and len(default["results"]) == 3
+    refused = search(client, {"text": "goldfish", "method": "fused"})
+    assert refused.status_code == 422 and "needs an image query" in refused.json()["detail"]
     answer = search(client, {"text": "qwzx blorf"})
     assert answer.status_code == 422 and "qwzx" in answer.text and "blorf" in answer.text
 

@@ -33,6 +33,8 @@ router = APIRouter()
 THUMBNAIL_PIXELS = 256
 MAX_LABEL_CHARS = 200
 MAX_FILES = 1000
+TEXT_METHODS = ("iwan",)
+"""The methods that read a query's words; the hash methods need an image."""
 
 PAGE_POLICY = (
     "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
@@ -192,12 +194,22 @@ async def search(
             upload = (image.filename or "upload", await image.read())
     else:
         raise HTTPException(415, "send JSON ({\"text\": ...} or {\"image_id\": ...}) or multipart form data with an image")
-    method = body.method or method or collection.default_method
+    method = body.method or method or _default_method(collection, body)
+    if getattr(body, "text", None) is not None and method not in TEXT_METHODS:
+        raise HTTPException(422, f"method {method!r} needs an image query (it compares images' hashes); "
+                                 f"a text query is searched by {', '.join(TEXT_METHODS)}")
     if method not in collection.methods:
         raise HTTPException(422, f"method {method!r} is not available in {name!r}: choose from {', '.join(collection.methods)}")
     k = body.k or k or DEFAULT_K
     offset = body.offset if body.offset is not None else (offset or 0)
     return await run_in_threadpool(_search, service, collection, method, k, offset, body, upload)
+
+
+def _default_method(collection, body) -> str:
+    """The collection's default, except that words can only be searched through the word graph."""
+    if getattr(body, "text", None) is not None and collection.default_method not in TEXT_METHODS:
+        return "iwan"
+    return collection.default_method
 
 
 def _validated(model: type[BaseModel], payload, where: str):

@@ -45,7 +45,9 @@ function chooseCollection() {
 async function search(query, append) {
   const c = current();
   if (!c) return;
-  const params = new URLSearchParams({ method: $("method").value, k: PAGE, offset: query.offset });
+  // Words are searched by IWAN unless a method is chosen; images by the chosen (default) method.
+  const params = new URLSearchParams({ k: PAGE, offset: query.offset });
+  if (query.kind !== "text" || $("method").value !== c.default_method) params.set("method", $("method").value);
   let init;
   if (query.kind === "image") {
     const form = new FormData();
