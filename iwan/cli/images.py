@@ -39,7 +39,13 @@ def add(ctx: CliContext, name, paths, label, as_json) -> None:
     with tqdm(total=len(files), desc=f"add to {name}", unit="file", disable=as_json or len(files) < 2) as bar:
         for start in range(0, len(files), uploads.BATCH_SIZE):
             chunk = files[start : start + uploads.BATCH_SIZE]
-            part = uploads.add_files(engine, name, [(str(p), p.read_bytes()) for p in chunk], encoder, label)
+            readable = []
+            for path in chunk:
+                try:
+                    readable.append((str(path), path.read_bytes()))
+                except OSError as err:
+                    report.skipped.append((str(path), f"unreadable ({err.strerror or err})"))
+            part = uploads.add_files(engine, name, readable, encoder, label)
             report.added += part.added
             report.skipped += part.skipped
             bar.update(len(chunk))
