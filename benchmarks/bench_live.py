@@ -133,6 +133,7 @@ def main() -> None:
         started = time.perf_counter()
         live = LiveCollection.open(engine, args.collection, follow=False)
         figures["snapshot_load_s"] = round(time.perf_counter() - started, 3)
+        figures["fresh_build_over_snapshot_load"] = round(figures["fresh_build_s"] / figures["snapshot_load_s"], 2)
         print(f"loaded from the snapshot: {figures['snapshot_load_s']} s", file=sys.stderr)
 
         queries_ids = np.sort(image_ids(engine, args.dataset, args.queries_split))
