@@ -188,10 +188,14 @@ def _unreferenced(conn: sa.Connection, shas) -> list[str]:
 # --- membership and the data of members -------------------------------------------------------------
 
 
-def member_ids(conn: sa.Connection, collection_id: int) -> np.ndarray:
-    """Ascending ids of the collection's images."""
+def member_ids(conn: sa.Connection, collection_id: int, among: np.ndarray | None = None) -> np.ndarray:
+    """Ascending ids of the collection's images (only those in `among`, if given)."""
     ids = conn.scalars(
-        sa.text("SELECT image_id FROM collection_images WHERE collection_id = :c ORDER BY image_id"), {"c": collection_id}
+        sa.text(
+            "SELECT image_id FROM collection_images WHERE collection_id = :c "
+            "AND (CAST(:among AS integer[]) IS NULL OR image_id = ANY(:among)) ORDER BY image_id"
+        ),
+        {"c": collection_id, "among": None if among is None else np.asarray(among).tolist()},
     ).all()
     return np.asarray(ids, dtype=np.int64)
 

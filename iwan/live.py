@@ -150,6 +150,9 @@ class LiveCollection:
         self.encoder = encoder or uploads.Encoder(self.predictor, self.hash_model)
         self._members = members
         self._lock = threading.RLock()
+        """Held while the arrays and retrievers change, and by searches."""
+        self._catching = threading.Lock()
+        """One catch-up at a time (the follower's and this process's own)."""
         self._matcher = None
         self._follower: Follower | None = None
         self.retrievers: dict[str, Retriever] = {}
@@ -379,33 +382,50 @@ class LiveCollection:
         self.catch_up()
 
     def catch_up(self) -> int:
-        """Apply the logged changes after the last one applied; how many were applied."""
-        with self._lock:
+        """Apply the logged changes after the last one applied; how many were applied.
+
+        The data of added images is read from the database before the lock searches share is
+        taken, so searches wait only while the arrays change."""
+        with self._catching:
             with self.engine.connect() as conn:
                 changes = store.changes_after(conn, self.collection.id, self.seq)
             for change in changes:
-                self._apply(change)
-                self.seq = change.seq
+                held = self._members.ids
+                if change.op == "add":
+                    added = self._current(np.sort(change.image_ids[~np.isin(change.image_ids, held)]))
+                    gone = None
+                else:
+                    added, gone = None, change.image_ids[np.isin(change.image_ids, held)]
+                with self._lock:
+                    self._apply(added, gone)
+                    self.seq = change.seq
             return len(changes)
 
-    def _apply(self, change: store.Change) -> None:
-        members = self._members
-        if change.op == "add":
-            new = change.image_ids[~np.isin(change.image_ids, members.ids)]
-            if not len(new):
-                return
-            added = _load_members(self.engine, self.collection, np.sort(new))
+    def _current(self, image_ids: np.ndarray) -> _Members | None:
+        """The data of those of `image_ids` still in the collection: an image removed by a change
+        not applied yet may have lost its rows already, and is left out (its removal then finds
+        nothing to remove)."""
+        for _ in range(3):
+            if not len(image_ids):
+                return None
+            with self.engine.connect() as conn:
+                image_ids = image_ids[np.isin(image_ids, store.member_ids(conn, self.collection.id, among=image_ids))]
+            try:
+                return _load_members(self.engine, self.collection, image_ids)
+            except LookupError:
+                continue  # removed between the two reads: look again
+        return _load_members(self.engine, self.collection, image_ids)
+
+    def _apply(self, added: _Members | None, gone: np.ndarray | None) -> None:
+        if added is not None and len(added.ids):
             batch = self._batch(added)
             for retriever in self._held():
                 retriever.add(added.ids, batch)
-            self._members = members.extend(added)
-        else:
-            gone = change.image_ids[np.isin(change.image_ids, members.ids)]
-            if not len(gone):
-                return
+            self._members = self._members.extend(added)
+        if gone is not None and len(gone):
             for retriever in self._held():
                 retriever.remove(gone)
-            self._members = members.rows(~np.isin(members.ids, gone))
+            self._members = self._members.rows(~np.isin(self._members.ids, gone))
 
     # --- snapshots -------------------------------------------------------------------------------------
 

@@ -109,6 +109,12 @@ def test_a_snapshot_behind_the_log_catches_up_and_a_foreign_one_is_ignored(engin
     behind = LiveCollection.open(engine, "live", follow=False, encoder=live.encoder)
     assert np.array_equal(behind.image_ids, live.image_ids) and behind.seq == live.seq
 
+    # An image added and removed while a replica was not looking: its rows are gone when the
+    # replica catches up, so the addition brings nothing and the removal finds nothing.
+    brief = live.add_files([("brief.png", png(51))]).added[0][0]
+    live.remove([brief])
+    assert behind.catch_up() == 2 and np.array_equal(behind.image_ids, live.image_ids) and brief not in behind.image_ids
+
     snapshot_path("live").write_bytes(b"garbage")
     rebuilt = LiveCollection.open(engine, "live", follow=False, encoder=live.encoder)
     assert np.array_equal(rebuilt.image_ids, live.image_ids)
