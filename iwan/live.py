@@ -39,6 +39,9 @@ SNAPSHOT_FORMAT = "iwan-collection-snapshot/2"
 HASH_METHODS = ("exhaustive", "hashes")
 FUSED_MEMBERS = ("iwan", "hashes")
 EXPLAIN_DEPTH = 1000
+SNAPSHOT_EVERY = 5000
+"""Images added or removed since the last snapshot after which a catch-up saves a new one, so that
+a restart replays little of the log."""
 """Ranks looked through when explaining a result by its rank in each fused method."""
 
 
@@ -153,6 +156,8 @@ class LiveCollection:
         """Held while the arrays and retrievers change, and by searches."""
         self._catching = threading.Lock()
         """One catch-up at a time (the follower's and this process's own)."""
+        self._unsaved = 0
+        """Images changed since the last snapshot."""
         self._matcher = None
         self._follower: Follower | None = None
         self.retrievers: dict[str, Retriever] = {}
@@ -399,6 +404,9 @@ class LiveCollection:
                 with self._lock:
                     self._apply(added, gone)
                     self.seq = change.seq
+                self._unsaved += len(change.image_ids)
+            if self._unsaved >= SNAPSHOT_EVERY:
+                self.save_snapshot()
             return len(changes)
 
     def _current(self, image_ids: np.ndarray) -> _Members | None:
@@ -433,7 +441,7 @@ class LiveCollection:
         """Write the arrays and the sequence number they include (atomically: temp file + rename)."""
         with self._lock:
             path = _write_snapshot(self.collection, self._members, self.words, self.class_word_ids, self.seq)
-            self.snapshot_seq = self.seq
+            self.snapshot_seq, self._unsaved = self.seq, 0
             return path
 
 

@@ -170,3 +170,13 @@ def test_while_the_database_is_away_searches_answer_and_writes_fail(engine, live
         np.testing.assert_array_equal(live.search(queries, 3, method=method)[1], before[method][1])
     live.engine = engine
     assert len(live.add_files([("new.png", png(40))]).added) == 1 and live.size == 5
+
+
+def test_many_changes_save_a_snapshot_on_the_way(engine, live, monkeypatch):
+    from iwan.live import collection_details
+
+    monkeypatch.setattr("iwan.live.SNAPSHOT_EVERY", 3)
+    live.add_files([(f"{i}.png", png(i)) for i in range(2)])
+    assert collection_details(engine, "live")["snapshot_change"] == 0
+    live.add_files([(f"{i}.png", png(i)) for i in range(2, 4)])
+    assert collection_details(engine, "live")["snapshot_change"] == live.seq == live.snapshot_seq
