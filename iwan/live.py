@@ -440,9 +440,11 @@ class LiveCollection:
     def save_snapshot(self) -> Path:
         """Write the arrays and the sequence number they include (atomically: temp file + rename)."""
         with self._lock:
-            path = _write_snapshot(self.collection, self._members, self.words, self.class_word_ids, self.seq)
-            self.snapshot_seq, self._unsaved = self.seq, 0
-            return path
+            # Changes replace the arrays, never write into them: these stay as they are.
+            members, seq = self._members, self.seq
+        path = _write_snapshot(self.collection, members, self.words, self.class_word_ids, seq)
+        self.snapshot_seq, self._unsaved = seq, 0
+        return path
 
 
 def _write_snapshot(collection: store.Collection, members: _Members, words: list[str], class_word_ids: np.ndarray,
