@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -95,7 +96,7 @@ def latencies(url, collection, make, payloads, n, counter) -> list[float]:
     with httpx.Client(timeout=60) as client:
         for payload in payloads[:5]:  # warm-up, not counted
             make(client, url, collection, payload)
-        return [timed(lambda p=payloads[i % len(payloads)]: make(client, url, collection, p), counter) for i in range(n)]
+        return [timed(partial(make, client, url, collection, payloads[i % len(payloads)]), counter) for i in range(n)]
 
 
 def throughput(url, collection, make, payloads, clients: int, total: int, counter) -> float:
@@ -108,7 +109,7 @@ def throughput(url, collection, make, payloads, clients: int, total: int, counte
             make(client, url, collection, payloads[offset % len(payloads)])
             barrier.wait()
             for i in range(per_client):
-                timed(lambda p=payloads[(offset + i) % len(payloads)]: make(client, url, collection, p), counter)
+                timed(partial(make, client, url, collection, payloads[(offset + i) % len(payloads)]), counter)
 
     threads = [threading.Thread(target=run, args=(c * 7,)) for c in range(clients)]
     for t in threads:
@@ -144,7 +145,7 @@ def cli_reference(image: bytes, runs: int) -> dict:
         for _ in range(runs):
             start = time.perf_counter()
             run = subprocess.run([sys.executable, "-m", "iwan", "search", "--image", f.name, "--k", "20", "--json"],
-                                 cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+                                 check=False, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
             seconds.append(time.perf_counter() - start)
             if run.returncode != 0:
                 failure = run.stderr.strip().splitlines()[-1] if run.stderr.strip() else f"exit {run.returncode}"

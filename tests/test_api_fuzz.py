@@ -9,18 +9,19 @@ import dataclasses
 import pytest
 import schemathesis
 import sqlalchemy as sa
-from hypothesis import HealthCheck, given, settings as hypothesis_settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from livedata import png
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
+from serving import make_collection
 
 from iwan.config import settings
 from iwan.serve import create_app
-from livedata import png
-from serving import make_collection
 
 KEY = "fuzz-key"
 EXAMPLES_PER_OPERATION = 25

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-
 from serving import cifar_collection, cifar_query, running
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -9,12 +9,12 @@ import re
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from livedata import png
 from PIL import Image
+from serving import make_collection
 
 from iwan.config import settings
 from iwan.serve import create_app
-from livedata import png
-from serving import make_collection
 
 KEY = "s3cret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -296,7 +296,7 @@ def test_openapi_docs_and_page_need_no_other_site(client):
     for path in ("/", "/docs", "/static/app.js", "/static/style.css", "/static/docs.js"):
         answer = client.get(path)
         assert answer.status_code == 200
-        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", answer.text, re.I), path
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", answer.text, re.IGNORECASE), path
     assert "default-src 'self'" in client.get("/").headers["content-security-policy"]
     for asset in re.findall(r'(?:src|href)="(/docs/assets/[^"]+)"', client.get("/docs").text):
         assert client.get(asset).status_code == 200

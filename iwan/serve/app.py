@@ -13,7 +13,8 @@ from fastapi import FastAPI, HTTPException
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.engine import Engine
 
-from iwan.config import MAX_BODY_BYTES, Settings, settings as current_settings
+from iwan.config import MAX_BODY_BYTES, Settings
+from iwan.config import settings as current_settings
 from iwan.serve.metrics import Metrics, MetricsMiddleware
 from iwan.serve.uploads import BodyLimit
 

@@ -13,8 +13,18 @@ from functools import lru_cache
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, Request, Response, UploadFile
-from starlette.datastructures import UploadFile as FormFile
+from fastapi import (
+    APIRouter,
+    Depends,
+    File,
+    Form,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+    UploadFile,
+)
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
@@ -22,6 +32,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import DBAPIError
+from starlette.datastructures import UploadFile as FormFile
 
 from iwan.config import DEFAULT_K, MAX_SEARCH_K, MAX_SEARCH_OFFSET
 from iwan.db import DatabaseError
@@ -134,7 +145,7 @@ def list_served(service: ServiceDep) -> list[models.CollectionOut]:
     return [
         models.CollectionOut(name=c.name, size=c.size, predictor=c.predictor, hash_model=c.hash_model,
                              methods=list(c.methods), default_method=c.default_method)
-        for c in sorted(list(service.collections.values()), key=lambda c: c.name)
+        for c in sorted(service.collections.values(), key=lambda c: c.name)
     ]
 
 
