@@ -150,6 +150,8 @@ def cli_reference(image: bytes, runs: int) -> dict:
             if run.returncode != 0:
                 failure = run.stderr.strip().splitlines()[-1] if run.stderr.strip() else f"exit {run.returncode}"
                 break
+    if not seconds:
+        return {"median_s": None, "runs": 0, "error": "not run (--cli-runs 0)"}
     return {"median_s": None if failure else round(statistics.median(seconds), 3), "runs": len(seconds), "error": failure}
 
 
