@@ -39,10 +39,10 @@ SNAPSHOT_FORMAT = "iwan-collection-snapshot/2"
 HASH_METHODS = ("exhaustive", "hashes")
 FUSED_MEMBERS = ("iwan", "hashes")
 EXPLAIN_DEPTH = 1000
+"""Ranks looked through when explaining a result by its rank in each fused method."""
 SNAPSHOT_EVERY = 5000
 """Images added or removed since the last snapshot after which a catch-up saves a new one, so that
 a restart replays little of the log."""
-"""Ranks looked through when explaining a result by its rank in each fused method."""
 
 
 @dataclass(frozen=True)
@@ -168,8 +168,8 @@ class LiveCollection:
         for method in self.methods:
             if method == "fused":
                 # Fusion over the collection's own iwan and hashes retrievers, shared, not copies.
-                members_ = [self.retrievers[m] for m in FUSED_MEMBERS]
-                self.retrievers[method] = get_retriever(method, engine, corpus, members=members_)
+                shared = [self.retrievers[m] for m in FUSED_MEMBERS]
+                self.retrievers[method] = get_retriever(method, engine, corpus, members=shared)
                 continue
             retriever = get_retriever(method, engine, corpus)
             if len(members.ids):
