@@ -67,6 +67,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Uploaded images mean nothing without their files' rows; their predictions and codes go too.
+    op.execute("DELETE FROM images WHERE id IN (SELECT image_id FROM image_files)")
     op.drop_table("collection_changes")
     op.drop_table("image_files")
     op.drop_table("collection_images")
