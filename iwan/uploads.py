@@ -26,8 +26,6 @@ from iwan.db import DatabaseError
 
 BATCH_SIZE = 256
 """Files decoded, predicted and committed together: one transaction each."""
-MAX_PIXELS = 40_000_000
-"""Larger images are refused before their pixels are decoded (decompression bombs)."""
 
 
 @dataclass
@@ -64,12 +62,14 @@ def decode(data: bytes) -> tuple[np.ndarray, str]:
     """(uint8 (H, W, 3) RGB pixels, media type) of image bytes; ValueError saying why not."""
     from PIL import Image, UnidentifiedImageError
 
+    limit = settings().max_image_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                if image.width * image.height > MAX_PIXELS:
-                    raise ValueError(f"{image.width}x{image.height} pixels is over the {MAX_PIXELS // 1_000_000} megapixel limit")
+                # Checked on the header, before the pixels are decoded (decompression bombs).
+                if image.width * image.height > limit:
+                    raise ValueError(f"{image.width}x{image.height} pixels is over the limit of {limit:,} (IWAN_MAX_IMAGE_PIXELS)")
                 media_type = Image.MIME.get(image.format or "", "application/octet-stream")
                 return np.asarray(image.convert("RGB")), media_type
     except UnidentifiedImageError:

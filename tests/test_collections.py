@@ -224,3 +224,11 @@ def test_cli(normed, home, database_url, tmp_path):
     dropped = iwan("collection", "drop", "snaps", env=env)
     assert dropped.returncode == 0 and dropped.stdout == "collection snaps dropped\n"
     assert json.loads(iwan("collection", "list", "--json", env=env).stdout) == []
+
+
+def test_an_image_over_the_pixel_limit_is_refused(monkeypatch):
+    monkeypatch.setenv("IWAN_MAX_IMAGE_PIXELS", "1000")
+    with pytest.raises(ValueError, match=r"32x32 pixels is over the limit of 1,000 \(IWAN_MAX_IMAGE_PIXELS\)"):
+        uploads.decode(png(1))
+    monkeypatch.setenv("IWAN_MAX_IMAGE_PIXELS", "1024")
+    assert uploads.decode(png(1))[0].shape == (32, 32, 3)
