@@ -165,8 +165,8 @@ def size(engine: Engine, collection_id: int) -> int:
 
 
 def drop(engine: Engine, name: str) -> list[str]:
-    """Delete a collection, its memberships, change log and uploaded images; return the sha256 of
-    files no other collection holds any more (the caller deletes them after the commit)."""
+    """Delete a collection, its memberships, change log and uploaded images; the sha256 of the
+    files they used (see `unreferenced` for which may go)."""
     with engine.begin() as conn:
         collection = get(conn, name)
         shas = conn.scalars(
@@ -177,10 +177,21 @@ def drop(engine: Engine, name: str) -> list[str]:
             {"c": collection.id},
         )
         conn.execute(sa.text("DELETE FROM collections WHERE id = :c"), {"c": collection.id})
-        return _unreferenced(conn, shas)
+        return list(shas)
 
 
-def _unreferenced(conn: sa.Connection, shas) -> list[str]:
+def lock_files(conn: sa.Connection, shas, shared: bool) -> None:
+    """Transaction-scoped advisory locks on files by sha256: adders share them from before they
+    write a file until their rows commit; a remover takes them alone before deciding a file is unused."""
+    function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    conn.execute(
+        sa.text(f"SELECT {function}(k) FROM unnest(CAST(:keys AS bigint[])) AS t(k) ORDER BY k"),
+        {"keys": sorted({int(sha[:15], 16) for sha in shas})},
+    )
+
+
+def unreferenced(conn: sa.Connection, shas) -> list[str]:
+    """Those of the sha256 no uploaded image refers to."""
     still = set(conn.scalars(sa.text("SELECT sha256 FROM image_files WHERE sha256 = ANY(:s)"), {"s": list(shas)}).all())
     return [s for s in shas if s not in still]
 
@@ -335,7 +346,7 @@ def add_registered(conn: sa.Connection, collection: Collection, image_ids: np.nd
 
 def remove_members(conn: sa.Connection, collection_id: int, name: str, image_ids: np.ndarray) -> list[str]:
     """Take images out of the collection (uploads of it are deleted with their predictions and
-    codes); LookupError naming ids it does not hold. The sha256 of files nothing references now."""
+    codes); LookupError naming ids it does not hold. The sha256 of the deleted uploads' files."""
     image_ids = np.unique(np.asarray(image_ids, dtype=np.int64))
     held = set(conn.scalars(
         sa.text("SELECT image_id FROM collection_images WHERE collection_id = :c AND image_id = ANY(:ids)"),
@@ -356,7 +367,7 @@ def remove_members(conn: sa.Connection, collection_id: int, name: str, image_ids
         {"c": collection_id, "ids": image_ids.tolist()},
     ).all()
     conn.execute(sa.text("DELETE FROM images WHERE id = ANY(:ids)"), {"ids": [r[0] for r in uploads]})
-    return _unreferenced(conn, {r[1] for r in uploads})
+    return sorted({r[1] for r in uploads})
 
 
 # --- single images ----------------------------------------------------------------------------------

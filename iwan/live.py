@@ -518,8 +518,7 @@ def create_collection(engine: Engine, name: str, predictor: str, *, dataset: str
 
 
 def drop_collection(engine: Engine, name: str) -> None:
-    freed = store.drop(engine, name)
-    uploads.delete_files(freed)
+    uploads.delete_unused_files(engine, store.drop(engine, name))
     snapshot_path(name).unlink(missing_ok=True)
 
 

@@ -2,7 +2,8 @@
 
 Bytes go to IWAN_HOME/images/<aa>/<sha256>, named by their content hash (never by the uploaded
 name, which is only recorded). A file is written before its rows commit, atomically (temp file +
-rename); a crash can leave an unreferenced file behind, never a row without its file.
+rename); a crash can leave an unreferenced file behind, never a row without its file. Advisory
+locks per file keep a removal from deleting a file that an add of the same bytes is storing.
 """
 
 from __future__ import annotations
@@ -95,9 +96,16 @@ def write_file(sha256: str, data: bytes) -> Path:
     return path
 
 
-def delete_files(shas: Iterable[str]) -> None:
-    for sha in shas:
-        image_path(sha).unlink(missing_ok=True)
+def delete_unused_files(engine: Engine, shas: Iterable[str]) -> None:
+    """Delete the files of these sha256 that no uploaded image refers to any more; an add of the
+    same bytes in progress elsewhere holds their lock, so its file is kept."""
+    shas = list(shas)
+    if not shas:
+        return
+    with engine.begin() as conn:
+        store.lock_files(conn, shas, shared=False)
+        for sha in store.unreferenced(conn, shas):
+            image_path(sha).unlink(missing_ok=True)
 
 
 @contextmanager
@@ -236,9 +244,10 @@ def _add_batch(engine: Engine, name: str, collection: store.Collection, files: l
     if not fresh:
         return
     encoded = encoder.encode([item[2] for item in fresh])
-    for _, data, _, _, sha in fresh:
-        write_file(sha, data)
     with engine.begin() as conn:
+        store.lock_files(conn, [item[4] for item in fresh], shared=True)
+        for _, data, _, _, sha in fresh:
+            write_file(sha, data)
         store.lock(conn, name)
         known = store.existing_files(conn, collection.id, [item[4] for item in fresh])
         keep = [i for i, item in enumerate(fresh) if item[4] not in known]
@@ -293,5 +302,5 @@ def remove(engine: Engine, name: str, image_ids) -> int:
         collection = store.lock(conn, name)
         freed = store.remove_members(conn, collection.id, name, image_ids)
         seq = store.log_change(conn, collection.id, "remove", np.unique(image_ids))
-    delete_files(freed)
+    delete_unused_files(engine, freed)
     return seq

@@ -232,3 +232,27 @@ def test_an_image_over_the_pixel_limit_is_refused(monkeypatch):
         uploads.decode(png(1))
     monkeypatch.setenv("IWAN_MAX_IMAGE_PIXELS", "1024")
     assert uploads.decode(png(1))[0].shape == (32, 32, 3)
+
+
+def test_a_removal_keeps_a_file_that_an_add_in_progress_is_storing(normed, home):
+    import threading
+
+    for name in ("one", "two"):
+        create_collection(normed, name, PREDICTOR)
+    first = uploads.add_files(normed, "one", [("x.png", png(5))], tiny_encoder(hash_model=None)).added[0][0]
+    sha = hashlib.sha256(png(5)).hexdigest()
+    # What an add of the same bytes to "two" holds between writing the file and committing its rows.
+    adding = normed.connect()
+    transaction = adding.begin()
+    store.lock_files(adding, [sha], shared=True)
+    removal = threading.Thread(target=uploads.remove, args=(normed, "one", [first]))
+    removal.start()
+    removal.join(2)
+    assert removal.is_alive(), "the removal waits for the add before deciding the file is unused"
+    store.insert_uploads(adding, store.get(adding, "two").id, [
+        {"sha256": sha, "media_type": "image/png", "size": len(png(5)), "file_name": "x.png", "label": None}])
+    transaction.commit()
+    adding.close()
+    removal.join(30)
+    assert (home / "images" / sha[:2] / sha).read_bytes() == png(5)
+    assert [c.size for c in list_collections(normed)] == [0, 1]
