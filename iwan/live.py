@@ -221,6 +221,11 @@ class LiveCollection:
         """True while the follower is connected and listening."""
         return self._follower is not None and self._follower.connected.is_set()
 
+    @property
+    def reconnects(self) -> int:
+        """How often the follower lost its connection and came back."""
+        return 0 if self._follower is None else self._follower.reconnects
+
     def wait_following(self, timeout: float = 10.0) -> bool:
         return self._follower is not None and self._follower.connected.wait(timeout)
 

@@ -95,7 +95,7 @@ for line in sys.stdin:
     command = json.loads(line)
     if command["do"] == "state":
         answer = {"ids": live.image_ids.tolist(), "seq": live.seq, "following": live.following,
-                  "reconnects": live._follower.reconnects}
+                  "reconnects": live.reconnects}
         if command.get("text"):
             scores, ids = live.search(live.text_queries(command["text"]).batch, 10, method="iwan")
             answer["iwan"] = ids[0].tolist()

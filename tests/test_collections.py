@@ -256,3 +256,25 @@ def test_a_removal_keeps_a_file_that_an_add_in_progress_is_storing(normed, home)
     removal.join(30)
     assert (home / "images" / sha[:2] / sha).read_bytes() == png(5)
     assert [c.size for c in list_collections(normed)] == [0, 1]
+
+
+def test_a_hash_model_on_the_predictors_features_encodes_uploads_from_them():
+    import torch
+
+    from hashing.codes import pack_activations
+    from hashing.model import HashConfig, HashNetwork
+    from hashing.train import encode
+    from iwan.uploads import Encoder
+
+    torch.manual_seed(0)
+    net = HashNetwork(HashConfig(backbone="precomputed", n_classes=4, embedding_dim=4, feature_dim=1280,
+                                 features=PREDICTOR, hidden=(16,))).eval()
+    predictor = tiny_encoder().predictor
+    pixels = [uploads.decode(png(s))[0] for s in range(3)]
+    encoded = Encoder(PREDICTOR, "transfer", loaded_predictor=predictor, net=net).encode(pixels)
+    embeddings, activations = encode(net, predictor.predict(np.stack(pixels), features=True).features)
+    np.testing.assert_array_equal(encoded.codes, pack_activations(activations))
+    np.testing.assert_allclose(encoded.embeddings, embeddings, atol=1e-6)
+    other = Encoder("resnet50", "transfer", loaded_predictor=predictor, net=net)
+    with pytest.raises(ValueError, match="reads efficientnet-lite0 features, but the collection's predictor is resnet50"):
+        other.encode(pixels)
