@@ -175,4 +175,5 @@ def test_a_killed_add_leaves_the_database_as_before(shared):
     # Nothing is left half-stored that would get in the way: the same files add now, whole.
     report = uploads.add_files(shared, "shared", [(f"{s}.png", png(s)) for s in range(100, 108)], tiny_encoder())
     assert len(report.added) == 8 and table_counts(shared)["collection_changes"] == before["collection_changes"] + 1
-    assert np.isin([i for i, _ in report.added], store.member_ids(shared.connect(), collection.id)).all()
+    with shared.connect() as conn:
+        assert np.isin([i for i, _ in report.added], store.member_ids(conn, collection.id)).all()
