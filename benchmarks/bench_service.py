@@ -111,7 +111,7 @@ def throughput(url, collection, make, payloads, clients: int, total: int, counte
             for i in range(per_client):
                 timed(partial(make, client, url, collection, payloads[(offset + i) % len(payloads)]), counter)
 
-    threads = [threading.Thread(target=run, args=(c * 7,)) for c in range(clients)]
+    threads = [threading.Thread(target=run, args=(c * 7,), daemon=True) for c in range(clients)]
     for t in threads:
         t.start()
     barrier.wait()
