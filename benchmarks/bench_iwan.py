@@ -1,6 +1,6 @@
-"""IWAN search speed: the fast search against the networkx reference, on the real USF norms.
+"""The live IWAN index: memory, search speed, changes, exactness; networkx as the reference.
 
-    python benchmarks/bench_iwan.py [--n-images 50000] [--queries 200] [--seed 0]
+    python benchmarks/bench_iwan.py [--sizes 50000,1000000] [--queries 1000] [--seed 0]
 
 The graph is built from the real USF Appendix A files (parsed by iwan.norms.usf) and the real
 ImageNet label words (the 1000 torchvision category names mapped onto the norms by iwan.words).
@@ -16,32 +16,46 @@ classifier's:
   Dirichlet(5, 2, 1, 1, 1). The classes are then ranked by probability, as a classifier lists
   them. Classes with no word keep their slot and give no edge.
 
-Queries are further images drawn the same way (not in the corpus), searched for the k nearest.
-Both searches run the same queries; `identical` says whether every result list (image ids and
-distances, and the batch search's rows) agrees exactly. Times are per query, over the queries
-that have at least one word (a query whose classes all lack a word has nothing to search). The
-last line printed is one JSON object with the numbers.
+Queries are further images drawn the same way (not in the corpus), searched for the k nearest
+(k = 20 and 250). For each corpus size:
+
+* memory: bytes of all the index's arrays (spare capacity included) per image held;
+* search: per-query latency of `search_one` (median, p99), and of the batch `search`; also
+  the CPU time of this thread per query, which leaves out the waits of a shared, loaded
+  machine's scheduler (on 2 busy cores a query is often descheduled for a ~10 ms time slice);
+* the networkx reference (at sizes up to --reference-max, on --reference-queries queries):
+  its latency, and whether every result (ids and distances) agrees exactly;
+* changes: images added one per call and in batches of 1,000, then removed the same ways
+  (images per second); search and memory again after them; one removal large enough to trigger
+  the compaction of the dead slots (its seconds); after the changes and after the compaction,
+  whether every result equals a fresh build over the images then held, bit for bit.
+
+Times are per query, over the queries that have at least one word (a query whose classes all
+lack a word has nothing to search). The last line printed is one JSON object with the numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from iwan.config import DEFAULT_K, DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, settings
+from iwan.config import DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, settings
 from iwan.graph import Associations, build_graph
 from iwan.norms.usf import parse_paths
-from iwan.search import IwanIndex, Query, networkx_search
+from iwan.search import Hit, IwanIndex, Query, networkx_search
 from iwan.tv import models
 from iwan.words import map_class_names
 
 NEAR = 10  # places in the ImageNet category list that count as "near"
+KS = (20, 250)
+SINGLES = 1_000  # images added (then removed) one per call
+BATCHES = 10  # batches of BATCH images added (then removed)
+BATCH = 1_000
 
 
 def usf_folder(given: Path | None) -> Path:
@@ -74,120 +88,236 @@ def sample_predictions(rng: np.random.Generator, n: int, n_classes: int, top_iwk
     return np.take_along_axis(classes, order, 1), np.take_along_axis(probabilities, order, 1)
 
 
-def milliseconds(seconds: list[float]) -> float:
-    return round(1e3 * statistics.median(seconds), 4)
+def ms(seconds: list[float], percentile: float) -> float:
+    return round(1e3 * float(np.percentile(seconds, percentile)), 4)
 
 
-def timed(search, queries: list[Query]) -> tuple[list, list[float]]:
-    """Each query's result, and the seconds of each query that has words."""
-    results, seconds = [], []
-    for query in queries:
+def same(a: list[list[Hit]], b: list[list[Hit]]) -> bool:
+    """Whether two searches' results agree exactly: ids and distances, bit for bit."""
+    return all([(h.image_id, h.distance) for h in x] == [(h.image_id, h.distance) for h in y] for x, y in zip(a, b))
+
+
+def search_figures(index: IwanIndex, queries: list[Query], words: np.ndarray, weights: np.ndarray):
+    """Latency and memory figures, and each k's results (search_one, checked against the batch)."""
+    figures, results = {"images": index.ntotal, "bytes_per_image": round(index.nbytes / index.ntotal, 1)}, {}
+    index.search_one(queries[0], 1)  # loads the compiled kernel
+    for k in KS:
+        hits, seconds, cpu_seconds = [], [], []
+        for query in queries:
+            started, cpu_started = time.perf_counter(), time.thread_time()
+            hits.append(index.search_one(query, k))
+            if query.word_ids:
+                seconds.append(time.perf_counter() - started)
+                cpu_seconds.append(time.thread_time() - cpu_started)
         started = time.perf_counter()
-        results.append(search(query))
-        if query.word_ids:
-            seconds.append(time.perf_counter() - started)
-    return results, seconds
+        scores, ids = index.search(words, weights, k)
+        batch_ms = 1e3 * (time.perf_counter() - started) / len(queries)
+        figures[f"k{k}"] = {
+            "p50_ms": ms(seconds, 50),
+            "p99_ms": ms(seconds, 99),
+            "max_ms": ms(seconds, 100),
+            "cpu_p50_ms": ms(cpu_seconds, 50),
+            "cpu_p99_ms": ms(cpu_seconds, 99),
+            "batch_ms_per_query": round(batch_ms, 4),
+            "batch_agrees": all(
+                ids[r, : len(h)].tolist() == [x.image_id for x in h]
+                and (-scores[r, : len(h)]).tolist() == [x.distance for x in h]
+                and (ids[r, len(h):] == -1).all()
+                for r, h in enumerate(hits)
+            ),
+        }
+        results[k] = hits
+    return figures, results
+
+
+def per_second(count: int, seconds: float) -> float:
+    return round(count / seconds, 1)
+
+
+class Sampled:
+    """All sampled images, their ids (= row), and which the index holds now."""
+
+    def __init__(self, associations, word_ids, probabilities, top_wwk):
+        self.associations, self.top_wwk = associations, top_wwk
+        self.word_ids, self.probabilities = word_ids, probabilities
+        self.held = np.zeros(len(word_ids), dtype=bool)
+
+    def fresh(self) -> tuple[IwanIndex, float]:
+        """A fresh build over the images held, and its seconds."""
+        started = time.perf_counter()
+        ids = np.flatnonzero(self.held)
+        graph = build_graph(self.associations, self.word_ids[ids], self.probabilities[ids], self.top_wwk, image_ids=ids)
+        index = IwanIndex(graph)
+        return index, time.perf_counter() - started
+
+
+def run_size(n: int, args, associations, mapping, n_categories: int, queries, query_words, query_probabilities) -> dict:
+    rng = np.random.default_rng(args.seed + n)
+    extra = SINGLES + BATCHES * BATCH
+    classes, probabilities = sample_predictions(rng, n + extra, n_categories, args.top_iwk)
+    sampled = Sampled(associations, mapping.word_ids[classes], probabilities, args.top_wwk)
+    sampled.held[:n] = True
+    index, build_s = sampled.fresh()
+    result = {"build_s": round(build_s, 3)}
+    result["fresh"], fresh_hits = search_figures(index, queries, query_words, query_probabilities)
+
+    if n <= args.reference_max:
+        graph = index.to_graph()
+        started = time.perf_counter()
+        nx_graph = graph.to_networkx()
+        nx_build_s = time.perf_counter() - started
+        n_reference = min(args.reference_queries, len(queries))
+        reference, seconds = [], []
+        for query in queries[:n_reference]:
+            started = time.perf_counter()
+            reference.append(networkx_search(nx_graph, graph, query, KS[0]))
+            if query.word_ids:
+                seconds.append(time.perf_counter() - started)
+        result["networkx"] = {
+            "queries": n_reference,
+            "k": KS[0],
+            "graph_s": round(nx_build_s, 2),
+            "p50_ms": ms(seconds, 50),
+            "speedup_p50": round(ms(seconds, 50) / result["fresh"][f"k{KS[0]}"]["p50_ms"], 1),
+            "identical": same(reference, fresh_hits[KS[0]][:n_reference]),
+        }
+        del nx_graph
+
+    # Changes: ids n.. are the new images, in order.
+    new = iter(range(n, n + extra))
+    started = time.perf_counter()
+    for _ in range(SINGLES):
+        i = next(new)
+        index.add(np.array([i]), sampled.word_ids[i : i + 1], sampled.probabilities[i : i + 1])
+        sampled.held[i] = True
+    add_single_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(BATCHES):
+        ids = np.array([next(new) for _ in range(BATCH)])
+        index.add(ids, sampled.word_ids[ids], sampled.probabilities[ids])
+        sampled.held[ids] = True
+    add_batch_s = time.perf_counter() - started
+
+    gone = rng.permutation(np.flatnonzero(sampled.held))[: SINGLES + BATCHES * BATCH]
+    started = time.perf_counter()
+    for i in gone[:SINGLES]:
+        index.remove(np.array([i]))
+    remove_single_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for batch in gone[SINGLES:].reshape(BATCHES, BATCH):
+        index.remove(batch)
+    remove_batch_s = time.perf_counter() - started
+    sampled.held[gone] = False
+    result["changes"] = {
+        "added_one_per_call_per_s": per_second(SINGLES, add_single_s),
+        "added_in_batches_of_1000_per_s": per_second(BATCHES * BATCH, add_batch_s),
+        "removed_one_per_call_per_s": per_second(SINGLES, remove_single_s),
+        "removed_in_batches_of_1000_per_s": per_second(BATCHES * BATCH, remove_batch_s),
+    }
+    result["after_changes"], live_hits = search_figures(index, queries, query_words, query_probabilities)
+    fresh, fresh_s = sampled.fresh()
+    result["after_changes"]["fresh_build_s"] = round(fresh_s, 3)
+    result["after_changes"]["identical_to_fresh_build"] = all(
+        same(live_hits[k], [fresh.search_one(q, k) for q in queries]) for k in KS
+    )
+    del fresh
+
+    # One removal that brings the dead slots past a quarter of all slots: it compacts them.
+    slots, dead = n + extra, len(gone)  # none compacted yet at sizes above 4 * 11,000
+    count = min(max(1, slots // 4 - dead + 1), int(sampled.held.sum()) - 1)
+    gone = rng.permutation(np.flatnonzero(sampled.held))[:count]
+    started = time.perf_counter()
+    index.remove(gone)
+    compact_s = time.perf_counter() - started
+    sampled.held[gone] = False
+    figures, live_hits = search_figures(index, queries, query_words, query_probabilities)
+    fresh, _ = sampled.fresh()
+    result["after_compaction"] = {
+        "removed": count,
+        "remove_and_compact_s": round(compact_s, 3),
+        "images": figures["images"],
+        "bytes_per_image": figures["bytes_per_image"],
+        "identical_to_fresh_build": all(same(live_hits[k], [fresh.search_one(q, k) for q in queries]) for k in KS),
+    }
+    return result
+
+
+def report(n: int, r: dict) -> None:
+    fresh, after = r["fresh"], r["after_changes"]
+    print(f"\n{n} images: built and indexed in {r['build_s']:.2f} s; {fresh['bytes_per_image']} bytes per image")
+    for k in KS:
+        f = fresh[f"k{k}"]
+        print(
+            f"  k={k}: search_one p50 {f['p50_ms']:.3f} ms, p99 {f['p99_ms']:.3f} ms, max {f['max_ms']:.3f} ms "
+            f"(CPU time p50 {f['cpu_p50_ms']:.3f} ms, p99 {f['cpu_p99_ms']:.3f} ms); "
+            f"batch {f['batch_ms_per_query']:.3f} ms per query (agrees: {f['batch_agrees']})"
+        )
+    if "networkx" in r:
+        x = r["networkx"]
+        print(
+            f"  networkx (k={x['k']}, {x['queries']} queries): p50 {x['p50_ms']:.1f} ms, "
+            f"{x['speedup_p50']}x slower; identical results: {x['identical']}"
+        )
+    c = r["changes"]
+    print(
+        f"  changes: added {c['added_one_per_call_per_s']:.0f}/s one per call, "
+        f"{c['added_in_batches_of_1000_per_s']:.0f}/s in batches of 1000; removed "
+        f"{c['removed_one_per_call_per_s']:.0f}/s one per call, {c['removed_in_batches_of_1000_per_s']:.0f}/s in batches"
+    )
+    print(
+        f"  after them ({after['images']} images, {after['bytes_per_image']} bytes per image): "
+        + "; ".join(
+            f"k={k} p50 {after[f'k{k}']['p50_ms']:.3f} ms, p99 {after[f'k{k}']['p99_ms']:.3f} ms "
+            f"(CPU p99 {after[f'k{k}']['cpu_p99_ms']:.3f} ms)"
+            for k in KS
+        )
+        + f"; identical to a fresh build ({after['fresh_build_s']:.2f} s): {after['identical_to_fresh_build']}"
+    )
+    a = r["after_compaction"]
+    print(
+        f"  removing {a['removed']} more compacts the dead slots: {a['remove_and_compact_s']:.3f} s; "
+        f"{a['bytes_per_image']} bytes per image; identical to a fresh build: {a['identical_to_fresh_build']}"
+    )
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-images", type=int, default=50_000)
-    parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument(
-        "--reference-queries", type=int, default=None,
-        help="how many of the queries also go through networkx (default: all)",
-    )
-    parser.add_argument("--k", type=int, default=DEFAULT_K)
+    parser.add_argument("--sizes", default="50000,1000000", help="corpus sizes, comma-separated")
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--reference-queries", type=int, default=100, help="queries also run through networkx")
+    parser.add_argument("--reference-max", type=int, default=50_000, help="largest size networkx runs at")
     parser.add_argument("--top-iwk", type=int, default=DEFAULT_TOP_IWK)
     parser.add_argument("--top-wwk", type=int, default=DEFAULT_TOP_WWK)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--usf", type=Path, default=None, help="folder of Cue_Target_Pairs.* files")
     args = parser.parse_args(argv)
-    n_reference = min(args.queries, args.reference_queries or args.queries)
-    rng = np.random.default_rng(args.seed)
+    sizes = [int(s) for s in args.sizes.split(",")]
 
-    started = time.perf_counter()
     rows = parse_paths([usf_folder(args.usf)])
     associations = Associations.from_rows((r.cue, r.target, r.fsg, r.bsg) for r in rows)
     categories = models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"]
     mapping = map_class_names(categories, associations.words)
-    parse_s = time.perf_counter() - started
+    print(f"USF norms: {len(rows)} rows, {len(associations.words)} words")
+    print(mapping.report(examples=5))
 
-    classes, probabilities = sample_predictions(rng, args.n_images, len(categories), args.top_iwk)
-    started = time.perf_counter()
-    graph = build_graph(associations, mapping.word_ids[classes], probabilities, args.top_wwk)
-    index = IwanIndex(graph)
-    build_s = time.perf_counter() - started
-
-    query_classes, query_probabilities = sample_predictions(
-        rng, args.queries, len(categories), args.top_iwk
-    )
+    rng = np.random.default_rng(args.seed)
+    query_classes, query_probabilities = sample_predictions(rng, args.queries, len(categories), args.top_iwk)
     query_words = mapping.word_ids[query_classes]
     queries = [Query.from_weights(w, p) for w, p in zip(query_words, query_probabilities)]
 
-    fast_hits, fast_s = timed(lambda query: index.search_one(query, args.k), queries)
-    t = time.perf_counter()
-    scores, ids = index.search(query_words, query_probabilities, args.k)
-    batch_ms = 1e3 * (time.perf_counter() - t) / args.queries
-    batch_agrees = all(
-        ids[r, : len(hits)].tolist() == [h.image for h in hits]
-        and (ids[r, len(hits):] == -1).all()
-        and (-scores[r, : len(hits)]).tolist() == [h.distance for h in hits]
-        for r, hits in enumerate(fast_hits)
-    )
-
-    started = time.perf_counter()
-    nx_graph = graph.to_networkx()
-    nx_build_s = time.perf_counter() - started
-    reference_hits, nx_s = timed(
-        lambda query: networkx_search(nx_graph, graph, query, args.k), queries[:n_reference]
-    )
-    mismatches = [
-        r
-        for r, (reference, fast) in enumerate(zip(reference_hits, fast_hits))
-        if [(h.image, h.distance) for h in reference] != [(h.image, h.distance) for h in fast]
-    ]
-
-    mapped = sum(w is not None for w in mapping.words)
     result = {
-        "n_images": args.n_images,
-        "n_words": graph.n_words,
-        "word_edges": int(len(graph.edge_a)),
-        "image_edges": int((graph.image_words >= 0).sum()),
         "queries": args.queries,
-        "reference_queries": n_reference,
-        "k": args.k,
+        "queries_without_words": sum(not q.word_ids for q in queries),
         "top_iwk": args.top_iwk,
         "top_wwk": args.top_wwk,
         "seed": args.seed,
-        "imagenet_classes_mapped": mapped,
-        "queries_without_words": sum(not q.word_ids for q in queries),
-        "build_s": round(build_s, 3),
-        "fast_median_ms": milliseconds(fast_s),
-        "fast_max_ms": round(1e3 * max(fast_s), 4),
-        "batch_ms_per_query": round(batch_ms, 4),
-        "networkx_median_ms": milliseconds(nx_s),
-        "speedup": round(statistics.median(nx_s) / statistics.median(fast_s), 1),
-        "identical": not mismatches and batch_agrees,
+        "sizes": {},
     }
-    print(f"USF norms: {len(rows)} rows, {graph.n_words} words, parsed in {parse_s:.2f} s")
-    print(mapping.report(examples=5))
-    print(
-        f"graph: {args.n_images} images, {result['image_edges']} image-word and "
-        f"{result['word_edges']} word-word edges; built and indexed in {build_s:.3f} s "
-        f"(networkx graph: {nx_build_s:.2f} s)"
-    )
-    print(
-        f"fast search:     median {result['fast_median_ms']:.3f} ms, max {result['fast_max_ms']:.3f} ms "
-        f"per query ({len(fast_s)} queries with words, k={args.k}); "
-        f"batch {batch_ms:.3f} ms per query"
-    )
-    print(
-        f"networkx search: median {result['networkx_median_ms']:.1f} ms per query "
-        f"({len(nx_s)} queries with words)"
-    )
-    print(f"speedup {result['speedup']}x; identical results: {result['identical']}"
-          + (f" (queries differing: {mismatches[:10]})" if mismatches else ""))
+    for n in sizes:
+        result["sizes"][str(n)] = run_size(
+            n, args, associations, mapping, len(categories), queries, query_words, query_probabilities
+        )
+        report(n, result["sizes"][str(n)])
     print(json.dumps(result))
     return result
 

@@ -3,7 +3,8 @@ for corpora that do not fit one process.
 
 Same protocol as hashing.search: `search(queries, k) -> (scores, ids)`, (q, k) float32 cosines and
 int64 ids, best first, ties to the lower id, rows padded with id -1 and score -inf; here the ids
-are `image_id`s and `exclude` holds image ids (-1: none). The rows are those of one `model`.
+are `image_id`s and `exclude` holds image ids (-1: none). The rows are those of one `model`, and of
+the images in `image_ids` when it is given (a corpus: a split, a collection).
 
 Hamming: the `shortlist` codes nearest by `code <~> query` (ties: lower image_id), re-ranked by
 `embedding <=> query`. Exhaustive: `ORDER BY embedding <=> query`, which an HNSW index on
@@ -22,6 +23,7 @@ from sqlalchemy.engine import Engine
 
 from hashing.codes import to_bit_strings
 from hashing.search import _check_exclude, _unit_rows
+from hashing.store import vector_literal
 from iwan.config import DEFAULT_SHORTLIST_FACTOR, HASH_BITS
 from iwan.retrievers import check_k
 
@@ -33,13 +35,17 @@ HNSW_EF_SEARCH_MAX = 1000
 more for an excluded id), so an HNSW scan returns fewer than k rows only for k >= this."""
 
 # A MATERIALIZED CTE parses each query vector once; inlined, the cast would run once per table row.
+# The corpus is an uncorrelated subquery, so PostgreSQL hashes its ids once for every query.
 _QUERIES = """
 WITH q AS MATERIALIZED (
     SELECT ord, CAST(code AS bit({bits})) AS code, CAST(vector AS vector({dim})) AS vector, exclude
     FROM unnest(CAST(:codes AS text[]), CAST(:vectors AS text[]), CAST(:exclude AS integer[]))
         WITH ORDINALITY AS u(code, vector, exclude, ord)
+), corpus AS MATERIALIZED (
+    SELECT unnest(CAST(:corpus AS integer[])) AS image_id
 )
 """
+_IN_CORPUS = "AND h.image_id IN (SELECT image_id FROM corpus)"
 
 _HAMMING_SQL = (
     _QUERIES
@@ -50,7 +56,7 @@ FROM q CROSS JOIN LATERAL (
     FROM (
         SELECT h.image_id, CAST(h.embedding AS vector({dim})) AS embedding
         FROM hash_codes h
-        WHERE h.model = :model AND h.image_id IS DISTINCT FROM q.exclude
+        WHERE h.model = :model AND h.image_id IS DISTINCT FROM q.exclude {in_corpus}
         ORDER BY h.code <~> q.code, h.image_id
         LIMIT :shortlist
     ) s
@@ -69,7 +75,7 @@ SELECT q.ord, r.image_id, r.distance
 FROM q CROSS JOIN LATERAL (
     SELECT h.image_id, CAST(h.embedding AS vector({dim})) <=> q.vector AS distance
     FROM hash_codes h
-    WHERE h.model = :model AND h.image_id IS DISTINCT FROM q.exclude
+    WHERE h.model = :model AND h.image_id IS DISTINCT FROM q.exclude {in_corpus}
     ORDER BY CAST(h.embedding AS vector({dim})) <=> q.vector, h.image_id
     LIMIT :k
 ) r
@@ -79,17 +85,18 @@ ORDER BY q.ord, r.distance, r.image_id
 
 
 class PgExhaustiveCosineIndex:
-    """Cosine over every row of `model` in hash_codes."""
+    """Cosine over every row of `model` in hash_codes (of the images `image_ids`, if given)."""
 
-    def __init__(self, model: str, engine: Engine | None = None) -> None:
+    def __init__(self, model: str, engine: Engine | None = None, image_ids: np.ndarray | None = None) -> None:
         self.model = model
         self.engine = engine if engine is not None else _default_engine()
+        self.image_ids = image_ids
 
     def search(
         self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         queries = _unit_rows(queries, "queries")
-        return _run(self.engine, _EXHAUSTIVE_SQL, self.model, queries, None, k, k, exclude)
+        return _run(self.engine, _EXHAUSTIVE_SQL, self.model, self.image_ids, queries, None, k, k, exclude)
 
     def create_hnsw_index(self, dim: int, m: int = 16, ef_construction: int = 64) -> str:
         """Create (if missing) an HNSW cosine index on this model's embeddings, cast to vector(dim)
@@ -114,19 +121,22 @@ class PgExhaustiveCosineIndex:
 
 
 class PgHammingCosineIndex:
-    """Hamming shortlist over `code`, cosine re-rank over `embedding`, for the rows of `model`."""
+    """Hamming shortlist over `code`, cosine re-rank over `embedding`, for the rows of `model` (of
+    the images `image_ids`, if given)."""
 
     def __init__(
         self,
         model: str,
         engine: Engine | None = None,
         shortlist_factor: int = DEFAULT_SHORTLIST_FACTOR,
+        image_ids: np.ndarray | None = None,
     ) -> None:
         if shortlist_factor < 1:
             raise ValueError(f"PgHammingCosineIndex: shortlist_factor must be >= 1, got {shortlist_factor}")
         self.model = model
         self.engine = engine if engine is not None else _default_engine()
         self.shortlist_factor = shortlist_factor
+        self.image_ids = image_ids
 
     def search(
         self,
@@ -148,13 +158,14 @@ class PgHammingCosineIndex:
                 f"PgHammingCosineIndex.search: {len(queries)} query embeddings but {len(codes)} query "
                 "codes; pass one code per query"
             )
-        return _run(self.engine, _HAMMING_SQL, self.model, queries, codes, k, shortlist, exclude)
+        return _run(self.engine, _HAMMING_SQL, self.model, self.image_ids, queries, codes, k, shortlist, exclude)
 
 
 def _run(
     engine: Engine,
     template: str,
     model: str,
+    image_ids: np.ndarray | None,
     queries: np.ndarray,
     codes: list[str] | None,
     k: int,
@@ -163,8 +174,10 @@ def _run(
 ) -> tuple[np.ndarray, np.ndarray]:
     k = check_k(k)
     exclude = _check_exclude(exclude, len(queries))
-    statement = sa.text(template.format(bits=HASH_BITS, dim=queries.shape[1]))
-    vectors = ["[" + ",".join(map(repr, row)) + "]" for row in queries.tolist()]
+    in_corpus = "" if image_ids is None else _IN_CORPUS
+    statement = sa.text(template.format(bits=HASH_BITS, dim=queries.shape[1], in_corpus=in_corpus))
+    corpus = [] if image_ids is None else np.asarray(image_ids, dtype=np.int64).tolist()
+    vectors = [vector_literal(row) for row in queries]
     codes = codes if codes is not None else ["0" * HASH_BITS] * len(queries)
     scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     ids = np.full((len(queries), k), -1, dtype=np.int64)
@@ -184,6 +197,7 @@ def _run(
                     "vectors": vectors[start:stop],
                     "exclude": [None if e < 0 else e for e in exclude[start:stop].tolist()],
                     "model": model,
+                    "corpus": corpus,
                     "shortlist": shortlist,
                     "k": k,
                 },

@@ -1,12 +1,14 @@
 """In-memory retrieval over image embeddings and hash codes, with a FAISS-like protocol.
 
 `index.add(...)`, then `index.search(queries, k) -> (scores, ids)`, batch first: queries (q, d) give
-float32 scores and int64 ids of shape (q, k), best first. Ids are positions in the order added;
-scores are cosine similarities (higher is better). Ties are broken by the lower id, so results are
-deterministic. A row with fewer than k results is padded with id -1 and score -inf, as FAISS does.
+float32 scores and int64 ids of shape (q, k), best first. Ids are the caller's (database image ids),
+given to `add`; without them they continue from the highest id held, so they are positions in the
+order added. Scores are cosine similarities (higher is better). Ties are broken by the lower id, so
+results are deterministic. A row with fewer than k results is padded with id -1 and score -inf, as
+FAISS does. `remove(ids)` drops rows by mask and compacts the arrays, so a search never visits them.
 
-`exclude` (q,) int64 removes one id per query from its results (-1: none), for corpora that contain
-their own queries.
+`exclude` (q,) int64 removes one id per query from its results (-1: none; an id not held leaves
+nothing out), for corpora that contain their own queries.
 """
 
 from __future__ import annotations
@@ -38,20 +40,34 @@ class ExhaustiveCosineIndex:
 
     def __init__(self) -> None:
         self._embeddings = np.zeros((0, 0), dtype=np.float32)
+        self._ids = np.zeros(0, dtype=np.int64)
 
     @property
     def ntotal(self) -> int:
         return len(self._embeddings)
 
-    def add(self, embeddings: np.ndarray) -> None:
-        """Append (n, d) embeddings; their ids continue from `ntotal`."""
-        self._embeddings = _append_unit_rows(self._embeddings, embeddings, "embeddings")
+    @property
+    def ids(self) -> np.ndarray:
+        """The ids held, ascending."""
+        return self._ids
+
+    def add(self, embeddings: np.ndarray, ids: np.ndarray | None = None) -> None:
+        """Take in (n, d) embeddings with their (n,) ids, none of them held (default: continuing
+        from the highest id held)."""
+        rows = _unit_rows(embeddings, "embeddings", self._embeddings.shape[1] if self.ntotal else None)
+        self._ids, order = merge_ids(self._ids, ids, len(rows), "ExhaustiveCosineIndex")
+        self._embeddings = _merged_rows(self._embeddings, rows, order)
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Drop the rows of `ids`; an id not held is a ValueError naming it."""
+        keep = kept_rows(self._ids, ids, "ExhaustiveCosineIndex")
+        self._ids, self._embeddings = self._ids[keep], self._embeddings[keep]
 
     def search(
         self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        queries = _unit_rows(queries, "queries", self._embeddings.shape[1])
-        exclude = _check_exclude(exclude, len(queries), self.ntotal)
+        queries = _unit_rows(queries, "queries", self._embeddings.shape[1] if self.ntotal else None)
+        exclude = _positions(self._ids, _check_exclude(exclude, len(queries)))
         scores, ids = empty_results(len(queries), check_k(k))
         if not self.ntotal:
             return scores, ids
@@ -70,7 +86,7 @@ class ExhaustiveCosineIndex:
                     ids[i, : n_take[r]], scores[i, : n_take[r]] = _rank(
                         near, _cosines(self._embeddings[near], queries[i]), n_take[r]
                     )
-        return scores, ids
+        return scores, _held_ids(self._ids, ids)
 
 
 class HammingCosineIndex:
@@ -93,21 +109,35 @@ class HammingCosineIndex:
         self.shortlist_factor = shortlist_factor
         self._embeddings = np.zeros((0, 0), dtype=np.float32)
         self._codes = np.zeros(0, dtype=np.uint64)
+        self._ids = np.zeros(0, dtype=np.int64)
 
     @property
     def ntotal(self) -> int:
         return len(self._codes)
 
-    def add(self, embeddings: np.ndarray, codes: np.ndarray) -> None:
-        """Append (n, d) embeddings and their (n,) uint64 codes (see hashing.codes)."""
+    @property
+    def ids(self) -> np.ndarray:
+        """The ids held, ascending."""
+        return self._ids
+
+    def add(self, embeddings: np.ndarray, codes: np.ndarray, ids: np.ndarray | None = None) -> None:
+        """Take in (n, d) embeddings, their (n,) uint64 codes (see hashing.codes) and their (n,) ids,
+        none of them held (default: continuing from the highest id held)."""
         codes = self._check_codes(codes, "codes")
         if len(codes) != len(embeddings):
             raise ValueError(
                 f"HammingCosineIndex.add: {len(embeddings)} embeddings but {len(codes)} codes; "
                 "pass one code per embedding"
             )
-        self._embeddings = _append_unit_rows(self._embeddings, embeddings, "embeddings")
-        self._codes = np.concatenate([self._codes, codes])
+        rows = _unit_rows(embeddings, "embeddings", self._embeddings.shape[1] if self.ntotal else None)
+        self._ids, order = merge_ids(self._ids, ids, len(rows), "HammingCosineIndex")
+        self._embeddings = _merged_rows(self._embeddings, rows, order)
+        self._codes = _merged_rows(self._codes, codes, order)
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Drop the rows of `ids`; an id not held is a ValueError naming it."""
+        keep = kept_rows(self._ids, ids, "HammingCosineIndex")
+        self._ids, self._embeddings, self._codes = self._ids[keep], self._embeddings[keep], self._codes[keep]
 
     def search(
         self,
@@ -124,14 +154,14 @@ class HammingCosineIndex:
         shortlist = self.shortlist_factor * k if shortlist is None else shortlist
         if shortlist < k:
             raise ValueError(f"HammingCosineIndex.search: shortlist ({shortlist}) must be >= k ({k})")
-        queries = _unit_rows(query_embeddings, "query_embeddings", self._embeddings.shape[1])
+        queries = _unit_rows(query_embeddings, "query_embeddings", self._embeddings.shape[1] if self.ntotal else None)
         query_codes = self._check_codes(query_codes, "query_codes")
         if len(query_codes) != len(queries):
             raise ValueError(
                 f"HammingCosineIndex.search: {len(queries)} query embeddings but {len(query_codes)} "
                 "query codes; pass one code per query"
             )
-        exclude = _check_exclude(exclude, len(queries), self.ntotal)
+        exclude = _positions(self._ids, _check_exclude(exclude, len(queries)))
         scores, ids = empty_results(len(queries), k)
         if not self.ntotal:
             return scores, ids
@@ -147,7 +177,7 @@ class HammingCosineIndex:
                 near = self._nearest(distances, n_take)
                 top = min(k, n_take)
                 ids[i, :top], scores[i, :top] = _rank(near, _cosines(self._embeddings[near], queries[i]), k)
-        return scores, ids
+        return scores, _held_ids(self._ids, ids)
 
     def _nearest(self, distances: np.ndarray, n_take: int) -> np.ndarray:
         """Ascending ids of the n_take smallest distances, the lower ids first among equal ones."""
@@ -249,8 +279,8 @@ def _blocks(n_queries: int, n_corpus: int):
     return (slice(s, min(s + step, n_queries)) for s in range(0, n_queries, step))
 
 
-def _check_exclude(exclude: np.ndarray | None, n_queries: int, n_corpus: int | None = None) -> np.ndarray:
-    """(q,) int64 ids to leave out per query, -1 for none; ids are checked against n_corpus if given."""
+def _check_exclude(exclude: np.ndarray | None, n_queries: int) -> np.ndarray:
+    """(q,) int64 ids to leave out per query, -1 for none."""
     if exclude is None:
         return np.full(n_queries, -1, dtype=np.int64)
     exclude = np.asarray(exclude)
@@ -259,11 +289,72 @@ def _check_exclude(exclude: np.ndarray | None, n_queries: int, n_corpus: int | N
             f"search: exclude must be an integer array of shape ({n_queries},), one id per query "
             f"(-1 for none), got {exclude.dtype} of shape {exclude.shape}"
         )
-    bad = np.flatnonzero((exclude < -1) | (exclude >= (n_corpus if n_corpus is not None else np.inf)))
+    bad = np.flatnonzero(exclude < -1)
     if len(bad):
-        known = f"an id of the {n_corpus} indexed items" if n_corpus is not None else "an id"
-        raise ValueError(f"search: exclude[{bad[0]}] = {exclude[bad[0]]} is not {known} nor -1 (none)")
+        raise ValueError(f"search: exclude[{bad[0]}] = {exclude[bad[0]]} is not an id (>= 0) nor -1 (none)")
     return exclude.astype(np.int64)
+
+
+def _positions(held: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Row of each id in the ascending `held` ids; -1 for -1 and for an id not held."""
+    if not len(held):
+        return np.full(len(ids), -1, dtype=np.int64)
+    at = np.minimum(np.searchsorted(held, ids), len(held) - 1)
+    return np.where((ids >= 0) & (held[at] == ids), at, -1)
+
+
+def _held_ids(held: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The ids at result rows, keeping -1 padding."""
+    if not len(held):
+        return rows
+    return np.where(rows >= 0, held[np.maximum(rows, 0)], -1)
+
+
+def _check_ids(ids: np.ndarray, what: str) -> np.ndarray:
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+        raise ValueError(f"{what}: ids must be a 1-D integer array, got {ids.dtype} of shape {ids.shape}")
+    ids = ids.astype(np.int64)
+    if ids.size and ids.min() < 0:
+        raise ValueError(f"{what}: id {int(ids.min())} is negative; ids are database image ids (>= 0)")
+    return ids
+
+
+def merge_ids(held: np.ndarray, new: np.ndarray | None, n: int, what: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The held ids with `new` ones (default: continuing from the highest held) in ascending order,
+    and the order that sorts the concatenated rows (None: appending keeps them sorted)."""
+    start = int(held[-1]) + 1 if len(held) else 0
+    new = np.arange(start, start + n, dtype=np.int64) if new is None else _check_ids(new, f"{what}.add")
+    if len(new) != n:
+        raise ValueError(f"{what}.add: {n} rows but {len(new)} ids; pass one id per row")
+    if len(np.unique(new)) != len(new):
+        values, counts = np.unique(new, return_counts=True)
+        raise ValueError(f"{what}.add: id {int(values[counts > 1][0])} is given twice")
+    held_again = new[np.isin(new, held)]
+    if len(held_again):
+        raise ValueError(f"{what}.add: id {int(held_again[0])} is already held; remove it first")
+    ids = np.concatenate([held, new])
+    if not len(new) or ((not len(held) or new[0] > held[-1]) and (np.diff(new) > 0).all()):
+        return ids, None
+    order = np.argsort(ids, kind="stable")
+    return ids[order], order
+
+
+def _merged_rows(existing: np.ndarray, new: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+    rows = np.concatenate([existing, new]) if len(existing) else new
+    return rows if order is None else rows[order]
+
+
+def kept_rows(held: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
+    """The mask of held rows that stay when `ids` go; ValueError naming ids not held."""
+    ids = _check_ids(ids, f"{what}.remove")
+    missing = ids[~np.isin(ids, held)]
+    if len(missing):
+        raise ValueError(
+            f"{what}.remove: {len(missing)} ids are not held (first: {int(missing[0])}); "
+            "remove only images the index holds"
+        )
+    return ~np.isin(held, ids)
 
 
 def _unit_rows(x: np.ndarray, what: str, dim: int | None = None) -> np.ndarray:
@@ -277,8 +368,3 @@ def _unit_rows(x: np.ndarray, what: str, dim: int | None = None) -> np.ndarray:
         bad = np.flatnonzero(~usable)[0]
         raise ValueError(f"{what}[{bad}] has norm {norms[bad]}; cosine needs finite, non-zero vectors")
     return x / norms[:, None]
-
-
-def _append_unit_rows(existing: np.ndarray, new: np.ndarray, what: str) -> np.ndarray:
-    rows = _unit_rows(new, what, existing.shape[1] if len(existing) else None)
-    return np.concatenate([existing, rows]) if len(existing) else rows

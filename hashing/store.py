@@ -19,17 +19,27 @@ def store_codes(engine: Engine, model: str, image_ids: np.ndarray, embeddings: n
             f"store_codes: {len(image_ids)} image ids, {len(embeddings)} embeddings and {len(codes)} "
             "codes; give one of each per image"
         )
-    bits = to_bit_strings(np.asarray(codes, dtype=np.uint64), HASH_BITS)
     with engine.begin() as conn:
         conn.execute(
             sa.text("DELETE FROM hash_codes WHERE model = :m AND image_id = ANY(:ids)"),
             {"m": model, "ids": image_ids.tolist()},
         )
-        cursor = conn.connection.driver_connection.cursor()
-        with cursor.copy("COPY hash_codes (model, image_id, code, embedding) FROM STDIN") as copy:
-            for image_id, code, vector in zip(image_ids.tolist(), bits, embeddings):
-                copy.write_row((model, image_id, code, "[" + ",".join(map(repr, vector.tolist())) + "]"))
+        write_codes(conn, model, image_ids, embeddings, codes)
     return len(image_ids)
+
+
+def write_codes(conn: sa.Connection, model: str, image_ids: np.ndarray, embeddings: np.ndarray, codes: np.ndarray) -> None:
+    """Insert codes and embeddings of images that have none of `model`, inside the caller's transaction."""
+    bits = to_bit_strings(np.asarray(codes, dtype=np.uint64), HASH_BITS)
+    cursor = conn.connection.driver_connection.cursor()
+    with cursor.copy("COPY hash_codes (model, image_id, code, embedding) FROM STDIN") as copy:
+        for image_id, code, vector in zip(np.asarray(image_ids).tolist(), bits, np.asarray(embeddings, dtype=np.float32)):
+            copy.write_row((model, image_id, code, vector_literal(vector)))
+
+
+def vector_literal(vector: np.ndarray) -> str:
+    """A pgvector text literal, "[x,y,...]", exact for float32 values (repr round-trips)."""
+    return "[" + ",".join(map(repr, np.asarray(vector, dtype=np.float32).tolist())) + "]"
 
 
 def load_codes(engine: Engine, model: str, image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -54,3 +64,25 @@ def load_codes(engine: Engine, model: str, image_ids: np.ndarray) -> tuple[np.nd
     embeddings = np.array([row[2] for row in ordered], dtype=np.float32).reshape(len(ordered), -1)
     codes = from_bit_strings([row[1] for row in ordered], HASH_BITS)
     return embeddings, codes
+
+
+def codes_digest(engine: Engine, model: str) -> str | None:
+    """An md5 of every stored code and embedding of `model` (None without any), to tell when they change."""
+    with engine.connect() as conn:
+        return conn.scalar(
+            sa.text(
+                "SELECT md5(string_agg(concat_ws(':', image_id, code::text, embedding::text), ',' ORDER BY image_id)) "
+                "FROM hash_codes WHERE model = :m"
+            ),
+            {"m": model},
+        )
+
+
+def images_without_codes(engine: Engine, model: str, image_ids: np.ndarray) -> np.ndarray:
+    """Those of `image_ids` that have no stored code of `model`, ascending."""
+    with engine.connect() as conn:
+        held = conn.scalars(
+            sa.text("SELECT image_id FROM hash_codes WHERE model = :m AND image_id = ANY(:ids)"),
+            {"m": model, "ids": np.asarray(image_ids, dtype=np.int64).tolist()},
+        ).all()
+    return np.setdiff1d(np.asarray(image_ids, dtype=np.int64), np.asarray(held, dtype=np.int64))

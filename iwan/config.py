@@ -6,7 +6,7 @@ Environment variables override the defaults; nothing else reads the environment.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import platformdirs
@@ -35,6 +35,15 @@ DEFAULT_CONNECT_TIMEOUT_S = 10
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 """Images with more pixels are refused before decoding (IWAN_MAX_IMAGE_PIXELS): a small file can
 hold a huge image."""
+
+# The HTTP service (`iwan serve`).
+SERVE_HOST = "127.0.0.1"  # loopback unless told otherwise: nothing is exposed by accident
+SERVE_PORT = 8000
+SERVE_TORCH_THREADS = 1  # per request; concurrent requests share the cores (2 cores: 14 vs 6 image queries/s at one client)
+MAX_BODY_BYTES = 10 * 1024 * 1024
+MAX_SEARCH_K = 1000
+MAX_SEARCH_OFFSET = 10_000
+MAX_TEXT_QUERY_CHARS = 2000
 
 USF_SOURCE = "usf"
 USF_FILES = ("A-B", "C", "D-F", "G-K", "L-O", "P-R", "S", "T-Z")
@@ -72,6 +81,11 @@ class Settings:
     connect_timeout: int = DEFAULT_CONNECT_TIMEOUT_S
     """Seconds a database connection may take (libpq counts whole seconds, at least 2)."""
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    """Largest image (width x height) a query or an upload may have (IWAN_MAX_IMAGE_PIXELS)."""
+    api_key: str | None = field(default=None, repr=False)
+    """The service's write key (IWAN_API_KEY); None refuses every write."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins allowed to call the service from a browser (IWAN_CORS_ORIGINS, comma-separated)."""
 
     @property
     def pgdata(self) -> Path:
@@ -88,6 +102,16 @@ class Settings:
     @property
     def cache_dir(self) -> Path:
         return self.home / "cache"
+
+    @property
+    def image_dir(self) -> Path:
+        """Bytes of uploaded images, each file named by its sha256."""
+        return self.home / "images"
+
+    @property
+    def collection_dir(self) -> Path:
+        """Saved snapshots of collections' in-memory indexes."""
+        return self.home / "collections"
 
 
 def settings(database_url: str | None = None) -> Settings:
@@ -106,6 +130,8 @@ def settings(database_url: str | None = None) -> Settings:
         fetch_timeout=_positive_float("IWAN_FETCH_TIMEOUT", DEFAULT_FETCH_TIMEOUT),
         connect_timeout=_positive_int("IWAN_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_S, minimum=2),
         max_image_pixels=_positive_int("IWAN_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, minimum=1),
+        api_key=os.environ.get("IWAN_API_KEY") or None,
+        cors_origins=tuple(o.strip() for o in os.environ.get("IWAN_CORS_ORIGINS", "").split(",") if o.strip()),
     )
 
 

@@ -1,10 +1,12 @@
 """The comparative evaluation: IWAN, exhaustive cosine, Hamming + cosine, and their fusion.
 
-Every method answers the same queries against the same corpus in the retriever protocol
-(`(scores, ids)`, ids = corpus positions); every ranking is scored by the same metrics. When the
-queries are the corpus (the original work's protocol) each query is left out of its own results
-and out of its relevant count. Rankings are cached in OUT/cache, so an interrupted run resumes
-with the methods it had finished.
+Every method is built by name through the retriever registry (iwan.retrievers) over the corpus
+split and answers the same query batch (the stored predictions, embeddings and codes of the query
+images) in the retriever protocol; every ranking is scored by the same metrics. Any registered
+method can be evaluated: a new method is one module. When the queries are the corpus (the
+original work's protocol) each query is left out of its own results and out of its relevant
+count. Rankings, as corpus positions, are cached in OUT/cache, so an interrupted run resumes with
+the methods it had finished.
 """
 
 from __future__ import annotations
@@ -14,28 +16,34 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from tqdm import tqdm
 
-from iwan import fusion, metrics, network
-from iwan.config import DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, MAX_TOP_IWK
+from iwan import fusion, metrics
+from iwan.config import DEFAULT_PREDICTOR, DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, MAX_TOP_IWK
 from iwan.images import SplitLabels, split_labels
-from iwan.predict import load_predictions
+from iwan.retrievers import Batch, Corpus, Retriever, get_retriever, retriever_names
 
 log = logging.getLogger(__name__)
 
 METHODS = ("iwan", "exhaustive", "hashes", "fused")
+"""The methods evaluated unless told otherwise; any registered method may be named."""
+FUSED_MEMBERS = ("iwan", "hashes")
+"""What the evaluated `fused` method fuses (the weighted fusion's IWAN weight is the first's)."""
+LABELS = {"iwan": "IWAN", "exhaustive": "exhaustive cosine", "hashes": "hashes (Hamming + cosine)"}
+"""How the report names a method (a method not listed is named as registered)."""
 DEFAULT_KS = (1, 5, 10, 15, 20, 100, 250)
+DEFAULT_FUSION = "weighted"
+CACHE_FORMAT = "retrievers/1"
+"""Part of every cached ranking's key: rankings made before the retriever registry are remade."""
 LATENCY_SAMPLE = 200
 VALIDATION_QUERIES = 500
 SWEEP_QUERIES = 1000
 SWEEP_K = 20
-REPO_DATA = Path(__file__).resolve().parent.parent / "data"
 
 
 @dataclass(frozen=True)
@@ -47,23 +55,34 @@ class EvaluationSpec:
     ks: tuple[int, ...] = DEFAULT_KS
     limit_queries: int | None = None
     limit_corpus: int | None = None
-    predictor: str = "efficientnet-lite0"
+    predictor: str = DEFAULT_PREDICTOR
     hash_model: str | None = None
     top_iwk: int = DEFAULT_TOP_IWK
     top_wwk: int = DEFAULT_TOP_WWK
     strength: str = "forward"
-    fusion: str = "weighted"
+    fusion: str = DEFAULT_FUSION
     hierarchy: Path | None = None
     sweep: bool = True
 
     def __post_init__(self):
-        unknown = [m for m in self.methods if m not in METHODS]
+        known = retriever_names()
+        unknown = [m for m in self.methods if m not in known]
         if unknown:
-            raise ValueError(f"unknown methods {unknown}: choose from {', '.join(METHODS)}")
-        if {"exhaustive", "hashes", "fused"} & set(self.methods) and not self.hash_model:
-            raise ValueError("the exhaustive, hashes and fused methods need --hash-model (a model in hash_codes)")
+            raise ValueError(f"unknown methods {unknown}: choose from {', '.join(known)}")
         if any(k < 1 for k in self.ks):
             raise ValueError(f"every k must be >= 1, got {self.ks}")
+        if self.fusion not in fusion.METHODS:
+            raise ValueError(f"fusion {self.fusion!r} is unknown: choose from {', '.join(fusion.METHODS)}")
+
+    def label(self, method: str) -> str:
+        """The method's name in the report."""
+        return f"fused ({self.fusion})" if method == "fused" else LABELS.get(method, method)
+
+    def corpus(self, image_ids: np.ndarray) -> Corpus:
+        return Corpus(
+            image_ids=np.sort(image_ids), predictor=self.predictor, hash_model=self.hash_model,
+            top_iwk=self.top_iwk, top_wwk=self.top_wwk, strength=self.strength,
+        )
 
     def key(self, method: str, stored: str) -> str:
         """What a cached ranking of `method` depends on; `stored` is `stored_digest`'s."""
@@ -72,40 +91,26 @@ class EvaluationSpec:
         relevant.pop("sweep")
         relevant["method"] = method
         relevant["stored"] = stored
+        relevant["format"] = CACHE_FORMAT
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def stored_digest(engine: Engine, spec: EvaluationSpec) -> str:
     """A digest of the predictions and hash codes the methods read, so that re-running `predict`
     or `hash encode` under the same model name invalidates the cached rankings."""
-    with engine.connect() as conn:
-        predictions = conn.scalar(
-            sa.text(
-                "SELECT md5(string_agg(concat_ws(':', image_id, rank, class_index, probability), ',' "
-                "ORDER BY image_id, rank)) FROM predictions WHERE model = :m"
-            ),
-            {"m": spec.predictor},
-        )
-        codes = conn.scalar(
-            sa.text(
-                "SELECT md5(string_agg(concat_ws(':', image_id, code::text, embedding::text), ',' ORDER BY image_id)) "
-                "FROM hash_codes WHERE model = :m"
-            ),
-            {"m": spec.hash_model or ""},
-        )
-    return f"{predictions}/{codes}"
+    from hashing.store import codes_digest
+    from iwan.predict import predictions_digest
+
+    return f"{predictions_digest(engine, spec.predictor)}/{codes_digest(engine, spec.hash_model or '')}"
 
 
 def hierarchy_path(dataset: str, given: Path | None) -> Path:
-    if given is not None:
-        return given
-    path = REPO_DATA / dataset / "parent-child.txt"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no class hierarchy for data set {dataset!r} in {REPO_DATA}: pass --hierarchy PATH "
-            "(parent-child id pairs, one per line)"
-        )
-    return path
+    from hashing.hierarchy import shipped_hierarchy
+
+    return given if given is not None else shipped_hierarchy(dataset.partition(":")[0])
+
+
+Ranking = tuple[np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -116,10 +121,25 @@ class Workload:
     queries: SplitLabels
     exclude: np.ndarray
     similarity: np.ndarray
+    _id_order: np.ndarray | None = None
 
     @property
     def query_in_corpus(self) -> np.ndarray:
         return self.exclude >= 0
+
+    @property
+    def exclude_ids(self) -> np.ndarray:
+        """The database id each query leaves out of its results (itself, in the corpus; -1: none)."""
+        return np.where(self.exclude >= 0, self.corpus.ids[np.maximum(self.exclude, 0)], -1)
+
+    def positions(self, ranking: Ranking) -> Ranking:
+        """A ranking of database ids as corpus positions (what the metrics index labels with)."""
+        scores, ids = ranking
+        if self._id_order is None:
+            self._id_order = np.argsort(self.corpus.ids, kind="stable")
+        order = self._id_order
+        at = order[np.minimum(np.searchsorted(self.corpus.ids, ids, sorter=order), len(order) - 1)]
+        return scores, np.where(ids >= 0, at, -1)
 
 
 def workload(engine: Engine, spec: EvaluationSpec) -> Workload:
@@ -139,79 +159,34 @@ def workload(engine: Engine, spec: EvaluationSpec) -> Workload:
     return Workload(corpus, queries, exclude, similarity)
 
 
-Ranking = tuple[np.ndarray, np.ndarray]
+class Methods:
+    """The retrievers of one evaluation, built through the registry over the corpus split, and
+    query batches of stored images in their terms."""
 
+    def __init__(self, engine: Engine, spec: EvaluationSpec, corpus: Corpus, methods: Sequence[str]):
+        self.engine, self.spec, self.corpus = engine, spec, corpus
+        self.retrievers: dict[str, Retriever] = {}
+        for method in methods:
+            if method != "fused":
+                self.retrievers[method] = get_retriever(method, engine, corpus)
+        unmapped = getattr(self.retrievers.get("iwan"), "unmapped_classes", None)
+        if unmapped:
+            log.info("%d classes of %s map to no word", len(unmapped), spec.predictor)
 
-@dataclass
-class Retriever:
-    """One method over one query set: `batch(rows, k)` ranks the corpus for those query rows."""
+    def reads(self) -> set[str]:
+        """The query fields the retrievers read (all that a stored image has, for a method that
+        does not say)."""
+        from iwan.retrievers.queries import FIELDS
 
-    name: str
-    batch: Callable[[np.ndarray, int], Ranking]
+        return set().union(*(getattr(r, "reads", FIELDS) for r in self.retrievers.values()))
 
+    def queries(self, image_ids: np.ndarray) -> Batch:
+        """The stored images `image_ids` as queries, with what the retrievers read."""
+        from iwan.retrievers.queries import StoredQueries
 
-class CorpusIndexes:
-    """The corpus-side structures of every method, built once and queried by any query set."""
-
-    def __init__(self, engine: Engine, spec: EvaluationSpec, corpus: SplitLabels, top_iwk: int | None = None):
-        self.engine, self.spec = engine, spec
-        self.top_iwk = top_iwk or spec.top_iwk
-        methods = set(spec.methods)
-        self.built = None
-        if methods & {"iwan", "fused"}:
-            self.built = network.build(
-                engine, spec.predictor, spec.dataset, spec.corpus_split, top_iwk=self.top_iwk,
-                top_wwk=spec.top_wwk, strength=spec.strength, limit=spec.limit_corpus,
-            )
-            if self.built.meta.unmapped_classes:
-                log.info("%d classes of %s map to no word", len(self.built.meta.unmapped_classes), spec.predictor)
-        self.exhaustive = self.hashes = None
-        if methods & {"exhaustive", "hashes", "fused"}:
-            from hashing.search import ExhaustiveCosineIndex, HammingCosineIndex
-            from hashing.store import load_codes
-
-            embeddings, codes = load_codes(engine, spec.hash_model, corpus.ids)
-            self.exhaustive = ExhaustiveCosineIndex()
-            self.exhaustive.add(embeddings)
-            self.hashes = HammingCosineIndex()
-            self.hashes.add(embeddings, codes)
-
-    def retrievers(self, query_split: str, queries: SplitLabels, exclude: np.ndarray) -> dict[str, Retriever]:
-        """The base methods (IWAN, exhaustive, hashes) for the queries of `query_split`."""
-        out: dict[str, Retriever] = {}
-        if self.built is not None:
-            predictions = load_predictions(
-                self.engine, self.spec.predictor, self.spec.dataset, query_split, top=self.top_iwk,
-                limit=int(queries.indices.max()) + 1,
-            )
-            position = {int(i): p for p, i in enumerate(predictions.ids)}
-            take = np.array([position[int(i)] for i in queries.ids])
-            word_ids, weights = self.built.query_words(predictions.class_indices[take], predictions.probabilities[take])
-            out["iwan"] = Retriever(
-                "IWAN", lambda rows, k: self.built.index.search(word_ids[rows], weights[rows], k, exclude=exclude[rows])
-            )
-        if self.hashes is not None:
-            from hashing.store import load_codes
-
-            embeddings, codes = load_codes(self.engine, self.spec.hash_model, queries.ids)
-            out["exhaustive"] = Retriever(
-                "exhaustive cosine",
-                lambda rows, k: self.exhaustive.search(embeddings[rows], k, exclude=exclude[rows]),
-            )
-            out["hashes"] = Retriever(
-                "hashes (Hamming + cosine)",
-                lambda rows, k: self.hashes.search(embeddings[rows], k, query_codes=codes[rows], exclude=exclude[rows]),
-            )
-        return out
-
-
-def fused_retriever(members: Sequence[Retriever], method: str, weights: Sequence[float] | None, depth_factor: int = 2) -> Retriever:
-    """Fusion of member rankings, each searched `depth_factor` times deeper than k."""
-
-    def batch(rows: np.ndarray, k: int) -> Ranking:
-        return fusion.fuse([m.batch(rows, depth_factor * k) for m in members], k, method=method, weights=weights)
-
-    return Retriever(f"fused ({method})", batch)
+        iwan = self.retrievers.get("iwan")
+        stored = StoredQueries(self.engine, self.corpus, class_word_ids=getattr(iwan, "class_word_ids", None))
+        return stored(image_ids, fields=self.reads())
 
 
 def score(work: Workload, ranking: Ranking, ks: Sequence[int]) -> dict[str, dict[int, float]]:
@@ -248,32 +223,49 @@ def _cached(cache: Path, key: str, compute: Callable[[], tuple[Ranking, float]])
     return (scores, ids), seconds
 
 
-def _run_batch(retriever: Retriever, n: int, k: int, progress: bool, chunk: int = 500) -> tuple[Ranking, float]:
+class Ranker:
+    """One method answering one query batch: `rank(rows, k)` ranks the corpus (as positions) for
+    those queries, each leaving out its `exclude` id."""
+
+    def __init__(self, retriever: Retriever, work: Workload, queries: Batch, exclude: np.ndarray):
+        self.retriever, self.work, self.queries, self.exclude = retriever, work, queries, exclude
+
+    def rank(self, rows: np.ndarray, k: int) -> Ranking:
+        return self.work.positions(self.search(self.queries.rows(rows), self.exclude[rows], k))
+
+    def search(self, queries: Batch, exclude: np.ndarray, k: int) -> Ranking:
+        return self.retriever.search(queries, k, exclude=exclude)
+
+
+def _run_batch(ranker: Ranker, label: str, n: int, k: int, progress: bool, chunk: int = 500) -> tuple[Ranking, float]:
     """All queries in chunks (a progress bar per method); returns the ranking and total seconds."""
     scores, ids, seconds = [], [], 0.0
-    with tqdm(total=n, desc=retriever.name, unit="query", disable=not progress) as bar:
+    with tqdm(total=n, desc=label, unit="query", disable=not progress) as bar:
         for start in range(0, n, chunk):
             rows = np.arange(start, min(start + chunk, n))
+            queries, exclude = ranker.queries.rows(rows), ranker.exclude[rows]
             began = time.perf_counter()
-            s, i = retriever.batch(rows, k)
+            found = ranker.search(queries, exclude, k)
             seconds += time.perf_counter() - began
+            s, i = ranker.work.positions(found)
             scores.append(s)
             ids.append(i)
             bar.update(len(rows))
     return (np.concatenate(scores), np.concatenate(ids)), seconds
 
 
-def _single_latency(retriever: Retriever, n: int, k: int, sample: int = LATENCY_SAMPLE) -> list[float]:
+def _single_latency(ranker: Ranker, n: int, k: int, sample: int = LATENCY_SAMPLE) -> list[float]:
     rows = np.linspace(0, n - 1, min(sample, n)).astype(np.int64)
     times = []
     for row in rows:
+        queries, exclude = ranker.queries.rows([row]), ranker.exclude[[row]]
         began = time.perf_counter()
-        retriever.batch(np.array([row]), k)
+        ranker.search(queries, exclude, k)
         times.append(time.perf_counter() - began)
     return times
 
 
-def choose_fusion_weight(indexes: CorpusIndexes, work: Workload, k: int) -> tuple[float, list[float]]:
+def choose_fusion_weight(methods: Methods, work: Workload, k: int) -> tuple[float, list[float]]:
     """The IWAN weight of the weighted fusion, chosen on validation queries, never the test ones.
 
     Validation queries are corpus images (each left out of its own results) that are not among the
@@ -285,10 +277,12 @@ def choose_fusion_weight(indexes: CorpusIndexes, work: Workload, k: int) -> tupl
     rows = np.sort(rng.choice(free, size=min(VALIDATION_QUERIES, len(free)), replace=False))
     if len(rows) < 10:
         raise ValueError("fewer than 10 corpus images lie outside the queries: too few to choose a fusion weight")
-    exclude = np.arange(len(work.corpus.ids), dtype=np.int64)
-    base = indexes.retrievers(indexes.spec.corpus_split, work.corpus, exclude)
+    ids = work.corpus.ids[rows]
+    queries = methods.queries(ids)
     depth = 2 * k
-    a, b = base["iwan"].batch(rows, depth), base["hashes"].batch(rows, depth)
+    first, second = (Ranker(methods.retrievers[m], work, queries, ids) for m in FUSED_MEMBERS)
+    everything = np.arange(len(rows))
+    a, b = first.rank(everything, depth), second.rank(everything, depth)
     labels = work.corpus.fine_labels[rows]
     histogram = metrics.label_histogram(work.corpus.fine_labels, work.similarity.shape[0])
 
@@ -308,17 +302,17 @@ def sweep_top_iwk(engine: Engine, spec: EvaluationSpec, work: Workload, progress
     """
     n = len(work.queries.ids)
     rows = np.sort(np.random.default_rng(0).choice(n, size=min(SWEEP_QUERIES, n), replace=False))
-    iwan_only = EvaluationSpec(**{**asdict(spec), "methods": ("iwan",)})
     values = {f"mAP@{SWEEP_K}": [], f"mHP@{SWEEP_K}": []}
     median_ms = []
     settings = list(range(1, MAX_TOP_IWK + 1))
     for top_iwk in tqdm(settings, desc="topIWK sweep", disable=not progress):
-        indexes = CorpusIndexes(engine, iwan_only, work.corpus, top_iwk=top_iwk)
-        retriever = indexes.retrievers(spec.query_split, work.queries, work.exclude)["iwan"]
+        setting = replace(spec, top_iwk=top_iwk)
+        methods = Methods(engine, setting, setting.corpus(work.corpus.ids), ("iwan",))
+        ranker = Ranker(methods.retrievers["iwan"], work, methods.queries(work.queries.ids[rows]), work.exclude_ids[rows])
         began = time.perf_counter()
-        ranking = retriever.batch(rows, SWEEP_K)
+        found = ranker.search(ranker.queries, ranker.exclude, SWEEP_K)
         median_ms.append(1000 * (time.perf_counter() - began) / len(rows))
-        scored = score(_subset(work, rows), ranking, [SWEEP_K])
+        scored = score(_subset(work, rows), work.positions(found), [SWEEP_K])
         values[f"mAP@{SWEEP_K}"].append(scored["mAP"][SWEEP_K])
         values[f"mHP@{SWEEP_K}"].append(scored["mHP (original mAHP)"][SWEEP_K])
     sweep = {"top_iwk": settings, "metrics": values, "median_ms": {"IWAN": median_ms}}
@@ -356,18 +350,27 @@ def run(
 
     work = workload(engine, spec)
     n, k_max = len(work.queries.ids), max(spec.ks)
-    indexes = CorpusIndexes(engine, spec, work.corpus)
-    base = indexes.retrievers(spec.query_split, work.queries, work.exclude)
-    retrievers = {m: base[m] for m in spec.methods if m in base}
+    built = [m for m in spec.methods if m != "fused"]
+    if "fused" in spec.methods:
+        built += [m for m in FUSED_MEMBERS if m not in built]
+    methods = Methods(engine, spec, spec.corpus(work.corpus.ids), built)
     fusion_info: dict = {}
     if "fused" in spec.methods:
         weights = None
         if spec.fusion == "weighted":
-            weight, by_weight = choose_fusion_weight(indexes, work, SWEEP_K)
+            weight, by_weight = choose_fusion_weight(methods, work, SWEEP_K)
             weights = (weight, 1.0 - weight)
             fusion_info = {"iwan_weight": weight, f"validation_mHP@{SWEEP_K}_by_weight": by_weight}
         fusion_info["method"] = spec.fusion
-        retrievers["fused"] = fused_retriever([base["iwan"], base["hashes"]], spec.fusion, weights)
+        methods.retrievers["fused"] = get_retriever(
+            "fused", engine, methods.corpus, members=[methods.retrievers[m] for m in FUSED_MEMBERS],
+            fusion=spec.fusion, weights=weights,
+        )
+    queries = methods.queries(work.queries.ids)
+    rankers = {m: Ranker(methods.retrievers[m], work, queries, work.exclude_ids) for m in spec.methods if m != "fused"}
+    if "fused" in spec.methods:
+        rankers["fused"] = Ranker(methods.retrievers["fused"], work, queries, work.exclude_ids)
+    labels = {m: spec.label(m) for m in rankers}
 
     results: dict = {
         "metadata": {
@@ -388,28 +391,28 @@ def run(
     rankings = {}
     cache = out / "cache"
     stored = stored_digest(engine, spec)
-    for method, retriever in retrievers.items():
+    for method, ranker in rankers.items():
         key = spec.key(method, stored) + ("-" + str(fusion_info.get("iwan_weight")) if method == "fused" else "")
-        ranking, seconds = _cached(cache, key, lambda: _run_batch(retriever, n, k_max, progress))
+        ranking, seconds = _cached(cache, key, lambda r=ranker, m=method: _run_batch(r, labels[m], n, k_max, progress))
         rankings[method] = ranking
-        results["metrics"][retriever.name] = score(work, ranking, spec.ks)
-        latency = metrics.latency_summary(_single_latency(retriever, n, k_max))
+        results["metrics"][labels[method]] = score(work, ranking, spec.ks)
+        latency = metrics.latency_summary(_single_latency(ranker, n, k_max))
         latency["throughput_qps"] = round(n / seconds, 1) if seconds > 0 else float("inf")
         latency["batch_ms_per_query"] = round(1000 * seconds / n, 3)
-        results["latency"][retriever.name] = latency
+        results["latency"][labels[method]] = latency
     if spec.sweep and "iwan" in spec.methods:
         results["sweep"], results["settings_scatter"] = sweep_top_iwk(engine, spec, work, progress)
-        for method, retriever in retrievers.items():
+        for method, label in labels.items():
             if method != "iwan":
-                scored = results["metrics"][retriever.name]
+                scored = results["metrics"][label]
                 if SWEEP_K in scored["mAP"]:
-                    results["settings_scatter"]["labels"].append(retriever.name)
+                    results["settings_scatter"]["labels"].append(label)
                     results["settings_scatter"]["mAP"].append(scored["mAP"][SWEEP_K])
                     results["settings_scatter"]["mHP"].append(scored["mHP (original mAHP)"][SWEEP_K])
-    results["notes"] = fusion_findings(results, retrievers, fusion_info)
+    results["notes"] = fusion_findings(results, labels, fusion_info)
     gallery = None
     if gallery_images is not None:
-        gallery = _gallery(work, retrievers, rankings, gallery_images)
+        gallery = _gallery(work, labels, rankings, gallery_images)
     write_report(results, out, gallery)
     return results
 
@@ -417,16 +420,16 @@ def run(
 FUSION_METRIC, FUSION_K = "Barz mAHP", 250
 
 
-def fusion_findings(results: dict, retrievers: dict[str, Retriever], fusion_info: dict) -> list[str]:
+def fusion_findings(results: dict, labels: dict[str, str], fusion_info: dict) -> list[str]:
     """Whether the fused ranking beats each retriever it fuses on Barz mAHP@250, by how much, and
-    what the validated weight says about why."""
-    if "fused" not in retrievers:
+    what the validated weight says about why; `labels` names each evaluated method in the report."""
+    if "fused" not in labels:
         return []
     table = results["metrics"]
-    if FUSION_K not in table[retrievers["fused"].name][FUSION_METRIC]:
+    if FUSION_K not in table[labels["fused"]][FUSION_METRIC]:
         return [f"Fusion is not compared: the cut-offs do not include k={FUSION_K}."]
-    fused = table[retrievers["fused"].name][FUSION_METRIC][FUSION_K]
-    members = [retrievers[m].name for m in ("iwan", "hashes")]
+    fused = table[labels["fused"]][FUSION_METRIC][FUSION_K]
+    members = [labels[m] for m in FUSED_MEMBERS]
     deltas = ", ".join(
         f"{name} {100 * table[name][FUSION_METRIC][FUSION_K]:.2f} ({100 * (fused - table[name][FUSION_METRIC][FUSION_K]):+.2f} points)"
         for name in members
@@ -453,7 +456,7 @@ GALLERY_QUERIES = 4
 GALLERY_TOP = 10
 
 
-def _gallery(work: Workload, retrievers: dict[str, Retriever], rankings: dict, images: tuple[np.ndarray, np.ndarray]):
+def _gallery(work: Workload, labels: dict[str, str], rankings: dict, images: tuple[np.ndarray, np.ndarray]):
     from iwan.report import Gallery
 
     corpus_images, query_images = images
@@ -461,11 +464,11 @@ def _gallery(work: Workload, retrievers: dict[str, Retriever], rankings: dict, i
     rng = np.random.default_rng(1)
     rows = np.sort(rng.choice(len(work.queries.ids), size=min(GALLERY_QUERIES, len(work.queries.ids)), replace=False))
     result_images, result_labels = {}, {}
-    for method, retriever in retrievers.items():
+    for method, label in labels.items():
         ids = rankings[method][1][rows, :GALLERY_TOP]
         corpus_rows = work.corpus.indices
-        result_images[retriever.name] = [[corpus_images[corpus_rows[i]] for i in row if i >= 0] for row in ids]
-        result_labels[retriever.name] = [[names[work.corpus.fine_labels[i]] for i in row if i >= 0] for row in ids]
+        result_images[label] = [[corpus_images[corpus_rows[i]] for i in row if i >= 0] for row in ids]
+        result_labels[label] = [[names[work.corpus.fine_labels[i]] for i in row if i >= 0] for row in ids]
     return Gallery(
         query_images=[query_images[work.queries.indices[r]] for r in rows],
         query_labels=[names[work.queries.fine_labels[r]] for r in rows],

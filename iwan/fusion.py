@@ -1,4 +1,5 @@
-"""Fusion of several rankings into one, in the retriever protocol of this project.
+"""Fusion of several rankings into one, in the retriever protocol of this project (the `fused`
+method, iwan/retrievers/fused.py, fuses its members' rankings with these).
 
 A ranking is a pair (scores, ids) of shape (q, k_i): scores higher = better, ids int64, -1
 padding. Every fused ranking has shape (q, k); an item's fused score ties are broken by the lower
@@ -27,7 +28,7 @@ def reciprocal_rank_fusion(
     A ranking that lacks d adds nothing; weights default to 1 each (plain RRF).
     """
     scores_ids = _check_rankings(rankings)
-    w = _weights(weights, len(scores_ids))
+    w = check_weights(weights, len(scores_ids))
     if k0 < 0:
         raise ValueError(f"k0={k0} must be >= 0 (60 is the usual choice)")
     contributions = [
@@ -47,7 +48,7 @@ def weighted_fusion(
     still prefers them to anything it left out, so they get 1. Weights default to 1 each.
     """
     scores_ids = _check_rankings(rankings)
-    w = _weights(weights, len(scores_ids))
+    w = check_weights(weights, len(scores_ids))
     contributions = [
         w_r * normalise_scores(scores, ids)
         for w_r, (scores, ids) in zip(w, scores_ids, strict=True)
@@ -83,40 +84,6 @@ def fuse(
     if method == "weighted":
         return weighted_fusion(rankings, k, weights=weights)
     raise ValueError(f"fusion method {method!r} is unknown: use one of {METHODS}")
-
-
-class FusedRetriever:
-    """A retriever whose ranking fuses those of its members.
-
-    Each member is searched `depth_factor` times deeper than asked, so that items ranked just
-    below k by one member can still be lifted by the others. All members receive the same
-    `queries` object; wrap a member whose input differs.
-    """
-
-    def __init__(
-        self,
-        retrievers: Sequence,
-        method: str = "rrf",
-        weights: Sequence[float] | None = None,
-        depth_factor: int = 2,
-        k0: float = 60,
-    ):
-        if not retrievers:
-            raise ValueError("FusedRetriever needs at least one retriever")
-        if method not in METHODS:
-            raise ValueError(f"fusion method {method!r} is unknown: use one of {METHODS}")
-        if depth_factor < 1:
-            raise ValueError(f"depth_factor={depth_factor} must be >= 1")
-        self.retrievers = list(retrievers)
-        self.method = method
-        self.weights = None if weights is None else list(_weights(weights, len(self.retrievers)))
-        self.depth_factor = depth_factor
-        self.k0 = k0
-
-    def search(self, queries, k: int) -> Ranking:
-        depth = self.depth_factor * k
-        rankings = [retriever.search(queries, depth) for retriever in self.retrievers]
-        return fuse(rankings, k, method=self.method, weights=self.weights, k0=self.k0)
 
 
 def choose_weight(
@@ -166,7 +133,8 @@ def _check_rankings(rankings: Sequence[Ranking]) -> list[Ranking]:
     return checked
 
 
-def _weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
+def check_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
+    """n finite non-negative weights as an array (None: 1 each); ValueError otherwise."""
     if weights is None:
         return np.ones(n)
     w = np.asarray(weights, dtype=np.float64)

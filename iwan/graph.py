@@ -1,7 +1,8 @@
 """The image-word association network (IWAN) as arrays, and as a networkx graph for reference.
 
-Nodes, numbered as in the original work: 0 is the query, 1..n_images are the images (image i at
-node 1 + i), the words follow (word w at node 1 + n_images + w). Edges, all weighted 1/strength:
+Nodes: 0 is the query, 1..n_words are the words (word w at node 1 + w), and the images follow,
+numbered by their database id (image id i at node 1 + n_words + i), so that a node's number does
+not change as images come and go (iwan.search.IwanIndex is live). Edges, all weighted 1/strength:
 
 * image - word: each image to the words of its top classes, weight 1/probability. A class with
   no word (id -1) or a probability <= 0 gives no edge; two classes with one word keep the cheaper.
@@ -109,6 +110,18 @@ class IwanGraph:
     top_wwk: int
     strength: str
     """How the word-word edges were chosen (see build_graph)."""
+    image_ids: np.ndarray | None = None
+    """(n_images,) database id of each image row, ascending; None: the positions 0..n_images-1."""
+
+    def __post_init__(self):
+        n = self.image_words.shape[0]
+        ids = np.arange(n, dtype=np.int64) if self.image_ids is None else np.asarray(self.image_ids)
+        if ids.shape != (n,) or (n and not np.issubdtype(ids.dtype, np.integer)):
+            raise ValueError(f"IwanGraph.image_ids must be {n} integer ids, one per image row; got {ids.dtype} {ids.shape}")
+        ids = ids.astype(np.int64)
+        if n and (ids[0] < 0 or (np.diff(ids) <= 0).any()):
+            raise ValueError("IwanGraph.image_ids must be ascending database ids >= 0, each once")
+        object.__setattr__(self, "image_ids", ids)
 
     @property
     def n_images(self) -> int:
@@ -122,41 +135,37 @@ class IwanGraph:
     def n_nodes(self) -> int:
         return 1 + self.n_images + self.n_words
 
-    def image_node(self, image):
-        """Node id(s) of image position(s) 0..n_images-1."""
-        return 1 + np.asarray(image) if np.ndim(image) else 1 + int(image)
+    def image_node(self, image_id):
+        """Node id(s) of database image id(s)."""
+        return 1 + self.n_words + (np.asarray(image_id) if np.ndim(image_id) else int(image_id))
 
     def word_node(self, word):
         """Node id(s) of word id(s) 0..n_words-1."""
-        return 1 + self.n_images + (np.asarray(word) if np.ndim(word) else int(word))
+        return 1 + (np.asarray(word) if np.ndim(word) else int(word))
 
     def describe(self, node: int) -> str:
-        """A label for a node: the query, "image 12" (a position) or the word."""
-        if node == QUERY_NODE:
-            return "query"
-        if node <= self.n_images:
-            return f"image {node - 1}"
-        return self.words[node - 1 - self.n_images]
+        """A label for a node: the query, the word or "image 12" (a database id)."""
+        return describe_node(node, self.words)
 
     def to_networkx(self) -> nx.Graph:
         """The whole network as an undirected networkx graph with `weight` on every edge.
 
-        Nodes carry `kind` ("query", "image" or "word"), images their position as `image`,
+        Nodes carry `kind` ("query", "image" or "word"), images their database id as `image`,
         words their text as `word` and their id as `word_id`.
         """
         graph = nx.Graph()
         graph.add_node(QUERY_NODE, kind="query")
         graph.add_nodes_from(
-            (self.image_node(i), {"kind": "image", "image": i}) for i in range(self.n_images)
-        )
-        graph.add_nodes_from(
             (self.word_node(w), {"kind": "word", "word": word, "word_id": w})
             for w, word in enumerate(self.words)
+        )
+        graph.add_nodes_from(
+            (self.image_node(i), {"kind": "image", "image": i}) for i in self.image_ids.tolist()
         )
         a, b = self.word_node(self.edge_a), self.word_node(self.edge_b)
         graph.add_weighted_edges_from(zip(a.tolist(), b.tolist(), self.edge_weight.tolist()))
         has_edge = self.image_words >= 0
-        images = np.broadcast_to(np.arange(self.n_images)[:, None], self.image_words.shape)
+        images = np.broadcast_to(self.image_ids[:, None], self.image_words.shape)
         graph.add_weighted_edges_from(
             zip(
                 self.image_node(images[has_edge]).tolist(),
@@ -167,26 +176,38 @@ class IwanGraph:
         return graph
 
 
+def describe_node(node: int, words: list[str]) -> str:
+    """A label for a node of a graph over `words`: the query, the word or "image 12"."""
+    if node == QUERY_NODE:
+        return "query"
+    if node <= len(words):
+        return words[node - 1]
+    return f"image {node - 1 - len(words)}"
+
+
 def build_graph(
     associations: Associations,
     image_word_ids: np.ndarray,
     image_probabilities: np.ndarray,
     top_wwk: int = DEFAULT_TOP_WWK,
     strength: str = "forward",
+    image_ids: np.ndarray | None = None,
 ) -> IwanGraph:
     """The IWAN of a corpus (see the module doc for the edge rules).
 
     `image_word_ids` (n_images, topIWK) are ids in `associations.words` of each image's top
-    classes, -1 for a class that maps to no word; `image_probabilities` their probabilities.
+    classes, -1 for a class that maps to no word; `image_probabilities` their probabilities;
+    `image_ids` the images' database ids, ascending (default: their positions).
     """
     if top_wwk < 1:
         raise ValueError(f"top_wwk={top_wwk} must be >= 1")
     edge_a, edge_b, edge_weight = _word_edges(associations, top_wwk, strength)
-    image_words, image_costs = _image_edges(
-        image_word_ids, image_probabilities, len(associations.words)
+    image_words, image_costs = image_edges(
+        image_word_ids, image_probabilities, len(associations.words), image_ids
     )
     return IwanGraph(
-        associations.words, edge_a, edge_b, edge_weight, image_words, image_costs, top_wwk, strength
+        associations.words, edge_a, edge_b, edge_weight, image_words, image_costs, top_wwk, strength,
+        image_ids,
     )
 
 
@@ -220,7 +241,11 @@ def _run_starts(*keys: np.ndarray) -> np.ndarray:
     return starts
 
 
-def _image_edges(word_ids: np.ndarray, probabilities: np.ndarray, n_words: int):
+def image_edges(
+    word_ids: np.ndarray, probabilities: np.ndarray, n_words: int, image_ids: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images' edges from their predictions (see the module doc): (word ids, -1 for none; costs
+    1/probability, inf for none), both (n, topIWK). Errors name the image by `image_ids` if given."""
     word_ids = np.asarray(word_ids)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if word_ids.ndim != 2 or word_ids.shape != probabilities.shape:
@@ -234,8 +259,9 @@ def _image_edges(word_ids: np.ndarray, probabilities: np.ndarray, n_words: int):
     bad = (word_ids < -1) | (word_ids >= n_words)
     if bad.any():
         image, column = np.argwhere(bad)[0]
+        name = f"image {image}" if image_ids is None else f"image id {int(np.asarray(image_ids)[image])}"
         raise ValueError(
-            f"image {image}, prediction {column}: word id {word_ids[image, column]} is outside "
+            f"{name}, prediction {column}: word id {word_ids[image, column]} is outside "
             f"0..{n_words - 1} (use -1 for a class that maps to no word)"
         )
     usable = (word_ids >= 0) & (probabilities > 0)  # NaN compares False: no edge

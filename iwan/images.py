@@ -130,3 +130,39 @@ def split_labels(engine: Engine, dataset: str, split: str, limit: int | None = N
     table = np.array([(r[0], r[1], r[2], -1 if r[3] is None else r[3]) for r in rows], dtype=np.int64)
     has_coarse = rows[0][3] is not None
     return SplitLabels(table[:, 0], table[:, 1], table[:, 2], table[:, 3] if has_coarse else None, list(names))
+
+
+def image_id_at(engine: Engine, dataset: str, split: str, position: int) -> int | None:
+    """The id of a registered split's image at `position` (None: not registered)."""
+    with engine.connect() as conn:
+        return conn.scalar(
+            sa.text("SELECT id FROM images WHERE dataset = :d AND split = :s AND index = :i"),
+            {"d": dataset, "s": split, "i": int(position)},
+        )
+
+
+@dataclass(frozen=True)
+class ImageLabel:
+    image_id: int
+    dataset: str
+    split: str
+    position: int
+    label: str
+    """The fine class name (the label number when the data set names no classes)."""
+
+
+def image_labels(engine: Engine, image_ids) -> dict[int, ImageLabel]:
+    """Where each image comes from and its class name, by image id (unknown ids are left out)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT i.id, i.dataset, i.split, i.index, i.fine_label, c.name FROM images i "
+                "LEFT JOIN dataset_classes c ON c.dataset = i.dataset AND c.granularity = 'fine' "
+                "AND c.label = i.fine_label WHERE i.id = ANY(:ids)"
+            ),
+            {"ids": [int(i) for i in image_ids]},
+        ).all()
+    return {
+        r[0]: ImageLabel(r[0], r[1], r[2], r[3], r[5] if r[5] is not None else str(r[4]))
+        for r in rows
+    }

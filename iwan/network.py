@@ -1,8 +1,9 @@
-"""An IWAN over a registered split, built from PostgreSQL and kept on disk for later searches.
+"""An IWAN over stored images, built from PostgreSQL and kept on disk for later searches.
 
-The norms, the split's stored word predictions and the class-name-to-word mapping come from the
-database; the built graph is saved under IWAN_HOME/indexes/NAME/ with what a search needs to
-answer in the database's terms (image ids, the model whose words queries must use).
+The norms, the images' stored word predictions and the class-name-to-word mapping come from the
+database (`graph_of` for any images, `build` for a registered split); a split's built graph is
+saved under IWAN_HOME/indexes/NAME/ with what a search needs to answer in the database's terms
+(image ids, the predictor whose words queries must use).
 """
 
 from __future__ import annotations
@@ -23,17 +24,18 @@ from sqlalchemy.engine import Engine
 
 from iwan.config import DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, MAX_TOP_IWK, USF_SOURCE, settings
 from iwan.datasets import registered_name
-from iwan.graph import build_graph
+from iwan.graph import Associations, IwanGraph, build_graph
 from iwan.imagenet_words import with_hypernyms
 from iwan.norms.store import association_arrays
-from iwan.predict import load_predictions
+from iwan.predict import SplitPredictions, classifier_categories, load_predictions, predictions_of
 from iwan.search import IwanIndex
-from iwan.words import WordMatcher
+from iwan.words import WordMapping, WordMatcher
 
 INDEX_FILE = "graph.npz"
 META_FILE = "meta.json"
-IDS_FILE = "image_ids.npy"
 CLASS_WORDS_FILE = "class_word_ids.npy"
+OLD_IDS_FILE = "image_ids.npy"
+"""Written beside the graph before the index held its images' database ids."""
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _REBUILD = "build it again with `iwan index build --dataset D --split S --name NAME`"
 
@@ -63,14 +65,14 @@ class IndexMeta:
 @dataclass
 class BuiltIndex:
     index: IwanIndex
-    image_ids: np.ndarray  # database id of each image position
-    class_word_ids: np.ndarray  # the model's class index -> word id in the graph (-1: none)
+    """The IWAN; it holds the database ids of its images."""
+    class_word_ids: np.ndarray
+    """The predictor's class index -> word id in the graph (-1: none)."""
     meta: IndexMeta
 
-    def query_words(self, class_indices: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Images' top classes as the (word ids, weights) that `IwanIndex.search` takes."""
-        top = self.meta.top_iwk
-        return class_words(self.class_word_ids, np.asarray(class_indices)[:, :top]), np.asarray(probabilities)[:, :top]
+    @property
+    def image_ids(self) -> np.ndarray:
+        return self.index.image_ids
 
     def save(self, directory: Path) -> Path:
         """Write the index into a new folder beside `directory`, then rename it into place.
@@ -82,7 +84,6 @@ class BuiltIndex:
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
         try:
             self.index.save(staging / INDEX_FILE)
-            np.save(staging / IDS_FILE, self.image_ids)
             np.save(staging / CLASS_WORDS_FILE, self.class_word_ids)
             (staging / META_FILE).write_text(json.dumps(asdict(self.meta), indent=2))
             previous = None
@@ -106,9 +107,17 @@ class BuiltIndex:
             )
         try:
             meta = IndexMeta(**json.loads((directory / META_FILE).read_text()))
+        except (OSError, ValueError, TypeError) as err:
+            reason = f"{type(err).__name__}: {err}".splitlines()[0]
+            raise IndexFormatError(f"{directory}: a damaged or edited {META_FILE} ({reason}); {_REBUILD}") from None
+        if (directory / OLD_IDS_FILE).is_file():
+            raise IndexFormatError(
+                f"the IWAN index in {directory} was saved by an older iwan (image positions, not ids): rebuild it "
+                f"with `iwan index build --dataset {meta.dataset} --split {meta.split} --name {meta.name}`"
+            )
+        try:
             built = cls(
                 index=IwanIndex.load(directory / INDEX_FILE),
-                image_ids=np.load(directory / IDS_FILE, allow_pickle=False),
                 class_word_ids=np.load(directory / CLASS_WORDS_FILE, allow_pickle=False),
                 meta=meta,
             )
@@ -122,12 +131,9 @@ class BuiltIndex:
 
     def _check(self) -> None:
         """The saved parts agree with each other (an edit or a truncation breaks that)."""
-        m, graph = self.meta, self.index.graph
-        ids, classes = self.image_ids, self.class_word_ids
-        if ids.ndim != 1 or ids.dtype.kind not in "iu" or len(ids) != graph.n_images:
-            raise IndexFormatError(f"{IDS_FILE} holds {ids.shape} {ids.dtype}, not {graph.n_images} image ids")
-        if classes.ndim != 1 or classes.dtype.kind not in "iu" or (classes >= graph.n_words).any() or (classes < -1).any():
-            raise IndexFormatError(f"{CLASS_WORDS_FILE} does not map classes onto the graph's {graph.n_words} words")
+        m, classes, n_words = self.meta, self.class_word_ids, len(self.index.words)
+        if classes.ndim != 1 or classes.dtype.kind not in "iu" or (classes >= n_words).any() or (classes < -1).any():
+            raise IndexFormatError(f"{CLASS_WORDS_FILE} does not map classes onto the graph's {n_words} words")
         if not isinstance(m.name, str) or not isinstance(m.top_iwk, int) or not 1 <= m.top_iwk <= MAX_TOP_IWK:
             raise IndexFormatError(f"{META_FILE} is not one that `iwan index build` wrote")
 
@@ -135,6 +141,51 @@ class BuiltIndex:
 def class_words(class_word_ids: np.ndarray, class_indices: np.ndarray) -> np.ndarray:
     """Word ids of predicted classes; -1 for an empty rank (-1) or a class with no word."""
     return np.where(class_indices >= 0, class_word_ids[np.maximum(class_indices, 0)], -1)
+
+
+def word_mapping(words: list[str], categories: list[str]) -> WordMapping:
+    """A predictor's class names onto the norms' words (with ImageNet hypernyms for the rest)."""
+    return with_hypernyms(WordMatcher(words).map(categories), words)
+
+
+def class_word_mapping(engine: Engine, predictor: str, source: str = USF_SOURCE) -> WordMapping:
+    """The mapping of `predictor`'s classes onto the vocabulary of the norm set `source`."""
+    return word_mapping(association_arrays(engine, source).words, classifier_categories(engine, predictor))
+
+
+def _graph(associations: Associations, predictions: SplitPredictions, top_wwk: int, strength: str) -> tuple[IwanGraph, WordMapping]:
+    mapping = word_mapping(associations.words, predictions.categories)
+    graph = build_graph(
+        associations,
+        class_words(mapping.word_ids, predictions.class_indices),
+        predictions.probabilities,
+        top_wwk=top_wwk,
+        strength=strength,
+        image_ids=predictions.ids,
+    )
+    return graph, mapping
+
+
+def graph_of(
+    engine: Engine,
+    predictor: str,
+    image_ids: np.ndarray,
+    top_iwk: int = DEFAULT_TOP_IWK,
+    top_wwk: int = DEFAULT_TOP_WWK,
+    strength: str = "forward",
+    source: str = USF_SOURCE,
+) -> tuple[IwanGraph, WordMapping]:
+    """The IWAN of the stored predictions of `predictor` for `image_ids` (ascending), and the
+    mapping of the predictor's classes onto the graph's words."""
+    _check_top_iwk(top_iwk)
+    predictions = predictions_of(engine, predictor, image_ids, top_iwk)
+    graph, mapping = _graph(association_arrays(engine, source), predictions, top_wwk, strength)
+    return graph, mapping
+
+
+def _check_top_iwk(top_iwk: int) -> None:
+    if not 1 <= top_iwk <= MAX_TOP_IWK:
+        raise ValueError(f"top_iwk={top_iwk} must be 1..{MAX_TOP_IWK}")
 
 
 def index_dir(name: str) -> Path:
@@ -188,24 +239,20 @@ def build(
     limit: int | None = None,
     name: str | None = None,
 ) -> BuiltIndex:
-    """The IWAN of a split's stored predictions of `model` on the norm set `source`."""
-    if not 1 <= top_iwk <= MAX_TOP_IWK:
-        raise ValueError(f"top_iwk={top_iwk} must be 1..{MAX_TOP_IWK}")
+    """The IWAN of a split's stored predictions of `model` on the norm set `source`, its images
+    in database id order."""
+    _check_top_iwk(top_iwk)
     dataset = registered_name(dataset)
     name = name or default_name(dataset, split)
     index_dir(name)
     started = time.perf_counter()
     associations = association_arrays(engine, source)
     predictions = load_predictions(engine, model, dataset, split, top=top_iwk, limit=limit)
-    mapping = with_hypernyms(WordMatcher(associations.words).map(predictions.categories), associations.words)
-    class_word_ids = mapping.word_ids
-    graph = build_graph(
-        associations,
-        class_words(class_word_ids, predictions.class_indices),
-        predictions.probabilities,
-        top_wwk=top_wwk,
-        strength=strength,
+    order = np.argsort(predictions.ids, kind="stable")
+    predictions = SplitPredictions(
+        predictions.ids[order], predictions.class_indices[order], predictions.probabilities[order], predictions.categories
     )
+    graph, mapping = _graph(associations, predictions, top_wwk, strength)
     meta = IndexMeta(
         name=name,
         model=model,
@@ -218,8 +265,8 @@ def build(
         n_images=graph.n_images,
         n_words=graph.n_words,
         n_word_edges=len(graph.edge_a),
-        mapped_classes=int((class_word_ids >= 0).sum()),
+        mapped_classes=int((mapping.word_ids >= 0).sum()),
         unmapped_classes=mapping.unmapped,
         build_seconds=round(time.perf_counter() - started, 3),
     )
-    return BuiltIndex(IwanIndex(graph), predictions.ids, class_word_ids, meta)
+    return BuiltIndex(IwanIndex(graph), mapping.word_ids, meta)

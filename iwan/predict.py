@@ -67,7 +67,7 @@ def predict_split(engine: Engine, predictor, dataset, batch_size: int, progress:
             if not todo.any():
                 continue
             with engine.begin() as conn:
-                _store(
+                write_predictions(
                     conn,
                     predictor.name,
                     registered.ids[chunk.start : chunk.stop][todo],
@@ -92,10 +92,11 @@ def replace_predictions(engine: Engine, model: str, ids: np.ndarray, indices: np
             sa.text("DELETE FROM predictions WHERE model = :m AND image_id = ANY(:ids)"),
             {"m": model, "ids": np.asarray(ids).tolist()},
         )
-        _store(conn, model, ids, indices, probabilities)
+        write_predictions(conn, model, ids, indices, probabilities)
 
 
-def _store(conn: sa.Connection, model: str, ids: np.ndarray, indices: np.ndarray, probabilities: np.ndarray) -> None:
+def write_predictions(conn: sa.Connection, model: str, ids: np.ndarray, indices: np.ndarray, probabilities: np.ndarray) -> None:
+    """Insert the top classes of these images inside the caller's transaction."""
     top = min(STORED_PREDICTIONS, indices.shape[1])
     cursor = conn.connection.driver_connection.cursor()
     with cursor.copy("COPY predictions (model, image_id, rank, class_index, probability) FROM STDIN") as copy:
@@ -125,9 +126,65 @@ def load_predictions(engine: Engine, model: str, dataset: str, split: str, top: 
             ),
             {"m": model, "d": dataset, "s": split, "top": top, "n": limit},
         ).all()
-        categories = conn.scalars(
-            sa.text("SELECT name FROM classifier_classes WHERE model = :m ORDER BY class_index"), {"m": model}
+    categories = classifier_categories(engine, model)
+    class_indices, probabilities = _by_image(ids, rows, top)
+    # A classifier with fewer classes than `top` leaves the lower ranks empty (-1, probability 0).
+    missing = np.flatnonzero(class_indices[:, 0] < 0)
+    if len(missing):
+        raise LookupError(
+            f"{len(missing)} images of {dataset}/{split} have no {model} predictions (first: image "
+            f"index {missing[0]}): run `iwan predict --dataset {dataset} --split {split} --model {model}`"
+        )
+    return SplitPredictions(ids, class_indices, probabilities, list(categories))
+
+
+def predictions_of(engine: Engine, model: str, image_ids: np.ndarray, top: int) -> SplitPredictions:
+    """The top `top` predictions of `model` for these images, in their order; LookupError naming
+    the first image that has none."""
+    ids = np.asarray(image_ids, dtype=np.int64)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT image_id, rank, class_index, probability FROM predictions "
+                "WHERE model = :m AND image_id = ANY(:ids) AND rank < :top"
+            ),
+            {"m": model, "ids": ids.tolist(), "top": top},
         ).all()
+    categories = classifier_categories(engine, model)
+    class_indices, probabilities = _by_image(ids, rows, top)
+    missing = np.flatnonzero(class_indices[:, 0] < 0)
+    if len(missing):
+        raise LookupError(
+            f"{len(missing)} images have no {model} predictions (first: image id {ids[missing[0]]}): "
+            f"run `iwan predict --model {model}` for their split"
+        )
+    return SplitPredictions(ids, class_indices, probabilities, list(categories))
+
+
+def predictions_digest(engine: Engine, model: str) -> str | None:
+    """An md5 of every stored prediction of `model` (None without any), to tell when they change."""
+    with engine.connect() as conn:
+        return conn.scalar(
+            sa.text(
+                "SELECT md5(string_agg(concat_ws(':', image_id, rank, class_index, probability), ',' "
+                "ORDER BY image_id, rank)) FROM predictions WHERE model = :m"
+            ),
+            {"m": model},
+        )
+
+
+def classifier_categories(engine: Engine, model: str) -> list[str]:
+    """The class names of a predictor, by class index."""
+    with engine.connect() as conn:
+        return list(
+            conn.scalars(
+                sa.text("SELECT name FROM classifier_classes WHERE model = :m ORDER BY class_index"), {"m": model}
+            ).all()
+        )
+
+
+def _by_image(ids: np.ndarray, rows, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image_id, rank, class_index, probability) rows as (len(ids), top) arrays in the order of ids."""
     table = np.array(rows, dtype=np.float64).reshape(-1, 4)
     # Ids follow registration order, which need not be index order: look them up through a sort.
     order = np.argsort(ids)
@@ -137,11 +194,4 @@ def load_predictions(engine: Engine, model: str, dataset: str, split: str, top: 
     ranks = table[:, 1].astype(np.int64)
     class_indices[position, ranks] = table[:, 2]
     probabilities[position, ranks] = table[:, 3]
-    # A classifier with fewer classes than `top` leaves the lower ranks empty (-1, probability 0).
-    missing = np.flatnonzero(class_indices[:, 0] < 0)
-    if len(missing):
-        raise LookupError(
-            f"{len(missing)} images of {dataset}/{split} have no {model} predictions (first: image "
-            f"index {missing[0]}): run `iwan predict --dataset {dataset} --split {split} --model {model}`"
-        )
-    return SplitPredictions(ids, class_indices, probabilities, list(categories))
+    return class_indices, probabilities

@@ -1,4 +1,11 @@
-"""Queries against a built IWAN in the database's terms: image files, registered images, words."""
+"""`iwan search` in the database's terms: the images of a saved IWAN index searched by any
+registered method, queried by words, an image file or a registered image.
+
+Every method answers through the retriever protocol (iwan.retrievers): the saved index is the
+`iwan` method as it is, and the other methods are built over its images by name. A query is a
+one-row `Batch`: words and weights (any query), plus the stored embedding and code of a
+registered image for the methods that read them.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from iwan.network import BuiltIndex
+from iwan.network import BuiltIndex, class_words
+from iwan.retrievers import Batch, Corpus, Retriever, get_retriever
 from iwan.search import Query, parse_text_query
+
+WORD_FIELDS = ("word_ids", "weights")
 
 QUERY_IMAGE_SIDE = 512
 MIN_WEIGHT = 1e-300
@@ -18,16 +27,52 @@ MIN_WEIGHT = 1e-300
 
 @dataclass(frozen=True)
 class PlannedQuery:
-    query: Query
+    batch: Batch
+    """One query row."""
+    exclude: int = -1
+    """The query image's id, left out of its own results (-1: none)."""
+    unknown: tuple[str, ...] = ()
+    """Words of a text query that the norms do not have (left out)."""
 
     def describe(self, built: BuiltIndex) -> list[tuple[str, float]]:
         """The query's start words with their weights (1 / cost)."""
-        words = built.index.graph.words
-        return [(words[w], 1.0 / c) for w, c in zip(self.query.word_ids, self.query.costs)]
+        if self.batch.word_ids is None:
+            return []
+        query = Query.from_weights(self.batch.word_ids[0], self.batch.weights[0])
+        return [(built.index.words[w], 1.0 / c) for w, c in zip(query.word_ids, query.costs)]
+
+
+def saved_retriever(built: BuiltIndex):
+    """The `iwan` method over a saved index, as it was saved (no rebuild)."""
+    from iwan.retrievers.iwan import IwanRetriever
+
+    return IwanRetriever(built.index, built.class_word_ids, built.meta.unmapped_classes)
+
+
+def corpus_of(built: BuiltIndex, hash_model: str | None = None) -> Corpus:
+    m = built.meta
+    return Corpus(
+        image_ids=built.image_ids, predictor=m.model, hash_model=hash_model, top_iwk=m.top_iwk,
+        top_wwk=m.top_wwk, strength=m.strength, source=m.source,
+    )
+
+
+def retriever_for(engine: Engine, built: BuiltIndex, method: str, hash_model: str | None = None) -> Retriever:
+    """Method `method` over the saved index's images; fusion fuses the saved IWAN with `hashes`."""
+    if method == "iwan":
+        return saved_retriever(built)
+    corpus = corpus_of(built, hash_model)
+    if method == "fused":
+        return get_retriever("fused", engine, corpus, members=[saved_retriever(built), "hashes"])
+    return get_retriever(method, engine, corpus)
 
 
 def text_query(built: BuiltIndex, text: str) -> PlannedQuery:
-    for word, weight in parse_text_query(text):
+    """"cat:0.8,dog:0.2" as a query; ValueError when no word is in the norms."""
+    from iwan.words import WordMatcher
+
+    terms = parse_text_query(text)
+    for word, weight in terms:
         # A weight's cost is 1/weight: a subnormal weight's cost overflows to infinity, and
         # path lengths must stay finite (JSON has no Infinity).
         if weight < MIN_WEIGHT:
@@ -35,22 +80,26 @@ def text_query(built: BuiltIndex, text: str) -> PlannedQuery:
                 f"text query {text!r}: weight {weight:g} of {word!r} is too small (its cost 1/weight "
                 f"would overflow); use weights >= {MIN_WEIGHT:g}"
             )
-    return PlannedQuery(built.index.text_query(text))
+    words, weights = [w for w, _ in terms], [p for _, p in terms]
+    query = built.index.words_query(words, weights)
+    word_ids = WordMatcher(built.index.words).map(words).word_ids
+    batch = Batch(word_ids=word_ids[None, :], weights=np.asarray(weights, dtype=np.float64)[None, :])
+    return PlannedQuery(batch, unknown=query.unknown)
 
 
-def _from_predictions(built: BuiltIndex, class_indices: np.ndarray, probabilities: np.ndarray, what: str) -> PlannedQuery:
-    word_ids, weights = built.query_words(class_indices[None, :], probabilities[None, :])
-    query = Query.from_weights(word_ids[0], weights[0])
-    if not query.word_ids:
+def _predicted(built: BuiltIndex, class_indices: np.ndarray, probabilities: np.ndarray, what: str) -> Batch:
+    top = built.meta.top_iwk
+    word_ids = class_words(built.class_word_ids, np.asarray(class_indices)[None, :top])
+    if not (word_ids >= 0).any():
         raise ValueError(
-            f"none of the top {built.meta.top_iwk} classes of {what} maps to a word of the norms; "
+            f"none of the top {top} classes of {what} maps to a word of the norms; "
             "try --words, or an index built with a larger --top-iwk"
         )
-    return PlannedQuery(query)
+    return Batch(word_ids=word_ids, weights=np.asarray(probabilities, dtype=np.float64)[None, :top])
 
 
 def image_query(built: BuiltIndex, path: Path, backend: str = "torch") -> PlannedQuery:
-    """A query image file, classified by the index's model."""
+    """A query image file, classified by the index's predictor."""
     from iwan.datasets import load_image
     from iwan.predictors import load_predictor
 
@@ -58,79 +107,77 @@ def image_query(built: BuiltIndex, path: Path, backend: str = "torch") -> Planne
     image = load_image(path, min_side=QUERY_IMAGE_SIDE)
     predictor = load_predictor(built.meta.model, backend=backend)
     prediction = predictor.predict(image[None], top=built.meta.top_iwk)
-    return _from_predictions(built, prediction.indices[0], prediction.probabilities[0], str(path))
+    return PlannedQuery(_predicted(built, prediction.indices[0], prediction.probabilities[0], str(path)))
 
 
 def split_image_query(
-    engine: Engine, built: BuiltIndex, spec: str, split: str, index: int, backend: str = "torch"
-) -> tuple[PlannedQuery, tuple[int, ...]]:
-    """A data set image as the query: its stored predictions when it has them, else classified now.
-
-    When it belongs to the indexed corpus it is left out of the results.
-    """
+    engine: Engine, built: BuiltIndex, spec: str, split: str, position: int, *,
+    fields=WORD_FIELDS, hash_model: str | None = None, backend: str = "torch",
+) -> PlannedQuery:
+    """A data set image as the query, with the `fields` a method reads: its stored predictions
+    when it has them (else it is classified now) and its stored embedding and code. When it is
+    one of the searched images it is left out of the results."""
     from iwan.datasets import load_dataset
+    from iwan.images import image_id_at
+    from iwan.predict import predictions_of
+    from iwan.retrievers.queries import stored_codes
 
     dataset = load_dataset(spec, split)
-    if not 0 <= index < len(dataset):
-        raise ValueError(f"--index {index} is outside {dataset.name}/{split}, which has {len(dataset)} images (0..{len(dataset) - 1})")
-    with engine.connect() as conn:
-        image_id = conn.scalar(
-            sa.text("SELECT id FROM images WHERE dataset = :d AND split = :s AND index = :i"),
-            {"d": dataset.name, "s": split, "i": index},
+    if not 0 <= position < len(dataset):
+        raise ValueError(
+            f"--position {position} is outside {dataset.name}/{split}, which has {len(dataset)} images "
+            f"(0..{len(dataset) - 1})"
         )
-        stored = conn.execute(
-            sa.text("SELECT class_index, probability FROM predictions WHERE model = :m AND image_id = :id ORDER BY rank"),
-            {"m": built.meta.model, "id": image_id},
-        ).all()
-    what = f"{dataset.name}/{split} image {index}"
-    if stored:
-        table = np.array(stored, dtype=np.float64)
-        planned = _from_predictions(built, table[:, 0].astype(np.int64), table[:, 1], what)
-    else:
-        from iwan.predictors import load_predictor
+    image_id = image_id_at(engine, dataset.name, split, position)
+    what = f"{dataset.name}/{split} image {position}"
+    ids = np.array([-1 if image_id is None else image_id], dtype=np.int64)
+    parts = {}
+    if set(fields) & set(WORD_FIELDS):
+        try:
+            stored = predictions_of(engine, built.meta.model, ids, built.meta.top_iwk)
+            indices, probabilities = stored.class_indices[0], stored.probabilities[0]
+        except LookupError:
+            from iwan.predictors import load_predictor
 
-        prediction = load_predictor(built.meta.model, backend=backend).predict(dataset.images[index : index + 1], top=built.meta.top_iwk)
-        planned = _from_predictions(built, prediction.indices[0], prediction.probabilities[0], what)
-    exclude = tuple(np.flatnonzero(built.image_ids == image_id)) if image_id is not None else ()
-    return planned, exclude
+            predictor = load_predictor(built.meta.model, backend=backend)
+            prediction = predictor.predict(dataset.images[position : position + 1], top=built.meta.top_iwk)
+            indices, probabilities = prediction.indices[0], prediction.probabilities[0]
+        words = _predicted(built, indices, probabilities, what)
+        parts.update(word_ids=words.word_ids, weights=words.weights)
+    if set(fields) - set(WORD_FIELDS):
+        if image_id is None:
+            raise LookupError(f"{what} is not registered, so it has no stored hash code: run `iwan hash encode` for its split")
+        parts["embeddings"], parts["codes"] = stored_codes(engine, corpus_of(built, hash_model), ids, "hashes")
+    return PlannedQuery(Batch(**parts, image_ids=None if image_id is None else ids), exclude=int(ids[0]))
 
 
-def labelled_hits(engine: Engine, built: BuiltIndex, planned: PlannedQuery, k: int, exclude=()) -> list[dict]:
-    """The k nearest images with their data set, index, label name, distance and word path."""
-    hits = built.index.search_one(planned.query, k, exclude=exclude)
-    if not hits:
-        return []
-    ids = [int(built.image_ids[h.image]) for h in hits]
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT i.id, i.dataset, i.split, i.index, i.fine_label, c.name FROM images i "
-                "LEFT JOIN dataset_classes c ON c.dataset = i.dataset AND c.granularity = 'fine' "
-                "AND c.label = i.fine_label WHERE i.id = ANY(:ids)"
-            ),
-            {"ids": ids},
-        ).all()
-    by_id = {r[0]: r for r in rows}
-    missing = [image_id for image_id in ids if image_id not in by_id]
+def labelled_hits(engine: Engine, retriever: Retriever, planned: PlannedQuery, k: int) -> list[dict]:
+    """The k best images with their data set, position, label name and score; IWAN's hits with
+    their distance and word path instead."""
+    from iwan.images import image_labels
+
+    scores, ids = retriever.search(planned.batch, k, exclude=np.array([planned.exclude]))
+    found = ids[0] >= 0
+    scores, ids = scores[0][found], ids[0][found]
+    labels = image_labels(engine, ids)
+    missing = [image_id for image_id in ids.tolist() if image_id not in labels]
     if missing:
         raise LookupError(
-            f"index {built.meta.name!r} is out of step with the database: {len(missing)} of its "
-            f"images (first: id {missing[0]}) are not in it (the database was reset, or the index "
-            "was built against another one); rebuild it with `iwan index build --dataset "
-            f"{built.meta.dataset} --split {built.meta.split} --name {built.meta.name}`"
+            f"the saved index is out of step with the database: {len(missing)} of its images "
+            f"(first: id {missing[0]}) are not in it (the database was reset, or the index was built "
+            "against another one); rebuild it with `iwan index build`"
         )
+    paths = retriever.explain(planned.batch, ids, exclude=planned.exclude) if retriever.name == "iwan" else None
     out = []
-    for hit, image_id in zip(hits, ids):
-        _, dataset, split, index, label, name = by_id[image_id]
-        out.append(
-            {
-                "image_id": image_id,
-                "dataset": dataset,
-                "split": split,
-                "index": index,
-                "label": name if name is not None else str(label),
-                "distance": round(hit.distance, 6),
-                "path": built.index.path_labels(hit.path),
-            }
-        )
+    for rank, (score, image_id) in enumerate(zip(scores.tolist(), ids.tolist())):
+        image = labels[image_id]
+        hit = {
+            "image_id": image_id, "dataset": image.dataset, "split": image.split,
+            "position": image.position, "label": image.label,
+        }
+        if paths is not None:
+            hit.update(distance=round(-score, 6), path=paths[rank]["path"])
+        else:
+            hit["score"] = round(score, 6)
+        out.append(hit)
     return out

@@ -2,7 +2,7 @@
 
 A query is a set of words, each at its own cost 1/weight from the query node: a query image's
 top class words with their probabilities, or a text query "cat:0.8,dog:0.2". Images are ranked
-by shortest-path distance from the query node, nearest first, ties to the lower image id.
+by shortest-path distance from the query node, nearest first, ties to the lower database id.
 
 `networkx_search` is the reference: `nx.single_source_dijkstra` over the whole graph.
 `IwanIndex.search_one` / `IwanIndex.search` give the same answer, bit for bit, much faster:
@@ -13,22 +13,28 @@ by shortest-path distance from the query node, nearest first, ties to the lower 
 * It stops early: nodes leave the heap in distance order, so once k images have left it, none
   farther than the k-th can enter the top k. The search stops when the heap's next distance
   exceeds the k-th's (images tied with the k-th are all taken, then cut by image id).
-* A settled word offers its images lazily, one at a time, cheapest first (each word's image
-  edges are sorted once, at index time): a word shared by thousands of images costs one heap
-  entry until its next image is due, not thousands.
+* A settled word offers its images lazily, one at a time, cheapest first (each word's images
+  are kept sorted by cost): a word shared by thousands of images costs one heap entry until its
+  next image is due, not thousands.
 
-With the early stop a query settles a few hundred nodes, so a plain Python heap over flat lists
-is enough: about 0.1 ms per query at 50,000 images (median; a few ms for queries whose words
-have few images near them) against 0.7 to 2 s for networkx (benchmarks/bench_iwan.py).
+With the early stop a query settles a few hundred nodes, whatever the corpus size; the loop is
+compiled (iwan.dijkstra, numba) over flat arrays (iwan.image_edges): a median 0.05 ms per query
+for k=20 and 0.45 ms for k=250 at 50,000 images and at 1,000,000 alike, against 0.7 to 2 s for
+networkx at 50,000 (benchmarks/bench_iwan.py).
 
-An image excluded from a search (the query image itself, when it is in the corpus) is left out
-of the results only; it stays in the graph, as a path may cross it.
+The index is live: `add` and `remove` change the images without a rebuild, and every search
+after them equals a fresh build over the images held, bit for bit. A removed image is neither a
+result nor a bridge. An image excluded from a search (the query image itself, when it is in the
+corpus) is left out of the results only; it stays in the graph, as a path may cross it.
 """
 
 from __future__ import annotations
 
-import heapq
+import hashlib
 import math
+import os
+import tempfile
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +42,18 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
-from iwan.graph import QUERY_NODE, IwanGraph
+from iwan.dijkstra import nearest
+from iwan.graph import QUERY_NODE, IwanGraph, describe_node, image_edges
+from iwan.image_edges import ImageEdges
 from iwan.retrievers import check_k
 from iwan.words import WordMatcher
 
-INDEX_FORMAT = "iwan-index/1"
-_SAVED_ARRAYS = ("words", "edge_a", "edge_b", "edge_weight", "image_words", "image_costs")
+INDEX_FORMAT = "iwan-index/2"
+_GRAPH_FORMAT = "iwan-index/1"
+"""The earlier format: a built graph (_GRAPH_ARRAYS), image ids its positions, no checksum;
+still loaded, as a fresh build."""
+_GRAPH_ARRAYS = ("words", "edge_a", "edge_b", "edge_weight", "top_wwk", "strength", "image_words", "image_costs")
+_SAVED_ARRAYS = (*_GRAPH_ARRAYS, "image_ids", "max_id")
 
 
 @dataclass(frozen=True)
@@ -75,11 +87,12 @@ class Query:
 
 @dataclass(frozen=True)
 class Hit:
-    image: int
-    """Position of the image, 0..n_images-1."""
+    image_id: int
+    """The image's database id."""
     distance: float
     path: tuple[int, ...]
-    """Node ids from a query word to the image (words, and the images that bridge them)."""
+    """Node ids (iwan.graph's numbering) from a query word to the image: words, and the images
+    that bridge them; `IwanIndex.path_labels` reads them."""
 
 
 def parse_text_query(text: str) -> list[tuple[str, float]]:
@@ -114,42 +127,113 @@ def parse_text_query(text: str) -> list[tuple[str, float]]:
 
 
 class IwanIndex:
-    """A built IWAN with the flat lists the fast search walks; save once, load per CLI call."""
+    """A live IWAN: word associations fixed, images added and removed by database id.
 
-    def __init__(self, graph: IwanGraph):
-        self.graph = graph
+    Safe to share between threads: searches and changes take one lock (the search scratch is
+    shared, and a search must not see half a change).
+    """
+
+    def __init__(self, graph: IwanGraph, image_ids: np.ndarray | None = None):
+        n_words = graph.n_words
+        ids = graph.image_ids if image_ids is None else _checked_ids(image_ids, graph.n_images)
+        for name in ("edge_a", "edge_b"):
+            edge = np.asarray(getattr(graph, name))
+            if edge.size and (edge.min() < 0 or edge.max() >= n_words):
+                raise ValueError(f"IwanGraph.{name} holds word ids outside 0..{n_words - 1}")
+        if not (np.asarray(graph.edge_weight) >= 0).all():
+            raise ValueError("IwanGraph.edge_weight must be >= 0 (1/strength)")
+        words = np.asarray(graph.image_words)
+        costs = np.asarray(graph.image_costs, dtype=np.float64)
+        if words.ndim != 2 or words.shape != costs.shape:
+            raise ValueError(f"IwanGraph image edges must be two (n, topIWK) arrays; got {words.shape} and {costs.shape}")
+        if words.size and (words.min() < -1 or words.max() >= n_words):
+            raise ValueError(f"IwanGraph.image_words holds word ids outside -1..{n_words - 1}")
+        if not (costs[words >= 0] > 0).all():
+            raise ValueError("IwanGraph.image_costs must be > 0 wherever an image has an edge")
+
+        self.words = list(graph.words)
+        self.top_wwk, self.strength = graph.top_wwk, graph.strength
+        self._edge_a, self._edge_b = np.asarray(graph.edge_a), np.asarray(graph.edge_b)
+        self._edge_weight = np.asarray(graph.edge_weight, dtype=np.float64)
         self._matcher: WordMatcher | None = None
-        n_images, n_words = graph.n_images, graph.n_words
-        base = 1 + n_images
-        self._word_base = base
+        self._lock = threading.Lock()
 
-        # Word-word edges in both directions, as CSR over word ids; neighbours as node ids.
-        a = np.concatenate([graph.edge_a, graph.edge_b])
-        b = np.concatenate([graph.edge_b, graph.edge_a])
-        weight = np.concatenate([graph.edge_weight, graph.edge_weight])
+        # Word-word edges in both directions, as CSR over word ids.
+        a = np.concatenate([self._edge_a, self._edge_b])
+        b = np.concatenate([self._edge_b, self._edge_a])
+        weight = np.concatenate([self._edge_weight, self._edge_weight])
         order = np.lexsort((b, a))
-        self._word_ptr = np.searchsorted(a[order], np.arange(n_words + 1)).tolist()
-        self._word_next = (base + b[order]).tolist()
-        self._word_weight = weight[order].tolist()
+        self._word_ptr = np.searchsorted(a[order], np.arange(n_words + 1)).astype(np.int64)
+        self._word_next = b[order].astype(np.int64)
+        self._word_weight = weight[order]
+        # Search scratch, left as found by every search: distances inf, nothing settled.
+        self._word_dist = np.full(n_words, np.inf)
+        self._word_pred = np.zeros(n_words, np.int64)
+        self._word_done = np.zeros(n_words, np.uint8)
 
-        # Image edges grouped by word, cheapest first: word w's run starts at first_image[w]
-        # (-1: w has no image) and the run holding position p ends before run_end[p].
-        has_edge = graph.image_words >= 0
-        images = np.broadcast_to(np.arange(n_images)[:, None], has_edge.shape)[has_edge]
-        words, costs = graph.image_words[has_edge], graph.image_costs[has_edge]
-        order = np.lexsort((images, costs, words))
-        images, words, costs = images[order], words[order], costs[order]
-        start = np.searchsorted(words, np.arange(n_words + 1))
-        self._first_image = np.where(start[:-1] < start[1:], start[:-1], -1).tolist()
-        self._run_end = start[words + 1].tolist()
-        self._edge_image = (1 + images).tolist()
-        self._edge_word = (base + words).tolist()
-        self._edge_cost = costs.tolist()
+        self._edges = ImageEdges.build(n_words, ids, words, costs)
 
-        # Each image's own edges, row-major (n_images x topIWK), word nodes or -1.
-        self._width = graph.image_words.shape[1]
-        self._image_word = np.where(has_edge, base + graph.image_words, -1).ravel().tolist()
-        self._image_cost = graph.image_costs.ravel().tolist()
+    @property
+    def ntotal(self) -> int:
+        """How many images the index holds."""
+        return self._edges.n_alive
+
+    @property
+    def image_ids(self) -> np.ndarray:
+        """The database ids held, ascending."""
+        with self._lock:
+            return self._edges.live_rows()[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all the index's arrays (spare capacity included)."""
+        word_arrays = (self._word_ptr, self._word_next, self._word_weight, self._word_dist,
+                       self._word_pred, self._word_done, self._edge_a, self._edge_b, self._edge_weight)
+        return self._edges.nbytes + sum(a.nbytes for a in word_arrays)
+
+    # --- changes -----------------------------------------------------------------------
+
+    def add(self, image_ids: np.ndarray, word_ids: np.ndarray, probabilities: np.ndarray) -> None:
+        """Add images: (n,) database ids, ascending and above every id the index ever held, with
+        their top classes' (n, m) word ids (-1: none) and probabilities, as `build_graph` takes."""
+        ids = np.asarray(image_ids)
+        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+            raise ValueError(f"image ids must be a 1-D array of integers; got {ids.dtype} {ids.shape}")
+        ids = ids.astype(np.int64)
+        word_ids = np.asarray(word_ids)
+        if word_ids.ndim != 2 or len(word_ids) != len(ids):
+            raise ValueError(
+                f"word ids must have shape ({len(ids)}, m), a row per image id; got {word_ids.shape}"
+            )
+        words, costs = image_edges(word_ids, probabilities, len(self.words), ids)
+        if not len(ids):
+            return
+        if (np.diff(ids) <= 0).any():
+            raise ValueError(f"image ids must ascend, each once; got {_some(ids)}")
+        with self._lock:
+            if ids[0] <= self._edges.max_id:
+                raise ValueError(
+                    f"image id {ids[0]} is not above {self._edges.max_id}, the highest id this index has "
+                    "held: new images take new, higher ids"
+                )
+            if ids[0] < 0:
+                raise ValueError(f"image id {ids[0]} is negative: database ids are >= 0")
+            self._edges.append(ids, words.astype(np.int32), costs)
+
+    def remove(self, image_ids: np.ndarray) -> None:
+        """Remove images by database id; ValueError naming any id not held (and nothing removed)."""
+        ids = np.asarray(image_ids)
+        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+            raise ValueError(f"image ids must be a 1-D array of integers; got {ids.dtype} {ids.shape}")
+        ids = np.unique(ids.astype(np.int64))
+        with self._lock:
+            slots = self._edges.slots(ids)
+            missing = ids[slots < 0]
+            if len(missing):
+                raise ValueError(
+                    f"image ids not in the index: {_some(missing)}; nothing was removed"
+                )
+            self._edges.remove(slots)
 
     # --- queries -----------------------------------------------------------------------
 
@@ -165,7 +249,7 @@ class IwanIndex:
         if bad:
             raise ValueError(f"query weights must be > 0 and finite; got {bad}")
         if self._matcher is None:
-            self._matcher = WordMatcher(self.graph.words)
+            self._matcher = WordMatcher(self.words)
         mapping = self._matcher.map(words)
         if (mapping.word_ids < 0).all():
             raise ValueError(
@@ -183,11 +267,25 @@ class IwanIndex:
     # --- search ------------------------------------------------------------------------
 
     def search_one(self, query: Query, k: int, exclude: Iterable[int] = ()) -> list[Hit]:
-        """The k nearest images (fewer if fewer are reachable), nearest first, with paths."""
-        check_k(k)
+        """The k nearest images (fewer if fewer are reachable), nearest first, with paths;
+        `exclude`: database ids left out of the results."""
+        k = check_k(k)
         self._check_words(query.word_ids)
-        found, pred = self._nearest(query, k, frozenset(int(i) for i in exclude))
-        return [Hit(node - 1, d, _path(pred, node)) for d, node in found]
+        words = np.array([query.word_ids], dtype=np.int64).reshape(1, -1)
+        costs = np.array([query.costs], dtype=np.float64).reshape(1, -1)
+        skip = np.fromiter((int(i) for i in exclude), dtype=np.int64)
+        with self._lock:
+            skip = self._edges.slots(skip)
+            distances, slots, counts, nodes, offsets = self._nearest(
+                words, costs, skip[skip >= 0].reshape(1, -1), k, True
+            )
+            n = int(counts[0])
+            ids = self._edges.ids[slots[0, :n]].tolist()
+        nodes, offsets = nodes.tolist(), offsets.tolist()
+        return [
+            Hit(ids[c], d, tuple(nodes[offsets[c] : offsets[c + 1]]))
+            for c, d in enumerate(distances[0, :n].tolist())
+        ]
 
     def search(
         self,
@@ -199,12 +297,12 @@ class IwanIndex:
         """Batch search in the project's retriever protocol.
 
         Query r starts from words word_ids[r] (ids, -1 for none) with weights[r], both (q, m),
-        as an image's predictions are given. `exclude` (q,) names one image position per query
-        to leave out (-1: none). Returns (scores, ids), each (q, k): scores = -distance (higher
-        is better), ids int64 image positions; rows with fewer hits are padded with id -1 and
-        score -inf. A query with no usable word gets a row of padding.
+        as an image's predictions are given. `exclude` (q,) names one database image id per query
+        to leave out of its results (-1: none). Returns (scores, ids), each (q, k): scores =
+        -distance (higher is better), ids int64 database ids; rows with fewer hits are padded
+        with id -1 and score -inf. A query with no usable word gets a row of padding.
         """
-        check_k(k)
+        k = check_k(k)
         word_ids, weights = np.asarray(word_ids), np.asarray(weights, dtype=np.float64)
         if word_ids.ndim != 2 or word_ids.shape != weights.shape:
             raise ValueError(
@@ -212,137 +310,181 @@ class IwanIndex:
                 f"{word_ids.shape} and {weights.shape}"
             )
         q = len(word_ids)
-        if exclude is None:
-            exclude = np.full(q, -1)
-        exclude = np.asarray(exclude)
+        exclude = np.full(q, -1) if exclude is None else np.asarray(exclude)
         if exclude.shape != (q,):
-            raise ValueError(f"exclude must have shape ({q},), one image per query; got {exclude.shape}")
-        scores = np.full((q, k), -np.inf)
-        ids = np.full((q, k), -1, dtype=np.int64)
-        for r in range(q):
-            query = Query.from_weights(word_ids[r], weights[r])
-            self._check_words(query.word_ids)
-            skip = frozenset() if exclude[r] < 0 else frozenset([int(exclude[r])])
-            found, _ = self._nearest(query, k, skip)
-            for c, (d, node) in enumerate(found):
-                scores[r, c], ids[r, c] = -d, node - 1
-        return scores, ids
+            raise ValueError(f"exclude must have shape ({q},), one image id per query; got {exclude.shape}")
+        # As Query.from_weights: a word id -1, or a weight <= 0 or NaN, gives no start.
+        usable = (word_ids >= 0) & (weights > 0)
+        self._check_words(np.unique(word_ids[usable]).tolist())
+        costs = np.divide(1.0, weights, out=np.full(weights.shape, np.inf), where=usable)
+        words = np.where(usable, word_ids, -1).astype(np.int64)
+        with self._lock:
+            skip = self._edges.slots(exclude.astype(np.int64)).reshape(q, 1)
+            distances, slots, _, _, _ = self._nearest(words, costs, skip, k, False)
+            found = slots >= 0
+            ids = np.full(slots.shape, -1, np.int64)
+            ids[found] = self._edges.ids[slots[found]]
+        return -distances, ids
+
+    def _nearest(self, words, costs, exclude_slots, k: int, want_paths: bool):
+        edges = self._edges
+        return nearest(
+            self._word_ptr, self._word_next, self._word_weight,
+            edges.row_words, edges.row_costs, edges.state, edges.ids,
+            *edges.main, *edges.delta,
+            self._word_dist, self._word_pred, self._word_done,
+            words, costs, exclude_slots, k, want_paths,
+        )
 
     def path_labels(self, path: Sequence[int]) -> list[str]:
-        """Readable nodes of a hit's path: words as words, images as "image 12"."""
-        return [self.graph.describe(node) for node in path]
+        """Readable nodes of a hit's path: words as words, images as "image 12" (database id)."""
+        return [describe_node(node, self.words) for node in path]
 
     def _check_words(self, word_ids: Sequence[int]) -> None:
-        bad = [w for w in word_ids if not 0 <= w < self.graph.n_words]
+        bad = [w for w in word_ids if not 0 <= w < len(self.words)]
         if bad:
             raise ValueError(
-                f"query word ids {bad} are outside 0..{self.graph.n_words - 1}: word ids are "
+                f"query word ids {bad} are outside 0..{len(self.words) - 1}: word ids are "
                 "positions in the vocabulary the index was built with"
             )
 
-    def _nearest(self, query: Query, k: int, exclude: frozenset[int]):
-        """Early-stopping Dijkstra (see the module doc): [(distance, image node)] and predecessors."""
-        inf = math.inf
-        base = self._word_base
-        word_ptr, word_next, word_weight = self._word_ptr, self._word_next, self._word_weight
-        first_image, run_end = self._first_image, self._run_end
-        edge_image, edge_word, edge_cost = self._edge_image, self._edge_word, self._edge_cost
-        image_word, image_cost, width = self._image_word, self._image_cost, self._width
-        push, pop = heapq.heappush, heapq.heappop
-
-        dist = {base + w: c for w, c in zip(query.word_ids, query.costs)}
-        pred = dict.fromkeys(dist, QUERY_NODE)
-        # Entries (distance, node, p): p = -1 for a word, else the image edge that offers node.
-        heap = [(c, node, -1) for node, c in dist.items()]
-        heapq.heapify(heap)
-        settled: set[int] = set()
-        found: list[tuple[float, int]] = []
-        bound = inf
-        while heap and heap[0][0] <= bound:
-            d, node, p = pop(heap)
-            if p < 0:
-                if node in settled:
-                    continue
-                settled.add(node)
-                w = node - base
-                for e in range(word_ptr[w], word_ptr[w + 1]):
-                    v, nd = word_next[e], d + word_weight[e]
-                    if nd < dist.get(v, inf):
-                        dist[v], pred[v] = nd, node
-                        push(heap, (nd, v, -1))
-                e = first_image[w]
-                if e >= 0:
-                    push(heap, (d + edge_cost[e], edge_image[e], e))
-                continue
-            word = edge_word[p]
-            if node not in settled:
-                settled.add(node)
-                pred[node] = word
-                if node - 1 not in exclude:
-                    found.append((d, node))
-                    if len(found) == k:
-                        bound = d
-                row = (node - 1) * width
-                for e in range(row, row + width):
-                    v = image_word[e]
-                    if v >= 0:
-                        nd = d + image_cost[e]
-                        if nd < dist.get(v, inf):
-                            dist[v], pred[v] = nd, node
-                            push(heap, (nd, v, -1))
-            p += 1
-            if p < run_end[p - 1]:
-                push(heap, (dist[word] + edge_cost[p], edge_image[p], p))
-        found.sort()
-        return found[:k], pred
+    def to_graph(self) -> IwanGraph:
+        """The graph of the images held now (for the networkx reference, or a fresh build)."""
+        with self._lock:
+            ids, words, costs = self._edges.live_rows()
+        return IwanGraph(
+            self.words, self._edge_a, self._edge_b, self._edge_weight,
+            words.astype(np.int64), costs, self.top_wwk, self.strength, ids,
+        )
 
     # --- persistence -------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
-        """Write the graph to an .npz file (the suffix is added if missing); returns its path."""
+        """Write a snapshot of the images held (an .npz file; the suffix is added if missing),
+        atomically: a reader sees the old file or the new one, never half of one."""
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
-        g = self.graph
-        np.savez(
-            path,
-            format=np.array(INDEX_FORMAT),
-            words=np.array(g.words, dtype=str),
-            edge_a=g.edge_a,
-            edge_b=g.edge_b,
-            edge_weight=g.edge_weight,
-            image_words=g.image_words,
-            image_costs=g.image_costs,
-            top_wwk=np.array(g.top_wwk),
-            strength=np.array(g.strength),
-        )
+        with self._lock:
+            ids, words, costs = self._edges.live_rows()
+            max_id = self._edges.max_id
+        arrays = {
+            "words": np.array(self.words, dtype=str),
+            "edge_a": self._edge_a,
+            "edge_b": self._edge_b,
+            "edge_weight": self._edge_weight,
+            "top_wwk": np.array(self.top_wwk),
+            "strength": np.array(self.strength),
+            "image_ids": ids,
+            "image_words": words,
+            "image_costs": costs,
+            "max_id": np.array(max_id, dtype=np.int64),
+        }
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                np.savez(file, format=np.array(INDEX_FORMAT), digest=np.array(_digest(arrays)), **arrays)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> IwanIndex:
+        """A saved index; ValueError naming the file if it is not a whole, unedited snapshot."""
         path = Path(path)
-        with np.load(path, allow_pickle=False) as saved:
-            found = str(saved["format"]) if "format" in saved.files else None
-            if found != INDEX_FORMAT:
-                raise ValueError(
-                    f"{path}: not an IWAN index of format {INDEX_FORMAT} (found {found}); "
-                    "build the index again"
-                )
-            arrays = {name: saved[name] for name in _SAVED_ARRAYS}
+
+        def damaged(why: str) -> ValueError:
+            return ValueError(f"{path}: {' '.join(why.split())}; rebuild the index (iwan index build)")
+
+        saved = _read_arrays(path, damaged)
+        found = str(saved["format"]) if "format" in saved else None
+        if found not in (INDEX_FORMAT, _GRAPH_FORMAT):
+            raise damaged(f"not an IWAN index of format {INDEX_FORMAT} (found {found})")
+        required = (*_SAVED_ARRAYS, "digest") if found == INDEX_FORMAT else _GRAPH_ARRAYS
+        missing = [n for n in required if n not in saved]
+        if missing:
+            raise damaged(f"the snapshot lacks {', '.join(missing)}")
+        if found == INDEX_FORMAT and _digest({n: saved[n] for n in _SAVED_ARRAYS}) != str(saved["digest"]):
+            raise damaged("its contents do not match the checksum saved with them (edited or damaged)")
+        try:
+            if saved["words"].dtype.kind != "U":
+                raise ValueError(f"words are {saved['words'].dtype}, not text")
             graph = IwanGraph(
-                words=arrays.pop("words").tolist(),
+                words=saved["words"].tolist(),
+                edge_a=saved["edge_a"],
+                edge_b=saved["edge_b"],
+                edge_weight=saved["edge_weight"],
+                image_words=saved["image_words"],
+                image_costs=saved["image_costs"],
                 top_wwk=int(saved["top_wwk"]),
                 strength=str(saved["strength"]),
-                **arrays,
+                image_ids=saved.get("image_ids"),
             )
-        return cls(graph)
+            index = cls(graph)
+            max_id = int(saved.get("max_id", index._edges.max_id))
+        except (ValueError, TypeError) as error:
+            raise damaged(f"inconsistent snapshot ({error})") from None
+        if max_id < index._edges.max_id:
+            raise damaged(f"inconsistent snapshot (max_id {max_id} is below an id it holds)")
+        index._edges.max_id = max_id
+        return index
+
+
+def _read_arrays(path: Path, damaged) -> dict[str, np.ndarray]:
+    """Every array of an .npz file, read whole; `damaged(why)` for anything unreadable."""
+    try:
+        saved = np.load(path, allow_pickle=False)
+        if not isinstance(saved, np.lib.npyio.NpzFile):
+            raise damaged("not an .npz archive")
+        with saved:
+            return {name: saved[name] for name in saved.files}
+    except FileNotFoundError:
+        raise
+    except ValueError as error:
+        if str(error).startswith(str(path)):
+            raise
+        raise damaged(f"unreadable ({error})") from None
+    # Untrusted bytes: whatever numpy or zipfile raises on them is "unreadable", never a crash.
+    except Exception as error:  # noqa: BLE001
+        raise damaged(f"unreadable ({type(error).__name__}: {error})") from None
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over the arrays' names, dtypes, shapes and bytes."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _checked_ids(image_ids, n: int) -> np.ndarray:
+    """Validated by IwanGraph's rules (ascending database ids >= 0, one per image row)."""
+    ids = np.asarray(image_ids)
+    if ids.shape != (n,) or (n and not np.issubdtype(ids.dtype, np.integer)):
+        raise ValueError(f"image_ids must be {n} integer ids, one per image row; got {ids.dtype} {ids.shape}")
+    ids = ids.astype(np.int64)
+    if n and (ids[0] < 0 or (np.diff(ids) <= 0).any()):
+        raise ValueError("image_ids must be ascending database ids >= 0, each once")
+    return ids
+
+
+def _some(ids: np.ndarray, limit: int = 10) -> str:
+    shown = ", ".join(str(i) for i in ids[:limit].tolist())
+    return shown + (f" ... ({len(ids)} in all)" if len(ids) > limit else "")
 
 
 def networkx_search(
     nx_graph: nx.Graph, graph: IwanGraph, query: Query, k: int, exclude: Iterable[int] = ()
 ) -> list[Hit]:
     """The reference: wire the query node to the query words, run networkx's Dijkstra over the
-    whole graph (`graph.to_networkx()`, built once by the caller), unwire, rank the images."""
+    whole graph (`graph.to_networkx()`, built once by the caller), unwire, rank the images;
+    `exclude`: database ids left out of the results."""
     check_k(k)
     if nx_graph.degree(QUERY_NODE):
         raise ValueError("the networkx graph's query node already has edges: pass an unwired graph")
@@ -353,17 +495,10 @@ def networkx_search(
     finally:
         nx_graph.remove_edges_from([(a, b) for a, b, _ in wires])
     exclude = {int(i) for i in exclude}
+    first_image = 1 + graph.n_words
     ranked = sorted(
         (d, node)
         for node, d in dist.items()
-        if 1 <= node <= graph.n_images and node - 1 not in exclude
+        if node >= first_image and node - first_image not in exclude
     )[:k]
-    return [Hit(node - 1, d, tuple(paths[node][1:])) for d, node in ranked]
-
-
-def _path(pred: dict[int, int], node: int) -> tuple[int, ...]:
-    path = []
-    while node != QUERY_NODE:
-        path.append(node)
-        node = pred[node]
-    return tuple(reversed(path))
+    return [Hit(node - first_image, d, tuple(paths[node][1:])) for d, node in ranked]

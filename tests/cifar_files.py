@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from hashing.hierarchy import shipped_hierarchy
+
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR100_COARSE = [
     "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables",
@@ -25,12 +27,11 @@ CIFAR100_COARSE = [
     "medium_mammals", "non-insect_invertebrates", "people", "reptiles", "small_mammals", "trees",
     "vehicles_1", "vehicles_2",
 ]
-_REPO_DATA = Path(__file__).resolve().parent.parent / "data"
 
 
 def cifar100_classes() -> list[str]:
     """The 100 fine class names in label order, from the copy the repo ships."""
-    lines = (_REPO_DATA / "cifar100" / "class_names.txt").read_text().splitlines()
+    lines = (shipped_hierarchy("cifar100").parent / "class_names.txt").read_text().splitlines()
     names = dict(line.split(maxsplit=1) for line in lines if line.strip())
     return [names[str(i)] for i in range(100)]
 

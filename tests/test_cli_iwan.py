@@ -11,12 +11,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import cifar_files
+import numpy as np
 import pytest
+import sqlalchemy as sa
 from PIL import Image
 from test_cli_norms import iwan
 from usf_files import write_chain
 
 from iwan.tv import models
+
+from hashing.store import store_codes
+from iwan import images as image_store
 
 N_IMAGES = 24
 
@@ -77,7 +82,8 @@ def test_words_query(sample):
     assert len(hits) == 5
     assert [h["distance"] for h in hits] == sorted(h["distance"] for h in hits)
     assert all(h["path"][0] in ("APPLE", "TREE") and h["path"][-1].startswith("image ") for h in hits)
-    assert all(h["dataset"] == "cifar100" and 0 <= h["index"] < N_IMAGES for h in hits)
+    assert all(h["dataset"] == "cifar100" and 0 <= h["position"] < N_IMAGES for h in hits)
+    assert found["method"] == "iwan" and found["index_name"] == "cifar100-train"
 
 
 def test_image_file_query(sample, tmp_path):
@@ -90,11 +96,38 @@ def test_image_file_query(sample, tmp_path):
 
 
 def test_registered_image_query_leaves_itself_out(sample):
-    result = sample.run("search", "--dataset", sample.spec, "--split", "train", "--index", "2", "--k", "30", "--json")
+    result = sample.run("search", "--dataset", sample.spec, "--split", "train", "--position", "2", "--k", "30", "--json")
     assert result.returncode == 0, result.stderr
     hits = json.loads(result.stdout)["hits"]
     assert 0 < len(hits) <= N_IMAGES - 1
-    assert 2 not in [h["index"] for h in hits]
+    assert 2 not in [h["position"] for h in hits]
+    # The old spelling still works, with one deprecation line.
+    old = sample.run("search", "--dataset", sample.spec, "--split", "train", "--index", "2", "--k", "30", "--json",
+                     "--corpus", "cifar100-train")
+    assert old.returncode == 0 and json.loads(old.stdout)["hits"] == hits
+    assert "--index is deprecated; use --position" in old.stderr and "--corpus is deprecated" in old.stderr
+
+
+def test_hash_methods_search_the_index_images_by_a_registered_image(sample, module_database_url):
+    engine = sa.create_engine(module_database_url)
+    ids = image_store.image_ids(engine, "cifar100", "train")
+    rng = np.random.default_rng(0)
+    prototypes = rng.normal(size=(3, 8)).astype(np.float32)
+    classes = np.arange(len(ids)) % 3  # image 2 shares its embedding with images 5, 8, ...
+    store_codes(engine, "toy-hash", ids, prototypes[classes], rng.integers(0, 2**48, 3, dtype=np.uint64)[classes])
+    engine.dispose()
+    for method in ("hashes", "exhaustive", "hashes-pg", "fused"):
+        result = sample.run("search", "--dataset", sample.spec, "--split", "train", "--position", "2", "--k", "4",
+                            "--method", method, "--hash-model", "toy-hash", "--json")
+        assert result.returncode == 0, (method, result.stderr)
+        hits = json.loads(result.stdout)["hits"]
+        assert len(hits) == 4 and 2 not in [h["position"] for h in hits]
+        if method != "fused":
+            assert [h["position"] for h in hits] == [5, 8, 11, 14] and hits[0]["score"] == pytest.approx(1.0)
+    words = sample.run("search", "--words", "apple", "--method", "hashes", "--hash-model", "toy-hash")
+    assert words.returncode == 2 and "query it by a registered image" in words.stderr
+    unknown = sample.run("search", "--words", "apple", "--method", "nope")
+    assert unknown.returncode == 1 and "unknown retrieval method 'nope'" in unknown.stderr
 
 
 def test_bad_queries_are_one_line_errors(sample, tmp_path):
@@ -104,7 +137,7 @@ def test_bad_queries_are_one_line_errors(sample, tmp_path):
     assert missing.returncode == 1 and "absent.jpg" in missing.stderr
     two = sample.run("search", "--words", "cat", "--image", "x.jpg")
     assert two.returncode == 2 and "exactly one query" in two.stderr
-    outside = sample.run("search", "--dataset", sample.spec, "--split", "train", "--index", "9999")
+    outside = sample.run("search", "--dataset", sample.spec, "--split", "train", "--position", "9999")
     assert outside.returncode == 1 and "outside cifar100/train" in outside.stderr
 
 
@@ -130,3 +163,13 @@ def test_real_data_end_to_end(database_url, shared_data, tmp_path):
     assert 1 <= len(found["query_words"]) <= 4 and len(found["hits"]) == 3
     words = json.loads(run("search", "--words", "apple:0.8,tree:0.2", "--k", "5", "--json").stdout)
     assert [w["word"] for w in words["query_words"]] == ["APPLE", "TREE"] and len(words["hits"]) == 5
+
+
+def test_an_index_saved_before_database_ids_asks_for_a_rebuild(tmp_path):
+    from iwan.network import META_FILE, OLD_IDS_FILE, BuiltIndex, IndexMeta
+
+    meta = IndexMeta("old", "efficientnet-lite0", "cifar10", "train", 4, 4, "forward", "usf", 3, 5, 2, 10, [], 0.1)
+    (tmp_path / META_FILE).write_text(json.dumps(meta.__dict__))
+    np.save(tmp_path / OLD_IDS_FILE, np.array([7, 3, 5]))
+    with pytest.raises(ValueError, match="saved by an older iwan .*`iwan index build --dataset cifar10 --split train --name old"):
+        BuiltIndex.load(tmp_path)

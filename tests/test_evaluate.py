@@ -14,7 +14,8 @@ from hashing.hierarchy import load_hierarchy
 from hashing.store import load_codes, store_codes
 from iwan import images as image_store
 from iwan.datasets import ImageDataset
-from iwan.evaluate import REPO_DATA, EvaluationSpec, run
+from hashing.hierarchy import shipped_hierarchy
+from iwan.evaluate import EvaluationSpec, run
 from iwan.norms.store import load_norms
 from iwan.predict import load_predictions, register_classes, replace_predictions
 
@@ -36,7 +37,7 @@ def predictions_for(labels: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([top[:, :1], others], axis=1), np.tile([0.7, 0.15, 0.1, 0.05], (len(labels), 1))
 
 
-EMBEDDINGS = class_embeddings(load_hierarchy(REPO_DATA / "cifar10" / "parent-child.txt"))
+EMBEDDINGS = class_embeddings(load_hierarchy(shipped_hierarchy("cifar10")))
 CLASS_CODES = pack_bits(np.random.default_rng(0).integers(0, 2, size=(10, 48)))
 
 
@@ -74,7 +75,7 @@ def toy_database(engine, tmp_path):
 def spec(**overrides) -> EvaluationSpec:
     base = dict(
         dataset="toy10", corpus_split="train", query_split="test", ks=(1, 5, 6), predictor="toy-classifier",
-        hash_model="toy-hash", sweep=False, hierarchy=REPO_DATA / "cifar10" / "parent-child.txt",
+        hash_model="toy-hash", sweep=False, hierarchy=shipped_hierarchy("cifar10"),
     )
     return EvaluationSpec(**{**base, **overrides})
 
@@ -199,9 +200,9 @@ def test_iwan_sweep_and_bad_specs(toy_database, tmp_path):
     assert results["settings_scatter"]["labels"][10:] == ["exhaustive cosine"]
     assert len(results["settings_scatter"]["mAP"]) == 11
     assert (tmp_path / "report.md").is_file()
-    with pytest.raises(ValueError, match="need --hash-model"):
-        spec(hash_model=None)
-    with pytest.raises(ValueError, match="unknown methods"):
+    with pytest.raises(ValueError, match="the exhaustive method needs a hash model .* give --hash-model"):
+        run(toy_database, spec(hash_model=None, methods=("exhaustive",)), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="unknown methods \\['nope'\\]: choose from exhaustive, exhaustive-pg, fused"):
         spec(methods=("nope",))
     with pytest.raises(LookupError, match="no toy-classifier predictions|no images of toy10/validation"):
         run(toy_database, spec(query_split="validation"), tmp_path, progress=False)
@@ -215,10 +216,9 @@ def test_stored_predictions_read_back_in_index_order(toy_database):
 
 
 def test_fusion_findings_say_by_how_much_and_why():
-    from iwan.evaluate import Retriever, fusion_findings
+    from iwan.evaluate import fusion_findings
 
-    names = {"iwan": "IWAN", "hashes": "hashes", "fused": "fused"}
-    retrievers = {m: Retriever(n, None) for m, n in names.items()}
+    retrievers = {"iwan": "IWAN", "hashes": "hashes", "fused": "fused"}
     results = {"metrics": {n: {"Barz mAHP": {250: v}} for n, v in (("IWAN", 0.64), ("hashes", 0.877), ("fused", 0.883))}}
     notes = fusion_findings(results, retrievers, {"iwan_weight": 0.0})
     assert notes[0] == (

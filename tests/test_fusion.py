@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from iwan import fusion
+from iwan.retrievers.fused import FusedRetriever
 
 
 def ranking(scores, ids):
@@ -64,7 +65,7 @@ class FixedRetriever:
         self.ids = np.asarray(ids)
         self.asked = []
 
-    def search(self, queries, k):
+    def search(self, queries, k, *, exclude=None):
         self.asked.append(k)
         ids = self.ids[:, :k]
         return -np.arange(ids.shape[1], dtype=np.float64)[None, :].repeat(len(ids), 0), ids
@@ -73,7 +74,7 @@ class FixedRetriever:
 def test_fused_retriever_searches_deeper_and_fuses():
     a = FixedRetriever([[1, 2, 3, 4]])
     b = FixedRetriever([[4, 3, 9, 8]])
-    fused = fusion.FusedRetriever([a, b], method="rrf", depth_factor=2)
+    fused = FusedRetriever([a, b], method="rrf", depth_factor=2)
     scores, ids = fused.search(queries=None, k=2)
     assert a.asked == [4] and b.asked == [4]
     # 4: 1/64 + 1/61 and 3: 1/63 + 1/62 beat 1: 1/61 alone.

@@ -47,24 +47,38 @@ def test_node_numbering_and_networkx_attributes():
     word_ids = np.array([[0, 1], [1, -1], [-1, -1]])
     graph = build_graph(a, word_ids, np.array([[0.5, 0.25], [1.0, 0.5], [0.5, 0.5]]))
     assert (graph.n_images, graph.n_words, graph.n_nodes) == (3, 2, 6)
-    assert graph.image_node(0) == 1 and graph.image_node(2) == 3
-    assert graph.word_node(0) == 4 and graph.word_node(1) == 5
-    np.testing.assert_array_equal(graph.word_node(np.array([0, 1])), [4, 5])
-    labels = ["query", "image 0", "image 1", "image 2", "CAT", "DOG"]
+    np.testing.assert_array_equal(graph.image_ids, [0, 1, 2])
+    assert graph.word_node(0) == 1 and graph.word_node(1) == 2
+    assert graph.image_node(0) == 3 and graph.image_node(2) == 5
+    np.testing.assert_array_equal(graph.word_node(np.array([0, 1])), [1, 2])
+    labels = ["query", "CAT", "DOG", "image 0", "image 1", "image 2"]
     assert [graph.describe(n) for n in range(6)] == labels
 
     g = graph.to_networkx()
     assert sorted(g.nodes) == list(range(6))
     assert g.nodes[QUERY_NODE] == {"kind": "query"}
-    assert g.nodes[2] == {"kind": "image", "image": 1}
-    assert g.nodes[5] == {"kind": "word", "word": "DOG", "word_id": 1}
+    assert g.nodes[4] == {"kind": "image", "image": 1}
+    assert g.nodes[2] == {"kind": "word", "word": "DOG", "word_id": 1}
     assert {(min(u, v), max(u, v)): w for u, v, w in g.edges(data="weight")} == {
-        (4, 5): 2.0,  # CAT - DOG, 1 / 0.5
-        (1, 4): 2.0,  # image 0 - CAT
-        (1, 5): 4.0,  # image 0 - DOG
-        (2, 5): 1.0,  # image 1 - DOG; its -1 class has no edge
+        (1, 2): 2.0,  # CAT - DOG, 1 / 0.5
+        (1, 3): 2.0,  # image 0 - CAT
+        (2, 3): 4.0,  # image 0 - DOG
+        (2, 4): 1.0,  # image 1 - DOG; its -1 class has no edge
     }
-    assert g.degree(3) == 0 and g.degree(QUERY_NODE) == 0
+    assert g.degree(5) == 0 and g.degree(QUERY_NODE) == 0
+
+
+def test_images_are_numbered_by_database_id_after_the_words():
+    a = Associations.from_rows([("CAT", "DOG", 0.5, None)])
+    graph = build_graph(a, np.array([[0], [1]]), np.array([[0.5], [0.25]]), image_ids=np.array([7, 40]))
+    assert graph.image_node(40) == 1 + 2 + 40 and graph.describe(1 + 2 + 40) == "image 40"
+    g = graph.to_networkx()
+    assert g.nodes[1 + 2 + 7] == {"kind": "image", "image": 7}
+    assert g[1 + 2 + 40][2]["weight"] == 4.0
+    with pytest.raises(ValueError, match="ascending database ids >= 0, each once"):
+        build_graph(a, np.array([[0], [1]]), np.array([[0.5], [0.25]]), image_ids=np.array([7, 7]))
+    with pytest.raises(ValueError, match=r"image id 40, prediction 0: word id 9 is outside 0..1"):
+        build_graph(a, np.array([[0], [9]]), np.array([[0.5], [0.25]]), image_ids=np.array([7, 40]))
 
 
 def test_image_edges_skip_missing_words_and_keep_the_cheaper_duplicate():

@@ -181,7 +181,61 @@ def test_bad_arguments_say_what_to_do():
         index.search(np.ones((1, 4)), 1, query_codes=one)
     with pytest.raises(ValueError, match="must be a whole number >= 1"):
         index.search(np.eye(3)[:1], 0, query_codes=one)
-    with pytest.raises(ValueError, match=r"exclude\[0\] = 3 is not an id"):
-        index.search(np.eye(3)[:1], 1, query_codes=one, exclude=np.array([3]))
+    with pytest.raises(ValueError, match=r"exclude\[0\] = -2 is not an id"):
+        index.search(np.eye(3)[:1], 1, query_codes=one, exclude=np.array([-2]))
+    # An id the index does not hold leaves nothing out.
+    assert index.search(np.eye(3)[:1], 1, query_codes=one, exclude=np.array([3]))[1].tolist() == [[0]]
+    with pytest.raises(ValueError, match="id 2 is already held"):
+        index.add(np.eye(3)[:1], one, ids=np.array([2]))
+    with pytest.raises(ValueError, match="id 7 is given twice"):
+        index.add(np.eye(3)[:2], np.zeros(2, dtype=np.uint64), ids=np.array([7, 7]))
+    with pytest.raises(ValueError, match="2 rows but 1 ids"):
+        index.add(np.eye(3)[:2], np.zeros(2, dtype=np.uint64), ids=np.array([7]))
+    with pytest.raises(ValueError, match=r"1 ids are not held \(first: 9\)"):
+        index.remove(np.array([0, 9]))
+    assert index.ntotal == 3
     with pytest.raises(ValueError, match=r"exclude must be an integer array of shape \(1,\)"):
         index.search(np.eye(3)[:1], 1, query_codes=one, exclude=np.array([0, 1]))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_ids_added_and_removed_give_what_a_fresh_index_gives(seed):
+    """Database ids in any order of arrival, removals by mask: results equal a fresh index of what
+    remains, ids and scores, bit for bit."""
+    rng = np.random.default_rng(seed)
+    n_bits = int(rng.integers(2, 9))
+    embeddings, codes = prototype_corpus(rng, 300, n_bits)
+    all_ids = np.sort(rng.choice(10_000, size=300, replace=False))
+    hashes, exhaustive = HammingCosineIndex(n_bits=n_bits), ExhaustiveCosineIndex()
+    held = np.zeros(300, dtype=bool)
+    for _ in range(6):
+        new = np.flatnonzero(~held & (rng.random(300) < 0.4))
+        rng.shuffle(new)  # arrival order is not id order: the index keeps ids ascending
+        hashes.add(embeddings[new], codes[new], ids=all_ids[new])
+        exhaustive.add(embeddings[new], ids=all_ids[new])
+        held[new] = True
+        gone = np.flatnonzero(held & (rng.random(300) < 0.2))
+        hashes.remove(all_ids[gone])
+        exhaustive.remove(all_ids[gone])
+        held[gone] = False
+    rows = np.flatnonzero(held)
+    fresh_hashes, fresh_exhaustive = HammingCosineIndex(n_bits=n_bits), ExhaustiveCosineIndex()
+    fresh_hashes.add(embeddings[rows], codes[rows], ids=all_ids[rows])
+    fresh_exhaustive.add(embeddings[rows], ids=all_ids[rows])
+    assert hashes.ntotal == exhaustive.ntotal == len(rows)
+    np.testing.assert_array_equal(hashes.ids, all_ids[rows])
+    queries, query_codes = prototype_corpus(rng, 5, n_bits, n_prototypes=5)
+    exclude = np.array([all_ids[rows[0]], -1, all_ids[rows[-1]], 5_000_000, -1])
+    k = int(rng.integers(1, 40))
+    live = hashes.search(queries, k, query_codes=query_codes, exclude=exclude)
+    fresh = fresh_hashes.search(queries, k, query_codes=query_codes, exclude=exclude)
+    for a, b in zip(live, fresh):
+        np.testing.assert_array_equal(a, b)
+    live = exhaustive.search(queries, k, exclude=exclude)
+    fresh = fresh_exhaustive.search(queries, k, exclude=exclude)
+    for a, b in zip(live, fresh):
+        np.testing.assert_array_equal(a, b)
+    # The results are the held ids that brute force ranks, in database terms.
+    expected = brute_force(embeddings[rows], None, queries, None, k,
+                           exclude=np.array([0, -1, len(rows) - 1, -1, -1]))
+    assert unpadded(live[1]) == [all_ids[rows][e].tolist() for e in expected]

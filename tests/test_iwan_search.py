@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -56,17 +57,17 @@ def random_query(rng, graph, dyadic: bool) -> Query:
 
 
 def as_pairs(hits):
-    return [(h.image, h.distance) for h in hits]
+    return [(h.image_id, h.distance) for h in hits]
 
 
 def assert_valid_path(nx_graph, graph, query: Query, hit):
     """The path starts at a query word, follows edges, ends at the image, and sums exactly."""
     path = hit.path
-    assert path[-1] == graph.image_node(hit.image)
+    assert path[-1] == graph.image_node(hit.image_id)
     starts = dict(zip((graph.word_node(w) for w in query.word_ids), query.costs))
     assert path[0] in starts
     total = starts[path[0]]
-    for u, v in zip(path, path[1:]):
+    for u, v in itertools.pairwise(path):
         total += nx_graph[u][v]["weight"]
     assert total == hit.distance
     assert QUERY_NODE not in path
@@ -86,10 +87,10 @@ def test_fast_search_equals_networkx_on_random_graphs(dyadic):
             fast = index.search_one(query, k, exclude)
             reference = networkx_search(nx_graph, graph, query, k, exclude)
             assert as_pairs(fast) == as_pairs(reference)
-            assert not {h.image for h in fast} & set(exclude)
+            assert not {h.image_id for h in fast} & set(exclude)
             for hit in fast:
                 assert_valid_path(nx_graph, graph, query, hit)
-                bridged_paths += any(1 <= node <= graph.n_images for node in hit.path[:-1])
+                bridged_paths += any(node > graph.n_words for node in hit.path[:-1])
             distances = [h.distance for h in fast]
             ties += len(distances) - len(set(distances))
             compared += len(fast)
@@ -120,8 +121,8 @@ def test_ties_are_broken_by_image_id_also_at_the_cut():
     index = IwanIndex(build_graph(associations, word_ids, probabilities))
     query = Query.from_weights([cat], [1.0])
     assert as_pairs(index.search_one(query, 4)) == [(1, 3.0), (2, 3.0), (4, 3.0), (0, 5.0)]
-    assert [h.image for h in index.search_one(query, 2)] == [1, 2]
-    assert [h.image for h in index.search_one(query, 2, exclude=[1])] == [2, 4]
+    assert [h.image_id for h in index.search_one(query, 2)] == [1, 2]
+    assert [h.image_id for h in index.search_one(query, 2, exclude=[1])] == [2, 4]
 
 
 @pytest.fixture
@@ -144,7 +145,7 @@ def test_text_query(small_index):
     assert query.mapped == (("cats", "CAT"), ("great white shark", "SHARK"))
     assert query.unknown == ()
     hits = index.search_one(query, k=4)
-    assert [h.image for h in hits] == [0, 1, 3, 2]
+    assert [h.image_id for h in hits] == [0, 1, 3, 2]
     assert index.path_labels(hits[0].path) == ["CAT", "image 0"]
 
 
@@ -212,7 +213,7 @@ def test_batch_equals_single_and_pads():
         skip = [] if exclude[r] < 0 else [exclude[r]]
         hits = index.search_one(Query.from_weights(word_ids[r], weights[r]), k, skip)
         n = len(hits)
-        assert ids[r, :n].tolist() == [h.image for h in hits]
+        assert ids[r, :n].tolist() == [h.image_id for h in hits]
         assert scores[r, :n].tolist() == [-h.distance for h in hits]
         assert (ids[r, n:] == -1).all() and (scores[r, n:] == -np.inf).all()
         assert exclude[r] < 0 or exclude[r] not in ids[r]
@@ -233,10 +234,11 @@ def test_save_load_round_trip(tmp_path):
     path = index.save(tmp_path / "corpus")
     assert path.name == "corpus.npz"
     loaded = IwanIndex.load(path)
-    for name in ("edge_a", "edge_b", "edge_weight", "image_words", "image_costs"):
-        np.testing.assert_array_equal(getattr(loaded.graph, name), getattr(graph, name))
-    assert loaded.graph.words == graph.words
-    assert (loaded.graph.top_wwk, loaded.graph.strength) == (graph.top_wwk, graph.strength)
+    saved = loaded.to_graph()
+    for name in ("edge_a", "edge_b", "edge_weight", "image_words", "image_costs", "image_ids"):
+        np.testing.assert_array_equal(getattr(saved, name), getattr(graph, name))
+    assert saved.words == graph.words
+    assert (saved.top_wwk, saved.strength) == (graph.top_wwk, graph.strength)
     for _ in range(20):
         query = random_query(rng, graph, dyadic=False)
         assert index.search_one(query, 5) == loaded.search_one(query, 5)
@@ -244,13 +246,14 @@ def test_save_load_round_trip(tmp_path):
 
 def test_loading_something_else_is_a_clear_error(tmp_path):
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
-    with pytest.raises(ValueError, match="not an IWAN index of format iwan-index/1 .*build the index"):
+    with pytest.raises(ValueError, match="other.npz: not an IWAN index of format iwan-index/2 .*rebuild the index"):
         IwanIndex.load(tmp_path / "other.npz")
 
 
 def test_reference_refuses_a_wired_graph(small_index):
     index, ids = small_index
-    nx_graph = index.graph.to_networkx()
-    nx_graph.add_edge(QUERY_NODE, index.graph.word_node(0), weight=1.0)
+    graph = index.to_graph()
+    nx_graph = graph.to_networkx()
+    nx_graph.add_edge(QUERY_NODE, graph.word_node(0), weight=1.0)
     with pytest.raises(ValueError, match="already has edges"):
-        networkx_search(nx_graph, index.graph, Query((ids["CAT"],), (1.0,)), k=1)
+        networkx_search(nx_graph, graph, Query((ids["CAT"],), (1.0,)), k=1)

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from hashing.pgsearch import PgExhaustiveCosineIndex, PgHammingCosineIndex
 from hashing.search import ExhaustiveCosineIndex, HammingCosineIndex
-from hashing.store import store_codes
+from hashing.store import store_codes, vector_literal
 
 FIRST_ID = 1000  # image ids are FIRST_ID + position, so ids differ from positions but sort alike
 
@@ -102,11 +102,33 @@ def test_hnsw_index_serves_the_exhaustive_query(engine, stored):
 def explainable_exhaustive_query(queries, k):
     from hashing import pgsearch
 
-    statement = pgsearch._EXHAUSTIVE_SQL.format(bits=48, dim=queries.shape[1])
-    vectors = ["[" + ",".join(map(repr, row)) + "]" for row in queries.tolist()]
+    statement = pgsearch._EXHAUSTIVE_SQL.format(bits=48, dim=queries.shape[1], in_corpus="")
+    vectors = [vector_literal(row) for row in queries]
     n = len(queries)
-    params = {"codes": ["0" * 48] * n, "vectors": vectors, "exclude": [None] * n, "model": "m", "k": k}
+    params = {"codes": ["0" * 48] * n, "vectors": vectors, "exclude": [None] * n, "corpus": [], "model": "m", "k": k}
     return statement, params
+
+
+def test_searches_restricted_to_a_corpus_equal_in_memory_ones_over_it(engine, stored):
+    embeddings, codes = stored
+    queries, query_codes, exclude = queries_for(embeddings, codes)
+    rows = np.flatnonzero(np.random.default_rng(3).random(len(embeddings)) < 0.5)
+    hashes, exhaustive = HammingCosineIndex(), ExhaustiveCosineIndex()
+    hashes.add(embeddings[rows], codes[rows], ids=FIRST_ID + rows)
+    exhaustive.add(embeddings[rows], ids=FIRST_ID + rows)
+    db_exclude = np.where(exclude >= 0, exclude + FIRST_ID, -1)
+    pg_hashes = PgHammingCosineIndex("m", engine, image_ids=FIRST_ID + rows)
+    pg_exhaustive = PgExhaustiveCosineIndex("m", engine, image_ids=FIRST_ID + rows)
+    for k in (5, 30, 200):
+        m_scores, m_ids = hashes.search(queries, k, query_codes=query_codes, exclude=db_exclude)
+        d_scores, d_ids = pg_hashes.search(queries, k, query_codes=query_codes, exclude=db_exclude)
+        np.testing.assert_array_equal(d_ids, m_ids)
+        np.testing.assert_allclose(d_scores, m_scores, atol=1e-5)
+        m_scores, m_ids = exhaustive.search(queries, k, exclude=db_exclude)
+        d_scores, d_ids = pg_exhaustive.search(queries, k, exclude=db_exclude)
+        np.testing.assert_array_equal(d_ids, m_ids)
+        np.testing.assert_allclose(d_scores, m_scores, atol=1e-5)
+    assert np.isin(d_ids[d_ids >= 0], FIRST_ID + rows).all() and (d_ids[:, -1] == -1).all()
 
 
 def test_unknown_model_gives_padded_results(engine, stored):

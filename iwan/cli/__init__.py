@@ -11,12 +11,15 @@ import click
 from iwan.cli.common import CliContext
 from hashing.cli import hash_group
 from iwan.cli.data import data
+from iwan.cli.collection import collection
 from iwan.cli.db import db
 from iwan.cli.evaluate import evaluate
+from iwan.cli.images import images
 from iwan.cli.index import index
 from iwan.cli.norms import norms
 from iwan.cli.predict import predict
 from iwan.cli.search import search
+from iwan.cli.serve import serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,7 +36,7 @@ def cli(ctx: click.Context, database_url: str | None, verbose: bool) -> None:
     ctx.obj = CliContext(database_url=database_url)
 
 
-for command in (db, data, norms, predict, index, search, evaluate, hash_group):
+for command in (db, data, norms, predict, index, search, evaluate, hash_group, collection, images, serve):
     cli.add_command(command)
 
 

@@ -80,4 +80,16 @@ def _finite(value):
     return value
 
 
+def deprecated_option(old: str, new: str, name: str, **kwargs):
+    """The old spelling of option `new`, still accepted (hidden from --help) with one deprecation
+    line on stderr; the command receives it as `name` and uses it where `new` is not given."""
+
+    def warn(ctx, param, value):
+        if value is not None:
+            click.echo(f"iwan: warning: {old} is deprecated; use {new}", err=True)
+        return value
+
+    return click.option(old, name, hidden=True, callback=warn, **kwargs)
+
+
 pass_context = click.make_pass_decorator(CliContext)

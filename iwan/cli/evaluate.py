@@ -6,8 +6,11 @@ from pathlib import Path
 
 import click
 
-from iwan.cli.common import CliContext, emit_json, pass_context
-from iwan.config import DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, MAX_TOP_IWK
+from iwan.cli.common import CliContext, deprecated_option, emit_json, pass_context
+from iwan.config import DEFAULT_PREDICTOR, DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, MAX_TOP_IWK
+from iwan.evaluate import DEFAULT_FUSION, DEFAULT_KS, METHODS
+from iwan.fusion import METHODS as FUSIONS
+from iwan.graph import STRENGTHS
 
 
 def _int_list(ctx, param, value: str) -> tuple[int, ...]:
@@ -22,17 +25,18 @@ def _int_list(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--corpus", "corpus_split", default="train", show_default=True, help="Split searched.")
 @click.option("--queries", "query_split", default="test", show_default=True,
               help="Split of the queries; the corpus split itself leaves each query out of its results.")
-@click.option("--methods", default="iwan,exhaustive,hashes,fused", show_default=True)
-@click.option("--k", "ks", default="1,5,10,15,20,100,250", show_default=True, callback=_int_list)
+@click.option("--methods", default=",".join(METHODS), show_default=True,
+              help="Comma-separated retrieval methods (any registered one, e.g. hashes-pg).")
+@click.option("--k", "ks", default=",".join(map(str, DEFAULT_KS)), show_default=True, callback=_int_list)
 @click.option("--limit-queries", type=click.IntRange(min=1), help="Only the first N queries.")
 @click.option("--limit-corpus", type=click.IntRange(min=1), help="Only the first N corpus images.")
-@click.option("--model", "predictor", default="efficientnet-lite0", show_default=True,
-              help="Whose stored word predictions IWAN uses.")
+@click.option("--predictor", help=f"Whose stored word predictions IWAN uses [default: {DEFAULT_PREDICTOR}].")
+@deprecated_option("--model", "--predictor", "old_model")
 @click.option("--hash-model", help="Name of the stored hash codes (from `iwan hash encode`).")
 @click.option("--top-iwk", type=click.IntRange(1, MAX_TOP_IWK), default=DEFAULT_TOP_IWK, show_default=True)
 @click.option("--top-wwk", type=click.IntRange(min=1), default=DEFAULT_TOP_WWK, show_default=True)
-@click.option("--strength", type=click.Choice(["forward", "backward", "max"]), default="forward", show_default=True)
-@click.option("--fusion", type=click.Choice(["weighted", "rrf"]), default="weighted", show_default=True,
+@click.option("--strength", type=click.Choice(STRENGTHS), default=STRENGTHS[0], show_default=True)
+@click.option("--fusion", type=click.Choice(FUSIONS), default=DEFAULT_FUSION, show_default=True,
               help="weighted: min-max scores, IWAN weight chosen on validation images of the corpus.")
 @click.option("--hierarchy", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Class hierarchy (parent-child pairs); default data/<dataset>/parent-child.txt.")
@@ -42,11 +46,12 @@ def _int_list(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @pass_context
 def evaluate(ctx: CliContext, spec, corpus_split, query_split, methods, ks, limit_queries, limit_corpus, predictor,
-             hash_model, top_iwk, top_wwk, strength, fusion, hierarchy, sweep, gallery, out, as_json) -> None:
+             old_model, hash_model, top_iwk, top_wwk, strength, fusion, hierarchy, sweep, gallery, out, as_json) -> None:
     """Score every method by mAP@k, mHP@k (the original's mAHP@k), Barz mAHP@k and time."""
     from iwan.datasets import load_dataset
     from iwan.evaluate import EvaluationSpec, run
 
+    predictor = predictor or old_model or DEFAULT_PREDICTOR
     corpus = load_dataset(spec, corpus_split, limit=limit_corpus)
     evaluation = EvaluationSpec(
         dataset=corpus.name, corpus_split=corpus_split, query_split=query_split,

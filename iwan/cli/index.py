@@ -6,8 +6,9 @@ from dataclasses import asdict
 
 import click
 
-from iwan.cli.common import CliContext, emit_json, pass_context
+from iwan.cli.common import CliContext, deprecated_option, emit_json, pass_context
 from iwan.config import DEFAULT_PREDICTOR, DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, MAX_TOP_IWK, USF_SOURCE
+from iwan.graph import STRENGTHS
 
 
 @click.group()
@@ -20,25 +21,28 @@ def index() -> None:
               help="Registered data set: cifar100, cifar10, or imagefolder:PATH (known by its resolved path).")
 @click.option("--split", required=True)
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N images of the split.")
-@click.option("--model", default=DEFAULT_PREDICTOR, show_default=True, help="Whose stored predictions name the images.")
+@click.option("--predictor", help=f"Whose stored predictions name the images [default: {DEFAULT_PREDICTOR}].")
+@deprecated_option("--model", "--predictor", "old_model")
 @click.option("--top-iwk", type=click.IntRange(1, MAX_TOP_IWK), default=DEFAULT_TOP_IWK, show_default=True,
               help="Words per image.")
 @click.option("--top-wwk", type=click.IntRange(min=1), default=DEFAULT_TOP_WWK, show_default=True,
               help="Associates per cue word.")
-@click.option("--strength", type=click.Choice(["forward", "backward", "max"]), default="forward",
+@click.option("--strength", type=click.Choice(STRENGTHS), default=STRENGTHS[0],
               show_default=True, help="Which association strength ranks and weighs word-word edges.")
 @click.option("--source", default=USF_SOURCE, show_default=True, help="Norm set.")
 @click.option("--name", help="Index name: letters, digits, '.', '_', '-' (default DATASET-SPLIT).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_context
-def build(ctx: CliContext, dataset, split, limit, model, top_iwk, top_wwk, strength, source, name, as_json) -> None:
+def build(ctx: CliContext, dataset, split, limit, predictor, old_model, top_iwk, top_wwk, strength, source, name,
+          as_json) -> None:
     """Build the IWAN of a split's stored predictions and save it under IWAN_HOME/indexes."""
     from iwan import network
 
+    predictor = predictor or old_model or DEFAULT_PREDICTOR
     if name is not None:
         network.index_dir(name)  # a bad name fails now, not after the build
     built = network.build(
-        ctx.engine(), model, dataset, split, top_iwk=top_iwk, top_wwk=top_wwk,
+        ctx.engine(), predictor, dataset, split, top_iwk=top_iwk, top_wwk=top_wwk,
         strength=strength, source=source, limit=limit, name=name,
     )
     path = built.save(network.index_dir(built.meta.name))

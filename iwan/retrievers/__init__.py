@@ -79,7 +79,8 @@ class Corpus:
     strength: str = "forward"
     source: str = USF_SOURCE
     options: dict = field(default_factory=dict)
-    """Method-specific settings (e.g. fusion weights), passed to the builders."""
+    """Method-specific settings by method name, passed to its builder, e.g.
+    {"fused": {"fusion": "weighted", "weights": (0.3, 0.7)}, "hashes": {"shortlist_factor": 4}}."""
 
 
 @runtime_checkable
@@ -102,7 +103,14 @@ class Retriever(Protocol):
 
 Builder = Callable[..., Retriever]
 _BUILDERS: dict[str, Builder] = {}
-_BUILTIN_MODULES = ()
+_BUILTIN_MODULES = (
+    "iwan.retrievers.iwan",
+    "iwan.retrievers.exhaustive",
+    "iwan.retrievers.hashes",
+    "iwan.retrievers.fused",
+    "iwan.retrievers.hashes_pg",
+    "iwan.retrievers.exhaustive_pg",
+)
 """Modules of the project's own methods, imported on first use so that they register."""
 
 
@@ -124,13 +132,14 @@ def retriever_names() -> tuple[str, ...]:
 
 
 def get_retriever(name: str, engine, corpus: Corpus, **options) -> Retriever:
-    """Build method `name` over `corpus` from the database behind `engine`."""
+    """Build method `name` over `corpus` from the database behind `engine`; `options` add to (and
+    override) the corpus's options for that method."""
     _import_builtins()
     try:
         builder = _BUILDERS[name]
     except KeyError:
         raise ValueError(f"unknown retrieval method {name!r}: choose from {', '.join(sorted(_BUILDERS))}") from None
-    return builder(engine, corpus, **options)
+    return builder(engine, corpus, **{**corpus.options.get(name, {}), **options})
 
 
 def _import_builtins() -> None:

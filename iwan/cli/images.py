@@ -1,0 +1,75 @@
+"""`iwan images`: add image files to a collection, or remove images from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from iwan.cli.common import CliContext, emit_json, pass_context
+
+
+@click.group()
+def images() -> None:
+    """Images of collections, added and removed without a rebuild."""
+
+
+@images.command()
+@click.argument("name")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--label", help="A label recorded with every image added.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def add(ctx: CliContext, name, paths, label, as_json) -> None:
+    """Add image files (or every file under folders) to collection NAME.
+
+    Each is decoded, predicted with the collection's predictor, encoded with its hash model and
+    stored with its bytes; every batch commits whole or not at all. Files that are not images
+    are skipped with the reason; the same bytes are stored once."""
+    from tqdm import tqdm
+
+    from iwan import collections as store
+    from iwan import uploads
+
+    engine = ctx.engine()
+    collection = store.get(engine, name)
+    files = list(uploads.expand_paths(paths))
+    encoder = uploads.Encoder(collection.predictor, collection.hash_model)
+    report = uploads.AddReport()
+    with tqdm(total=len(files), desc=f"add to {name}", unit="file", disable=as_json or len(files) < 2) as bar:
+        for start in range(0, len(files), uploads.BATCH_SIZE):
+            chunk = files[start : start + uploads.BATCH_SIZE]
+            readable = []
+            for path in chunk:
+                try:
+                    readable.append((str(path), path.read_bytes()))
+                except OSError as err:
+                    report.skipped.append((str(path), f"unreadable ({err.strerror or err})"))
+            part = uploads.add_files(engine, name, readable, encoder, label)
+            report.added += part.added
+            report.skipped += part.skipped
+            bar.update(len(chunk))
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    for file, reason in report.skipped:
+        click.echo(f"skipped {file}: {reason}", err=True)
+    ids = [i for i, _ in report.added]
+    shown = f" (ids {ids[0]}..{ids[-1]})" if len(ids) > 1 else f" (id {ids[0]})" if ids else ""
+    click.echo(f"added {len(ids)} image{'s' * (len(ids) != 1)} to {name}{shown}; skipped {len(report.skipped)}")
+
+
+@images.command()
+@click.argument("name")
+@click.argument("image_ids", nargs=-1, required=True, type=click.IntRange(min=0))
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def remove(ctx: CliContext, name, image_ids, as_json) -> None:
+    """Remove images (by id) from collection NAME; its own uploads are deleted with their files."""
+    from iwan import uploads
+
+    seq = uploads.remove(ctx.engine(), name, list(image_ids))
+    if as_json:
+        emit_json({"removed": sorted(set(image_ids)), "collection": name, "change": seq})
+    else:
+        click.echo(f"removed {len(set(image_ids))} image{'s' * (len(set(image_ids)) != 1)} from {name}")

@@ -1,0 +1,51 @@
+"""`iwan serve`: the HTTP retrieval service and its web page."""
+
+from __future__ import annotations
+
+import click
+
+from iwan.cli.common import CliContext, pass_context
+from iwan.config import SERVE_HOST, SERVE_PORT, SERVE_TORCH_THREADS
+
+
+@click.command()
+@click.option("--host", default=SERVE_HOST, show_default=True,
+              help="Address to bind; 127.0.0.1 serves this machine only, 0.0.0.0 every network.")
+@click.option("--port", type=click.IntRange(0, 65535), default=SERVE_PORT, show_default=True)
+@click.option("--collection", "names", multiple=True, metavar="NAME",
+              help="A collection to serve (repeatable; default: every collection).")
+@click.option("--threads", type=click.IntRange(min=1), default=SERVE_TORCH_THREADS, show_default=True,
+              help="Torch threads per request (requests run in parallel, so one each uses the cores best).")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+              default="info", show_default=True)
+@pass_context
+def serve(ctx: CliContext, host: str, port: int, names: tuple[str, ...], threads: int, log_level: str) -> None:
+    """Serve search over HTTP: the API under /v1, its docs at /docs, the search page at /.
+
+    Writes (adding and removing images) need IWAN_API_KEY set; without it they are refused.
+    /readyz answers 503 until every collection is loaded.
+    """
+    import torch
+    import uvicorn
+
+    from iwan.live import list_collections
+    from iwan.serve import create_app
+
+    engine = ctx.engine()
+    known = [c.name for c in list_collections(engine)]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise LookupError(
+            f"unknown collection {', '.join(map(repr, unknown))}: the database holds "
+            f"{', '.join(known) or 'none'}; create one with `iwan collection create`"
+        )
+    chosen = list(dict.fromkeys(names)) if names else known
+    if not chosen:
+        raise LookupError("the database holds no collection to serve; create one with `iwan collection create`")
+    torch.set_num_threads(threads)
+    app = create_app(engine, load=chosen)
+    click.echo(f"iwan serve: http://{host}:{port}/ ({', '.join(chosen)}; writes "
+               f"{'need the API key' if app.state.service.settings.api_key else 'disabled: IWAN_API_KEY is not set'})",
+               err=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug",
+                timeout_graceful_shutdown=5)

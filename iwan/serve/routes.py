@@ -1,0 +1,437 @@
+"""The HTTP endpoints (the contract of `iwan serve`)."""
+
+from __future__ import annotations
+
+import hmac
+import io
+import json
+import math
+import time
+import unicodedata
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Annotated
+
+import numpy as np
+from fastapi import (
+    APIRouter,
+    Depends,
+    File,
+    Form,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+    UploadFile,
+)
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.exc import DBAPIError
+from starlette.datastructures import UploadFile as FormFile
+
+from iwan.config import DEFAULT_K, MAX_SEARCH_K, MAX_SEARCH_OFFSET
+from iwan.db import DatabaseError
+from iwan.serve import models
+from iwan.serve.app import RETRY_AFTER_S, STATIC, Service
+from iwan.serve.uploads import ImageRefused, check_image, open_image
+
+router = APIRouter()
+THUMBNAIL_PIXELS = 256
+MAX_LABEL_CHARS = 200
+MAX_FILES = 1000
+PATH_DEPTH = 100
+"""A fused result shows its IWAN word path when IWAN ranks it this high or higher."""
+TEXT_METHODS = ("iwan",)
+"""The methods that read a query's words; the hash methods need an image."""
+
+PAGE_POLICY = (
+    "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+DOCS_POLICY = PAGE_POLICY.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
+
+
+def _error(status: int, description: str) -> dict:
+    return {status: {"model": models.Error, "description": description}}
+
+
+UNAVAILABLE = _error(503, "The database is down (writes; retry after Retry-After seconds) or the collection is still loading")
+UNKNOWN = _error(404, "Unknown collection or image")
+INVALID = _error(422, "A field out of range, an unknown method, or a text query with no known word")
+
+
+def service_of(request: Request) -> Service:
+    return request.app.state.service
+
+
+ServiceDep = Annotated[Service, Depends(service_of)]
+CollectionName = Annotated[str, Path(min_length=1, max_length=200, description="A served collection")]
+ImageIdPath = Annotated[int, Path(ge=0, le=models.MAX_IMAGE_ID)]
+bearer = HTTPBearer(auto_error=False, description="IWAN_API_KEY, the server's write key")
+
+
+def require_key(
+    service: ServiceDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> None:
+    """Writes need `Authorization: Bearer <IWAN_API_KEY>`; with no key configured they are refused."""
+    key = service.settings.api_key
+    if key is None:
+        raise HTTPException(403, "writes are disabled: start the server with IWAN_API_KEY set to allow them")
+    given = credentials.credentials if credentials is not None else ""
+    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), key.encode("utf-8", "surrogateescape")):
+        raise HTTPException(401, "a write needs the header Authorization: Bearer <IWAN_API_KEY>",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+KEYED = {**_error(401, "Missing or wrong key"), **_error(403, "Writes are disabled: no IWAN_API_KEY on the server")}
+
+
+@contextmanager
+def _answers():
+    """Known failures of the engine, as HTTP answers: bad input 422, unknown 404, database down 503."""
+    try:
+        yield
+    except ImageRefused as err:
+        raise HTTPException(err.status, str(err)) from None
+    except (DatabaseError, DBAPIError) as err:
+        raise HTTPException(503, f"the database is unavailable ({_first_line(err)}); retry later",
+                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+    except LookupError as err:
+        raise HTTPException(404, _first_line(err)) from None
+    except ValueError as err:
+        raise HTTPException(422, _first_line(err)) from None
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().strip("'\"")
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+# Health, readiness, metrics -------------------------------------------------------------------
+
+@router.get("/healthz", response_model=models.Status, tags=["operations"])
+def healthz() -> models.Status:
+    """200 while the process runs."""
+    return models.Status(status="ok")
+
+
+@router.get("/readyz", response_model=models.Readiness, tags=["operations"],
+            responses={503: {"model": models.Readiness, "description": "Collections still loading, or one failed"}})
+def readyz(service: ServiceDep, response: Response) -> models.Readiness:
+    """200 once every collection is loaded; 503 before (or when one failed to load)."""
+    status = "ready" if service.ready else ("failed" if service.error else "loading")
+    if not service.ready:
+        response.status_code = 503
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return models.Readiness(status=status, loaded=sorted(service.collections), pending=list(service.pending),
+                            error=service.error)
+
+
+@router.get("/metrics", tags=["operations"], response_class=Response,
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"}})
+def metrics(service: ServiceDep) -> Response:
+    """Prometheus text: requests and latency per endpoint and method, collection sizes."""
+    return Response(service.metrics.text(), media_type=CONTENT_TYPE_LATEST)
+
+
+# Collections and search -----------------------------------------------------------------------
+
+@router.get("/v1/collections", response_model=list[models.CollectionOut], tags=["search"])
+def list_served(service: ServiceDep) -> list[models.CollectionOut]:
+    """The collections this server serves (loaded ones)."""
+    return [
+        models.CollectionOut(name=c.name, size=c.size, predictor=c.predictor, hash_model=c.hash_model,
+                             methods=list(c.methods), default_method=c.default_method)
+        for c in sorted(service.collections.values(), key=lambda c: c.name)
+    ]
+
+
+class SearchForm(BaseModel):
+    """The fields of a multipart search (the image travels beside them)."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: str | None = Field(default=None, max_length=40)
+    k: int | None = Field(default=None, ge=1, le=MAX_SEARCH_K)
+    offset: int | None = Field(default=None, ge=0, le=MAX_SEARCH_OFFSET)
+
+
+def _search_body_doc() -> dict:
+    form = SearchForm.model_json_schema()
+    form["properties"]["image"] = {"type": "string", "format": "binary", "description": "A query image"}
+    form["required"] = ["image"]
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": models.SearchBody.model_json_schema()},
+        "multipart/form-data": {"schema": form},
+    }}}
+
+
+@router.post(
+    "/v1/collections/{name}/search", response_model=models.SearchResponse, tags=["search"],
+    openapi_extra=_search_body_doc(),
+    responses={**UNKNOWN, **INVALID, **UNAVAILABLE, **_error(400, "A malformed multipart body"),
+               **_error(413, "Body over 10 MiB or image over the pixel limit"),
+               **_error(415, "Not an image, or a body neither JSON nor multipart")},
+)
+async def search(
+    name: CollectionName,
+    request: Request,
+    service: ServiceDep,
+    method: Annotated[str | None, Query(max_length=40)] = None,
+    k: Annotated[int | None, Query(ge=1, le=MAX_SEARCH_K)] = None,
+    offset: Annotated[int | None, Query(ge=0, le=MAX_SEARCH_OFFSET)] = None,
+) -> models.SearchResponse:
+    """Search by an uploaded image (multipart `image`), by words (JSON `text`) or by a stored image
+    (JSON `image_id`). `method`, `k`, `offset` may come as query parameters or body fields."""
+    collection = service.collection(name)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    upload = None
+    if content_type == "application/json":
+        try:
+            payload = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            raise HTTPException(422, "the body is not valid JSON") from None
+        body = _validated(models.SearchBody, payload, "body")
+    elif content_type == "multipart/form-data":
+        async with request.form(max_files=1, max_fields=10) as form:
+            fields = {key: value for key, value in form.items() if key != "image"}
+            image = form.get("image")
+            if not isinstance(image, FormFile):
+                raise RequestValidationError([{"type": "missing", "loc": ("body", "image"),
+                                               "msg": "a multipart search needs an image file in the field 'image'"}])
+            body = _validated(SearchForm, fields, "body")
+            upload = (image.filename or "upload", await image.read())
+    else:
+        raise HTTPException(415, "send JSON ({\"text\": ...} or {\"image_id\": ...}) or multipart form data with an image")
+    method = body.method or method or _default_method(collection, body)
+    if getattr(body, "text", None) is not None and method not in TEXT_METHODS:
+        raise HTTPException(422, f"method {method!r} needs an image query (it compares images' hashes); "
+                                 f"a text query is searched by {', '.join(TEXT_METHODS)}")
+    if method not in collection.methods:
+        raise HTTPException(422, f"method {method!r} is not available in {name!r}: choose from {', '.join(collection.methods)}")
+    k = body.k or k or DEFAULT_K
+    offset = body.offset if body.offset is not None else (offset or 0)
+    return await run_in_threadpool(_search, service, collection, method, k, offset, body, upload)
+
+
+def _default_method(collection, body) -> str:
+    """The collection's default, except that words can only be searched through the word graph."""
+    if getattr(body, "text", None) is not None and collection.default_method not in TEXT_METHODS:
+        return "iwan"
+    return collection.default_method
+
+
+def _validated(model: type[BaseModel], payload, where: str):
+    try:
+        return model.model_validate(payload)
+    except ValidationError as err:
+        raise RequestValidationError(
+            [{**e, "loc": (where, *e["loc"])} for e in err.errors(include_url=False, include_context=False)]
+        ) from None
+
+
+def _search(service: Service, collection, method: str, k: int, offset: int, body, upload) -> models.SearchResponse:
+    start = time.perf_counter()
+    exclude, unknown, words = None, [], None
+    with _answers():
+        if upload is not None:
+            image = open_image(upload[1], upload[0], service.settings.max_image_pixels)
+            queries = collection.image_queries([image])
+        elif body.text is not None:
+            _check_text(body.text, "text")
+            planned = collection.text_queries(body.text)
+            queries, unknown = planned.batch, list(planned.unknown)
+            words = [models.Word(word=w, weight=_finite(p) or 0.0) for w, p in planned.words]
+        else:
+            queries = collection.stored_queries(np.array([body.image_id], dtype=np.int64))
+            exclude = np.array([body.image_id], dtype=np.int64)
+        modelled = time.perf_counter()
+        scores, ids = collection.search(queries, offset + k, method=method, exclude=exclude)
+        searched = time.perf_counter()
+        service.metrics.searches.labels(collection.name, method).observe(searched - modelled)
+        scores, ids = scores[0, offset:], ids[0, offset:]
+        keep = ids >= 0
+        scores, ids = scores[keep], ids[keep].tolist()
+        explanations = _explain(collection, queries, ids, method)
+        labels = collection.labels(ids) if ids else []
+        if words is None:
+            words = _query_words(collection, queries)
+    results = [
+        models.Result(rank=offset + i + 1, image_id=image_id, label=label, score=_finite(score),
+                      thumbnail_url=f"/v1/images/{image_id}/thumbnail", explanation=_plain(why))
+        for i, (image_id, label, score, why) in enumerate(zip(ids, labels, scores.tolist(), explanations))
+    ]
+    end = time.perf_counter()
+    return models.SearchResponse(
+        collection=collection.name, method=method, query=models.QueryInfo(words=words, unknown=unknown),
+        results=results,
+        timing_ms=models.Timing(model=round((modelled - start) * 1e3, 3), search=round((searched - modelled) * 1e3, 3),
+                                total=round((end - start) * 1e3, 3)),
+    )
+
+
+def _query_words(collection, queries) -> list[models.Word]:
+    """The words one query starts from, heaviest first (a word given twice keeps its larger weight)."""
+    best: dict[int, float] = {}
+    for word_id, weight in zip(queries.word_ids[0].tolist(), queries.weights[0].tolist()):
+        if word_id >= 0 and weight > 0 and math.isfinite(weight):
+            best[word_id] = max(best.get(word_id, 0.0), weight)
+    ranked = sorted(best.items(), key=lambda item: -item[1])
+    return [models.Word(word=collection.words[w], weight=p) for w, p in ranked]
+
+
+def _explain(collection, queries, ids: list[int], method: str) -> list[dict]:
+    """Why each result came back; a fused result near the top of IWAN's ranking also carries its
+    word path (finding the path of one ranked far down costs a search that deep: 0.5 s at 50,000)."""
+    if not ids:
+        return []
+    first = queries.rows(slice(0, 1))
+    explanations = collection.explain(first, ids, method)
+    if method == "fused" and "iwan" in collection.methods:
+        near = [i for i, why in zip(ids, explanations) if 0 < ((why.get("ranks") or {}).get("iwan") or 0) <= PATH_DEPTH]
+        paths = dict(zip(near, collection.explain(first, near, "iwan"))) if near else {}
+        explanations = [{**paths.get(i, {}), **why} for i, why in zip(ids, explanations)]
+    return explanations
+
+
+def _plain(value):
+    """JSON-safe: numpy scalars as Python numbers, non-finite floats as None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return _finite(value)
+    return value
+
+
+def _finite(value) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _check_text(text: str, field: str) -> None:
+    """Refuse control characters (a NUL cannot reach PostgreSQL, and none means anything in a query)."""
+    bad = sorted({f"U+{ord(c):04X}" for c in text if unicodedata.category(c) == "Cc" and c not in "\t\n\r"})
+    if bad:
+        raise ValueError(f"{field} contains control characters ({', '.join(bad)}); send words only")
+
+
+# Images ---------------------------------------------------------------------------------------
+
+@router.get("/v1/images/{image_id}", response_model=models.ImageOut, tags=["images"], responses={**UNKNOWN, **UNAVAILABLE})
+def image(image_id: ImageIdPath, service: ServiceDep) -> models.ImageOut:
+    """A stored image: its collections, label, top words with probabilities, hash code (hex)."""
+    from iwan.live import image_record
+
+    with _answers():
+        record = image_record(service.engine, image_id)
+    return models.ImageOut(
+        image_id=record["image_id"], collections=list(record["collections"]), label=record["label"],
+        words=[models.WordProbability(word=w["word"], probability=_finite(w["probability"]) or 0.0) for w in record["words"]],
+        hash_code=record["hash_code"], thumbnail_url=f"/v1/images/{image_id}/thumbnail",
+    )
+
+
+@router.get("/v1/images/{image_id}/thumbnail", tags=["images"], response_class=Response,
+            responses={200: {"content": {"image/jpeg": {}, "image/png": {}}, "description": "The image (cacheable)"},
+                       **UNKNOWN, **UNAVAILABLE})
+def thumbnail(image_id: ImageIdPath, service: ServiceDep) -> Response:
+    """The image, at most 256 pixels a side; an image never changes under its id, so it is cached."""
+    with _answers():
+        data, media_type = _thumbnail(service.engine, image_id, service.settings.max_image_pixels)
+    return Response(data, media_type=media_type, headers={"Cache-Control": "public, max-age=31536000, immutable"})
+
+
+@lru_cache(maxsize=2048)
+def _thumbnail(engine, image_id: int, max_pixels: int) -> tuple[bytes, str]:
+    from iwan.live import image_file
+
+    data, media_type = image_file(engine, image_id)
+    if media_type in ("image/jpeg", "image/png") and len(data) <= 32 * 1024:
+        return data, media_type
+    image = open_image(data, f"image {image_id}", max_pixels)
+    image.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=85)
+    return out.getvalue(), "image/jpeg"
+
+
+@router.post("/v1/collections/{name}/images", status_code=201, response_model=models.AddResponse, tags=["images"],
+             dependencies=[Depends(require_key)],
+             responses={**KEYED, **UNKNOWN, **UNAVAILABLE, **INVALID, **_error(400, "A malformed multipart body"),
+                        **_error(413, "Body over 10 MiB, or every image over the pixel limit"),
+                        **_error(415, "No file is an image")})
+async def add_images(
+    name: CollectionName,
+    service: ServiceDep,
+    images: Annotated[list[UploadFile], File(description="Image files (JPEG, PNG, GIF, BMP, WebP, TIFF)")],
+    label: Annotated[str | None, Form(max_length=MAX_LABEL_CHARS)] = None,
+) -> models.AddResponse:
+    """Add images (searchable at once). A file that is not an image is skipped with the reason."""
+    collection = service.collection(name)
+    if len(images) > MAX_FILES:
+        raise HTTPException(422, f"{len(images)} files in one request; send at most {MAX_FILES}")
+    files = [(_file_name(upload.filename, i), await upload.read()) for i, upload in enumerate(images)]
+    return await run_in_threadpool(_add, service, collection, files, label)
+
+
+def _add(service: Service, collection, files: list[tuple[str, bytes]], label: str | None) -> models.AddResponse:
+    accepted, skipped, refusals = [], [], []
+    for file_name, data in files:
+        try:
+            check_image(data, file_name, service.settings.max_image_pixels)
+            accepted.append((file_name, data))
+        except ImageRefused as err:
+            refusals.append(err.status)
+            skipped.append(models.Skipped(file=file_name, reason=str(err)))
+    if not accepted:
+        raise HTTPException(413 if 413 in refusals else 415, "; ".join(s.reason for s in skipped) or "no files")
+    with _answers():
+        if label is not None:
+            _check_text(label, "label")
+        report = collection.add_files(accepted, label=label)
+    return models.AddResponse(
+        added=[models.Added(image_id=int(i), file=f) for i, f in report.added],
+        skipped=skipped + [models.Skipped(file=f, reason=r) for f, r in report.skipped],
+    )
+
+
+def _file_name(given: str | None, position: int) -> str:
+    """A file name for reports only: its last path part, printable, short."""
+    base = (given or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(c for c in base if unicodedata.category(c)[0] != "C")[:200]
+    return base or f"file {position + 1}"
+
+
+@router.delete("/v1/images/{image_id}", status_code=204, response_class=Response, tags=["images"],
+               dependencies=[Depends(require_key)], responses={**KEYED, **UNKNOWN, **UNAVAILABLE})
+def delete_image(image_id: ImageIdPath, service: ServiceDep) -> Response:
+    """Remove an image from every served collection holding it; gone from results at once."""
+    from iwan.live import collections_of
+
+    with _answers():
+        holding = [n for n in collections_of(service.engine, image_id) if n in service.collections]
+        if not holding:
+            raise LookupError(f"image {image_id} is in none of the collections this server serves")
+        for collection_name in holding:
+            service.collections[collection_name].remove(np.array([image_id], dtype=np.int64))
+    return Response(status_code=204)
+
+
+# The web page and the API docs ----------------------------------------------------------------
+
+@router.get("/", include_in_schema=False)
+def page() -> FileResponse:
+    return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_POLICY})
+
+
+@router.get("/docs", include_in_schema=False)
+def docs() -> FileResponse:
+    return FileResponse(STATIC / "docs.html", headers={"Content-Security-Policy": DOCS_POLICY})

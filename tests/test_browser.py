@@ -1,0 +1,160 @@
+"""The web page in a real browser (Debian's chromium through Selenium) against a real server.
+
+Real data: CIFAR-10 test JPEGs, the USF norms and EfficientNet-Lite0's ImageNet weights. Skips
+with the reason without the data or without chromium and chromedriver (scripts/browser.sh
+installs them where it can; CI runs as root, has both, and runs this test).
+IWAN_UPDATE_SCREENSHOT=1 copies the page's screenshot to docs/page.png (the README's picture).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from serving import cifar_collection, cifar_query, running
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+REPO = Path(__file__).resolve().parent.parent
+SCREENSHOT = REPO / "docs" / "page.png"
+
+
+@pytest.fixture(scope="module")
+def data():
+    from conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "cifar10-jpg" / "test").is_dir() or not (SHARED_DATA / "usf-appendix-a").is_dir():
+        pytest.skip(f"real-data test: needs CIFAR-10 JPEGs and the USF norms under {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        pytest.skip("needs Debian's chromium and chromium-driver (bash scripts/browser.sh installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1280,1000",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("browser-home")
+
+
+@pytest.fixture(autouse=True)
+def _one_home(home, monkeypatch):
+    monkeypatch.setenv("IWAN_HOME", str(home))
+
+
+@pytest.fixture(scope="module")
+def server(module_database_url, home, data, one_torch_thread):
+    from iwan.serve import create_app
+
+    engine = sa.create_engine(module_database_url)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IWAN_HOME", str(home))
+        collection = cifar_collection(engine, data, "cifar10-test", per_class=30)
+        with running(create_app(engine, [collection])) as url:
+            yield url
+    collection.close()
+    engine.dispose()
+
+
+def loaded_thumbnails(driver) -> int:
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#results .result img')]"
+        ".filter(i => i.complete && i.naturalWidth > 0).length;"
+    )
+
+
+def result_ids(driver) -> list[str]:
+    return driver.execute_script("return [...document.querySelectorAll('#results .result')].map(r => r.dataset.imageId);")
+
+
+def test_search_by_upload_then_by_result_then_by_words(browser, server, data, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 60, poll_frequency=0.1)
+    browser.get(server + "/")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#collection option"))
+    assert browser.find_element(By.ID, "method").get_attribute("value") == "iwan"
+
+    # an image the collection does not hold, uploaded through the file chooser
+    browser.find_element(By.ID, "image-file").send_keys(str(cifar_query(data, "cat")))
+    wait.until(lambda d: loaded_thumbnails(d) >= 10)
+    first = result_ids(browser)
+    assert len(first) == 20
+    assert "image" in browser.find_element(By.ID, "status").text
+    assert browser.find_element(By.ID, "query-words").text.startswith("query words:")
+    assert " ms" in browser.find_element(By.ID, "timing").text
+
+    # "more" pages on with offset
+    browser.find_element(By.ID, "more").click()
+    wait.until(lambda d: len(result_ids(d)) == 40)
+    assert result_ids(browser)[:20] == first and not set(result_ids(browser)[20:]) & set(first)
+
+    # a click on a result searches by it
+    clicked = first[0]
+    browser.find_elements(By.CSS_SELECTOR, "#results .result")[0].click()
+    wait.until(lambda d: "more like this" in d.find_element(By.ID, "status").text)
+    wait.until(lambda d: loaded_thumbnails(d) >= 10)
+    second = result_ids(browser)
+    assert second != first and clicked not in second
+
+    # words: every result says why, by the path of words from the query
+    words = browser.find_element(By.ID, "words")
+    words.clear()
+    words.send_keys("cat")
+    browser.find_element(By.ID, "search-words").click()
+    wait.until(lambda d: "cat" in d.find_element(By.ID, "status").text and loaded_thumbnails(d) >= 10)
+    whys = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#results .result .why")]
+    assert len(whys) == 20 and all(w.startswith("why: cat") and "→" in w for w in whys), whys[:3]
+    labels = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#results .result .label")]
+    animals = {"bird", "cat", "deer", "dog", "frog", "horse"}
+    assert "cat" in labels and sum(label in animals for label in labels) >= 15, labels  # CAT leads to animals
+
+    # nothing came from anywhere but the server
+    resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name);")
+    assert resources and all(r.startswith(server) for r in resources), resources
+
+    assert browser.save_screenshot(str(tmp_path / "page.png"))
+    if os.environ.get("IWAN_UPDATE_SCREENSHOT"):  # the README's picture: docs/page.png
+        shutil.copyfile(tmp_path / "page.png", SCREENSHOT)
+
+
+def test_docs_page_loads_without_any_other_site(browser, server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server + "/docs")
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock"))
+    text = browser.find_element(By.TAG_NAME, "body").text
+    assert "/v1/collections/{name}/search" in text
+    resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name);")
+    assert all(r.startswith(server) for r in resources), resources
+
+
+def test_the_add_form_appears_with_a_key(browser, server):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server + "/")
+    form = browser.find_element(By.ID, "add-form")
+    assert not form.is_displayed()
+    browser.find_element(By.CSS_SELECTOR, "#admin summary").click()
+    browser.find_element(By.ID, "api-key").send_keys("some-key")
+    assert form.is_displayed()
