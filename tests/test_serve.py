@@ -91,6 +91,21 @@ def test_readyz_is_503_until_loaded_and_when_a_collection_fails(collection):
         assert client.post("/v1/collections/no-such-collection/search", json={"text": "cat"}).status_code == 503
 
 
+def test_readyz_turns_200_once_the_collection_and_its_models_are_loaded(collection):
+    import time
+
+    with TestClient(create_app(collection.engine, load=["pics"])) as client:
+        first = client.get("/readyz")
+        assert first.status_code == 503 and first.json() == {"status": "loading", "loaded": [], "pending": ["pics"],
+                                                             "error": None}
+        assert client.get("/healthz").status_code == 200
+        deadline = time.monotonic() + 120
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/readyz").json()
+            time.sleep(0.1)
+        assert client.get("/v1/collections").json()[0]["size"] == N_IMAGES
+
+
 def test_search_by_uploaded_image(client, collection):
     answer = search(client, files=upload(png(3), "q.png", "image/png"), k=5)
     assert answer.status_code == 200, answer.text

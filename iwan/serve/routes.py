@@ -65,7 +65,7 @@ UNKNOWN = _error(404, "Unknown collection or image")
 INVALID = _error(422, "A field out of range, an unknown method, or a text query with no known word")
 
 
-def service_of(request: Request) -> Service:
+async def service_of(request: Request) -> Service:
     return request.app.state.service
 
 
@@ -75,7 +75,7 @@ ImageIdPath = Annotated[int, Path(ge=0, le=models.MAX_IMAGE_ID)]
 bearer = HTTPBearer(auto_error=False, description="IWAN_API_KEY, the server's write key")
 
 
-def require_key(
+async def require_key(
     service: ServiceDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> None:
     """Writes need `Authorization: Bearer <IWAN_API_KEY>`; with no key configured they are refused."""
@@ -115,14 +115,14 @@ def _first_line(err: Exception) -> str:
 # Health, readiness, metrics -------------------------------------------------------------------
 
 @router.get("/healthz", response_model=models.Status, tags=["operations"])
-def healthz() -> models.Status:
+async def healthz() -> models.Status:
     """200 while the process runs."""
     return models.Status(status="ok")
 
 
 @router.get("/readyz", response_model=models.Readiness, tags=["operations"],
             responses={503: {"model": models.Readiness, "description": "Collections still loading, or one failed"}})
-def readyz(service: ServiceDep, response: Response) -> models.Readiness:
+async def readyz(service: ServiceDep, response: Response) -> models.Readiness:
     """200 once every collection is loaded; 503 before (or when one failed to load)."""
     status = "ready" if service.ready else ("failed" if service.error else "loading")
     if not service.ready:
@@ -134,7 +134,7 @@ def readyz(service: ServiceDep, response: Response) -> models.Readiness:
 
 @router.get("/metrics", tags=["operations"], response_class=Response,
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"}})
-def metrics(service: ServiceDep) -> Response:
+async def metrics(service: ServiceDep) -> Response:
     """Prometheus text: requests and latency per endpoint and method, collection sizes."""
     return Response(service.metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
@@ -142,7 +142,7 @@ def metrics(service: ServiceDep) -> Response:
 # Collections and search -----------------------------------------------------------------------
 
 @router.get("/v1/collections", response_model=list[models.CollectionOut], tags=["search"])
-def list_served(service: ServiceDep) -> list[models.CollectionOut]:
+async def list_served(service: ServiceDep) -> list[models.CollectionOut]:
     """The collections this server serves (loaded ones)."""
     return [
         models.CollectionOut(name=c.name, size=c.size, predictor=c.predictor, hash_model=c.hash_model,
@@ -215,6 +215,8 @@ async def search(
         raise HTTPException(422, f"method {method!r} is not available in {name!r}: choose from {', '.join(collection.methods)}")
     k = body.k or k or DEFAULT_K
     offset = body.offset if body.offset is not None else (offset or 0)
+    if upload is None:  # words or a stored image: well under a millisecond, cheaper than a thread hop
+        return _search(service, collection, method, k, offset, body, upload)
     return await run_in_threadpool(_search, service, collection, method, k, offset, body, upload)
 
 
@@ -300,11 +302,14 @@ def _explain(collection, queries, ids: list[int], method: str) -> list[dict]:
 
 def _plain(value):
     """JSON-safe: numpy scalars as Python numbers, non-finite floats as None."""
-    if isinstance(value, dict):
+    kind = type(value)
+    if kind is str or kind is int or value is None:
+        return value
+    if kind is dict:
         return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
+    if kind is list or kind is tuple or kind is np.ndarray:
         return [_plain(v) for v in value]
-    if isinstance(value, (np.integer,)):
+    if isinstance(value, np.integer):
         return int(value)
     if isinstance(value, (float, np.floating)):
         return _finite(value)
@@ -428,10 +433,10 @@ def delete_image(image_id: ImageIdPath, service: ServiceDep) -> Response:
 # The web page and the API docs ----------------------------------------------------------------
 
 @router.get("/", include_in_schema=False)
-def page() -> FileResponse:
+async def page() -> FileResponse:
     return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_POLICY})
 
 
 @router.get("/docs", include_in_schema=False)
-def docs() -> FileResponse:
+async def docs() -> FileResponse:
     return FileResponse(STATIC / "docs.html", headers={"Content-Security-Policy": DOCS_POLICY})
