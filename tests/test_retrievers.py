@@ -12,10 +12,9 @@ from test_evaluate import CLASSES, fake_split, predictions_for
 
 from hashing.codes import pack_bits
 from hashing.embeddings import class_embeddings
-from hashing.hierarchy import load_hierarchy
+from hashing.hierarchy import load_hierarchy, shipped_hierarchy
 from hashing.store import store_codes
 from iwan import images as image_store
-from iwan.evaluate import REPO_DATA
 from iwan.norms.store import load_norms
 from iwan.predict import register_classes, replace_predictions
 from iwan.retrievers import Batch, Corpus, Retriever, get_retriever, retriever_names
@@ -30,7 +29,7 @@ def toy(module_database_url, shared_data):
     embeddings and codes of their class (exact ties among a class)."""
     engine = sa.create_engine(module_database_url)
     load_norms(engine, [shared_data / "usf-appendix-a"])
-    embeddings = class_embeddings(load_hierarchy(REPO_DATA / "cifar10" / "parent-child.txt"))
+    embeddings = class_embeddings(load_hierarchy(shipped_hierarchy("cifar10")))
     class_codes = pack_bits(np.random.default_rng(0).integers(0, 2, size=(10, 48)))
     register_classes(engine, "toy-classifier", CLASSES)
     rng = np.random.default_rng(1)
