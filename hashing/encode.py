@@ -50,7 +50,7 @@ def encode_split(
     store_codes(engine, model_name, registered.ids, embeddings, codes)
     stored_predictions = False
     if network.config.classification:
-        from iwan.predict import register_classes, replace_predictions
+        from iwan.predictions import register_classes, replace_predictions
 
         with torch.no_grad():
             logits = network.from_hash(torch.from_numpy(activations)).logits

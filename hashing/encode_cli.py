@@ -16,7 +16,7 @@ from iwan.config import BACKENDS
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N images.")
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A checkpoint written by `iwan hash train` (best.pt).")
-@click.option("--name", "model_name", required=True, help="Model name the codes are stored under.")
+@click.option("--name", "model_name", required=True, help="The hash model's name: its codes are stored under it.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="onnx", show_default=True,
               help="How backbone features are computed when the network uses cached ones.")
 @click.option("--json", "as_json", is_flag=True)

@@ -24,7 +24,7 @@ from iwan.config import DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, MAX_TOP_IWK, USF_SOURC
 CHANNEL = "iwan_changes"
 """The NOTIFY channel; the payload is "<collection id>:<seq>"."""
 UPLOAD_DATASET = "upload"
-"""The `images.dataset` of uploaded images (split "upload", index = id, fine_label -1)."""
+"""The `images.dataset` of uploaded images (split "upload", position = id, fine_label -1)."""
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -279,7 +279,7 @@ def insert_uploads(conn: sa.Connection, collection_id: int, files: list[dict]) -
     ids = np.sort(np.asarray(ids, dtype=np.int64))
     conn.execute(
         sa.text(
-            "INSERT INTO images (id, dataset, split, index, fine_label) "
+            "INSERT INTO images (id, dataset, split, position, fine_label) "
             "SELECT id, :d, :d, id, -1 FROM unnest(CAST(:ids AS integer[])) AS t(id)"
         ),
         {"d": UPLOAD_DATASET, "ids": ids.tolist()},
@@ -378,7 +378,7 @@ def image_row(engine: Engine, image_id: int) -> dict:
     with engine.connect() as conn:
         row = conn.execute(
             sa.text(
-                "SELECT i.id, i.dataset, i.split, i.index, i.path, f.label, c.name, f.sha256, f.media_type, f.file_name "
+                "SELECT i.id, i.dataset, i.split, i.position, i.path, f.label, c.name, f.sha256, f.media_type, f.file_name "
                 "FROM images i LEFT JOIN image_files f ON f.image_id = i.id "
                 "LEFT JOIN dataset_classes c ON c.dataset = i.dataset AND c.granularity = 'fine' AND c.label = i.fine_label "
                 "WHERE i.id = :i"
@@ -395,7 +395,7 @@ def image_row(engine: Engine, image_id: int) -> dict:
             {"i": int(image_id)},
         ).all()
     return {
-        "image_id": row[0], "dataset": row[1], "split": row[2], "index": row[3], "path": row[4],
+        "image_id": row[0], "dataset": row[1], "split": row[2], "position": row[3], "path": row[4],
         "label": row[5] if row[5] is not None else row[6], "sha256": row[7], "media_type": row[8],
         "file_name": row[9], "collections": list(names),
     }

@@ -99,7 +99,7 @@ def stored_digest(engine: Engine, spec: EvaluationSpec) -> str:
     """A digest of the predictions and hash codes the methods read, so that re-running `predict`
     or `hash encode` under the same model name invalidates the cached rankings."""
     from hashing.store import codes_digest
-    from iwan.predict import predictions_digest
+    from iwan.predictions import predictions_digest
 
     return f"{predictions_digest(engine, spec.predictor)}/{codes_digest(engine, spec.hash_model or '')}"
 
@@ -328,7 +328,7 @@ def sweep_top_iwk(engine: Engine, spec: EvaluationSpec, work: Workload, progress
 def _subset(work: Workload, rows: np.ndarray) -> Workload:
     q = work.queries
     queries = SplitLabels(
-        q.ids[rows], q.indices[rows], q.fine_labels[rows],
+        q.ids[rows], q.positions[rows], q.fine_labels[rows],
         None if q.coarse_labels is None else q.coarse_labels[rows], q.class_names,
     )
     return Workload(work.corpus, queries, work.exclude[rows], work.similarity)
@@ -466,11 +466,11 @@ def _gallery(work: Workload, labels: dict[str, str], rankings: dict, images: tup
     result_images, result_labels = {}, {}
     for method, label in labels.items():
         ids = rankings[method][1][rows, :GALLERY_TOP]
-        corpus_rows = work.corpus.indices
+        corpus_rows = work.corpus.positions
         result_images[label] = [[corpus_images[corpus_rows[i]] for i in row if i >= 0] for row in ids]
         result_labels[label] = [[names[work.corpus.fine_labels[i]] for i in row if i >= 0] for row in ids]
     return Gallery(
-        query_images=[query_images[work.queries.indices[r]] for r in rows],
+        query_images=[query_images[work.queries.positions[r]] for r in rows],
         query_labels=[names[work.queries.fine_labels[r]] for r in rows],
         result_images=result_images,
         result_labels=result_labels,

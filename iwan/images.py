@@ -18,7 +18,7 @@ class RegisteredSplit:
 
 
 def register(engine: Engine, dataset) -> RegisteredSplit:
-    """Insert the split's images and class names (idempotent); return their ids in index order.
+    """Insert the split's images and class names (idempotent); return their ids in position order.
 
     `dataset` is an `iwan.datasets.ImageDataset`. A rerun adds nothing; labels that disagree
     with an earlier registration are an error, since predictions and codes refer to those rows.
@@ -33,7 +33,7 @@ def register(engine: Engine, dataset) -> RegisteredSplit:
         before = _count(conn, dataset.name, dataset.split)
         conn.execute(
             sa.text(
-                "CREATE TEMP TABLE staging_images (index integer, fine_label integer, "
+                "CREATE TEMP TABLE staging_images (position integer, fine_label integer, "
                 "coarse_label integer, path text) ON COMMIT DROP"
             )
         )
@@ -50,8 +50,8 @@ def register(engine: Engine, dataset) -> RegisteredSplit:
                 )
         conflict = conn.execute(
             sa.text(
-                "SELECT s.index, i.fine_label, s.fine_label FROM staging_images s JOIN images i "
-                "ON i.dataset = :d AND i.split = :s AND i.index = s.index "
+                "SELECT s.position, i.fine_label, s.fine_label FROM staging_images s JOIN images i "
+                "ON i.dataset = :d AND i.split = :s AND i.position = s.position "
                 "WHERE i.fine_label <> s.fine_label LIMIT 1"
             ),
             {"d": dataset.name, "s": dataset.split},
@@ -64,9 +64,9 @@ def register(engine: Engine, dataset) -> RegisteredSplit:
             )
         conn.execute(
             sa.text(
-                "INSERT INTO images (dataset, split, index, fine_label, coarse_label, path) "
-                "SELECT :d, :s, index, fine_label, coarse_label, path FROM staging_images "
-                "ON CONFLICT (dataset, split, index) DO NOTHING"
+                "INSERT INTO images (dataset, split, position, fine_label, coarse_label, path) "
+                "SELECT :d, :s, position, fine_label, coarse_label, path FROM staging_images "
+                "ON CONFLICT (dataset, split, position) DO NOTHING"
             ),
             {"d": dataset.name, "s": dataset.split},
         )
@@ -93,26 +93,26 @@ def _register_classes(conn: sa.Connection, dataset: str, granularity: str, names
 
 
 def image_ids(engine: Engine, dataset: str, split: str, limit: int | None = None) -> np.ndarray:
-    """Ids of a registered split in index order (the first `limit`); error if none registered."""
+    """Ids of a registered split in position order (the first `limit`); error if none registered."""
     return split_labels(engine, dataset, split, limit).ids
 
 
 @dataclass(frozen=True)
 class SplitLabels:
     ids: np.ndarray
-    indices: np.ndarray
+    positions: np.ndarray
     fine_labels: np.ndarray
     coarse_labels: np.ndarray | None
     class_names: list[str]
 
 
 def split_labels(engine: Engine, dataset: str, split: str, limit: int | None = None) -> SplitLabels:
-    """Labels of a registered split in index order, with the data set's fine class names."""
+    """Labels of a registered split in position order, with the data set's fine class names."""
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text(
-                "SELECT id, index, fine_label, coarse_label FROM images WHERE dataset = :d AND split = :s "
-                "AND (CAST(:n AS integer) IS NULL OR index < :n) ORDER BY index"
+                "SELECT id, position, fine_label, coarse_label FROM images WHERE dataset = :d AND split = :s "
+                "AND (CAST(:n AS integer) IS NULL OR position < :n) ORDER BY position"
             ),
             {"d": dataset, "s": split, "n": limit},
         ).all()
@@ -136,7 +136,7 @@ def image_id_at(engine: Engine, dataset: str, split: str, position: int) -> int 
     """The id of a registered split's image at `position` (None: not registered)."""
     with engine.connect() as conn:
         return conn.scalar(
-            sa.text("SELECT id FROM images WHERE dataset = :d AND split = :s AND index = :i"),
+            sa.text("SELECT id FROM images WHERE dataset = :d AND split = :s AND position = :i"),
             {"d": dataset, "s": split, "i": int(position)},
         )
 
@@ -156,7 +156,7 @@ def image_labels(engine: Engine, image_ids) -> dict[int, ImageLabel]:
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text(
-                "SELECT i.id, i.dataset, i.split, i.index, i.fine_label, c.name FROM images i "
+                "SELECT i.id, i.dataset, i.split, i.position, i.fine_label, c.name FROM images i "
                 "LEFT JOIN dataset_classes c ON c.dataset = i.dataset AND c.granularity = 'fine' "
                 "AND c.label = i.fine_label WHERE i.id = ANY(:ids)"
             ),

@@ -100,7 +100,7 @@ class _Members:
 
 def _load_members(engine: Engine, collection: store.Collection, ids: np.ndarray) -> _Members:
     from hashing.store import load_codes
-    from iwan.predict import predictions_of
+    from iwan.predictions import predictions_of
 
     predicted = predictions_of(engine, collection.predictor, ids, collection.top_iwk)
     with engine.connect() as conn:
@@ -117,7 +117,7 @@ def _vocabulary(engine: Engine, collection: store.Collection) -> tuple[list[str]
     """The norms' words and the predictor's class -> word id mapping, as `iwan index build` makes them."""
     from iwan.imagenet_words import with_hypernyms
     from iwan.norms.store import association_arrays
-    from iwan.predict import predictions_of
+    from iwan.predictions import predictions_of
     from iwan.words import WordMatcher
 
     words = association_arrays(engine, collection.source).words
@@ -363,7 +363,7 @@ class LiveCollection:
         return [r for m, r in self.retrievers.items() if m != "fused"]
 
     def _batch(self, members: _Members, with_ids: bool = False) -> Batch:
-        from iwan.network import class_words
+        from iwan.indexes import class_words
 
         return Batch(
             word_ids=class_words(self.class_word_ids, members.class_indices),
@@ -567,7 +567,7 @@ def image_record(engine: Engine, image_id: int) -> dict:
     """The image's collections, label, top words (of its first collection's predictor) and hash code."""
     from hashing.store import load_codes
     from iwan.config import HASH_BITS, STORED_PREDICTIONS
-    from iwan.predict import predictions_of
+    from iwan.predictions import predictions_of
 
     row = store.image_row(engine, image_id)
     words, code = [], None

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from iwan.network import BuiltIndex, class_words
+from iwan.indexes import BuiltIndex, class_words
 from iwan.retrievers import Batch, Corpus, Retriever, get_retriever
 from iwan.search import Query, parse_text_query
 
@@ -119,7 +119,7 @@ def split_image_query(
     one of the searched images it is left out of the results."""
     from iwan.datasets import load_dataset
     from iwan.images import image_id_at
-    from iwan.predict import predictions_of
+    from iwan.predictions import predictions_of
     from iwan.retrievers.queries import stored_codes
 
     dataset = load_dataset(spec, split)

@@ -216,7 +216,7 @@ def add_files(
 ) -> AddReport:
     """Add image files (name, bytes) to collection `name`: each batch of files is committed in one
     transaction (images, files, predictions, codes, memberships, change-log row) or not at all."""
-    from iwan.predict import register_classes
+    from iwan.predictions import register_classes
 
     report = AddReport()
     with database_writes(f"adding images to {name!r}", "nothing of the batch in progress was stored"):
@@ -230,7 +230,7 @@ def add_files(
 def _add_batch(engine: Engine, name: str, collection: store.Collection, files: list[tuple[str, bytes]], encoder: Encoder,
                label: str | None, report: AddReport) -> None:
     from hashing.store import write_codes
-    from iwan.predict import write_predictions
+    from iwan.predictions import write_predictions
 
     decoded = []
     for file_name, data in files:

@@ -47,29 +47,38 @@ train_and_encode() {  # DATASET NAME: train on DATASET's train split, encode tra
 if [ "$profile" = local ]; then
     # CIFAR-10: all 50,000 train images are the corpus, all 10,000 test images the queries.
     for split in train test; do
-        iwan predict --dataset cifar10 --split "$split" --model efficientnet-lite0 --backend onnx
+        iwan predict --dataset cifar10 --split "$split" --predictor efficientnet-lite0 --backend onnx
     done
     train_and_encode cifar10 cifar10-hash
-    iwan index build --dataset cifar10 --split train --model efficientnet-lite0
+    iwan index build --dataset cifar10 --split train --predictor efficientnet-lite0
     iwan search --words "cat:0.8,dog:0.2" --k 5
-    iwan evaluate --dataset cifar10 --corpus train --queries test --model efficientnet-lite0 \
+    iwan evaluate --dataset cifar10 --corpus train --queries test --predictor efficientnet-lite0 \
         --hash-model cifar10-hash --out "$results/cifar10-efficientnet-lite0"
     # IWAN again, on the class words of the hash network's classification head.
-    iwan evaluate --dataset cifar10 --corpus train --queries test --model cifar10-hash \
+    iwan evaluate --dataset cifar10 --corpus train --queries test --predictor cifar10-hash \
         --hash-model cifar10-hash --out "$results/cifar10-hash-words"
     # The CIFAR-100 sample, original protocol: each of the 675 images queries the other 674.
     sample="cifar100:$data/cifar100-train-sample"
-    iwan predict --dataset "$sample" --split train --model efficientnet-lite0 --backend onnx
+    iwan predict --dataset "$sample" --split train --predictor efficientnet-lite0 --backend onnx
     iwan evaluate --dataset "$sample" --corpus train --queries train --methods iwan \
-        --model efficientnet-lite0 --k 1,5,10,15,20 --out "$results/cifar100-sample-efficientnet-lite0"
+        --predictor efficientnet-lite0 --k 1,5,10,15,20 --out "$results/cifar100-sample-efficientnet-lite0"
+    # The collection that `iwan serve` serves: CIFAR-10 train, live (images added and removed).
+    if ! iwan collection show cifar10-train --json >/dev/null 2>&1; then
+        iwan collection create cifar10-train --dataset cifar10 --split train \
+            --predictor efficientnet-lite0 --hash-model cifar10-hash --json
+    fi
 else
     for split in train test; do
-        iwan predict --dataset cifar100 --split "$split" --model resnet50
-        iwan predict --dataset cifar100 --split "$split" --model efficientnet-lite0 --backend onnx
+        iwan predict --dataset cifar100 --split "$split" --predictor resnet50
+        iwan predict --dataset cifar100 --split "$split" --predictor efficientnet-lite0 --backend onnx
     done
     train_and_encode cifar100 cifar100-hash
-    iwan index build --dataset cifar100 --split train --model resnet50
-    iwan evaluate --dataset cifar100 --corpus train --queries test --model resnet50 \
+    iwan index build --dataset cifar100 --split train --predictor resnet50
+    iwan evaluate --dataset cifar100 --corpus train --queries test --predictor resnet50 \
         --hash-model cifar100-hash --out "$results/cifar100-resnet50"
+    if ! iwan collection show cifar100-train --json >/dev/null 2>&1; then
+        iwan collection create cifar100-train --dataset cifar100 --split train \
+            --predictor resnet50 --hash-model cifar100-hash --json
+    fi
 fi
 iwan db status

@@ -54,13 +54,13 @@ def sample(module_database_url, tmp_path_factory) -> Sample:
     spec = f"cifar100:{data}"
     assert run("norms", "load", "--json").returncode == 0
     predicted = run("predict", "--dataset", spec, "--split", "train", "--limit", str(N_IMAGES),
-                    "--model", "efficientnet-lite0", "--json")
+                    "--predictor", "efficientnet-lite0", "--json")
     assert predicted.returncode == 0, predicted.stderr
     assert json.loads(predicted.stdout) == {
-        "model": "efficientnet-lite0", "dataset": "cifar100", "split": "train",
+        "predictor": "efficientnet-lite0", "dataset": "cifar100", "split": "train",
         "images": N_IMAGES, "predicted": N_IMAGES, "skipped": 0,
     }
-    built = run("index", "build", "--dataset", "cifar100", "--split", "train", "--model", "efficientnet-lite0", "--json")
+    built = run("index", "build", "--dataset", "cifar100", "--split", "train", "--predictor", "efficientnet-lite0", "--json")
     assert built.returncode == 0, built.stderr
     meta = json.loads(built.stdout)
     assert meta["n_images"] == N_IMAGES and meta["top_iwk"] == 4 and meta["n_words"] == len(vocabulary())
@@ -69,8 +69,10 @@ def sample(module_database_url, tmp_path_factory) -> Sample:
 
 def test_rerun_of_predict_skips_done_images(sample):
     again = sample.run("predict", "--dataset", sample.spec, "--split", "train", "--limit", str(N_IMAGES),
-                 "--model", "efficientnet-lite0", "--json")
+                       "--model", "efficientnet-lite0", "--json")
     assert json.loads(again.stdout)["skipped"] == N_IMAGES
+    # The old spelling of --predictor still works, with one deprecation line.
+    assert again.stderr.strip() == "iwan: warning: --model is deprecated; use --predictor"
 
 
 def test_words_query(sample):
@@ -153,9 +155,9 @@ def test_real_data_end_to_end(database_url, shared_data, tmp_path):
     spec = f"cifar100:{shared_data / 'cifar100-train-sample'}"
     assert run("norms", "load", "--json").returncode == 0
     predicted = run("predict", "--dataset", spec, "--split", "train", "--limit", str(N_IMAGES),
-                    "--model", "efficientnet-lite0", "--json")
+                    "--predictor", "efficientnet-lite0", "--json")
     assert predicted.returncode == 0, predicted.stderr
-    built = run("index", "build", "--dataset", "cifar100", "--split", "train", "--model", "efficientnet-lite0", "--json")
+    built = run("index", "build", "--dataset", "cifar100", "--split", "train", "--predictor", "efficientnet-lite0", "--json")
     assert built.returncode == 0, built.stderr
     assert json.loads(built.stdout)["n_words"] == 10_617
     jpeg = shared_data / "cifar10-jpg" / "test" / "cat" / "0000.jpg"
@@ -166,7 +168,7 @@ def test_real_data_end_to_end(database_url, shared_data, tmp_path):
 
 
 def test_an_index_saved_before_database_ids_asks_for_a_rebuild(tmp_path):
-    from iwan.network import META_FILE, OLD_IDS_FILE, BuiltIndex, IndexMeta
+    from iwan.indexes import META_FILE, OLD_IDS_FILE, BuiltIndex, IndexMeta
 
     meta = IndexMeta("old", "efficientnet-lite0", "cifar10", "train", 4, 4, "forward", "usf", 3, 5, 2, 10, [], 0.1)
     (tmp_path / META_FILE).write_text(json.dumps(meta.__dict__))

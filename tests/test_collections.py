@@ -30,7 +30,7 @@ from iwan.live import (
     image_record,
     list_collections,
 )
-from iwan.predict import predictions_of
+from iwan.predictions import predictions_of
 
 
 @pytest.fixture
@@ -139,7 +139,7 @@ def test_a_collection_from_a_split_holds_its_images_and_takes_another_split_by_i
     from hashing.encode import encode_split
     from iwan.datasets import load_dataset
     from iwan.live import LiveCollection
-    from iwan.predict import predict_split
+    from iwan.predictions import predict_split
 
     for split, count in (("train", 3), ("test", 2)):
         for label in ("red", "blue"):

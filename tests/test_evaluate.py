@@ -17,7 +17,7 @@ from iwan.datasets import ImageDataset
 from hashing.hierarchy import shipped_hierarchy
 from iwan.evaluate import EvaluationSpec, run
 from iwan.norms.store import load_norms
-from iwan.predict import load_predictions, register_classes, replace_predictions
+from iwan.predictions import load_predictions, register_classes, replace_predictions
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

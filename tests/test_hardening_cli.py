@@ -217,12 +217,12 @@ def test_index_build_finds_the_folder_just_predicted(tmp_path, database_url):
     a, b = _image_folder(tmp_path / "a", 10), _image_folder(tmp_path / "b", 200)
     for folder in (a, b):
         predicted = iwan("predict", "--dataset", f"imagefolder:{folder}", "--split", "train",
-                         "--model", "efficientnet-lite0", "--json")
+                         "--predictor", "efficientnet-lite0", "--json")
         assert predicted.returncode == 0, predicted.stderr
         assert json.loads(predicted.stdout)["predicted"] == 1
     built = subprocess.run(
         [sys.executable, "-m", "iwan", "index", "build", "--dataset", "imagefolder:a/imgs", "--split", "train",
-         "--model", "efficientnet-lite0", "--json"],
+         "--predictor", "efficientnet-lite0", "--json"],
         capture_output=True, text=True, cwd=tmp_path, check=False, env={**os.environ, "IWAN_DATABASE_URL": database_url},
     )
     assert built.returncode == 0, built.stderr
@@ -306,7 +306,7 @@ def test_a_decompression_bomb_in_an_image_folder_is_one_line(tmp_path):
     folder.mkdir(parents=True)
     Image.new("1", (12_000, 12_000)).save(folder / "0.png")
     line = one_line_error(iwan("predict", "--dataset", f"imagefolder:{tmp_path / 'bombs'}", "--split", "train",
-                               "--model", "efficientnet-lite0"))
+                               "--predictor", "efficientnet-lite0"))
     assert "megapixels, over the limit" in line and "0.png" in line
 
 
@@ -331,7 +331,7 @@ def test_large_query_images_are_decoded_small(tmp_path):
 
 def _tiny_index(name: str, image_ids):
     from iwan.graph import IwanGraph
-    from iwan.network import BuiltIndex, IndexMeta, index_dir
+    from iwan.indexes import BuiltIndex, IndexMeta, index_dir
     from iwan.search import IwanIndex
 
     graph = IwanGraph(
@@ -398,7 +398,7 @@ def test_index_names_are_names(name, tmp_path):
 
 def test_a_link_out_of_the_index_folder_is_refused(tmp_path):
     from iwan.config import settings
-    from iwan.network import index_dir
+    from iwan.indexes import index_dir
 
     settings().index_dir.mkdir(parents=True)
     (settings().index_dir / "out").symlink_to(tmp_path)
@@ -407,7 +407,7 @@ def test_a_link_out_of_the_index_folder_is_refused(tmp_path):
 
 
 def test_a_failed_save_leaves_the_previous_index(monkeypatch):
-    from iwan import network
+    from iwan import indexes
 
     built, path = _tiny_index("kept", [1, 2])
     before = {p.name: p.read_bytes() for p in path.iterdir()}
@@ -415,7 +415,7 @@ def test_a_failed_save_leaves_the_previous_index(monkeypatch):
     def fail(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(network.np, "save", fail)
+    monkeypatch.setattr(indexes.np, "save", fail)
     with pytest.raises(OSError):
         built.save(path)
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before

@@ -31,7 +31,7 @@ def stored(engine):
     with engine.begin() as conn:
         conn.execute(
             sa.text(
-                "INSERT INTO images (id, dataset, split, index, fine_label) "
+                "INSERT INTO images (id, dataset, split, position, fine_label) "
                 "VALUES (:id, 'synthetic', 'test', :i, 0)"
             ),
             [{"id": FIRST_ID + i, "i": i} for i in range(n)],

@@ -138,7 +138,7 @@ def test_a_killed_add_leaves_the_database_as_before(shared):
     transaction = blocker.begin()
     # An uncommitted row with the bytes of the add's last file: the add's INSERT of that file waits
     # on it, inside its transaction, after its images rows are in.
-    image = blocker.scalar(sa.text("INSERT INTO images (dataset, split, index, fine_label) VALUES ('blocker', 'x', 0, -1) RETURNING id"))
+    image = blocker.scalar(sa.text("INSERT INTO images (dataset, split, position, fine_label) VALUES ('blocker', 'x', 0, -1) RETURNING id"))
     blocker.execute(sa.text(
         "INSERT INTO image_files (image_id, collection_id, sha256, media_type, size, file_name) VALUES (:i, :c, :s, 'image/png', 1, 'x')"),
         {"i": image, "c": collection.id, "s": hashlib.sha256(png(107)).hexdigest()})

@@ -16,7 +16,7 @@ from hashing.hierarchy import load_hierarchy, shipped_hierarchy
 from hashing.store import store_codes
 from iwan import images as image_store
 from iwan.norms.store import load_norms
-from iwan.predict import register_classes, replace_predictions
+from iwan.predictions import register_classes, replace_predictions
 from iwan.retrievers import Batch, Corpus, Retriever, get_retriever, retriever_names
 from iwan.retrievers.queries import StoredQueries, stored_queries
 

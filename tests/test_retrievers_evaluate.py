@@ -18,9 +18,9 @@ from hashing.store import load_codes
 from iwan import fusion, metrics
 from iwan.evaluate import SWEEP_K, VALIDATION_QUERIES, run, score, stored_digest, workload
 from iwan.graph import build_graph
-from iwan.network import class_words, word_mapping
+from iwan.indexes import class_words, word_mapping
 from iwan.norms.store import association_arrays
-from iwan.predict import load_predictions
+from iwan.predictions import load_predictions
 from iwan.search import IwanIndex
 
 K = (1, 5, 6, 20)

@@ -36,16 +36,16 @@ def index() -> None:
 def build(ctx: CliContext, dataset, split, limit, predictor, old_model, top_iwk, top_wwk, strength, source, name,
           as_json) -> None:
     """Build the IWAN of a split's stored predictions and save it under IWAN_HOME/indexes."""
-    from iwan import network
+    from iwan import indexes
 
     predictor = predictor or old_model or DEFAULT_PREDICTOR
     if name is not None:
-        network.index_dir(name)  # a bad name fails now, not after the build
-    built = network.build(
+        indexes.index_dir(name)  # a bad name fails now, not after the build
+    built = indexes.build(
         ctx.engine(), predictor, dataset, split, top_iwk=top_iwk, top_wwk=top_wwk,
         strength=strength, source=source, limit=limit, name=name,
     )
-    path = built.save(network.index_dir(built.meta.name))
+    path = built.save(indexes.index_dir(built.meta.name))
     report = {**asdict(built.meta), "path": str(path)}
     if as_json:
         emit_json(report)

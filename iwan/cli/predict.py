@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from iwan.cli.common import CliContext, emit_json, pass_context
+from iwan.cli.common import CliContext, deprecated_option, emit_json, pass_context
 from iwan.config import BACKENDS, DEFAULT_BATCH_SIZE, DEFAULT_PREDICTOR
 
 
@@ -15,26 +15,27 @@ from iwan.config import BACKENDS, DEFAULT_BATCH_SIZE, DEFAULT_PREDICTOR
               help="cifar100, cifar100:PATH, cifar10 or imagefolder:PATH (registered by its resolved path).")
 @click.option("--split", required=True, help="train or test (or a folder's split).")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N images.")
-@click.option("--model", default=DEFAULT_PREDICTOR, show_default=True, help="resnet50 or efficientnet-lite0.")
-@click.option("--weights", type=click.Path(exists=True, path_type=Path), help="A local state dict for the model.")
+@click.option("--predictor", help=f"resnet50 or efficientnet-lite0 [default: {DEFAULT_PREDICTOR}].")
+@deprecated_option("--model", "--predictor", "old_model")
+@click.option("--weights", type=click.Path(exists=True, path_type=Path), help="A local state dict for the predictor.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
               help="onnx: ONNX Runtime, several times faster on CPU.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @pass_context
-def predict(ctx: CliContext, spec, split, limit, model, weights, backend, batch_size, as_json) -> None:
+def predict(ctx: CliContext, spec, split, limit, predictor, old_model, weights, backend, batch_size, as_json) -> None:
     """Register a split's images and store each image's top classes (resumable)."""
     from iwan.datasets import load_dataset
-    from iwan.predict import predict_split
+    from iwan.predictions import predict_split
     from iwan.predictors import load_predictor
 
     dataset = load_dataset(spec, split, limit=limit)
-    predictor = load_predictor(model, weights=weights, backend=backend)
-    summary = predict_split(ctx.engine(), predictor, dataset, batch_size=batch_size, progress=not as_json)
+    loaded = load_predictor(predictor or old_model or DEFAULT_PREDICTOR, weights=weights, backend=backend)
+    summary = predict_split(ctx.engine(), loaded, dataset, batch_size=batch_size, progress=not as_json)
     if as_json:
         emit_json(summary.as_dict())
     else:
         click.echo(
             f"{summary.dataset}/{summary.split}: {summary.images:,} images, {summary.predicted:,} "
-            f"predicted by {summary.model}, {summary.skipped:,} already done"
+            f"predicted by {summary.predictor}, {summary.skipped:,} already done"
         )

@@ -33,7 +33,7 @@ DEFAULT_METHOD = "iwan"
 def search(ctx: CliContext, image, query_dataset, query_split, query_position, old_index, words, index_name,
            old_corpus, method, hash_model, k, backend, as_json) -> None:
     """Rank the images of a saved index by their nearness to the query."""
-    from iwan import network
+    from iwan import indexes
     from iwan.query import image_query, labelled_hits, retriever_for, split_image_query, text_query
 
     query_position = old_index if query_position is None else query_position
@@ -44,7 +44,7 @@ def search(ctx: CliContext, image, query_dataset, query_split, query_position, o
         raise click.UsageError("give exactly one query: --image PATH, --dataset D --split S --position N, or --words")
     if given[1] and any(v is None for v in by_split):
         raise click.UsageError("a data set query needs all of --dataset, --split and --position")
-    built = network.BuiltIndex.load(network.index_dir(index_name) if index_name is not None else network.latest_index())
+    built = indexes.BuiltIndex.load(indexes.index_dir(index_name) if index_name is not None else indexes.latest_index())
     engine = ctx.engine()
     retriever = retriever_for(engine, built, method, hash_model)
     reads = set(getattr(retriever, "reads", ()))

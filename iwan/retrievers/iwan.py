@@ -2,7 +2,7 @@
 association network (iwan.search.IwanIndex, live: images are added and removed in place).
 
 Built from the database: the norms, the corpus's stored predictions of its predictor, and the
-mapping of the predictor's classes onto the norms' words (iwan.network). Queries and added images
+mapping of the predictor's classes onto the norms' words (iwan.indexes). Queries and added images
 are batches of word ids and weights (iwan.retrievers.queries makes them for stored images).
 """
 
@@ -63,7 +63,7 @@ class IwanRetriever:
 
 @register_retriever("iwan")
 def build(engine, corpus: Corpus) -> IwanRetriever:
-    from iwan.network import graph_of
+    from iwan.indexes import graph_of
 
     predictor = require_predictor(corpus, "iwan")
     graph, mapping = graph_of(

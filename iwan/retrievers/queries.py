@@ -54,7 +54,7 @@ class StoredQueries:
     def class_word_ids(self) -> np.ndarray:
         """Word id of each of the predictor's classes (-1: none), loaded once."""
         if self._class_word_ids is None:
-            from iwan.network import class_word_mapping
+            from iwan.indexes import class_word_mapping
 
             predictor = require_predictor(self.corpus, "iwan")
             self._class_word_ids = class_word_mapping(self.engine, predictor, self.corpus.source).word_ids
@@ -62,7 +62,7 @@ class StoredQueries:
 
     def words(self, class_indices: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Predictions (n, >= top_iwk) as the (word ids, weights) of a Batch, top_iwk of each."""
-        from iwan.network import class_words
+        from iwan.indexes import class_words
 
         top = self.corpus.top_iwk
         class_indices = np.asarray(class_indices)[:, :top]
@@ -71,7 +71,7 @@ class StoredQueries:
     def __call__(self, image_ids: np.ndarray, fields: Collection[str] | None = None) -> Batch:
         """A batch for these images, in their order, with the `fields` asked (default: all the
         corpus has); LookupError naming an image without its data."""
-        from iwan.predict import predictions_of
+        from iwan.predictions import predictions_of
 
         image_ids = np.asarray(image_ids, dtype=np.int64)
         wanted = set(FIELDS if fields is None else fields)

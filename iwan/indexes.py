@@ -27,7 +27,7 @@ from iwan.datasets import registered_name
 from iwan.graph import Associations, IwanGraph, build_graph
 from iwan.imagenet_words import with_hypernyms
 from iwan.norms.store import association_arrays
-from iwan.predict import SplitPredictions, classifier_categories, load_predictions, predictions_of
+from iwan.predictions import SplitPredictions, classifier_categories, load_predictions, predictions_of
 from iwan.search import IwanIndex
 from iwan.words import WordMapping, WordMatcher
 

@@ -15,7 +15,7 @@ from iwan.features import iter_chunks
 
 @dataclass(frozen=True)
 class PredictSummary:
-    model: str
+    predictor: str
     dataset: str
     split: str
     images: int
@@ -76,7 +76,7 @@ def predict_split(engine: Engine, predictor, dataset, batch_size: int, progress:
                 )
             predicted += int(todo.sum())
     return PredictSummary(
-        model=predictor.name,
+        predictor=predictor.name,
         dataset=dataset.name,
         split=dataset.split,
         images=len(registered.ids),
@@ -122,7 +122,7 @@ def load_predictions(engine: Engine, model: str, dataset: str, split: str, top: 
                 "SELECT p.image_id, p.rank, p.class_index, p.probability FROM predictions p "
                 "JOIN images i ON i.id = p.image_id "
                 "WHERE p.model = :m AND i.dataset = :d AND i.split = :s AND p.rank < :top "
-                "AND (CAST(:n AS integer) IS NULL OR i.index < :n)"
+                "AND (CAST(:n AS integer) IS NULL OR i.position < :n)"
             ),
             {"m": model, "d": dataset, "s": split, "top": top, "n": limit},
         ).all()
