@@ -114,34 +114,34 @@ class SplitPredictions:
 
 
 def load_predictions(engine: Engine, model: str, dataset: str, split: str, top: int, limit: int | None = None) -> SplitPredictions:
-    """The top `top` predictions of every image of a split, in index order; error if any is missing."""
+    """The top `top` predictions of every image of a split, in position order; error if any is missing."""
     ids = image_store.image_ids(engine, dataset, split, limit)
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT p.image_id, p.rank, p.class_index, p.probability FROM predictions p "
-                "JOIN images i ON i.id = p.image_id "
-                "WHERE p.model = :m AND i.dataset = :d AND i.split = :s AND p.rank < :top "
-                "AND (CAST(:n AS integer) IS NULL OR i.position < :n)"
-            ),
-            {"m": model, "d": dataset, "s": split, "top": top, "n": limit},
-        ).all()
-    categories = classifier_categories(engine, model)
-    class_indices, probabilities = _by_image(ids, rows, top)
-    # A classifier with fewer classes than `top` leaves the lower ranks empty (-1, probability 0).
-    missing = np.flatnonzero(class_indices[:, 0] < 0)
+    predictions, missing = _stored(engine, model, ids, top)
     if len(missing):
         raise LookupError(
-            f"{len(missing)} images of {dataset}/{split} have no {model} predictions (first: image "
-            f"index {missing[0]}): run `iwan predict --dataset {dataset} --split {split} --model {model}`"
+            f"{len(missing)} images of {dataset}/{split} have no {model} predictions (first: image at "
+            f"position {missing[0]}): run `iwan predict --dataset {dataset} --split {split} --predictor {model}`"
         )
-    return SplitPredictions(ids, class_indices, probabilities, list(categories))
+    return predictions
 
 
 def predictions_of(engine: Engine, model: str, image_ids: np.ndarray, top: int) -> SplitPredictions:
     """The top `top` predictions of `model` for these images, in their order; LookupError naming
     the first image that has none."""
     ids = np.asarray(image_ids, dtype=np.int64)
+    predictions, missing = _stored(engine, model, ids, top)
+    if len(missing):
+        raise LookupError(
+            f"{len(missing)} images have no {model} predictions (first: image id {ids[missing[0]]}): "
+            f"run `iwan predict --predictor {model}` for their split"
+        )
+    return predictions
+
+
+def _stored(engine: Engine, model: str, ids: np.ndarray, top: int) -> tuple[SplitPredictions, np.ndarray]:
+    """The stored predictions of `ids`, and the rows of those that have none.
+
+    A classifier with fewer classes than `top` leaves the lower ranks empty (-1, probability 0)."""
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text(
@@ -153,12 +153,7 @@ def predictions_of(engine: Engine, model: str, image_ids: np.ndarray, top: int) 
     categories = classifier_categories(engine, model)
     class_indices, probabilities = _by_image(ids, rows, top)
     missing = np.flatnonzero(class_indices[:, 0] < 0)
-    if len(missing):
-        raise LookupError(
-            f"{len(missing)} images have no {model} predictions (first: image id {ids[missing[0]]}): "
-            f"run `iwan predict --model {model}` for their split"
-        )
-    return SplitPredictions(ids, class_indices, probabilities, list(categories))
+    return SplitPredictions(ids, class_indices, probabilities, list(categories)), missing
 
 
 def predictions_digest(engine: Engine, model: str) -> str | None:

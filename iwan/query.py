@@ -151,9 +151,9 @@ def split_image_query(
     return PlannedQuery(Batch(**parts, image_ids=None if image_id is None else ids), exclude=int(ids[0]))
 
 
-def labelled_hits(engine: Engine, retriever: Retriever, planned: PlannedQuery, k: int) -> list[dict]:
-    """The k best images with their data set, position, label name and score; IWAN's hits with
-    their distance and word path instead."""
+def labelled_hits(engine: Engine, built: BuiltIndex, retriever: Retriever, planned: PlannedQuery, k: int) -> list[dict]:
+    """The k best images of saved index `built` by `retriever`, with their data set, position, label
+    name and score; IWAN's hits with their distance and word path instead."""
     from iwan.images import image_labels
 
     scores, ids = retriever.search(planned.batch, k, exclude=np.array([planned.exclude]))
@@ -162,10 +162,12 @@ def labelled_hits(engine: Engine, retriever: Retriever, planned: PlannedQuery, k
     labels = image_labels(engine, ids)
     missing = [image_id for image_id in ids.tolist() if image_id not in labels]
     if missing:
+        m = built.meta
         raise LookupError(
-            f"the saved index is out of step with the database: {len(missing)} of its images "
+            f"index {m.name!r} is out of step with the database: {len(missing)} of its images "
             f"(first: id {missing[0]}) are not in it (the database was reset, or the index was built "
-            "against another one); rebuild it with `iwan index build`"
+            f"against another one); rebuild it with `iwan index build --dataset {m.dataset} --split {m.split} "
+            f"--name {m.name}`"
         )
     paths = retriever.explain(planned.batch, ids, exclude=planned.exclude) if retriever.name == "iwan" else None
     out = []

@@ -63,8 +63,8 @@ if [ "$profile" = local ]; then
     iwan evaluate --dataset "$sample" --corpus train --queries train --methods iwan \
         --predictor efficientnet-lite0 --k 1,5,10,15,20 --out "$results/cifar100-sample-efficientnet-lite0"
     # The collection that `iwan serve` serves: CIFAR-10 train, live (images added and removed).
-    if ! iwan collection show cifar10-train --json >/dev/null 2>&1; then
-        iwan collection create cifar10-train --dataset cifar10 --split train \
+    if ! iwan collection show cifar10 --json >/dev/null 2>&1; then
+        iwan collection create cifar10 --dataset cifar10 --split train \
             --predictor efficientnet-lite0 --hash-model cifar10-hash --json
     fi
 else
@@ -76,8 +76,8 @@ else
     iwan index build --dataset cifar100 --split train --predictor resnet50
     iwan evaluate --dataset cifar100 --corpus train --queries test --predictor resnet50 \
         --hash-model cifar100-hash --out "$results/cifar100-resnet50"
-    if ! iwan collection show cifar100-train --json >/dev/null 2>&1; then
-        iwan collection create cifar100-train --dataset cifar100 --split train \
+    if ! iwan collection show cifar100 --json >/dev/null 2>&1; then
+        iwan collection create cifar100 --dataset cifar100 --split train \
             --predictor resnet50 --hash-model cifar100-hash --json
     fi
 fi

@@ -280,10 +280,10 @@ def test_a_decompression_bomb_is_refused_before_decoding(tmp_path, database_url)
     Image.new("1", (12_000, 12_000)).save(bomb, optimize=True)
     assert bomb.stat().st_size < 1_000_000
     started = time.monotonic()
-    line = one_line_error(iwan("search", "--image", str(bomb), "--corpus", "tiny"))
+    line = one_line_error(iwan("search", "--image", str(bomb), "--index-name", "tiny"))
     assert "144.0 megapixels, over the limit of 40 (IWAN_MAX_IMAGE_PIXELS)" in line
     assert time.monotonic() - started < 20
-    line = one_line_error(iwan("search", "--image", str(bomb), "--corpus", "tiny",
+    line = one_line_error(iwan("search", "--image", str(bomb), "--index-name", "tiny",
                                env={"IWAN_MAX_IMAGE_PIXELS": "1000"}))
     assert "over the limit of 0.001 (IWAN_MAX_IMAGE_PIXELS)" in line
 
@@ -343,7 +343,7 @@ def _tiny_index(name: str, image_ids):
     meta = IndexMeta(name=name, model="m", dataset="d", split="train", top_iwk=1, top_wwk=4,
                      strength="forward", source="usf", n_images=2, n_words=2, n_word_edges=1,
                      mapped_classes=2, unmapped_classes=[], build_seconds=0.0)
-    built = BuiltIndex(IwanIndex(graph), np.asarray(image_ids, np.int64), np.array([0, 1], np.int64), meta)
+    built = BuiltIndex(IwanIndex(graph, np.asarray(image_ids, np.int64)), np.array([0, 1], np.int64), meta)
     return built, built.save(index_dir(name))
 
 
@@ -362,10 +362,10 @@ def _registered_ids(database_url) -> list[int]:
 
 def test_word_weights_whose_cost_overflows_are_refused(database_url):
     _tiny_index("tiny", _registered_ids(database_url))
-    ok = iwan("search", "--words", "cat:1e-300", "--corpus", "tiny", "--json")
+    ok = iwan("search", "--words", "cat:1e-300", "--index-name", "tiny", "--json")
     assert ok.returncode == 0, ok.stderr
     assert math.isfinite(json.loads(ok.stdout)["hits"][0]["distance"])
-    line = one_line_error(iwan("search", "--words", "cat:1e-320", "--corpus", "tiny", "--json"))
+    line = one_line_error(iwan("search", "--words", "cat:1e-320", "--index-name", "tiny", "--json"))
     assert "too small" in line and "1e-300" in line
 
 
@@ -380,7 +380,7 @@ def test_emit_json_never_writes_non_standard_json(capsys):
 
 def test_an_index_out_of_step_with_the_database_is_one_line(database_url):
     _tiny_index("stale", [10**9, 10**9 + 1])
-    line = one_line_error(iwan("search", "--words", "cat", "--corpus", "stale"))
+    line = one_line_error(iwan("search", "--words", "cat", "--index-name", "stale"))
     assert "index 'stale' is out of step with the database" in line
     assert "iwan index build --dataset d --split train --name stale" in line
 
@@ -390,7 +390,7 @@ def test_index_names_are_names(name, tmp_path):
     from iwan.config import settings
 
     for command in (["index", "build", "--dataset", "d", "--split", "s", "--name", name],
-                    ["search", "--words", "cat", "--corpus", name]):
+                    ["search", "--words", "cat", "--index-name", name]):
         line = one_line_error(iwan(*command, env={"IWAN_DATABASE_URL": "postgresql://u@127.0.0.1:1/x"}))
         assert "is not a name" in line
     assert not (settings().home / "x").exists() and not (settings().home.parent / "x").exists()
@@ -425,22 +425,22 @@ def test_a_failed_save_leaves_the_previous_index(monkeypatch):
     assert sorted(p.name for p in path.parent.iterdir()) == ["kept"]
 
 
-@pytest.mark.parametrize("damage", ["truncate-graph", "truncate-ids", "edit-meta", "drop-ids", "wrong-ids"])
+@pytest.mark.parametrize("damage", ["truncate-graph", "truncate-classes", "edit-meta", "drop-classes", "wrong-classes"])
 def test_a_damaged_index_is_one_line(damage):
     _, path = _tiny_index("damaged", [1, 2])
+    classes = path / "class_word_ids.npy"
     if damage == "truncate-graph":
         graph = path / "graph.npz"
         graph.write_bytes(graph.read_bytes()[:200])
-    elif damage == "truncate-ids":
-        ids = path / "image_ids.npy"
-        ids.write_bytes(ids.read_bytes()[:-5])
+    elif damage == "truncate-classes":
+        classes.write_bytes(classes.read_bytes()[:-5])
     elif damage == "edit-meta":
         (path / "meta.json").write_text('{"name": "damaged", "top_iwk": "four"}')
-    elif damage == "drop-ids":
-        (path / "image_ids.npy").unlink()
+    elif damage == "drop-classes":
+        classes.unlink()
     else:
-        np.save(path / "image_ids.npy", np.arange(7))
-    line = one_line_error(iwan("search", "--words", "cat", "--corpus", "damaged"))
+        np.save(classes, np.array([0, 7]))  # a class mapped onto a word the graph lacks
+    line = one_line_error(iwan("search", "--words", "cat", "--index-name", "damaged"))
     assert "damaged" in line and "iwan index build" in line
 
 

@@ -8,14 +8,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from test_evaluate import CLASSES, fake_split, predictions_for
+from test_evaluate import CLASSES, fake_split, load_class_words, predictions_for
 
 from hashing.codes import pack_bits
 from hashing.embeddings import class_embeddings
 from hashing.hierarchy import load_hierarchy, shipped_hierarchy
 from hashing.store import store_codes
 from iwan import images as image_store
-from iwan.norms.store import load_norms
 from iwan.predictions import register_classes, replace_predictions
 from iwan.retrievers import Batch, Corpus, Retriever, get_retriever, retriever_names
 from iwan.retrievers.queries import StoredQueries, stored_queries
@@ -24,11 +23,11 @@ METHODS = ("iwan", "exhaustive", "hashes", "fused", "hashes-pg", "exhaustive-pg"
 
 
 @pytest.fixture(scope="module")
-def toy(module_database_url, shared_data):
+def toy(module_database_url, tmp_path_factory):
     """60 train and 20 test images of 10 classes: predictions whose top class is the true one,
     embeddings and codes of their class (exact ties among a class)."""
     engine = sa.create_engine(module_database_url)
-    load_norms(engine, [shared_data / "usf-appendix-a"])
+    load_class_words(engine, tmp_path_factory.mktemp("norms"))
     embeddings = class_embeddings(load_hierarchy(shipped_hierarchy("cifar10")))
     class_codes = pack_bits(np.random.default_rng(0).integers(0, 2, size=(10, 48)))
     register_classes(engine, "toy-classifier", CLASSES)

@@ -60,7 +60,7 @@ def search(ctx: CliContext, image, query_dataset, query_split, query_position, o
     else:
         query = split_image_query(engine, built, query_dataset, query_split, query_position,
                                   fields=reads, hash_model=hash_model, backend=backend)
-    hits = labelled_hits(engine, retriever, query, k)
+    hits = labelled_hits(engine, built, retriever, query, k)
     described = query.describe(built)
     result = {
         "index_name": built.meta.name,
