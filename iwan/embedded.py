@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -35,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+from iwan import locks
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +94,8 @@ def secret_file(pgdata: Path) -> Path:
 def locked(pgdata: Path):
     """Hold the cluster's inter-process lock: one process at a time starts, stops or sets it up."""
     _make_parents(pgdata)
-    lock_file = pgdata.with_name(f".{pgdata.name}.lock")
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with locks.locked(pgdata.with_name(f".{pgdata.name}.lock")):
         yield
-    finally:
-        os.close(fd)
 
 
 def start(pgdata: Path) -> Server:

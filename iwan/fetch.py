@@ -10,8 +10,6 @@ downloading the same file at once: the second waits and finds it done.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import http.client
 import os
@@ -22,13 +20,13 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
-from iwan import __version__
+from iwan import __version__, locks
 from iwan.config import settings
 
 BLOCK = 1 << 20
@@ -152,7 +150,7 @@ def download(
     if target.is_file():
         return target
     _make_folder(target.parent)
-    with locked(target.parent):
+    with locks.locked(target.parent):
         if target.is_file():
             return target
         part = target.with_name(target.name + PART_SUFFIX)
@@ -192,7 +190,7 @@ def fetch_archive(
     in whole, and then deleted.
     """
     download(url, archive, checksum, what=what, progress=progress)
-    with locked(folder.parent):
+    with locks.locked(folder.parent):
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
             try:
@@ -218,7 +216,7 @@ def fetch_archive(
 def swap_in(new: Path, target: Path) -> None:
     """Put folder `new` where `target` is, with two renames; the old copy is deleted last.
 
-    The caller holds `locked(target.parent)`.
+    The caller holds `locks.locked(target.parent)`.
     """
     old = target.with_name(f".{target.name}.old")
     _remove(old)
@@ -234,17 +232,6 @@ def _remove(path: Path) -> None:
         path.unlink()
     elif path.is_dir():
         shutil.rmtree(path)
-
-
-@contextlib.contextmanager
-def locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock on `folder`, held by this process until the block ends."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _make_folder(folder: Path) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from iwan import fetch
+from iwan import fetch, locks
 from iwan.config import USF_FILES, settings
 from iwan.norms.usf import NormsFormatError, parse_file
 
@@ -49,7 +49,7 @@ def download_usf(dest: Path, base_url: str | None = None, progress: bool = True)
                     raise
                 raise fetch.FetchError(f"{err}; {dest} is unchanged") from None
             bar.update(1)
-    with fetch.locked(dest.parent):
+    with locks.locked(dest.parent):
         fetch.swap_in(staging, dest)
     return [dest / name for name in FILES]
 
