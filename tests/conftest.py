@@ -132,6 +132,19 @@ def _isolated_iwan_env(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("IWAN_DATABASE_URL", raising=False)
 
 
+
+@pytest.fixture(scope="module")
+def module_home(tmp_path_factory) -> Path:
+    """One IWAN_HOME for a whole module: a served collection's files and snapshot live there."""
+    return tmp_path_factory.mktemp("module-home")
+
+
+@pytest.fixture
+def in_module_home(module_home, monkeypatch):
+    """Each test of a module that uses it sees `module_home` as IWAN_HOME
+    (`pytestmark = pytest.mark.usefixtures("in_module_home")`)."""
+    monkeypatch.setenv("IWAN_HOME", str(module_home))
+
 def private_folder(prefix: str) -> Path:
     """A new folder that only its owner can list, removed at exit after the servers in it stop.
 

@@ -27,23 +27,15 @@ KEY = "fuzz-key"
 EXAMPLES_PER_OPERATION = 25
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    return tmp_path_factory.mktemp("fuzz-home")
-
-
-@pytest.fixture(autouse=True)
-def _one_home(home, monkeypatch):
-    monkeypatch.setenv("IWAN_HOME", str(home))
+pytestmark = pytest.mark.usefixtures("in_module_home")
 
 
 @pytest.fixture(scope="module")
-def api(module_database_url, home, one_torch_thread):
+def api(module_database_url, module_home, one_torch_thread):
     engine = sa.create_engine(module_database_url)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("IWAN_HOME", str(home))
-        collection = make_collection(engine, home, "pics", [(f"img{i}.png", png(i)) for i in range(8)])
+        patch.setenv("IWAN_HOME", str(module_home))
+        collection = make_collection(engine, module_home, "pics", [(f"img{i}.png", png(i)) for i in range(8)])
     app = create_app(engine, [collection], settings=dataclasses.replace(settings(), api_key=KEY))
     yield schemathesis.openapi.from_asgi("/openapi.json", app)
     collection.close()

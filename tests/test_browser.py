@@ -21,7 +21,7 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOT = REPO / "docs" / "page.png"
 
-pytestmark = pytest.mark.real_data("cifar10-jpg", "usf")
+pytestmark = [pytest.mark.real_data("cifar10-jpg", "usf"), pytest.mark.usefixtures("in_module_home")]
 
 
 @pytest.fixture(scope="module")
@@ -55,22 +55,12 @@ def browser(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    return tmp_path_factory.mktemp("browser-home")
-
-
-@pytest.fixture(autouse=True)
-def _one_home(home, monkeypatch):
-    monkeypatch.setenv("IWAN_HOME", str(home))
-
-
-@pytest.fixture(scope="module")
-def server(module_database_url, home, data, one_torch_thread):
+def server(module_database_url, module_home, data, one_torch_thread):
     from iwan.serve import create_app
 
     engine = sa.create_engine(module_database_url)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("IWAN_HOME", str(home))
+        patch.setenv("IWAN_HOME", str(module_home))
         collection = cifar_collection(engine, data, "cifar10-test", per_class=30)
         with running(create_app(engine, [collection])) as url:
             yield url

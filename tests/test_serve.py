@@ -20,24 +20,15 @@ KEY = "s3cret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 N_IMAGES = 12
 
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    return tmp_path_factory.mktemp("serve-home")
-
-
-@pytest.fixture(autouse=True)
-def _one_home(home, monkeypatch):
-    """The collection's files and snapshot live under one IWAN_HOME for the whole module."""
-    monkeypatch.setenv("IWAN_HOME", str(home))
+pytestmark = pytest.mark.usefixtures("in_module_home")
 
 
 @pytest.fixture(scope="module")
-def collection(module_database_url, home, one_torch_thread):
+def collection(module_database_url, module_home, one_torch_thread):
     engine = sa.create_engine(module_database_url)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("IWAN_HOME", str(home))
-        live = make_collection(engine, home, "pics", [(f"img{i}.png", png(i)) for i in range(N_IMAGES)], label="blob")
+        patch.setenv("IWAN_HOME", str(module_home))
+        live = make_collection(engine, module_home, "pics", [(f"img{i}.png", png(i)) for i in range(N_IMAGES)], label="blob")
     yield live
     live.close()
     engine.dispose()
