@@ -71,6 +71,17 @@ def tiny_encoder(hash_model: str | None = HASH_MODEL):
     return Encoder(PREDICTOR, hash_model, loaded_predictor=tiny_predictor())
 
 
+
+def tiny_collection(engine, tmp_path: Path, monkeypatch, name: str) -> None:
+    """An empty collection `name` over the tiny predictor and hash model, with written norms, in an
+    IWAN_HOME of its own (tmp_path/home, set for the test)."""
+    from iwan.live import create_collection
+
+    monkeypatch.setenv("IWAN_HOME", str(tmp_path / "home"))
+    save_hash_model(tmp_path / "home")
+    load_norms(engine, tmp_path)
+    create_collection(engine, name, PREDICTOR, hash_model=HASH_MODEL)
+
 def png(seed: int, size: int = 32) -> bytes:
     """A distinct image: a random colour field with noise."""
     rng = np.random.default_rng(seed)

@@ -7,17 +7,10 @@ import io
 
 import numpy as np
 import pytest
-from livedata import (
-    HASH_MODEL,
-    PREDICTOR,
-    load_norms,
-    png,
-    save_hash_model,
-    tiny_encoder,
-)
+from livedata import HASH_MODEL, PREDICTOR, png, tiny_collection, tiny_encoder
 from PIL import Image
 
-from iwan.live import LiveCollection, create_collection, snapshot_path
+from iwan.live import LiveCollection, snapshot_path
 from iwan.retrievers import Batch, Corpus, get_retriever
 from iwan.search import Query, networkx_search
 
@@ -26,10 +19,7 @@ BASE_METHODS = ("iwan", "exhaustive", "hashes")
 
 @pytest.fixture
 def live(engine, tmp_path, monkeypatch):
-    monkeypatch.setenv("IWAN_HOME", str(tmp_path / "home"))
-    save_hash_model(tmp_path / "home")
-    load_norms(engine, tmp_path)
-    create_collection(engine, "live", PREDICTOR, hash_model=HASH_MODEL)
+    tiny_collection(engine, tmp_path, monkeypatch, "live")
     collection = LiveCollection.open(engine, "live", follow=False, encoder=tiny_encoder())
     yield collection
     collection.close()

@@ -14,21 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from livedata import (
-    HASH_MODEL,
-    PREDICTOR,
-    REPO,
-    Replica,
-    load_norms,
-    png,
-    save_hash_model,
-    tiny_encoder,
-)
+from livedata import REPO, Replica, png, tiny_collection, tiny_encoder
 from test_collections import table_counts
 
 from iwan import collections as store
 from iwan import uploads
-from iwan.live import create_collection
 
 CONVERGE_SECONDS = 20
 """Generous for a loaded CI machine; bench_live.py measures the real lag (well under a second)."""
@@ -36,10 +26,7 @@ CONVERGE_SECONDS = 20
 
 @pytest.fixture
 def shared(engine, tmp_path, monkeypatch):
-    monkeypatch.setenv("IWAN_HOME", str(tmp_path / "home"))
-    save_hash_model(tmp_path / "home")
-    load_norms(engine, tmp_path)
-    create_collection(engine, "shared", PREDICTOR, hash_model=HASH_MODEL)
+    tiny_collection(engine, tmp_path, monkeypatch, "shared")
     uploads.add_files(engine, "shared", [(f"{i}.png", png(i)) for i in range(5)], tiny_encoder())
     return engine
 
