@@ -158,7 +158,6 @@ class LiveCollection:
         """One catch-up at a time (the follower's and this process's own)."""
         self._unsaved = 0
         """Images changed since the last snapshot."""
-        self._matcher = None
         self._follower: Follower | None = None
         self.retrievers: dict[str, Retriever] = {}
         corpus = Corpus(
@@ -260,18 +259,10 @@ class LiveCollection:
     def text_queries(self, text: str) -> TextQuery:
         """A query from "cat:0.8,dog:0.2" or plain words; ValueError naming the words if none is known."""
         from iwan.search import parse_text_query
-        from iwan.words import WordMatcher
 
         terms = parse_text_query(text)
-        if self._matcher is None:
-            self._matcher = WordMatcher(self.words)
-        mapping = self._matcher.map([w for w, _ in terms])
+        mapping = self.retrievers["iwan"].index.word_mapping([w for w, _ in terms])
         word_ids = np.asarray(mapping.word_ids, dtype=np.int64)
-        if (word_ids < 0).all():
-            raise ValueError(
-                f"no query word is in the norms' vocabulary: {', '.join(repr(w) for w, _ in terms)}; try other "
-                "words (the norms use common English nouns such as CAT, DOG, CAR)"
-            )
         found = word_ids >= 0
         weights = np.array([p for _, p in terms], dtype=np.float64)
         return TextQuery(

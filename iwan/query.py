@@ -22,7 +22,6 @@ from iwan.search import Query, parse_text_query
 WORD_FIELDS = ("word_ids", "weights")
 
 QUERY_IMAGE_SIDE = 512
-MIN_WEIGHT = 1e-300
 
 
 @dataclass(frozen=True)
@@ -69,22 +68,11 @@ def retriever_for(engine: Engine, built: BuiltIndex, method: str, hash_model: st
 
 def text_query(built: BuiltIndex, text: str) -> PlannedQuery:
     """"cat:0.8,dog:0.2" as a query; ValueError when no word is in the norms."""
-    from iwan.words import WordMatcher
-
     terms = parse_text_query(text)
-    for word, weight in terms:
-        # A weight's cost is 1/weight: a subnormal weight's cost overflows to infinity, and
-        # path lengths must stay finite (JSON has no Infinity).
-        if weight < MIN_WEIGHT:
-            raise ValueError(
-                f"text query {text!r}: weight {weight:g} of {word!r} is too small (its cost 1/weight "
-                f"would overflow); use weights >= {MIN_WEIGHT:g}"
-            )
-    words, weights = [w for w, _ in terms], [p for _, p in terms]
-    query = built.index.words_query(words, weights)
-    word_ids = WordMatcher(built.index.words).map(words).word_ids
-    batch = Batch(word_ids=word_ids[None, :], weights=np.asarray(weights, dtype=np.float64)[None, :])
-    return PlannedQuery(batch, unknown=query.unknown)
+    mapping = built.index.word_mapping([w for w, _ in terms])
+    weights = np.array([p for _, p in terms], dtype=np.float64)
+    batch = Batch(word_ids=mapping.word_ids[None, :], weights=weights[None, :])
+    return PlannedQuery(batch, unknown=tuple(n for n, w in zip(mapping.names, mapping.word_ids) if w < 0))
 
 
 def _predicted(built: BuiltIndex, class_indices: np.ndarray, probabilities: np.ndarray, what: str) -> Batch:

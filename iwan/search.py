@@ -46,9 +46,11 @@ from iwan.dijkstra import nearest
 from iwan.graph import QUERY_NODE, IwanGraph, describe_node, image_edges
 from iwan.image_edges import ImageEdges
 from iwan.retrievers import check_k
-from iwan.words import WordMatcher
+from iwan.words import WordMapping, WordMatcher
 
 INDEX_FORMAT = "iwan-index/2"
+MIN_WEIGHT = 1e-300
+"""Smaller query weights are refused: a word's cost is 1/weight, and a distance must stay finite."""
 _GRAPH_FORMAT = "iwan-index/1"
 """The earlier format: a built graph (_GRAPH_ARRAYS), image ids its positions, no checksum;
 still loaded, as a fresh build."""
@@ -120,6 +122,11 @@ def parse_text_query(text: str) -> list[tuple[str, float]]:
             raise ValueError(f"text query {text!r}: {part!r} has a weight but no word")
         if not (weight > 0 and math.isfinite(weight)):
             raise ValueError(f"text query {text!r}: weight {weight} of {word!r} must be > 0")
+        if weight < MIN_WEIGHT:
+            raise ValueError(
+                f"text query {text!r}: weight {weight:g} of {word!r} is too small (its cost 1/weight "
+                f"would overflow); use weights >= {MIN_WEIGHT:g}"
+            )
         terms.append((word, weight))
     if not terms:
         raise ValueError(f"text query {text!r} has no words; write e.g. cat:0.8,dog:0.2")
@@ -242,12 +249,9 @@ class IwanIndex:
         terms = parse_text_query(text)
         return self.words_query([w for w, _ in terms], [p for _, p in terms])
 
-    def words_query(self, words: Sequence[str], weights: Sequence[float]) -> Query:
-        """Words matched onto the vocabulary as class names are (iwan.words: case, plurals,
-        head nouns). Unmatched words are listed in `Query.unknown`; if none matches, ValueError."""
-        bad = [(w, p) for w, p in zip(words, weights, strict=True) if not (p > 0 and math.isfinite(p))]
-        if bad:
-            raise ValueError(f"query weights must be > 0 and finite; got {bad}")
+    def word_mapping(self, words: Sequence[str]) -> WordMapping:
+        """`words` matched onto the vocabulary as class names are (iwan.words: case, plurals, head
+        nouns); ValueError if none matches."""
         if self._matcher is None:
             self._matcher = WordMatcher(self.words)
         mapping = self._matcher.map(words)
@@ -256,6 +260,15 @@ class IwanIndex:
                 f"no query word is in the norms' vocabulary: {', '.join(map(repr, words))}; "
                 "try other words (the norms use common English nouns such as CAT, DOG, CAR)"
             )
+        return mapping
+
+    def words_query(self, words: Sequence[str], weights: Sequence[float]) -> Query:
+        """Words matched onto the vocabulary as class names are (iwan.words: case, plurals,
+        head nouns). Unmatched words are listed in `Query.unknown`; if none matches, ValueError."""
+        bad = [(w, p) for w, p in zip(words, weights, strict=True) if not (MIN_WEIGHT <= p and math.isfinite(p))]
+        if bad:
+            raise ValueError(f"query weights must be finite and >= {MIN_WEIGHT:g}; got {bad}")
+        mapping = self.word_mapping(words)
         found = mapping.word_ids >= 0
         return Query.from_weights(
             mapping.word_ids,

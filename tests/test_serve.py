@@ -184,6 +184,7 @@ def test_image_record(client, collection):
         ({}, {}, 422),
         ({"text": "goldfish", "colour": "red"}, {}, 422),
         ({"text": "gold\u0000fish"}, {}, 422),
+        ({"text": "goldfish:1e-320"}, {}, 422),  # a cost 1/weight that overflows
         ({"image_id": 2**40}, {}, 422),
         ({"image_id": 999_999}, {}, 404),
     ],
