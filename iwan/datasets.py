@@ -93,7 +93,8 @@ _IMAGE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFEr
 
 
 def load_image(path: str | Path, min_side: int | None = None) -> np.ndarray:
-    """One untrusted image file as uint8 (H, W, 3) RGB: every image iwan reads comes through here.
+    """One untrusted image file as uint8 (H, W, 3) RGB: every image file iwan reads comes through
+    here (uploaded bytes through iwan.uploads.decode and, in the service, iwan.serve.uploads).
 
     The pixel count is checked from the header, before anything is decoded: a small file can
     hold a huge image (settings().max_image_pixels, IWAN_MAX_IMAGE_PIXELS). With `min_side`,
