@@ -23,11 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import networkx as nx
 import numpy as np
 
 from iwan.config import DEFAULT_TOP_WWK
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 STRENGTHS = ("forward", "backward", "max")
 QUERY_NODE = 0
@@ -153,6 +156,8 @@ class IwanGraph:
         Nodes carry `kind` ("query", "image" or "word"), images their database id as `image`,
         words their text as `word` and their id as `word_id`.
         """
+        import networkx as nx  # the reference only: the CLI starts without it
+
         graph = nx.Graph()
         graph.add_node(QUERY_NODE, kind="query")
         graph.add_nodes_from(

@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import click
 
 from iwan.cli.common import emit_json
-from iwan.datasets import cifar_resource
 from iwan.fetch import MissingDataError, Resource, describe_missing, fetch_all
-from iwan.norms.download import usf_resource
-from iwan.predictors import resnet50_weights
+
+
+def _norms() -> Resource:
+    from iwan.norms.download import usf_resource
+
+    return usf_resource()
+
+
+def _cifar100() -> Resource:
+    from iwan.datasets import cifar_resource
+
+    return cifar_resource("cifar100")
+
+
+def _resnet50() -> Resource:
+    from iwan.predictors import resnet50_weights  # torch: imported only when asked for
+
+    return resnet50_weights()
+
 
 # What the main job needs and cannot find on a fresh machine. (CIFAR-10 is downloaded by its
 # loader when neither its pickles nor its JPEG folders are here.)
-RESOURCES: dict[str, Callable[[], Resource]] = {
-    "norms": usf_resource,
-    "cifar100": functools.partial(cifar_resource, "cifar100"),
-    "resnet50": resnet50_weights,
-}
+RESOURCES: dict[str, Callable[[], Resource]] = {"norms": _norms, "cifar100": _cifar100, "resnet50": _resnet50}
 
 names_argument = click.argument("names", nargs=-1, type=click.Choice(list(RESOURCES)))
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per piece.")
