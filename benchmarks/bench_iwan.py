@@ -2,8 +2,8 @@
 
     python benchmarks/bench_iwan.py [--sizes 50000,1000000] [--queries 1000] [--seed 0]
 
-The graph is built from the real USF Appendix A files (parsed by iwan.norms.usf) and the real
-ImageNet label words (the 1000 torchvision category names mapped onto the norms by iwan.words).
+The graph is built from the real USF Appendix A files (parsed by iwan.datasets.usf) and the real
+ImageNet label words (the 1000 torchvision category names mapped onto the norms by iwan.vision.words).
 Without real predictions, each image's top-topIWK classes (4 by default) are sampled like a
 classifier's:
 
@@ -45,11 +45,11 @@ from pathlib import Path
 import numpy as np
 
 from iwan.config import DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, settings
-from iwan.graph import Associations, build_graph
-from iwan.norms.usf import parse_paths
-from iwan.search import Hit, IwanIndex, Query, networkx_search
+from iwan.network.graph import Associations, build_graph
+from iwan.datasets.usf import parse_paths
+from iwan.network.index import Hit, IwanIndex, Query, networkx_search
 from iwan.tv import models
-from iwan.words import map_class_names
+from iwan.vision.words import map_class_names
 
 NEAR = 10  # places in the ImageNet category list that count as "near"
 KS = (20, 250)

@@ -40,8 +40,8 @@ sys.path.insert(0, str(REPO))
 
 REPLICA = r"""
 import json, sys, time
-from iwan.db import make_engine
-from iwan.live import LiveCollection
+from iwan.db.engine import make_engine
+from iwan.collections.live import LiveCollection
 
 live = LiveCollection.open(make_engine(), sys.argv[1], follow=True)
 live.wait_following()
@@ -98,18 +98,18 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="Keep the collection afterwards.")
     args = parser.parse_args()
 
-    from iwan import collections as store
-    from iwan import migrate
-    from iwan.db import make_engine
-    from iwan.images import image_ids
-    from iwan.live import (
+    from iwan.db import collections as store
+    from iwan.db import migrate
+    from iwan.db.engine import make_engine
+    from iwan.db.images import image_ids
+    from iwan.collections.live import (
         LiveCollection,
         create_collection,
         drop_collection,
         image_file,
         list_collections,
     )
-    from iwan.retrievers import Corpus, get_retriever
+    from iwan.retrieval import Corpus, get_retriever
 
     figures: dict = {"load_before": load(), "nproc": os.cpu_count()}
     engine = make_engine()
@@ -198,7 +198,7 @@ def main() -> None:
 
 def replica_lag(engine, live, args, files) -> dict:
     """Seconds from a change's commit here to its being in another process's results."""
-    from iwan import uploads
+    from iwan.collections import ingest as uploads
 
     replica = subprocess.Popen([sys.executable, "-c", REPLICA, args.collection], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})

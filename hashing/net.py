@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from iwan.config import HASH_BITS
-from iwan.predictors import IMAGENET_MEAN, IMAGENET_STD, load_state_dict
-from iwan.torchfile import load_tensors
+from iwan.vision.predictors import IMAGENET_MEAN, IMAGENET_STD, load_state_dict
+from hashing.torchfile import load_tensors
 
 BACKBONES = ("precomputed", "efficientnet-lite0", "small-cnn", "resnet50", "alexnet")
 PRETRAINABLE = ("efficientnet-lite0", "resnet50", "alexnet")
@@ -161,7 +161,7 @@ class HashNet(nn.Module):
 
 
 class ImageInput(nn.Module):
-    """uint8 (N, H, W, 3) RGB -> normalised float (N, 3, size, size), resized as iwan.predictors
+    """uint8 (N, H, W, 3) RGB -> normalised float (N, 3, size, size), resized as iwan.vision.predictors
     resizes, so that a backbone here sees what the cached features were computed from."""
 
     def __init__(self, size: int, mean: tuple[float, ...], std: tuple[float, ...], interpolation: str = "bilinear"):
@@ -282,7 +282,7 @@ def _bias_only_norm(width: int) -> nn.BatchNorm2d:
 
 
 class _PooledFeatures(nn.Module):
-    """An iwan.predictors network cut at its pooled features: exactly what `iwan.features` caches."""
+    """An iwan.vision.predictors network cut at its pooled features: exactly what `iwan.vision.features` caches."""
 
     def __init__(self, head: nn.Module):
         super().__init__()
@@ -293,7 +293,7 @@ class _PooledFeatures(nn.Module):
 
 
 def _predictor_backbone(name: str, pretrained: str | Path | None) -> tuple[nn.Module, int]:
-    from iwan.predictors import ARCHITECTURES
+    from iwan.vision.predictors import ARCHITECTURES
 
     arch = ARCHITECTURES[name]
     imagenet = pretrained == "imagenet"

@@ -86,8 +86,8 @@ def network_inputs(dataset, features: str | None, backend: str = FEATURE_BACKEND
     """What a network eats: the images' pixels, or (features named) that extractor's cached features."""
     if not features:
         return dataset.images
-    from iwan.features import extract
-    from iwan.predictors import load_predictor
+    from iwan.vision.features import extract
+    from iwan.vision.predictors import load_predictor
 
     predictor = load_predictor(features, backend=backend)
     return extract(predictor, dataset, flip=flip, progress=progress).features.astype(np.float32)
@@ -95,8 +95,8 @@ def network_inputs(dataset, features: str | None, backend: str = FEATURE_BACKEND
 
 def cached_flips(dataset, features: str, backend: str = FEATURE_BACKEND) -> bool:
     """Whether the mirrored images' features of `dataset` are all cached already."""
-    from iwan.features import CHUNK_SIZE, chunk_dir
-    from iwan.predictors import load_predictor
+    from iwan.vision.features import CHUNK_SIZE, chunk_dir
+    from iwan.vision.predictors import load_predictor
 
     predictor = load_predictor(features, backend=backend)
     return len(list(chunk_dir(predictor, dataset, flip=True).glob("*.npz"))) >= -(-len(dataset) // CHUNK_SIZE)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from iwan.config import DEFAULT_SHORTLIST_FACTOR, HASH_BITS
-from iwan.retrievers import check_k, empty_results
+from iwan.retrieval import check_k, empty_results
 
 SCORE_BLOCK_CELLS = 1 << 24
 """Exhaustive search scores blocks of queries whose (queries x corpus) float32 matrix has at most

@@ -1,8 +1,8 @@
-"""Alembic environment: runs against the engine that iwan.migrate hands over."""
+"""Alembic environment: runs against the engine that iwan.db.migrate hands over."""
 
 from alembic import context
 
-from iwan.db import make_engine
+from iwan.db.engine import make_engine
 
 config = context.config
 engine = config.attributes.get("engine") or make_engine()

@@ -13,9 +13,9 @@ import argparse
 import time
 
 from iwan.config import DEFAULT_BATCH_SIZE, DEFAULT_PREDICTOR
-from iwan.datasets import load_dataset
-from iwan.features import chunk_dir, extract
-from iwan.predictors import BACKENDS, INTERPOLATIONS, load_predictor
+from iwan.datasets.loaders import load_dataset
+from iwan.vision.features import chunk_dir, extract
+from iwan.vision.predictors import BACKENDS, INTERPOLATIONS, load_predictor
 
 
 def main() -> None:

@@ -163,8 +163,8 @@ def _template_database(tmp_path_factory):
     """An embedded PostgreSQL for the whole run, with one migrated template database."""
     import sqlalchemy as sa
 
-    from iwan import migrate
-    from iwan.db import _embedded_uri, _sqlalchemy_url
+    from iwan.db import migrate
+    from iwan.db.engine import _embedded_uri, _sqlalchemy_url
 
     pgdata = private_folder("iwan-test-pg-") / "data"
     server_url = _sqlalchemy_url(_embedded_uri(pgdata))

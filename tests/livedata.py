@@ -29,7 +29,7 @@ def imagenet_words() -> list[str]:
 
 def load_norms(engine, tmp_path: Path, seed: int = 0) -> None:
     """A norm set whose cues and targets are ImageNet class words, so most predictions have a word."""
-    from iwan.norms.store import load_norms as load
+    from iwan.db.norms import load_norms as load
 
     rng = np.random.default_rng(seed)
     words = imagenet_words()
@@ -48,7 +48,7 @@ def load_norms(engine, tmp_path: Path, seed: int = 0) -> None:
 
 def tiny_predictor():
     """EfficientNet-Lite0 with seeded random weights at 32 px: real code, milliseconds per image."""
-    from iwan.predictors import load_predictor
+    from iwan.vision.predictors import load_predictor
 
     return load_predictor(PREDICTOR, backend="torch", pretrained=False, image_size=32, precision="fp32")
 
@@ -66,7 +66,7 @@ def save_hash_model(home: Path) -> Path:
 
 
 def tiny_encoder(hash_model: str | None = HASH_MODEL):
-    from iwan.uploads import Encoder
+    from iwan.collections.ingest import Encoder
 
     return Encoder(PREDICTOR, hash_model, loaded_predictor=tiny_predictor())
 
@@ -75,7 +75,7 @@ def tiny_encoder(hash_model: str | None = HASH_MODEL):
 def tiny_collection(engine, tmp_path: Path, monkeypatch, name: str) -> None:
     """An empty collection `name` over the tiny predictor and hash model, with written norms, in an
     IWAN_HOME of its own (tmp_path/home, set for the test)."""
-    from iwan.live import create_collection
+    from iwan.collections.live import create_collection
 
     monkeypatch.setenv("IWAN_HOME", str(tmp_path / "home"))
     save_hash_model(tmp_path / "home")
@@ -96,8 +96,8 @@ import json, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 import livedata
-from iwan.db import make_engine
-from iwan.live import LiveCollection
+from iwan.db.engine import make_engine
+from iwan.collections.live import LiveCollection
 
 live = LiveCollection.open(make_engine(), sys.argv[2], follow=True, encoder=livedata.tiny_encoder())
 live.wait_following()

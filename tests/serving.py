@@ -18,7 +18,7 @@ import livedata
 def make_collection(engine, home, name: str, images: list[tuple[str, bytes]], label: str | None = None,
                     hash_model: str | None = livedata.HASH_MODEL):
     """A new collection holding `images`, opened live with the tiny models (the caller closes it)."""
-    from iwan.live import LiveCollection, create_collection
+    from iwan.collections.live import LiveCollection, create_collection
 
     home.mkdir(parents=True, exist_ok=True)
     livedata.load_norms(engine, home)
@@ -62,8 +62,8 @@ def running(app, port: int | None = None):
 def cifar_collection(engine, data, name: str, per_class: int):
     """A collection of real CIFAR-10 test JPEGs (`per_class` of each class, labelled by class) with
     the real USF norms and EfficientNet-Lite0's ImageNet weights: what a user would serve."""
-    from iwan.live import LiveCollection, create_collection
-    from iwan.norms.store import load_norms
+    from iwan.collections.live import LiveCollection, create_collection
+    from iwan.db.norms import load_norms
 
     load_norms(engine, [data / "usf-appendix-a"])
     create_collection(engine, name, livedata.PREDICTOR)

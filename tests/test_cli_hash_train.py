@@ -12,10 +12,10 @@ from test_cli_norms import iwan
 
 from hashing.codes import pack_activations
 from hashing.net import load_checkpoint
-from hashing.store import load_codes
+from iwan.db.codes import load_codes
 from hashing.train import encode
-from iwan import images as image_store
-from iwan.datasets import load_dataset
+from iwan.db import images as image_store
+from iwan.datasets.loaders import load_dataset
 
 COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
 

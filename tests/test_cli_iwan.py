@@ -20,8 +20,8 @@ from usf_files import write_chain
 
 from iwan.tv import models
 
-from hashing.store import store_codes
-from iwan import images as image_store
+from iwan.db.codes import store_codes
+from iwan.db import images as image_store
 
 N_IMAGES = 24
 
@@ -168,7 +168,7 @@ def test_real_data_end_to_end(database_url, shared_data, tmp_path):
 
 
 def test_an_index_saved_before_database_ids_asks_for_a_rebuild(tmp_path):
-    from iwan.indexes import META_FILE, OLD_IDS_FILE, BuiltIndex, IndexMeta
+    from iwan.network.saved import META_FILE, OLD_IDS_FILE, BuiltIndex, IndexMeta
 
     meta = IndexMeta("old", "efficientnet-lite0", "cifar10", "train", 4, 4, "forward", "usf", 3, 5, 2, 10, [], 0.1)
     (tmp_path / META_FILE).write_text(json.dumps(meta.__dict__))

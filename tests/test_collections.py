@@ -19,10 +19,10 @@ from livedata import (
 )
 from test_cli_norms import iwan
 
-from hashing.store import load_codes
-from iwan import collections as store
-from iwan import uploads
-from iwan.live import (
+from iwan.db.codes import load_codes
+from iwan.db import collections as store
+from iwan.collections import ingest as uploads
+from iwan.collections.live import (
     collection_details,
     create_collection,
     drop_collection,
@@ -30,7 +30,7 @@ from iwan.live import (
     image_record,
     list_collections,
 )
-from iwan.predictions import predictions_of
+from iwan.db.predictions import predictions_of
 
 
 @pytest.fixture
@@ -136,10 +136,10 @@ def test_bad_collections(normed, home):
 
 
 def test_a_collection_from_a_split_holds_its_images_and_takes_another_split_by_id(normed, home, tmp_path):
-    from hashing.encode import encode_split
-    from iwan.datasets import load_dataset
-    from iwan.live import LiveCollection
-    from iwan.predictions import predict_split
+    from iwan.collections.encode import encode_split
+    from iwan.datasets.loaders import load_dataset
+    from iwan.collections.live import LiveCollection
+    from iwan.db.predictions import predict_split
 
     for split, count in (("train", 3), ("test", 2)):
         for label in ("red", "blue"):
@@ -162,7 +162,7 @@ def test_a_collection_from_a_split_holds_its_images_and_takes_another_split_by_i
     assert image_record(normed, int(members[0]))["label"] == "blue"
     assert image_file(normed, int(members[0]))[0] == (tmp_path / "folder" / "train" / "blue" / "0.png").read_bytes()
 
-    from iwan.images import image_ids
+    from iwan.db.images import image_ids
 
     test_ids = np.sort(image_ids(normed, train.name, "test"))
     with LiveCollection.open(normed, "split", follow=False, encoder=tiny_encoder()) as live:
@@ -264,7 +264,7 @@ def test_a_hash_model_on_the_predictors_features_encodes_uploads_from_them():
     from hashing.codes import pack_activations
     from hashing.net import HashConfig, HashNet
     from hashing.train import encode
-    from iwan.uploads import Encoder
+    from iwan.collections.ingest import Encoder
 
     torch.manual_seed(0)
     net = HashNet(HashConfig(backbone="precomputed", n_classes=4, embedding_dim=4, feature_dim=1280,

@@ -12,9 +12,9 @@ import pytest
 from cifar_files import CIFAR10_CLASSES
 from PIL import Image
 
-from iwan import datasets
+from iwan.datasets import loaders as datasets
 from iwan.config import settings
-from iwan.datasets import (
+from iwan.datasets.loaders import (
     DatasetFormatError,
     DatasetNotFoundError,
     load_dataset,

@@ -57,7 +57,7 @@ def test_write_embeddings_writes_the_named_file(tmp_path):
 def test_cli_writes_the_matrix_and_a_summary(tmp_path):
     from click.testing import CliRunner
 
-    from hashing.cli import hash_group
+    from iwan.cli.hash import hash_group
 
     out = tmp_path / "emb.npy"
     hierarchy = DATA / "cifar10" / "parent-child.txt"
@@ -74,7 +74,7 @@ def test_cli_writes_the_matrix_and_a_summary(tmp_path):
 def test_cli_reports_a_bad_hierarchy(tmp_path):
     from click.testing import CliRunner
 
-    from hashing.cli import hash_group
+    from iwan.cli.hash import hash_group
 
     bad = tmp_path / "bad.txt"
     bad.write_text("5 0\n6 0\n")

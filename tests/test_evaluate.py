@@ -11,13 +11,13 @@ from usf_files import write_chain
 from hashing.codes import pack_bits
 from hashing.embeddings import class_embeddings
 from hashing.hierarchy import load_hierarchy
-from hashing.store import load_codes, store_codes
-from iwan import images as image_store
-from iwan.datasets import ImageDataset
+from iwan.db.codes import load_codes, store_codes
+from iwan.db import images as image_store
+from iwan.datasets.loaders import ImageDataset
 from hashing.hierarchy import shipped_hierarchy
-from iwan.evaluate import EvaluationSpec, run
-from iwan.norms.store import load_norms
-from iwan.predictions import load_predictions, register_classes, replace_predictions
+from iwan.evaluation.runs import EvaluationSpec, run
+from iwan.db.norms import load_norms
+from iwan.db.predictions import load_predictions, register_classes, replace_predictions
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -216,7 +216,7 @@ def test_stored_predictions_read_back_in_index_order(toy_database):
 
 
 def test_fusion_findings_say_by_how_much_and_why():
-    from iwan.evaluate import fusion_findings
+    from iwan.evaluation.runs import fusion_findings
 
     retrievers = {"iwan": "IWAN", "hashes": "hashes", "fused": "fused"}
     results = {"metrics": {n: {"Barz mAHP": {250: v}} for n, v in (("IWAN", 0.64), ("hashes", 0.877), ("fused", 0.883))}}

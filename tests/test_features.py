@@ -9,9 +9,9 @@ import cifar_files
 import numpy as np
 import pytest
 
-from iwan.datasets import load_dataset
-from iwan.features import chunk_dir, extract, iter_chunks
-from iwan.predictors import load_predictor
+from iwan.datasets.loaders import load_dataset
+from iwan.vision.features import chunk_dir, extract, iter_chunks
+from iwan.vision.predictors import load_predictor
 
 N = 24
 CHUNK = 8

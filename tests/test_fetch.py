@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from iwan import datasets, fetch
-from iwan.datasets import DatasetNotFoundError, load_dataset
-from iwan.fetch import Checksum, FetchError, MissingDataError
-from iwan.norms.download import FILES, download_usf, usf_resource
-from iwan.predictors import resnet50_weights
+from iwan.datasets import loaders as datasets
+from iwan.datasets import fetch
+from iwan.datasets.loaders import DatasetNotFoundError, load_dataset
+from iwan.datasets.fetch import Checksum, FetchError, MissingDataError
+from iwan.datasets.usf_download import FILES, download_usf, usf_resource
+from iwan.vision.predictors import resnet50_weights
 
 NOT_FOUND_PAGE = b"<!DOCTYPE html><html><head><title>404 Not Found</title></head><body>Not Found</body></html>"
 
@@ -449,7 +450,7 @@ def test_an_archive_that_writes_outside_its_folder_is_refused(cifar_site, data_d
 def test_resnet50_weights_are_downloaded_checked_and_loaded(site, data_dir, monkeypatch):
     import torch
 
-    from iwan import predictors
+    from iwan.vision import predictors
     from iwan.tv import models
 
     buffer = io.BytesIO()
@@ -473,7 +474,7 @@ def test_resnet50_weights_are_downloaded_checked_and_loaded(site, data_dir, monk
 
 
 def test_resnet50_weights_with_a_wrong_checksum_are_refused(site, data_dir, monkeypatch):
-    from iwan.predictors import RESNET50_WEIGHTS_FILE, load_predictor
+    from iwan.vision.predictors import RESNET50_WEIGHTS_FILE, load_predictor
 
     site.files[RESNET50_WEIGHTS_FILE] = _blob(2000)
     monkeypatch.setenv("IWAN_WEIGHTS_URL", site.url)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from iwan import fusion
-from iwan.retrievers.fused import FusedRetriever
+from iwan.retrieval import fusion
+from iwan.retrieval.fused import FusedRetriever
 
 
 def ranking(scores, ids):

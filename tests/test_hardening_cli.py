@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from test_cli_norms import iwan
 
-from iwan.datasets import ImageDataset
+from iwan.datasets.loaders import ImageDataset
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:
@@ -95,7 +95,7 @@ def test_passwords_are_hidden_in_every_form(url):
 
 
 def test_safe_url_keeps_what_is_not_a_password():
-    from iwan.db import safe_url
+    from iwan.db.engine import safe_url
 
     assert safe_url("postgresql://u:pw@h:5/d?sslmode=require") == "postgresql://u:***@h:5/d?sslmode=require"
     assert safe_url("host=h password=pw user=u") == "host=h password=*** user=u"
@@ -135,7 +135,7 @@ def _crafted_cifar100(root: Path, marker: Path) -> Path:
 
 
 def test_a_crafted_cifar_file_does_not_run_code(tmp_path):
-    from iwan.datasets import DatasetFormatError, load_dataset
+    from iwan.datasets.loaders import DatasetFormatError, load_dataset
 
     marker = tmp_path / "ran"
     root = _crafted_cifar100(tmp_path / "data", marker)
@@ -150,7 +150,7 @@ def test_a_crafted_cifar_file_does_not_run_code(tmp_path):
 
 @pytest.mark.parametrize("protocol", [2, 3, 4, 5])
 def test_cifar_files_of_every_protocol_still_load(tmp_path, protocol):
-    from iwan.datasets import load_dataset
+    from iwan.datasets.loaders import load_dataset
 
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
@@ -166,7 +166,7 @@ def test_cifar_files_of_every_protocol_still_load(tmp_path, protocol):
 
 @pytest.mark.real_data("cifar100-sample")
 def test_the_real_cifar100_sample_still_loads(shared_data):
-    from iwan.datasets import load_dataset
+    from iwan.datasets.loaders import load_dataset
 
     sample = shared_data / "cifar100-train-sample"
     dataset = load_dataset(f"cifar100:{sample}", "train")
@@ -194,8 +194,8 @@ def _image_folder(root: Path, colour: int) -> Path:
 def test_image_folders_with_one_name_are_two_data_sets(tmp_path, database_url):
     import sqlalchemy as sa
 
-    from iwan import images
-    from iwan.datasets import load_dataset
+    from iwan.db import images
+    from iwan.datasets.loaders import load_dataset
 
     a, b = _image_folder(tmp_path / "a", 10), _image_folder(tmp_path / "b", 200)
     first, second = load_dataset(f"imagefolder:{a}", "train"), load_dataset(f"imagefolder:{b}", "train")
@@ -231,7 +231,7 @@ def test_index_build_finds_the_folder_just_predicted(tmp_path, database_url):
 
 
 def test_a_deep_image_folder_is_cached_under_a_short_name(tmp_path):
-    from iwan.datasets import load_dataset
+    from iwan.datasets.loaders import load_dataset
 
     deep = tmp_path / ("d" * 200) / ("e" * 200)
     folder = _image_folder(deep, 30)
@@ -291,7 +291,7 @@ def test_a_decompression_bomb_is_refused_before_decoding(tmp_path, database_url)
 def test_pillows_own_bomb_error_is_a_format_error(tmp_path, monkeypatch):
     from PIL import Image
 
-    from iwan.datasets import DatasetFormatError, load_image
+    from iwan.datasets.loaders import DatasetFormatError, load_image
 
     Image.new("RGB", (100, 100)).save(tmp_path / "a.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
@@ -313,7 +313,7 @@ def test_a_decompression_bomb_in_an_image_folder_is_one_line(tmp_path):
 def test_large_query_images_are_decoded_small(tmp_path):
     from PIL import Image
 
-    from iwan.datasets import load_image
+    from iwan.datasets.loaders import load_image
 
     photo = tmp_path / "photo.jpg"
     Image.new("RGB", (4000, 3000), (10, 120, 200)).save(photo, quality=90)
@@ -330,9 +330,9 @@ def test_large_query_images_are_decoded_small(tmp_path):
 
 
 def _tiny_index(name: str, image_ids):
-    from iwan.graph import IwanGraph
-    from iwan.indexes import BuiltIndex, IndexMeta, index_dir
-    from iwan.search import IwanIndex
+    from iwan.network.graph import IwanGraph
+    from iwan.network.saved import BuiltIndex, IndexMeta, index_dir
+    from iwan.network.index import IwanIndex
 
     graph = IwanGraph(
         words=["CAT", "DOG"],
@@ -350,7 +350,7 @@ def _tiny_index(name: str, image_ids):
 def _registered_ids(database_url) -> list[int]:
     import sqlalchemy as sa
 
-    from iwan import images
+    from iwan.db import images
 
     dataset = ImageDataset("d", "train", np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 1]), None,
                            ["cat", "dog"], None, None)
@@ -398,7 +398,7 @@ def test_index_names_are_names(name, tmp_path):
 
 def test_a_link_out_of_the_index_folder_is_refused(tmp_path):
     from iwan.config import settings
-    from iwan.indexes import index_dir
+    from iwan.network.saved import index_dir
 
     settings().index_dir.mkdir(parents=True)
     (settings().index_dir / "out").symlink_to(tmp_path)
@@ -407,7 +407,7 @@ def test_a_link_out_of_the_index_folder_is_refused(tmp_path):
 
 
 def test_a_failed_save_leaves_the_previous_index(monkeypatch):
-    from iwan import indexes
+    from iwan.network import saved as indexes
 
     built, path = _tiny_index("kept", [1, 2])
     before = {p.name: p.read_bytes() for p in path.iterdir()}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import private_folder
 
-from iwan import embedded
+from iwan.db import embedded
 
 AS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(
@@ -21,7 +21,7 @@ needs_root = pytest.mark.skipif(
 )
 # Holds the embedded server until its stdin closes; prints the URL once the server is ready.
 HOLDER = (
-    "import sys; from iwan.db import database_url; print(database_url(), flush=True); sys.stdin.read()"
+    "import sys; from iwan.db.engine import database_url; print(database_url(), flush=True); sys.stdin.read()"
 )
 
 

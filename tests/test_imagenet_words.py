@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from iwan.imagenet_words import RUNS, with_hypernyms
+from iwan.vision.imagenet_words import RUNS, with_hypernyms
 from iwan.tv import models
-from iwan.words import WordMatcher
+from iwan.vision.words import WordMatcher
 
 CATEGORIES = models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"]
 VOCABULARY = ["DOG", "CAT", "LION", "BULL", "AIRPLANE", "LINER", "CONVERTIBLE", "CAR", "SHARK", "FISH", "TABBY"]

@@ -7,10 +7,10 @@ import threading
 import numpy as np
 import pytest
 
-from iwan import image_edges
+from iwan.network import edges as image_edges
 from iwan.config import DEFAULT_TOP_WWK
-from iwan.graph import Associations, build_graph
-from iwan.search import IwanIndex, Query, networkx_search
+from iwan.network.graph import Associations, build_graph
+from iwan.network.index import IwanIndex, Query, networkx_search
 
 # Dyadic strengths and probabilities: every sum is exact, so equal-length paths really tie.
 DYADIC = np.array([1.0, 0.5, 0.25, 0.125, 0.0625])
@@ -287,7 +287,7 @@ def test_an_edited_snapshot_is_refused(index, tmp_path):
 
 
 def test_a_snapshot_with_out_of_range_words_is_refused_even_with_a_matching_checksum(index, tmp_path):
-    from iwan.search import _SAVED_ARRAYS, _digest
+    from iwan.network.index import _SAVED_ARRAYS, _digest
 
     path = index.save(tmp_path / "index.npz")
     with np.load(path) as saved:

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from iwan.graph import QUERY_NODE, Associations, build_graph
-from iwan.search import IwanIndex, Query, networkx_search, parse_text_query
+from iwan.network.graph import QUERY_NODE, Associations, build_graph
+from iwan.network.index import IwanIndex, Query, networkx_search, parse_text_query
 
 # Dyadic strengths and probabilities make every edge weight a power of two, so sums are exact
 # and equal-length paths really tie: the tie rules get exercised, not dodged by rounding.

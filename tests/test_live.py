@@ -10,9 +10,9 @@ import pytest
 from livedata import HASH_MODEL, PREDICTOR, png, tiny_collection, tiny_encoder
 from PIL import Image
 
-from iwan.live import LiveCollection, snapshot_path
-from iwan.retrievers import Batch, Corpus, get_retriever
-from iwan.search import Query, networkx_search
+from iwan.collections.live import LiveCollection, snapshot_path
+from iwan.retrieval import Batch, Corpus, get_retriever
+from iwan.network.index import Query, networkx_search
 
 BASE_METHODS = ("iwan", "exhaustive", "hashes")
 
@@ -147,7 +147,7 @@ def test_queries_and_explanations(engine, live):
 def test_while_the_database_is_away_searches_answer_and_writes_fail(engine, live):
     import sqlalchemy as sa
 
-    from iwan.db import DatabaseError
+    from iwan.db.engine import DatabaseError
 
     live.add_files([(f"{i}.png", png(i)) for i in range(4)])
     queries = live.stored_queries(live.image_ids[:2])
@@ -163,9 +163,9 @@ def test_while_the_database_is_away_searches_answer_and_writes_fail(engine, live
 
 
 def test_many_changes_save_a_snapshot_on_the_way(engine, live, monkeypatch):
-    from iwan.live import collection_details
+    from iwan.collections.live import collection_details
 
-    monkeypatch.setattr("iwan.live.SNAPSHOT_EVERY", 3)
+    monkeypatch.setattr("iwan.collections.live.SNAPSHOT_EVERY", 3)
     live.add_files([(f"{i}.png", png(i)) for i in range(2)])
     assert collection_details(engine, "live")["snapshot_change"] == 0
     live.add_files([(f"{i}.png", png(i)) for i in range(2, 4)])

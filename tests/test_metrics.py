@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from iwan import metrics
+from iwan.evaluation import metrics
 
 # A 3-level hierarchy: root -> {A, B}; A -> classes {0, 1}; B -> classes {2, 3}; height(root) = 2.
 # S = 1 - height(lcs) / 2: same class 1, same parent 0.5, only the root in common 0.

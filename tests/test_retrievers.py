@@ -13,11 +13,11 @@ from test_evaluate import CLASSES, fake_split, load_class_words, predictions_for
 from hashing.codes import pack_bits
 from hashing.embeddings import class_embeddings
 from hashing.hierarchy import load_hierarchy, shipped_hierarchy
-from hashing.store import store_codes
-from iwan import images as image_store
-from iwan.predictions import register_classes, replace_predictions
-from iwan.retrievers import Batch, Corpus, Retriever, get_retriever, retriever_names
-from iwan.retrievers.queries import StoredQueries, stored_queries
+from iwan.db.codes import store_codes
+from iwan.db import images as image_store
+from iwan.db.predictions import register_classes, replace_predictions
+from iwan.retrieval import Batch, Corpus, Retriever, get_retriever, retriever_names
+from iwan.retrieval.queries import StoredQueries, stored_queries
 
 METHODS = ("iwan", "exhaustive", "hashes", "fused", "hashes-pg", "exhaustive-pg")
 

@@ -14,14 +14,15 @@ import pytest
 from test_evaluate import spec, toy_database  # noqa: F401  (the fixture)
 
 from hashing.search import ExhaustiveCosineIndex, HammingCosineIndex
-from hashing.store import load_codes
-from iwan import fusion, metrics
-from iwan.evaluate import SWEEP_K, VALIDATION_QUERIES, run, score, stored_digest, workload
-from iwan.graph import build_graph
-from iwan.indexes import class_words, word_mapping
-from iwan.norms.store import association_arrays
-from iwan.predictions import load_predictions
-from iwan.search import IwanIndex
+from iwan.db.codes import load_codes
+from iwan.retrieval import fusion
+from iwan.evaluation import metrics
+from iwan.evaluation.runs import SWEEP_K, VALIDATION_QUERIES, run, score, stored_digest, workload
+from iwan.network.graph import build_graph
+from iwan.network.saved import class_words, word_mapping
+from iwan.db.norms import association_arrays
+from iwan.db.predictions import load_predictions
+from iwan.network.index import IwanIndex
 
 K = (1, 5, 6, 20)
 

@@ -13,7 +13,7 @@ from usf_files import (
     write_appendix,
 )
 
-from iwan.norms.usf import NormsFormatError, parse_file, parse_paths
+from iwan.datasets.usf import NormsFormatError, parse_file, parse_paths
 
 
 def test_types_and_missing_values(tmp_path):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from hashing.hierarchy import load_names
-from iwan.norms.usf import parse_paths
+from iwan.datasets.usf import parse_paths
 from iwan.tv import models
-from iwan.words import METHODS, WordMatcher, map_class_names, plurals, singulars
+from iwan.vision.words import METHODS, WordMatcher, map_class_names, plurals, singulars
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import itertools
 from pathlib import Path
 
 from iwan.config import USF_FILES
-from iwan.norms.usf import FIELDS, HEADER
+from iwan.datasets.usf import FIELDS, HEADER
 
 HEADER_LINE = ", ".join(HEADER)
 TRF_HEADER_LINE = HEADER_LINE.replace("TFR", "TRF")

@@ -9,7 +9,7 @@ import sys
 import click
 
 from iwan.cli.common import CliContext
-from hashing.cli import hash_group
+from iwan.cli.hash import hash_group
 from iwan.cli.data import data
 from iwan.cli.collection import collection
 from iwan.cli.db import db

@@ -38,7 +38,7 @@ def collection() -> None:
 def create(ctx: CliContext, name, dataset, split, predictor, old_predictor, hash_model, top_iwk, top_wwk, strength, source,
            as_json) -> None:
     """Create collection NAME and save its first snapshot."""
-    from iwan.live import create_collection
+    from iwan.collections.live import create_collection
 
     if old_predictor is not None:
         click.echo("iwan: --model is deprecated; use --predictor", err=True)
@@ -58,7 +58,7 @@ def create(ctx: CliContext, name, dataset, split, predictor, old_predictor, hash
 @pass_context
 def list_(ctx: CliContext, as_json) -> None:
     """Every collection with its size and models."""
-    from iwan.live import list_collections
+    from iwan.collections.live import list_collections
 
     infos = list_collections(ctx.engine())
     if as_json:
@@ -77,7 +77,7 @@ def list_(ctx: CliContext, as_json) -> None:
 @pass_context
 def show(ctx: CliContext, name, as_json) -> None:
     """One collection: its settings, size, latest change and snapshot."""
-    from iwan.live import collection_details
+    from iwan.collections.live import collection_details
 
     details = collection_details(ctx.engine(), name)
     if as_json:
@@ -93,7 +93,7 @@ def show(ctx: CliContext, name, as_json) -> None:
 @pass_context
 def drop(ctx: CliContext, name, as_json) -> None:
     """Delete collection NAME, its uploaded images and its snapshot (data set images stay)."""
-    from iwan.live import drop_collection
+    from iwan.collections.live import drop_collection
 
     drop_collection(ctx.engine(), name)
     if as_json:

@@ -10,10 +10,10 @@ import click
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from iwan import migrate
-from iwan.db import DatabaseError, make_engine, safe_url
-from iwan.norms.store import UnknownWordError
-from iwan.norms.usf import NormsFormatError
+from iwan.db import migrate
+from iwan.db.engine import DatabaseError, make_engine, safe_url
+from iwan.db.norms import UnknownWordError
+from iwan.datasets.usf import NormsFormatError
 
 # Errors whose message already says what went wrong and what to do: shown without a traceback.
 EXPECTED_ERRORS = (

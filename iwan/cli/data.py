@@ -7,23 +7,23 @@ from collections.abc import Callable
 import click
 
 from iwan.cli.common import emit_json
-from iwan.fetch import MissingDataError, Resource, describe_missing, fetch_all
+from iwan.datasets.fetch import MissingDataError, Resource, describe_missing, fetch_all
 
 
 def _norms() -> Resource:
-    from iwan.norms.download import usf_resource
+    from iwan.datasets.usf_download import usf_resource
 
     return usf_resource()
 
 
 def _cifar100() -> Resource:
-    from iwan.datasets import cifar_resource
+    from iwan.datasets.loaders import cifar_resource
 
     return cifar_resource("cifar100")
 
 
 def _resnet50() -> Resource:
-    from iwan.predictors import resnet50_weights  # torch: imported only when asked for
+    from iwan.vision.predictors import resnet50_weights  # torch: imported only when asked for
 
     return resnet50_weights()
 

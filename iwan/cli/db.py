@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 import sqlalchemy as sa
 
-from iwan import migrate
+from iwan.db import migrate
 from iwan.cli.common import CliContext, emit_json, pass_context
-from iwan.db import safe_url
-from iwan.norms.store import loaded_sources
+from iwan.db.engine import safe_url
+from iwan.db.norms import loaded_sources
 
 COUNTED_TABLES = (
     "sources",

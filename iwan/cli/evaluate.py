@@ -8,9 +8,9 @@ import click
 
 from iwan.cli.common import CliContext, deprecated_option, emit_json, pass_context
 from iwan.config import DEFAULT_PREDICTOR, DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, MAX_TOP_IWK
-from iwan.evaluate import DEFAULT_FUSION, DEFAULT_KS, METHODS
-from iwan.fusion import METHODS as FUSIONS
-from iwan.graph import STRENGTHS
+from iwan.evaluation.runs import DEFAULT_FUSION, DEFAULT_KS, METHODS
+from iwan.retrieval.fusion import METHODS as FUSIONS
+from iwan.network.graph import STRENGTHS
 
 
 def _int_list(ctx, param, value: str) -> tuple[int, ...]:
@@ -48,8 +48,8 @@ def _int_list(ctx, param, value: str) -> tuple[int, ...]:
 def evaluate(ctx: CliContext, spec, corpus_split, query_split, methods, ks, limit_queries, limit_corpus, predictor,
              old_model, hash_model, top_iwk, top_wwk, strength, fusion, hierarchy, sweep, gallery, out, as_json) -> None:
     """Score every method by mAP@k, mHP@k (the original's mAHP@k), Barz mAHP@k and time."""
-    from iwan.datasets import load_dataset
-    from iwan.evaluate import EvaluationSpec, run
+    from iwan.datasets.loaders import load_dataset
+    from iwan.evaluation.runs import EvaluationSpec, run
 
     predictor = predictor or old_model or DEFAULT_PREDICTOR
     corpus = load_dataset(spec, corpus_split, limit=limit_corpus)

@@ -28,8 +28,8 @@ def add(ctx: CliContext, name, paths, label, as_json) -> None:
     are skipped with the reason; the same bytes are stored once."""
     from tqdm import tqdm
 
-    from iwan import collections as store
-    from iwan import uploads
+    from iwan.db import collections as store
+    from iwan.collections import ingest as uploads
 
     engine = ctx.engine()
     collection = store.get(engine, name)
@@ -66,7 +66,7 @@ def add(ctx: CliContext, name, paths, label, as_json) -> None:
 @pass_context
 def remove(ctx: CliContext, name, image_ids, as_json) -> None:
     """Remove images (by id) from collection NAME; its own uploads are deleted with their files."""
-    from iwan import uploads
+    from iwan.collections import ingest as uploads
 
     seq = uploads.remove(ctx.engine(), name, list(image_ids))
     if as_json:

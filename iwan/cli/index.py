@@ -8,7 +8,7 @@ import click
 
 from iwan.cli.common import CliContext, deprecated_option, emit_json, pass_context
 from iwan.config import DEFAULT_PREDICTOR, DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, MAX_TOP_IWK, USF_SOURCE
-from iwan.graph import STRENGTHS
+from iwan.network.graph import STRENGTHS
 
 
 @click.group()
@@ -36,7 +36,7 @@ def index() -> None:
 def build(ctx: CliContext, dataset, split, limit, predictor, old_model, top_iwk, top_wwk, strength, source, name,
           as_json) -> None:
     """Build the IWAN of a split's stored predictions and save it under IWAN_HOME/indexes."""
-    from iwan import indexes
+    from iwan.network import saved as indexes
 
     predictor = predictor or old_model or DEFAULT_PREDICTOR
     if name is not None:

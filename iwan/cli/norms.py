@@ -8,9 +8,9 @@ import click
 
 from iwan.cli.common import CliContext, emit_json, pass_context
 from iwan.config import USF_CITATION, USF_SOURCE, settings
-from iwan.fetch import FetchError
-from iwan.norms.download import FOLDER, download_usf, usf_resource
-from iwan.norms.store import load_norms, top_targets
+from iwan.datasets.fetch import FetchError
+from iwan.datasets.usf_download import FOLDER, download_usf, usf_resource
+from iwan.db.norms import load_norms, top_targets
 
 
 @click.group()

@@ -25,9 +25,9 @@ from iwan.config import BACKENDS, DEFAULT_BATCH_SIZE, DEFAULT_PREDICTOR
 @pass_context
 def predict(ctx: CliContext, spec, split, limit, predictor, old_model, weights, backend, batch_size, as_json) -> None:
     """Register a split's images and store each image's top classes (resumable)."""
-    from iwan.datasets import load_dataset
-    from iwan.predictions import predict_split
-    from iwan.predictors import load_predictor
+    from iwan.datasets.loaders import load_dataset
+    from iwan.db.predictions import predict_split
+    from iwan.vision.predictors import load_predictor
 
     dataset = load_dataset(spec, split, limit=limit)
     loaded = load_predictor(predictor or old_model or DEFAULT_PREDICTOR, weights=weights, backend=backend)

@@ -33,8 +33,8 @@ DEFAULT_METHOD = "iwan"
 def search(ctx: CliContext, image, query_dataset, query_split, query_position, old_index, words, index_name,
            old_corpus, method, hash_model, k, backend, as_json) -> None:
     """Rank the images of a saved index by their nearness to the query."""
-    from iwan import indexes
-    from iwan.query import image_query, labelled_hits, retriever_for, split_image_query, text_query
+    from iwan.network import saved as indexes
+    from iwan.collections.saved import image_query, labelled_hits, retriever_for, split_image_query, text_query
 
     query_position = old_index if query_position is None else query_position
     index_name = old_corpus if index_name is None else index_name

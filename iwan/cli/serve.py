@@ -28,7 +28,7 @@ def serve(ctx: CliContext, host: str, port: int, names: tuple[str, ...], threads
     import torch
     import uvicorn
 
-    from iwan.live import list_collections
+    from iwan.collections.live import list_collections
     from iwan.serve import create_app
 
     engine = ctx.engine()

@@ -58,7 +58,7 @@ class Service:
         """Open the pending collections one by one (in a background thread at start-up)."""
         from PIL import Image
 
-        from iwan.live import LiveCollection
+        from iwan.collections.live import LiveCollection
 
         for name in list(self.pending):
             try:

@@ -35,7 +35,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.datastructures import UploadFile as FormFile
 
 from iwan.config import DEFAULT_K, MAX_SEARCH_K, MAX_SEARCH_OFFSET
-from iwan.db import DatabaseError
+from iwan.db.engine import DatabaseError
 from iwan.serve import models
 from iwan.serve.app import RETRY_AFTER_S, STATIC, Service
 from iwan.serve.uploads import ImageRefused, check_image, open_image
@@ -333,7 +333,7 @@ def _check_text(text: str, field: str) -> None:
 @router.get("/v1/images/{image_id}", response_model=models.ImageOut, tags=["images"], responses={**UNKNOWN, **UNAVAILABLE})
 def image(image_id: ImageIdPath, service: ServiceDep) -> models.ImageOut:
     """A stored image: its collections, label, top words with probabilities, hash code (hex)."""
-    from iwan.live import image_record
+    from iwan.collections.live import image_record
 
     with _answers():
         record = image_record(service.engine, image_id)
@@ -356,7 +356,7 @@ def thumbnail(image_id: ImageIdPath, service: ServiceDep) -> Response:
 
 @lru_cache(maxsize=2048)
 def _thumbnail(engine, image_id: int, max_pixels: int) -> tuple[bytes, str]:
-    from iwan.live import image_file
+    from iwan.collections.live import image_file
 
     data, media_type = image_file(engine, image_id)
     if media_type in ("image/jpeg", "image/png") and len(data) <= 32 * 1024:
@@ -419,7 +419,7 @@ def _file_name(given: str | None, position: int) -> str:
                dependencies=[Depends(require_key)], responses={**KEYED, **UNKNOWN, **UNAVAILABLE})
 def delete_image(image_id: ImageIdPath, service: ServiceDep) -> Response:
     """Remove an image from every served collection holding it; gone from results at once."""
-    from iwan.live import collections_of
+    from iwan.collections.live import collections_of
 
     with _answers():
         holding = [n for n in collections_of(service.engine, image_id) if n in service.collections]

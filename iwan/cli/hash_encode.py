@@ -1,0 +1,38 @@
+"""`iwan hash encode`: store a split's codes and embeddings from a trained hash network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from iwan.cli.common import CliContext, emit_json, pass_context
+from iwan.config import BACKENDS
+
+
+@click.command("encode")
+@click.option("--dataset", "spec", required=True, help="cifar100, cifar100:PATH, cifar10 or imagefolder:PATH.")
+@click.option("--split", required=True)
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N images.")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A checkpoint written by `iwan hash train` (best.pt).")
+@click.option("--name", "model_name", required=True, help="The hash model's name: its codes are stored under it.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="onnx", show_default=True,
+              help="How backbone features are computed when the network uses cached ones.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def encode(ctx: CliContext, spec, split, limit, checkpoint, model_name, backend, as_json) -> None:
+    """Binarise the hash layer (48-bit codes) and store codes and embeddings in PostgreSQL."""
+    from iwan.collections.encode import encode_split
+    from iwan.datasets.loaders import load_dataset
+
+    dataset = load_dataset(spec, split, limit=limit)
+    summary = encode_split(ctx.engine(), checkpoint, dataset, model_name, backend=backend, progress=not as_json)
+    if as_json:
+        emit_json(summary.as_dict())
+    else:
+        click.echo(
+            f"{summary.dataset}/{summary.split}: {summary.images:,} images encoded by {summary.model} "
+            f"({summary.embedding_dim}-d embeddings, {summary.distinct_codes:,} distinct 48-bit codes"
+            f"{', class predictions stored' if summary.predictions_stored else ''})"
+        )

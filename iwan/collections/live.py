@@ -1,0 +1,594 @@
+"""A collection held warm in memory: every retrieval method built, changing as images come and go.
+
+`LiveCollection.open(engine, name)` loads the collection's saved snapshot (the arrays its
+retrievers are built from, and the change-log sequence number they include), builds every method
+through the retriever registry, then applies the changes logged after the snapshot. With
+`follow=True` a background thread LISTENs for other processes' changes and applies them
+(iwan.db.changes). PostgreSQL stays the one source of truth: a snapshot that does not match the
+collection is ignored and rebuilt from the database.
+
+    live = LiveCollection.open(engine, "cifar10")
+    scores, ids = live.search(live.text_queries("cat:0.8,dog:0.2").batch, k=10, method="iwan")
+    report = live.add_files([("cat.jpg", data)], label="cat")
+    live.remove([report.added[0][0]])
+    live.close()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+from sqlalchemy.engine import Engine
+
+from iwan.db import collections as store
+from iwan.collections import ingest as uploads
+from iwan.db.changes import Follower
+from iwan.retrieval import Batch, Corpus, Retriever, check_k, get_retriever
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_FORMAT = "iwan-collection-snapshot/2"
+HASH_METHODS = ("exhaustive", "hashes")
+FUSED_MEMBERS = ("iwan", "hashes")
+EXPLAIN_DEPTH = 1000
+"""Ranks looked through when explaining a result by its rank in each fused method."""
+SNAPSHOT_EVERY = 5000
+"""Images added or removed since the last snapshot after which a catch-up saves a new one, so that
+a restart replays little of the log."""
+
+
+@dataclass(frozen=True)
+class TextQuery:
+    batch: Batch
+    words: list[tuple[str, float]]
+    """(vocabulary word, weight) of each query word found."""
+    unknown: list[str]
+    """Query words as given that are not in the vocabulary (left out)."""
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    size: int
+    predictor: str
+    hash_model: str | None
+    methods: tuple[str, ...]
+    dataset: str | None
+    split: str | None
+    created_at: str
+
+    def as_dict(self) -> dict:
+        return {**self.__dict__, "methods": list(self.methods)}
+
+
+def methods_of(hash_model: str | None) -> tuple[str, ...]:
+    """The methods a collection serves: IWAN always; the hash methods and fusion with a hash model."""
+    return ("iwan", "exhaustive", "hashes", "fused") if hash_model else ("iwan",)
+
+
+@dataclass
+class _Members:
+    """What the retrievers are built from, one row per image, ids ascending."""
+
+    ids: np.ndarray
+    class_indices: np.ndarray
+    probabilities: np.ndarray
+    embeddings: np.ndarray | None
+    codes: np.ndarray | None
+    labels: np.ndarray | None = None
+    """Object array of str or None (None only for queries, which have no labels)."""
+
+    def rows(self, keep) -> _Members:
+        return _Members(*(None if a is None else a[keep] for a in self._arrays()))
+
+    def _arrays(self):
+        return self.ids, self.class_indices, self.probabilities, self.embeddings, self.codes, self.labels
+
+    def extend(self, other: _Members) -> _Members:
+        if not len(self.ids):
+            return other
+        return _Members(*(None if a is None else np.concatenate([a, b]) for a, b in zip(self._arrays(), other._arrays())))
+
+
+def _load_members(engine: Engine, collection: store.Collection, ids: np.ndarray) -> _Members:
+    from iwan.db.codes import load_codes
+    from iwan.db.predictions import predictions_of
+
+    predicted = predictions_of(engine, collection.predictor, ids, collection.top_iwk)
+    with engine.connect() as conn:
+        labels = np.array(store.labels_of(conn, ids) if len(ids) else [], dtype=object)
+    embeddings = codes = None
+    if collection.hash_model and len(ids):
+        embeddings, codes = load_codes(engine, collection.hash_model, ids)
+    elif collection.hash_model:  # the width comes with the first image
+        embeddings, codes = np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.uint64)
+    return _Members(ids, predicted.class_indices, predicted.probabilities, embeddings, codes, labels)
+
+
+def _vocabulary(engine: Engine, collection: store.Collection) -> tuple[list[str], np.ndarray]:
+    """The norms' words and the predictor's class -> word id mapping, as `iwan index build` makes them."""
+    from iwan.vision.imagenet_words import with_hypernyms
+    from iwan.db.norms import association_arrays
+    from iwan.db.predictions import predictions_of
+    from iwan.vision.words import WordMatcher
+
+    words = association_arrays(engine, collection.source).words
+    categories = predictions_of(engine, collection.predictor, np.zeros(0, dtype=np.int64), 1).categories
+    if not categories:  # nothing predicted yet: the ImageNet classes every predictor shares
+        from iwan.tv import models
+
+        categories = list(models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    mapping = with_hypernyms(WordMatcher(words).map(categories), words)
+    return words, np.asarray(mapping.word_ids, dtype=np.int64)
+
+
+def snapshot_path(name: str) -> Path:
+    from iwan.config import settings
+
+    return settings().collection_dir / f"{store.check_name(name)}.npz"
+
+
+class LiveCollection:
+    def __init__(self, engine: Engine, collection: store.Collection, members: _Members, words: list[str],
+                 class_word_ids: np.ndarray, seq: int, encoder: uploads.Encoder | None = None):
+        self.engine = engine
+        self.collection = collection
+        self.name = collection.name
+        self.predictor = collection.predictor
+        self.hash_model = collection.hash_model
+        self.words = words
+        self.class_word_ids = class_word_ids
+        self.seq = seq
+        """The last change applied."""
+        self.snapshot_seq = -1
+        """The change the saved snapshot includes (-1: none saved by this process)."""
+        self.encoder = encoder or uploads.Encoder(self.predictor, self.hash_model)
+        self._members = members
+        self._lock = threading.RLock()
+        """Held while the arrays and retrievers change, and by searches."""
+        self._catching = threading.Lock()
+        """One catch-up at a time (the follower's and this process's own)."""
+        self._unsaved = 0
+        """Images changed since the last snapshot."""
+        self._follower: Follower | None = None
+        self.retrievers: dict[str, Retriever] = {}
+        corpus = Corpus(
+            image_ids=np.zeros(0, dtype=np.int64), predictor=collection.predictor, hash_model=collection.hash_model,
+            top_iwk=collection.top_iwk, top_wwk=collection.top_wwk, strength=collection.strength, source=collection.source,
+        )
+        for method in self.methods:
+            if method == "fused":
+                # Fusion over the collection's own iwan and hashes retrievers, shared, not copies.
+                shared = [self.retrievers[m] for m in FUSED_MEMBERS]
+                self.retrievers[method] = get_retriever(method, engine, corpus, members=shared)
+                continue
+            retriever = get_retriever(method, engine, corpus)
+            if len(members.ids):
+                retriever.add(members.ids, self._batch(members))
+            self.retrievers[method] = retriever
+
+    # --- opening and closing -----------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, engine: Engine, name: str, *, follow: bool = True, encoder: uploads.Encoder | None = None) -> LiveCollection:
+        """The collection warm: snapshot (or the database), then the changes after it; LookupError if unknown."""
+        collection = store.get(engine, name)
+        loaded = _read_snapshot(snapshot_path(name), collection)
+        if loaded is None:
+            with engine.connect() as conn:
+                seq = store.last_seq(conn, collection.id)
+                ids = store.member_ids(conn, collection.id)
+            members = _load_members(engine, collection, ids)
+            words, class_word_ids = _vocabulary(engine, collection)
+        else:
+            members, words, class_word_ids, seq = loaded
+        live = cls(engine, collection, members, words, class_word_ids, seq, encoder)
+        if loaded is None:
+            live.save_snapshot()
+        else:
+            live.snapshot_seq = seq
+        live.catch_up()
+        if follow:
+            live._follower = Follower(engine, collection.id, live.catch_up)
+            live._follower.start()
+        return live
+
+    def close(self) -> None:
+        """Stop following; save a snapshot if changes were applied since the last one."""
+        if self._follower is not None:
+            self._follower.stop()
+            self._follower = None
+        if self.seq != self.snapshot_seq:
+            self.save_snapshot()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def following(self) -> bool:
+        """True while the follower is connected and listening."""
+        return self._follower is not None and self._follower.connected.is_set()
+
+    @property
+    def reconnects(self) -> int:
+        """How often the follower lost its connection and came back."""
+        return 0 if self._follower is None else self._follower.reconnects
+
+    def wait_following(self, timeout: float = 10.0) -> bool:
+        return self._follower is not None and self._follower.connected.wait(timeout)
+
+    # --- what it holds ---------------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return len(self._members.ids)
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return methods_of(self.hash_model)
+
+    @property
+    def default_method(self) -> str:
+        return "fused" if self.hash_model else "iwan"
+
+    @property
+    def image_ids(self) -> np.ndarray:
+        return self._members.ids.copy()
+
+    # --- queries ----------------------------------------------------------------------------------------
+
+    def image_queries(self, images) -> Batch:
+        """Queries from PIL images: the predictor's words (and the hash model's embeddings and codes)."""
+        pixels = [np.asarray(image.convert("RGB")) for image in images]
+        encoded = self.encoder.encode(pixels)
+        top = self.collection.top_iwk
+        return self._batch(_Members(None, encoded.class_indices[:, :top], encoded.probabilities[:, :top],
+                                    encoded.embeddings, encoded.codes))
+
+    def text_queries(self, text: str) -> TextQuery:
+        """A query from "cat:0.8,dog:0.2" or plain words; ValueError naming the words if none is known."""
+        from iwan.network.index import parse_text_query
+
+        terms = parse_text_query(text)
+        mapping = self.retrievers["iwan"].index.word_mapping([w for w, _ in terms])
+        word_ids = np.asarray(mapping.word_ids, dtype=np.int64)
+        found = word_ids >= 0
+        weights = np.array([p for _, p in terms], dtype=np.float64)
+        return TextQuery(
+            batch=Batch(word_ids=word_ids[None, :], weights=np.where(found, weights, 0.0)[None, :]),
+            words=[(self.words[w], float(p)) for w, p in zip(word_ids[found], weights[found])],
+            unknown=[name for name, ok in zip(mapping.names, found) if not ok],
+        )
+
+    def labels(self, image_ids) -> list[str | None]:
+        """Labels of held images from memory (None for an image not held or without a label)."""
+        image_ids = np.atleast_1d(np.asarray(image_ids, dtype=np.int64))
+        with self._lock:
+            members = self._members
+            if not len(members.ids):
+                return [None] * len(image_ids)
+            rows = np.minimum(np.searchsorted(members.ids, image_ids), len(members.ids) - 1)
+            held = members.ids[rows] == image_ids
+            return [members.labels[r] if ok else None for r, ok in zip(rows.tolist(), held.tolist())]
+
+    def stored_queries(self, image_ids) -> Batch:
+        """Queries from images the collection holds; LookupError naming an id it does not hold."""
+        image_ids = np.atleast_1d(np.asarray(image_ids, dtype=np.int64))
+        with self._lock:
+            members = self._members
+            rows = np.searchsorted(members.ids, image_ids)
+            held = (rows < len(members.ids)) & (members.ids[np.minimum(rows, len(members.ids) - 1)] == image_ids) \
+                if len(members.ids) else np.zeros(len(image_ids), dtype=bool)
+            if not held.all():
+                raise LookupError(f"collection {self.name!r} holds no image {int(image_ids[~held][0])}")
+            return self._batch(members.rows(rows), with_ids=True)
+
+    def search(self, queries: Batch, k: int, *, method: str | None = None, exclude=None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), each (q, k), best first; `exclude` (q,) image ids to leave out (-1: none)."""
+        retriever = self._retriever(method)
+        k = check_k(k)
+        with self._lock:
+            return retriever.search(queries, k, exclude=None if exclude is None else np.asarray(exclude, dtype=np.int64))
+
+    def explain(self, query: Batch, image_ids, method: str) -> list[dict]:
+        """Why each image is a result of the (one-row) query under `method`."""
+        self._retriever(method)
+        image_ids = [int(i) for i in image_ids]
+        if method == "iwan":
+            return self._explain_iwan(query, image_ids)
+        if method in HASH_METHODS:
+            return self._explain_hashes(query, image_ids)
+        ranks = {}
+        for member in FUSED_MEMBERS:
+            try:
+                _, ids = self.search(query, min(EXPLAIN_DEPTH, max(self.size, 1)), method=member)
+            except ValueError:  # e.g. a text query has nothing for the hash methods
+                continue
+            position = {int(i): r + 1 for r, i in enumerate(ids[0]) if i >= 0}
+            ranks[member] = position
+        return [{"ranks": {m: p.get(i) for m, p in ranks.items()}} for i in image_ids]
+
+    def _explain_iwan(self, query: Batch, image_ids: list[int]) -> list[dict]:
+        if query.word_ids is None:
+            return [{} for _ in image_ids]
+        with self._lock:
+            found = self.retrievers["iwan"].explain(query, np.asarray(image_ids, dtype=np.int64))
+        return [why or {} for why in found]
+
+    def _explain_hashes(self, query: Batch, image_ids: list[int]) -> list[dict]:
+        if query.codes is None or query.embeddings is None:
+            return [{} for _ in image_ids]
+        with self._lock:
+            members = self._members
+            rows = np.searchsorted(members.ids, image_ids)
+            out = []
+            q_code, q_embedding = int(query.codes[0]), query.embeddings[0].astype(np.float64)
+            for i, r in zip(image_ids, rows):
+                if r >= len(members.ids) or members.ids[r] != i:
+                    out.append({})
+                    continue
+                embedding = members.embeddings[r].astype(np.float64)
+                cosine = float(embedding @ q_embedding / (np.linalg.norm(embedding) * np.linalg.norm(q_embedding) or 1.0))
+                out.append({"hamming": (int(members.codes[r]) ^ q_code).bit_count(), "cosine": cosine})
+            return out
+
+    def _retriever(self, method: str | None) -> Retriever:
+        method = method or self.default_method
+        if method not in self.retrievers:
+            raise ValueError(f"collection {self.name!r} has no method {method!r}: choose from {', '.join(self.methods)}")
+        return self.retrievers[method]
+
+    def _held(self) -> list[Retriever]:
+        """The retrievers that hold images themselves (fusion holds none of its own)."""
+        return [r for m, r in self.retrievers.items() if m != "fused"]
+
+    def _batch(self, members: _Members, with_ids: bool = False) -> Batch:
+        from iwan.network.saved import class_words
+
+        return Batch(
+            word_ids=class_words(self.class_word_ids, members.class_indices),
+            weights=members.probabilities.astype(np.float64),
+            embeddings=members.embeddings,
+            codes=members.codes,
+            image_ids=members.ids if with_ids else None,
+        )
+
+    # --- changes -----------------------------------------------------------------------------------
+
+    def add_files(self, files: list[tuple[str, bytes]], label: str | None = None) -> uploads.AddReport:
+        """Store image files (name, bytes) in the collection; they are searchable here on return."""
+        report = uploads.add_files(self.engine, self.name, files, self.encoder, label)
+        self.catch_up()
+        return report
+
+    def add_images(self, image_ids) -> None:
+        """Add registered images (with stored predictions and codes, ids above any held) by id."""
+        uploads.add_registered(self.engine, self.name, image_ids)
+        self.catch_up()
+
+    def remove(self, image_ids) -> None:
+        """Take images out of the collection; gone from this process's results on return."""
+        uploads.remove(self.engine, self.name, image_ids)
+        self.catch_up()
+
+    def catch_up(self) -> int:
+        """Apply the logged changes after the last one applied; how many were applied.
+
+        The data of added images is read from the database before the lock searches share is
+        taken, so searches wait only while the arrays change."""
+        with self._catching:
+            with self.engine.connect() as conn:
+                changes = store.changes_after(conn, self.collection.id, self.seq)
+            for change in changes:
+                held = self._members.ids
+                if change.op == "add":
+                    added = self._current(np.sort(change.image_ids[~np.isin(change.image_ids, held)]))
+                    gone = None
+                else:
+                    added, gone = None, change.image_ids[np.isin(change.image_ids, held)]
+                with self._lock:
+                    self._apply(added, gone)
+                    self.seq = change.seq
+                self._unsaved += len(change.image_ids)
+            if self._unsaved >= SNAPSHOT_EVERY:
+                self.save_snapshot()
+            return len(changes)
+
+    def _current(self, image_ids: np.ndarray) -> _Members | None:
+        """The data of those of `image_ids` still in the collection: an image removed by a change
+        not applied yet may have lost its rows already, and is left out (its removal then finds
+        nothing to remove)."""
+        for _ in range(3):
+            if not len(image_ids):
+                return None
+            with self.engine.connect() as conn:
+                image_ids = image_ids[np.isin(image_ids, store.member_ids(conn, self.collection.id, among=image_ids))]
+            try:
+                return _load_members(self.engine, self.collection, image_ids)
+            except LookupError:
+                continue  # removed between the two reads: look again
+        return _load_members(self.engine, self.collection, image_ids)
+
+    def _apply(self, added: _Members | None, gone: np.ndarray | None) -> None:
+        if added is not None and len(added.ids):
+            batch = self._batch(added)
+            for retriever in self._held():
+                retriever.add(added.ids, batch)
+            self._members = self._members.extend(added)
+        if gone is not None and len(gone):
+            for retriever in self._held():
+                retriever.remove(gone)
+            self._members = self._members.rows(~np.isin(self._members.ids, gone))
+
+    # --- snapshots -------------------------------------------------------------------------------------
+
+    def save_snapshot(self) -> Path:
+        """Write the arrays and the sequence number they include (atomically: temp file + rename)."""
+        with self._lock:
+            # Changes replace the arrays, never write into them: these stay as they are.
+            members, seq = self._members, self.seq
+        path = _write_snapshot(self.collection, members, self.words, self.class_word_ids, seq)
+        self.snapshot_seq, self._unsaved = seq, 0
+        return path
+
+
+def _write_snapshot(collection: store.Collection, members: _Members, words: list[str], class_word_ids: np.ndarray,
+                    seq: int) -> Path:
+    path = snapshot_path(collection.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    extra = {} if members.embeddings is None else {"embeddings": members.embeddings, "codes": members.codes}
+    with partial.open("wb") as f:
+        np.savez(
+            f, format=np.array(SNAPSHOT_FORMAT), collection_id=np.array(collection.id),
+            created_at=np.array(collection.created_at.isoformat()), seq=np.array(seq),
+            ids=members.ids, class_indices=members.class_indices, probabilities=members.probabilities,
+            labels=np.array(["" if x is None else x for x in members.labels], dtype=str),
+            labelled=np.array([x is not None for x in members.labels], dtype=bool),
+            words=np.array(words, dtype=str), class_word_ids=class_word_ids, **extra,
+        )
+    os.replace(partial, path)
+    return path
+
+
+def _read_snapshot(path: Path, collection: store.Collection):
+    """(members, words, class_word_ids, seq) from a snapshot of this very collection, else None."""
+    if not path.is_file():
+        return None
+    started = time.perf_counter()
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            if str(saved["format"]) != SNAPSHOT_FORMAT or int(saved["collection_id"]) != collection.id \
+                    or str(saved["created_at"]) != collection.created_at.isoformat():
+                log.warning("%s is a snapshot of another collection: rebuilding from the database", path)
+                return None
+            has_codes = "codes" in saved.files
+            if bool(collection.hash_model) != has_codes:
+                return None
+            labels = np.array([x if ok else None for x, ok in zip(saved["labels"].tolist(), saved["labelled"].tolist())],
+                              dtype=object)
+            members = _Members(
+                saved["ids"], saved["class_indices"], saved["probabilities"],
+                saved["embeddings"] if has_codes else None, saved["codes"] if has_codes else None, labels,
+            )
+            words, class_word_ids, seq = saved["words"].tolist(), saved["class_word_ids"], int(saved["seq"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        log.warning("%s is unreadable (%s): rebuilding from the database", path, err)
+        return None
+    log.info("loaded %s (%d images, change %d) in %.2f s", path, len(members.ids), seq, time.perf_counter() - started)
+    return members, words, class_word_ids, seq
+
+
+# --- the catalogue -----------------------------------------------------------------------------------
+
+
+def create_collection(engine: Engine, name: str, predictor: str, *, dataset: str | None = None, split: str | None = None,
+                      hash_model: str | None = None, **settings) -> CollectionInfo:
+    """Create a collection and save its first snapshot (so that the first open is fast)."""
+    from iwan.vision.predictors import ARCHITECTURES
+
+    if predictor not in ARCHITECTURES:
+        raise ValueError(f"predictor {predictor!r} is unknown: use one of {', '.join(ARCHITECTURES)}")
+    collection = store.create(engine, name, predictor, dataset=dataset, split=split, hash_model=hash_model, **settings)
+    try:
+        with engine.connect() as conn:
+            ids = store.member_ids(conn, collection.id)
+        members = _load_members(engine, collection, ids)
+        words, class_word_ids = _vocabulary(engine, collection)
+    except Exception:
+        store.drop(engine, name)
+        raise
+    _write_snapshot(collection, members, words, class_word_ids, 0)
+    return _info(collection, len(ids))
+
+
+def drop_collection(engine: Engine, name: str) -> None:
+    uploads.delete_unused_files(engine, store.drop(engine, name))
+    snapshot_path(name).unlink(missing_ok=True)
+
+
+def _info(collection: store.Collection, size: int) -> CollectionInfo:
+    return CollectionInfo(
+        name=collection.name, size=size, predictor=collection.predictor, hash_model=collection.hash_model,
+        methods=methods_of(collection.hash_model), dataset=collection.dataset, split=collection.split,
+        created_at=collection.created_at.isoformat(),
+    )
+
+
+def list_collections(engine: Engine) -> list[CollectionInfo]:
+    return [_info(c, n) for c, n in store.all_collections(engine)]
+
+
+def collection_info(engine: Engine, name: str) -> CollectionInfo:
+    collection = store.get(engine, name)
+    return _info(collection, store.size(engine, collection.id))
+
+
+def collection_details(engine: Engine, name: str) -> dict:
+    """A collection's settings, size, latest change and the change its saved snapshot includes."""
+    collection = store.get(engine, name)
+    with engine.connect() as conn:
+        seq = store.last_seq(conn, collection.id)
+    path = snapshot_path(name)
+    loaded = _read_snapshot(path, collection)
+    return {
+        **_info(collection, store.size(engine, collection.id)).as_dict(),
+        "top_iwk": collection.top_iwk, "top_wwk": collection.top_wwk, "strength": collection.strength,
+        "source": collection.source, "last_change": seq, "snapshot": str(path) if loaded else None,
+        "snapshot_change": loaded[3] if loaded else None,
+    }
+
+
+def collections_of(engine: Engine, image_id: int) -> list[str]:
+    return store.image_row(engine, image_id)["collections"]
+
+
+def image_record(engine: Engine, image_id: int) -> dict:
+    """The image's collections, label, top words (of its first collection's predictor) and hash code."""
+    from iwan.db.codes import load_codes
+    from iwan.config import HASH_BITS, STORED_PREDICTIONS
+    from iwan.db.predictions import predictions_of
+
+    row = store.image_row(engine, image_id)
+    words, code = [], None
+    if row["collections"]:
+        collection = store.get(engine, row["collections"][0])
+        predicted = predictions_of(engine, collection.predictor, np.array([image_id]), STORED_PREDICTIONS)
+        words = [{"word": predicted.categories[c] if c < len(predicted.categories) else str(c), "probability": float(p)}
+                 for c, p in zip(predicted.class_indices[0].tolist(), predicted.probabilities[0].tolist()) if c >= 0]
+        if collection.hash_model:
+            try:
+                code = f"{int(load_codes(engine, collection.hash_model, np.array([image_id]))[1][0]):0{HASH_BITS // 4}x}"
+            except LookupError:
+                code = None
+    return {"image_id": row["image_id"], "collections": row["collections"], "label": row["label"], "words": words,
+            "hash_code": code}
+
+
+def image_file(engine: Engine, image_id: int) -> tuple[bytes, str]:
+    """(bytes, media type) of an image, for thumbnails; LookupError if there is none."""
+    row = store.image_row(engine, image_id)
+    if row["sha256"] is not None:
+        path = uploads.image_path(row["sha256"])
+        media_type = row["media_type"]
+    elif row["path"]:
+        path = Path(row["path"])
+        media_type = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".gif": "image/gif",
+                      ".webp": "image/webp", ".bmp": "image/bmp"}.get(path.suffix.lower(), "application/octet-stream")
+    else:
+        raise LookupError(f"image {image_id} has no stored file (its data set keeps only pixels)")
+    try:
+        return path.read_bytes(), media_type
+    except FileNotFoundError:
+        raise LookupError(f"image {image_id}: its file {path} is missing") from None

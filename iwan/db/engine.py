@@ -1,0 +1,100 @@
+"""Connections: an external PostgreSQL by URL, or the embedded server under IWAN_HOME."""
+
+from __future__ import annotations
+
+import logging
+import re
+from functools import cache
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from iwan.db import embedded
+from iwan.config import settings
+
+EMBEDDED_DATABASE = "iwan"
+
+log = logging.getLogger(__name__)
+
+_POSTGRES_SCHEME = re.compile(r"^postgres(ql)?(\+\w+)?://", re.IGNORECASE)
+# scheme://userinfo@host...: the userinfo ends at the last "@" before the query, so an unencoded
+# "@" in a password is hidden too.
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:@/?#\s]*):(?P<password>[^?#\s]*)@")
+# password=... in a query string or a key=value DSN, quoted or not.
+_PASSWORD_PARAMETER = re.compile(r"(?P<key>\bpassword\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'|[^\s&'\"]*)", re.IGNORECASE)
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be reached or is not in the state a command needs."""
+
+
+@cache
+def _embedded_uri(pgdata: Path) -> str:
+    """Start (or join) the embedded PostgreSQL at `pgdata` and ensure the iwan database exists.
+
+    The server stops when the last process using it exits; its data stays for later runs. The
+    cluster's lock makes concurrent first runs wait for each other instead of racing.
+    """
+    try:
+        with embedded.locked(pgdata):
+            server = embedded.start(pgdata)
+            admin = sa.create_engine(
+                server.url("postgres"), isolation_level="AUTOCOMMIT", connect_args=_connect_args()
+            )
+            with admin.connect() as conn:
+                exists = conn.scalar(
+                    sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": EMBEDDED_DATABASE}
+                )
+                if not exists:
+                    conn.execute(sa.text(f'CREATE DATABASE "{EMBEDDED_DATABASE}"'))
+            admin.dispose()
+    except embedded.EmbeddedServerError as err:
+        raise DatabaseError(str(err)) from None
+    return server.url(EMBEDDED_DATABASE)
+
+
+def _sqlalchemy_url(url: str) -> str:
+    """SQLAlchemy needs the driver named; users may give plain libpq URLs. Only PostgreSQL is served."""
+    if not _POSTGRES_SCHEME.match(url):
+        raise DatabaseError(
+            f"{safe_url(url)!r} is not a PostgreSQL URL: give postgresql://USER:PASSWORD@HOST:PORT/DATABASE "
+            "in --database-url / IWAN_DATABASE_URL, or unset both to use the embedded PostgreSQL"
+        )
+    return _POSTGRES_SCHEME.sub("postgresql+psycopg://", url)
+
+
+def database_url(url: str | None = None) -> str:
+    """The URL in force: the argument, IWAN_DATABASE_URL, or the embedded server's."""
+    configured = settings(url).database_url
+    if configured:
+        return _sqlalchemy_url(configured)
+    return _embedded_uri(settings().pgdata.resolve())
+
+
+def safe_url(text: str) -> str:
+    """`text` (a URL, a key=value DSN, or a message holding them) with every password hidden."""
+    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    return _PASSWORD_PARAMETER.sub(lambda m: f"{m['key']}***", text)
+
+
+def _connect_args() -> dict:
+    # libpq waits forever for a server that accepts but never answers; this bounds it.
+    return {"connect_timeout": settings().connect_timeout}
+
+
+def make_engine(url: str | None = None) -> Engine:
+    """An engine on the configured database; connection failures become DatabaseError."""
+    resolved = database_url(url)
+    try:
+        engine = sa.create_engine(resolved, pool_pre_ping=True, connect_args=_connect_args())
+        with engine.connect():
+            pass
+    except (sa.exc.DBAPIError, sa.exc.ArgumentError, ValueError) as err:
+        reason = getattr(err, "orig", None) or err
+        detail = "; ".join(line.strip() for line in str(reason).splitlines() if line.strip())
+        raise DatabaseError(
+            f"cannot connect to {safe_url(resolved)}: {safe_url(detail)}. Check --database-url / "
+            "IWAN_DATABASE_URL, or unset both to use the embedded PostgreSQL."
+        ) from None
+    return engine

@@ -1,0 +1,192 @@
+"""Word predictions of a whole data set split into PostgreSQL, chunk by chunk and resumable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from iwan.db import images as image_store
+from iwan.config import STORED_PREDICTIONS
+from iwan.vision.features import iter_chunks
+
+
+@dataclass(frozen=True)
+class PredictSummary:
+    predictor: str
+    dataset: str
+    split: str
+    images: int
+    predicted: int
+    skipped: int
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def done_image_ids(engine: Engine, model: str, ids: np.ndarray) -> np.ndarray:
+    """Which of `ids` already have predictions of `model`."""
+    with engine.connect() as conn:
+        found = conn.scalars(
+            sa.text(
+                "SELECT DISTINCT image_id FROM predictions WHERE model = :m AND image_id = ANY(:ids)"
+            ),
+            {"m": model, "ids": ids.tolist()},
+        ).all()
+    return np.asarray(found, dtype=np.int64)
+
+
+def register_classes(engine: Engine, model: str, categories: list[str]) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO classifier_classes (model, class_index, name) "
+                "SELECT :m, ord - 1, name FROM unnest(CAST(:names AS text[])) WITH ORDINALITY AS t(name, ord) "
+                "ON CONFLICT (model, class_index) DO UPDATE SET name = EXCLUDED.name"
+            ),
+            {"m": model, "names": list(categories)},
+        )
+
+
+def predict_split(engine: Engine, predictor, dataset, batch_size: int, progress: bool = True) -> PredictSummary:
+    """Register the split's images, then store the top classes of each image not done yet.
+
+    Each chunk of images is committed on its own, so an interrupted run loses at most one chunk
+    and a rerun skips the images already in the database.
+    """
+    registered = image_store.register(engine, dataset)
+    register_classes(engine, predictor.name, predictor.categories)
+    done = np.isin(registered.ids, done_image_ids(engine, predictor.name, registered.ids))
+    predicted = 0
+    if not done.all():
+        skip = lambda start, stop: bool(done[start:stop].all())  # noqa: E731
+        for chunk in iter_chunks(predictor, dataset, batch_size=batch_size, progress=progress, skip=skip):
+            todo = ~done[chunk.start : chunk.stop]
+            if not todo.any():
+                continue
+            with engine.begin() as conn:
+                write_predictions(
+                    conn,
+                    predictor.name,
+                    registered.ids[chunk.start : chunk.stop][todo],
+                    chunk.indices[todo],
+                    chunk.probabilities[todo],
+                )
+            predicted += int(todo.sum())
+    return PredictSummary(
+        predictor=predictor.name,
+        dataset=dataset.name,
+        split=dataset.split,
+        images=len(registered.ids),
+        predicted=predicted,
+        skipped=int(done.sum()),
+    )
+
+
+def replace_predictions(engine: Engine, model: str, ids: np.ndarray, indices: np.ndarray, probabilities: np.ndarray) -> None:
+    """Store (replacing any earlier) the top classes of `model` for these images."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("DELETE FROM predictions WHERE model = :m AND image_id = ANY(:ids)"),
+            {"m": model, "ids": np.asarray(ids).tolist()},
+        )
+        write_predictions(conn, model, ids, indices, probabilities)
+
+
+def write_predictions(conn: sa.Connection, model: str, ids: np.ndarray, indices: np.ndarray, probabilities: np.ndarray) -> None:
+    """Insert the top classes of these images inside the caller's transaction."""
+    top = min(STORED_PREDICTIONS, indices.shape[1])
+    cursor = conn.connection.driver_connection.cursor()
+    with cursor.copy("COPY predictions (model, image_id, rank, class_index, probability) FROM STDIN") as copy:
+        for image_id, row_indices, row_probabilities in zip(ids.tolist(), indices[:, :top].tolist(), probabilities[:, :top].tolist()):
+            for rank, (class_index, probability) in enumerate(zip(row_indices, row_probabilities)):
+                copy.write_row((model, image_id, rank, class_index, probability))
+
+
+@dataclass(frozen=True)
+class SplitPredictions:
+    ids: np.ndarray  # (n,) image ids in index order
+    class_indices: np.ndarray  # (n, top) int, -1 for a rank the model did not fill
+    probabilities: np.ndarray  # (n, top) float32, 0 for such a rank
+    categories: list[str]  # the model's class names by index
+
+
+def load_predictions(engine: Engine, model: str, dataset: str, split: str, top: int, limit: int | None = None) -> SplitPredictions:
+    """The top `top` predictions of every image of a split, in position order; error if any is missing."""
+    ids = image_store.image_ids(engine, dataset, split, limit)
+    predictions, missing = _stored(engine, model, ids, top)
+    if len(missing):
+        raise LookupError(
+            f"{len(missing)} images of {dataset}/{split} have no {model} predictions (first: image at "
+            f"position {missing[0]}): run `iwan predict --dataset {dataset} --split {split} --predictor {model}`"
+        )
+    return predictions
+
+
+def predictions_of(engine: Engine, model: str, image_ids: np.ndarray, top: int) -> SplitPredictions:
+    """The top `top` predictions of `model` for these images, in their order; LookupError naming
+    the first image that has none."""
+    ids = np.asarray(image_ids, dtype=np.int64)
+    predictions, missing = _stored(engine, model, ids, top)
+    if len(missing):
+        raise LookupError(
+            f"{len(missing)} images have no {model} predictions (first: image id {ids[missing[0]]}): "
+            f"run `iwan predict --predictor {model}` for their split"
+        )
+    return predictions
+
+
+def _stored(engine: Engine, model: str, ids: np.ndarray, top: int) -> tuple[SplitPredictions, np.ndarray]:
+    """The stored predictions of `ids`, and the rows of those that have none.
+
+    A classifier with fewer classes than `top` leaves the lower ranks empty (-1, probability 0)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT image_id, rank, class_index, probability FROM predictions "
+                "WHERE model = :m AND image_id = ANY(:ids) AND rank < :top"
+            ),
+            {"m": model, "ids": ids.tolist(), "top": top},
+        ).all()
+    categories = classifier_categories(engine, model)
+    class_indices, probabilities = _by_image(ids, rows, top)
+    missing = np.flatnonzero(class_indices[:, 0] < 0)
+    return SplitPredictions(ids, class_indices, probabilities, list(categories)), missing
+
+
+def predictions_digest(engine: Engine, model: str) -> str | None:
+    """An md5 of every stored prediction of `model` (None without any), to tell when they change."""
+    with engine.connect() as conn:
+        return conn.scalar(
+            sa.text(
+                "SELECT md5(string_agg(concat_ws(':', image_id, rank, class_index, probability), ',' "
+                "ORDER BY image_id, rank)) FROM predictions WHERE model = :m"
+            ),
+            {"m": model},
+        )
+
+
+def classifier_categories(engine: Engine, model: str) -> list[str]:
+    """The class names of a predictor, by class index."""
+    with engine.connect() as conn:
+        return list(
+            conn.scalars(
+                sa.text("SELECT name FROM classifier_classes WHERE model = :m ORDER BY class_index"), {"m": model}
+            ).all()
+        )
+
+
+def _by_image(ids: np.ndarray, rows, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image_id, rank, class_index, probability) rows as (len(ids), top) arrays in the order of ids."""
+    table = np.array(rows, dtype=np.float64).reshape(-1, 4)
+    # Ids follow registration order, which need not be index order: look them up through a sort.
+    order = np.argsort(ids)
+    position = order[np.searchsorted(ids, table[:, 0].astype(np.int64), sorter=order)]
+    class_indices = np.full((len(ids), top), -1, dtype=np.int64)
+    probabilities = np.zeros((len(ids), top), dtype=np.float32)
+    ranks = table[:, 1].astype(np.int64)
+    class_indices[position, ranks] = table[:, 2]
+    probabilities[position, ranks] = table[:, 3]
+    return class_indices, probabilities

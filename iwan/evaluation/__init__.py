@@ -1,0 +1,1 @@
+"""Evaluation: retrieval metrics, comparative runs over data set splits, and their reports."""

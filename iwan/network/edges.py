@@ -1,0 +1,184 @@
+"""The image-word edges of a live IWAN, as flat arrays that images join and leave.
+
+Each image holds a slot: slots are handed out in insertion order, so they ascend with the
+database ids, and a slot's row holds the image's edges (word ids, -1 none; costs 1/probability).
+Arrays indexed by slot grow by doubling; there is no Python object per image or edge.
+
+The search offers each word's images cheapest first, so each word also keeps its images in a run
+sorted by (cost, slot). Re-sorting everything on each addition would cost a full rebuild, so the
+runs live in two levels, as in a log-structured merge tree: a main block and a small delta, both
+sorted, searched side by side. Additions are merged into the delta (linear in its size); once the
+delta outgrows a few times the square root of the main block, it is merged into the main block
+(linear), which keeps both costs amortised small.
+
+Removal marks the slot dead (a tombstone): the search skips dead slots, so a removed image is
+neither a result nor a bridge at once. Once a quarter of the slots are dead they are compacted
+away: rows and runs are filtered and slots renumbered in order, which keeps every run sorted.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from iwan.network.kernels import merge_runs
+
+DELTA_MIN_EDGES = 4096
+"""The delta is merged into the main block once it holds more than
+max(DELTA_MIN_EDGES, DELTA_SQRT_FACTOR * sqrt(main edges)) edges."""
+DELTA_SQRT_FACTOR = 8
+
+Runs = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""Per-word runs: ptr (n_words + 1) int64, slot int32 and cost float64, sorted by (word, cost, slot)."""
+
+
+class ImageEdges:
+    """Rows, ids and tombstones by slot, and the two levels of per-word runs (see the module doc)."""
+
+    def __init__(self, n_words: int, width: int):
+        self.n_words = n_words
+        self.n_slots = 0
+        self.n_dead = 0
+        self.max_id = -1
+        """The highest database id ever held: additions must come above it."""
+        self.ids = np.empty(0, np.int64)
+        self.state = np.empty(0, np.int32)
+        """Per slot: -1 dead, 0 live; a search marks the slots it settles and resets them
+        (iwan.network.kernels.nearest)."""
+        self.row_words = np.empty((0, width), np.int32)
+        self.row_costs = np.empty((0, width), np.float64)
+        self.main = _no_runs(n_words)
+        self.delta = _no_runs(n_words)
+
+    @classmethod
+    def build(cls, n_words: int, ids: np.ndarray, words: np.ndarray, costs: np.ndarray) -> ImageEdges:
+        """A fresh block over (n,) ascending ids and their (n, width) edge rows, all in the main block."""
+        edges = cls(n_words, words.shape[1])
+        n = len(ids)
+        # C order: the compiled search is specialised for it.
+        edges.ids = np.ascontiguousarray(ids, dtype=np.int64)
+        edges.state = np.zeros(n, np.int32)
+        edges.row_words = np.ascontiguousarray(words, dtype=np.int32)
+        edges.row_costs = np.ascontiguousarray(costs, dtype=np.float64)
+        edges.n_slots = n
+        edges.max_id = int(ids[-1]) if n else -1
+        edges.main = _sorted_runs(n_words, np.arange(n), edges.row_words, edges.row_costs)
+        return edges
+
+    @property
+    def width(self) -> int:
+        return self.row_words.shape[1]
+
+    @property
+    def n_alive(self) -> int:
+        return self.n_slots - self.n_dead
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.ids, self.state, self.row_words, self.row_costs, *self.main, *self.delta)
+        return sum(a.nbytes for a in arrays)
+
+    def slots(self, ids: np.ndarray) -> np.ndarray:
+        """The slot of each id held (alive), -1 for ids not held."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not self.n_slots:
+            return np.full(ids.shape, -1, np.int64)
+        held = self.ids[: self.n_slots]
+        slots = np.minimum(np.searchsorted(held, ids), self.n_slots - 1)
+        found = (held[slots] == ids) & (self.state[slots] == 0)
+        return np.where(found, slots, -1)
+
+    def live_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, words, costs) of the images held, in slot (= id) order."""
+        keep = self.state[: self.n_slots] == 0
+        return (
+            self.ids[: self.n_slots][keep],
+            self.row_words[: self.n_slots][keep],
+            self.row_costs[: self.n_slots][keep],
+        )
+
+    def append(self, ids: np.ndarray, words: np.ndarray, costs: np.ndarray) -> None:
+        """New images after every slot: ids ascending above max_id, rows (n, m) already checked."""
+        n, m = words.shape
+        if m > self.width:
+            self._widen(m)
+        elif m < self.width:
+            words = np.pad(words, ((0, 0), (0, self.width - m)), constant_values=-1)
+            costs = np.pad(costs, ((0, 0), (0, self.width - m)), constant_values=np.inf)
+        self._reserve(self.n_slots + n)
+        start, stop = self.n_slots, self.n_slots + n
+        self.ids[start:stop] = ids
+        self.state[start:stop] = 0
+        self.row_words[start:stop] = words
+        self.row_costs[start:stop] = costs
+        self.n_slots = stop
+        self.max_id = int(ids[-1])
+        added = _sorted_runs(self.n_words, np.arange(start, stop), self.row_words[start:stop], self.row_costs[start:stop])
+        self.delta = merge_runs(*self.delta, *added)
+        if len(self.delta[1]) > max(DELTA_MIN_EDGES, DELTA_SQRT_FACTOR * math.isqrt(len(self.main[1]))):
+            self.main = merge_runs(*self.main, *self.delta)
+            self.delta = _no_runs(self.n_words)
+
+    def remove(self, slots: np.ndarray) -> None:
+        """Tombstone the slots (held, each once); compact once a quarter of the slots are dead."""
+        self.state[slots] = -1
+        self.n_dead += len(slots)
+        if 4 * self.n_dead > self.n_slots:
+            self._compact()
+
+    def _compact(self) -> None:
+        keep = self.state[: self.n_slots] == 0
+        renumber = (np.cumsum(keep) - 1).astype(np.int32)
+        self.main = _filter_runs(self.main, keep, renumber)
+        self.delta = _filter_runs(self.delta, keep, renumber)
+        self.ids = self.ids[: self.n_slots][keep]
+        self.row_words = self.row_words[: self.n_slots][keep]
+        self.row_costs = self.row_costs[: self.n_slots][keep]
+        self.n_slots = len(self.ids)
+        self.n_dead = 0
+        self.state = np.zeros(self.n_slots, np.int32)
+
+    def _reserve(self, n: int) -> None:
+        capacity = len(self.ids)
+        if n <= capacity:
+            return
+        capacity = max(n, 2 * capacity, 16)
+        used = self.n_slots
+
+        def grown(array, fill):
+            new = np.full((capacity, *array.shape[1:]), fill, array.dtype)
+            new[:used] = array[:used]
+            return new
+
+        self.ids = grown(self.ids, -1)
+        self.state = grown(self.state, -1)
+        self.row_words = grown(self.row_words, -1)
+        self.row_costs = grown(self.row_costs, np.inf)
+
+    def _widen(self, width: int) -> None:
+        """More edges per image than the rows hold (a predictor with a larger topIWK)."""
+        extra = ((0, 0), (0, width - self.width))
+        self.row_words = np.pad(self.row_words, extra, constant_values=-1)
+        self.row_costs = np.pad(self.row_costs, extra, constant_values=np.inf)
+
+
+def _no_runs(n_words: int) -> Runs:
+    return np.zeros(n_words + 1, np.int64), np.empty(0, np.int32), np.empty(0, np.float64)
+
+
+def _sorted_runs(n_words: int, slots: np.ndarray, words: np.ndarray, costs: np.ndarray) -> Runs:
+    """The runs of rows (words, costs) (n, width) at `slots` (n,), ascending."""
+    has_edge = words >= 0
+    slot = np.broadcast_to(slots[:, None], words.shape)[has_edge]
+    word, cost = words[has_edge], costs[has_edge]
+    order = np.lexsort((slot, cost, word))
+    ptr = np.searchsorted(word[order], np.arange(n_words + 1)).astype(np.int64)
+    return ptr, slot[order].astype(np.int32), cost[order]
+
+
+def _filter_runs(runs: Runs, keep: np.ndarray, renumber: np.ndarray) -> Runs:
+    ptr, slot, cost = runs
+    kept = keep[slot]
+    before = np.concatenate([[0], np.cumsum(kept)])
+    return before[ptr].astype(np.int64), renumber[slot[kept]], cost[kept]

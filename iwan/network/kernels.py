@@ -1,0 +1,277 @@
+"""Compiled kernels of the IWAN search (numba): the early-stopping Dijkstra and the run merge.
+
+The data layout is iwan.network.edges's (read its module doc): word-word edges as CSR over word
+ids; each image slot's row of (word, cost) edges; and each word's images in sorted runs, one set
+of runs per level (the main block and the delta), each run cheapest first, ties to the lower slot.
+
+`nearest` is the search of iwan/network/index.py's module doc, for a batch of queries. Distances are
+summed edge by edge in path order, in float64 without fast-math, exactly as networkx sums them.
+The kernels keep no state between calls but the scratch arrays they are given, which they leave
+as they found them (all words at distance inf, every live image state 0): callers serialise calls that
+share scratch.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_JIT = {"nogil": True, "cache": True}
+
+
+@numba.njit(**_JIT)
+def _grow(a, n):
+    b = np.empty(max(2 * len(a), 16), a.dtype)
+    b[:n] = a[:n]
+    return b
+
+
+@numba.njit(**_JIT)
+def _sift_up(hd, hw, hp, hl, i):
+    d, w, p, lv = hd[i], hw[i], hp[i], hl[i]
+    while i > 0:
+        parent = (i - 1) >> 1
+        if hd[parent] <= d:
+            break
+        hd[i], hw[i], hp[i], hl[i] = hd[parent], hw[parent], hp[parent], hl[parent]
+        i = parent
+    hd[i], hw[i], hp[i], hl[i] = d, w, p, lv
+
+
+@numba.njit(**_JIT)
+def _sift_down(hd, hw, hp, hl, size):
+    """Restore the heap after its last entry was moved to the top (size already decremented)."""
+    d, w, p, lv = hd[0], hw[0], hp[0], hl[0]
+    i = 0
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            break
+        if child + 1 < size and hd[child + 1] < hd[child]:
+            child += 1
+        if hd[child] >= d:
+            break
+        hd[i], hw[i], hp[i], hl[i] = hd[child], hw[child], hp[child], hl[child]
+        i = child
+    hd[i], hw[i], hp[i], hl[i] = d, w, p, lv
+
+
+@numba.njit(**_JIT)
+def nearest(
+    word_ptr, word_next, word_weight,
+    row_words, row_costs, state, ids,
+    main_ptr, main_slot, main_cost, delta_ptr, delta_slot, delta_cost,
+    word_dist, word_pred, word_done,
+    query_words, query_costs, exclude, k, want_paths,
+):
+    """The k nearest live images of each query (see the module doc).
+
+    state: per slot, -1 dead, 0 live (during a search: i > 0, settled i-th). main_* and delta_*:
+    the two levels of runs, each (ptr (n_words + 1), slot, cost). query_words /
+    query_costs (q, m): start words (-1: none) and their costs. exclude (q, e): image slots left
+    out of each query's results (-1: none); they stay bridges. Returns distances (q, k), slots
+    (q, k) (-1 padding), hit counts (q,), and when want_paths, the paths of all hits
+    concatenated as node ids (word w: 1 + w, image slot s: 1 + n_words + ids[s]) with their
+    offsets ((q * k) + 1, hit r, c at [r * k + c]).
+    """
+    inf = np.inf
+    n_words = len(word_dist)
+    width = row_words.shape[1]
+    q, m = query_words.shape
+    out_dist = np.full((q, k), inf)
+    out_slot = np.full((q, k), -1, np.int64)
+    out_n = np.zeros(q, np.int64)
+    path_ptr = np.zeros(q * k + 1 if want_paths else 1, np.int64)
+    path_nodes = np.empty(64 if want_paths else 0, np.int64)
+    n_path = 0
+
+    hd = np.empty(256, np.float64)
+    hw = np.empty(256, np.int64)
+    hp = np.empty(256, np.int64)
+    hl = np.empty(256, np.int64)
+    touched = np.empty(n_words, np.int64)
+    settled = np.empty(256, np.int64)
+    settled_pred = np.empty(256, np.int64)
+    found_dist = np.empty(256, np.float64)
+    found_slot = np.empty(256, np.int64)
+
+    for r in range(q):
+        size = 0
+        n_touched = 0
+        n_settled = 0
+        n_found = 0
+        bound = inf
+        for j in range(m):
+            w = query_words[r, j]
+            c = query_costs[r, j]
+            if w >= 0 and c < word_dist[w]:
+                if word_dist[w] == inf:
+                    touched[n_touched] = w
+                    n_touched += 1
+                word_dist[w] = c
+                word_pred[w] = -1
+                if size == len(hd):
+                    hd, hw, hp, hl = _grow(hd, size), _grow(hw, size), _grow(hp, size), _grow(hl, size)
+                hd[size], hw[size], hp[size], hl[size] = c, w, -1, 0
+                _sift_up(hd, hw, hp, hl, size)
+                size += 1
+
+        while size > 0 and hd[0] <= bound:
+            d, w, p, lv = hd[0], hw[0], hp[0], hl[0]
+            size -= 1
+            if size > 0:
+                hd[0], hw[0], hp[0], hl[0] = hd[size], hw[size], hp[size], hl[size]
+                _sift_down(hd, hw, hp, hl, size)
+
+            if p < 0:  # a word: settle it, relax its associations, open its image runs
+                if word_done[w]:
+                    continue
+                word_done[w] = 1
+                for e in range(word_ptr[w], word_ptr[w + 1]):
+                    v = word_next[e]
+                    nd = d + word_weight[e]
+                    if nd < word_dist[v]:
+                        if word_dist[v] == inf:
+                            touched[n_touched] = v
+                            n_touched += 1
+                        word_dist[v] = nd
+                        word_pred[v] = w
+                        if size == len(hd):
+                            hd, hw, hp, hl = _grow(hd, size), _grow(hw, size), _grow(hp, size), _grow(hl, size)
+                        hd[size], hw[size], hp[size], hl[size] = nd, v, -1, 0
+                        _sift_up(hd, hw, hp, hl, size)
+                        size += 1
+                for level in range(2):
+                    ptr, cost = (main_ptr, main_cost) if level == 0 else (delta_ptr, delta_cost)
+                    e = ptr[w]
+                    if e < ptr[w + 1]:
+                        if size == len(hd):
+                            hd, hw, hp, hl = _grow(hd, size), _grow(hw, size), _grow(hp, size), _grow(hl, size)
+                        hd[size], hw[size], hp[size], hl[size] = d + cost[e], w, e, level
+                        _sift_up(hd, hw, hp, hl, size)
+                        size += 1
+                continue
+
+            # An image offered by word w's run at position p: settle it if live and new.
+            ptr, run_slot, cost = (main_ptr, main_slot, main_cost) if lv == 0 else (delta_ptr, delta_slot, delta_cost)
+            s = run_slot[p]
+            if state[s] == 0:
+                if n_settled == len(settled):
+                    settled, settled_pred = _grow(settled, n_settled), _grow(settled_pred, n_settled)
+                settled[n_settled] = s
+                settled_pred[n_settled] = w
+                n_settled += 1
+                state[s] = n_settled
+                kept = True
+                for j in range(exclude.shape[1]):
+                    if exclude[r, j] == s:
+                        kept = False
+                if kept:
+                    if n_found == len(found_dist):
+                        found_dist, found_slot = _grow(found_dist, n_found), _grow(found_slot, n_found)
+                    found_dist[n_found] = d
+                    found_slot[n_found] = s
+                    n_found += 1
+                    if n_found == k:
+                        bound = d
+                for c in range(width):
+                    v = row_words[s, c]
+                    if v >= 0:
+                        nd = d + row_costs[s, c]
+                        if nd < word_dist[v]:
+                            if word_dist[v] == inf:
+                                touched[n_touched] = v
+                                n_touched += 1
+                            word_dist[v] = nd
+                            word_pred[v] = n_words + s
+                            if size == len(hd):
+                                hd, hw, hp, hl = _grow(hd, size), _grow(hw, size), _grow(hp, size), _grow(hl, size)
+                            hd[size], hw[size], hp[size], hl[size] = nd, v, -1, 0
+                            _sift_up(hd, hw, hp, hl, size)
+                            size += 1
+            p += 1
+            if p < ptr[w + 1]:
+                if size == len(hd):
+                    hd, hw, hp, hl = _grow(hd, size), _grow(hw, size), _grow(hp, size), _grow(hl, size)
+                hd[size], hw[size], hp[size], hl[size] = word_dist[w] + cost[p], w, p, lv
+                _sift_up(hd, hw, hp, hl, size)
+                size += 1
+
+        # Found in distance order; ties (also past the k-th) go to the lower slot, i.e. id.
+        for i in range(1, n_found):
+            d, s = found_dist[i], found_slot[i]
+            j = i
+            while j > 0 and (found_dist[j - 1] > d or (found_dist[j - 1] == d and found_slot[j - 1] > s)):
+                found_dist[j], found_slot[j] = found_dist[j - 1], found_slot[j - 1]
+                j -= 1
+            found_dist[j], found_slot[j] = d, s
+        n = min(k, n_found)
+        out_n[r] = n
+        for c in range(n):
+            out_dist[r, c] = found_dist[c]
+            out_slot[r, c] = found_slot[c]
+            if want_paths:
+                # Walk back to the query, then reverse: image, word, (image, word)...
+                start = n_path
+                s = found_slot[c]
+                while True:
+                    if n_path + 2 > len(path_nodes):
+                        path_nodes = _grow(path_nodes, n_path)
+                    path_nodes[n_path] = 1 + n_words + ids[s]
+                    w = settled_pred[state[s] - 1]
+                    path_nodes[n_path + 1] = 1 + w
+                    n_path += 2
+                    pred = word_pred[w]
+                    while 0 <= pred < n_words:
+                        if n_path == len(path_nodes):
+                            path_nodes = _grow(path_nodes, n_path)
+                        path_nodes[n_path] = 1 + pred
+                        n_path += 1
+                        pred = word_pred[pred]
+                    if pred < 0:
+                        break
+                    s = pred - n_words
+                path_nodes[start:n_path] = path_nodes[start:n_path][::-1].copy()
+                path_ptr[r * k + c + 1] = n_path
+        if want_paths:
+            for c in range(n, k):
+                path_ptr[r * k + c + 1] = n_path
+
+        for i in range(n_touched):
+            word_dist[touched[i]] = inf
+            word_done[touched[i]] = 0
+        for i in range(n_settled):
+            state[settled[i]] = 0
+    return out_dist, out_slot, out_n, path_nodes[:n_path], path_ptr
+
+
+@numba.njit(**_JIT)
+def merge_runs(ptr_a, slot_a, cost_a, ptr_b, slot_b, cost_b):
+    """Two sets of per-word runs, each sorted by (cost, slot), merged into one: (ptr, slot, cost)."""
+    n_words = len(ptr_a) - 1
+    ptr = np.empty(n_words + 1, np.int64)
+    slot = np.empty(len(slot_a) + len(slot_b), slot_a.dtype)
+    cost = np.empty(len(slot), np.float64)
+    o = 0
+    for w in range(n_words):
+        ptr[w] = o
+        i, i_end = ptr_a[w], ptr_a[w + 1]
+        j, j_end = ptr_b[w], ptr_b[w + 1]
+        while i < i_end and j < j_end:
+            if cost_b[j] < cost_a[i] or (cost_b[j] == cost_a[i] and slot_b[j] < slot_a[i]):
+                slot[o], cost[o] = slot_b[j], cost_b[j]
+                j += 1
+            else:
+                slot[o], cost[o] = slot_a[i], cost_a[i]
+                i += 1
+            o += 1
+        while i < i_end:
+            slot[o], cost[o] = slot_a[i], cost_a[i]
+            i += 1
+            o += 1
+        while j < j_end:
+            slot[o], cost[o] = slot_b[j], cost_b[j]
+            j += 1
+            o += 1
+    ptr[n_words] = o
+    return ptr, slot, cost

@@ -1,1 +1,0 @@
-"""Word association norms: parsing, loading into PostgreSQL, lookup."""
