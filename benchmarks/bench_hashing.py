@@ -134,9 +134,9 @@ def bench(n: int, n_queries: int, k: int, singles: int, seed: int) -> dict:
     shortlist = DEFAULT_SHORTLIST_FACTOR * k
 
     hashes = HammingCosineIndex()
-    hashes.add(embeddings, codes)
+    hashes.add(None, embeddings, codes)
     exhaustive = ExhaustiveCosineIndex()
-    exhaustive.add(embeddings)
+    exhaustive.add(None, embeddings)
     cdist = CdistSearch(embeddings, codes)
     q_emb = torch.from_numpy(queries)
     q_bits = torch.from_numpy(unpack_bits(query_codes, HASH_BITS).astype(np.float32))

@@ -45,9 +45,10 @@ from pathlib import Path
 import numpy as np
 
 from iwan.config import DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, settings
-from iwan.network.graph import Associations, build_graph
 from iwan.datasets.usf import parse_paths
-from iwan.network.index import Hit, IwanIndex, Query, networkx_search
+from iwan.network.graph import Associations, build_graph
+from iwan.network.index import Hit, IwanIndex, Query
+from iwan.network.reference import networkx_search
 from iwan.tv import models
 from iwan.vision.words import map_class_names
 

@@ -98,10 +98,6 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="Keep the collection afterwards.")
     args = parser.parse_args()
 
-    from iwan.db import collections as store
-    from iwan.db import migrate
-    from iwan.db.engine import make_engine
-    from iwan.db.images import image_ids
     from iwan.collections.live import (
         LiveCollection,
         create_collection,
@@ -109,7 +105,12 @@ def main() -> None:
         image_file,
         list_collections,
     )
+    from iwan.db import collections as store
+    from iwan.db import migrate
+    from iwan.db.engine import make_engine
+    from iwan.db.images import image_ids
     from iwan.retrieval import Corpus, get_retriever
+    from iwan.retrieval.stored import StoreData
 
     figures: dict = {"load_before": load(), "nproc": os.cpu_count()}
     engine = make_engine()
@@ -129,7 +130,7 @@ def main() -> None:
             members = store.member_ids(conn, store.get(conn, args.collection).id)
         corpus = Corpus(image_ids=members, predictor=args.predictor, hash_model=args.hash_model)
         started = time.perf_counter()
-        fresh = {m: get_retriever(m, engine, corpus) for m in ("iwan", "exhaustive", "hashes")}
+        fresh = {m: get_retriever(m, corpus, StoreData(engine, corpus)) for m in ("iwan", "exhaustive", "hashes")}
         figures["fresh_build_s"] = round(time.perf_counter() - started, 3)
         del fresh
         print(f"fresh build from the database: {figures['fresh_build_s']} s", file=sys.stderr)
@@ -199,6 +200,7 @@ def main() -> None:
 def replica_lag(engine, live, args, files) -> dict:
     """Seconds from a change's commit here to its being in another process's results."""
     from iwan.collections import ingest as uploads
+    from iwan.vision.decode import DecodePolicy, decode_image
 
     replica = subprocess.Popen([sys.executable, "-c", REPLICA, args.collection], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -212,17 +214,18 @@ def replica_lag(engine, live, args, files) -> dict:
         fresh_files = []
         for name, data in files[: args.lag_trials]:
             out = io.BytesIO()
-            Image.fromarray(uploads.decode(data)[0][:, ::-1]).save(out, format="PNG")
+            Image.fromarray(decode_image(data, name, DecodePolicy(formats=None)).pixels[:, ::-1]).save(out, format="PNG")
             fresh_files.append((f"mirrored-{name}", out.getvalue()))
         for name, data in fresh_files:
-            added = uploads.add_files(engine, args.collection, [(name, data)], live.encoder).added[0][0]
+            added = uploads.add_files(engine, args.collection, [(name, data)], live.encoder,
+                                      settings=live.settings).added[0][0]
             committed = time.time()
             replica.stdin.write(f"held {added}\n")
             replica.stdin.flush()
             answer = json.loads(replica.stdout.readline())
             lags["add"].append(answer["seen"] - committed)
             found.append(answer["in_results"])
-            uploads.remove(engine, args.collection, [added])
+            uploads.remove(engine, args.collection, [added], image_dir=live.settings.image_dir)
             committed = time.time()
             replica.stdin.write(f"gone {added}\n")
             replica.stdin.flush()

@@ -14,11 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from iwan.db import migrate
 from iwan.config import settings
+from iwan.datasets.usf import parse_paths
+from iwan.db import migrate
 from iwan.db.engine import make_engine
 from iwan.db.norms import load_norms
-from iwan.datasets.usf import parse_paths
 
 
 def main() -> None:

@@ -165,8 +165,8 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO))
-    from iwan.db.engine import make_engine
     from iwan.collections.live import list_collections
+    from iwan.db.engine import make_engine
 
     engine = make_engine()
     collections = sorted(list_collections(engine), key=lambda c: -c.size)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from iwan.config import HASH_BITS
+from hashing import HASH_BITS
 
 ACTIVATION_THRESHOLD = 0.5
 """Sigmoid hash-layer activations above this are 1 bits (Barz & Denzler's binarisation)."""

@@ -122,26 +122,6 @@ NAMES_FILE = "class_names.txt"
 """The names file looked for beside a parent-child file when none is given (the data/ layout)."""
 
 
-HIERARCHY_FILE = "parent-child.txt"
-HIERARCHY_NAMES = "class_names.txt"
-"""Beside a parent-child file: its node names, checked against the data set's class names."""
-
-
-def shipped_hierarchy(dataset: str) -> Path:
-    """The parent-child file shipped with iwan for a data set (package `iwan.data`, the repo's data/);
-    FileNotFoundError naming the shipped ones when there is none."""
-    from importlib.resources import files
-
-    root = files("iwan.data")
-    path = Path(str(root / dataset / HIERARCHY_FILE))
-    if not path.is_file():
-        shipped = sorted(p.name for p in root.iterdir() if (p / HIERARCHY_FILE).is_file())
-        raise FileNotFoundError(
-            f"no class hierarchy ships for data set {dataset!r} (only for {', '.join(shipped)}): pass --hierarchy PATH "
-            "(parent-child id pairs, one per line)"
-        )
-    return path
-
 def load_hierarchy(
     path: str | Path, names_path: str | Path | None = None, n_classes: int | None = None
 ) -> ClassHierarchy:

@@ -9,35 +9,73 @@ word predictions for IWAN.
 
 Image backbones take uint8 (N, H, W, 3) RGB batches and normalise (and resize) them themselves, so
 a checkpoint is all a caller needs; `precomputed` takes (N, feature_dim) cached backbone features.
+Backbones are looked up by name among those registered (`register_backbone`): `precomputed` and
+`small-cnn` are built in; an application registers others (its ImageNet networks, say) before it
+builds or loads a network on them.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iwan.config import HASH_BITS
-from iwan.vision.predictors import IMAGENET_MEAN, IMAGENET_STD, load_state_dict
-from hashing.torchfile import load_tensors
+from hashing import HASH_BITS
+from hashing.torchfile import load_state_dict, load_tensors
 
-BACKBONES = ("precomputed", "efficientnet-lite0", "small-cnn", "resnet50", "alexnet")
-PRETRAINABLE = ("efficientnet-lite0", "resnet50", "alexnet")
-"""Backbones with ImageNet weights ('imagenet' as `pretrained`)."""
-
+PRECOMPUTED = "precomputed"
+"""The built-in backbone that takes cached (N, feature_dim) features: the backbone has already run."""
 CHECKPOINT_FORMAT = "iwan-hash-network/1"
 DEFAULT_HIDDEN = (1024,)
 
+IMAGENET_MEAN = tuple(255 * m for m in (0.485, 0.456, 0.406))
+IMAGENET_STD = tuple(255 * s for s in (0.229, 0.224, 0.225))
+"""ImageNet's pixel statistics in uint8 units, x = (pixel - mean) / std: torchvision's networks' inputs."""
 _CIFAR10_MEAN = (125.3, 123.0, 113.9)
 _CIFAR10_STD = (63.0, 62.1, 66.7)
-_IMAGENET_SIZE = 224
 _SMALL_CNN_SIZE = 32
+
+BackboneBuilder = Callable[[str | Path | None], tuple[nn.Module, int]]
+"""builder(pretrained) -> (module, its output width). The module takes uint8 (N, H, W, 3) RGB
+batches and resizes and normalises them itself (`ImageInput`); `pretrained` is HashNet's: None
+(random init), 'imagenet', or the path of a weights file."""
+
+_BUILDERS: dict[str, BackboneBuilder] = {}
+
+
+class BackboneNotRegistered(ValueError):
+    """A backbone name that no `register_backbone` call has made buildable (in this process)."""
+
+
+def register_backbone(name: str, builder: BackboneBuilder) -> BackboneBuilder:
+    """Make backbone `name` buildable by HashNet and loadable from checkpoints (torchvision's
+    register_model, for hash networks). Registering a name twice is an error, unless it is the
+    same builder again."""
+    if name == PRECOMPUTED or _BUILDERS.get(name, builder) is not builder:
+        raise ValueError(f"backbone {name!r} is registered already: register the builder under another name")
+    _BUILDERS[name] = builder
+    return builder
+
+
+def registered_backbones() -> tuple[str, ...]:
+    """The backbone names HashConfig accepts now."""
+    return (PRECOMPUTED, *_BUILDERS)
+
+
+def _check_registered(name: str) -> None:
+    if name not in registered_backbones():
+        raise BackboneNotRegistered(
+            f"backbone {name!r} is not registered (registered: {', '.join(registered_backbones())}): import the "
+            f"module that registers it first (iwan's ImageNet backbones and alexnet: iwan.vision.backbones), "
+            f"or call hashing.net.register_backbone({name!r}, builder)"
+        )
 
 
 @dataclass(frozen=True)
@@ -58,9 +96,8 @@ class HashConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone {self.backbone!r} is unknown: use one of {', '.join(BACKBONES)}")
-        if self.backbone == "precomputed" and self.feature_dim <= 0:
+        _check_registered(self.backbone)
+        if self.backbone == PRECOMPUTED and self.feature_dim <= 0:
             raise ValueError("backbone 'precomputed' needs feature_dim: the width of the cached features")
         if min(self.n_classes, self.embedding_dim, self.bits, *self.hidden, 1) < 1:
             raise ValueError(
@@ -139,7 +176,7 @@ class HashNet(nn.Module):
     def forward_mirrored(self, inputs: torch.Tensor) -> HashOutput:
         """Test-time augmentation for image backbones: the hash activations of each image and of
         its mirror image, averaged, give the code and the embedding."""
-        if self.config.backbone == "precomputed":
+        if self.config.backbone == PRECOMPUTED:
             raise ValueError("mirror averaging needs images; a precomputed backbone gets features")
         both = self.head(self.features(torch.cat([inputs, inputs.flip(2)])))
         return self.from_hash(both.hash.view(2, len(inputs), -1).mean(0))
@@ -147,7 +184,8 @@ class HashNet(nn.Module):
     def prepare(self, train_inputs: torch.Tensor) -> None:
         """Data-dependent initialisation before training (the small CNN's whitening filters)."""
         if self.config.backbone == "small-cnn":
-            normalise, cnn = self.backbone
+            # _small_cnn builds Sequential(ImageInput, SmallCNN); the cast only names the two parts
+            normalise, cnn = cast(tuple[ImageInput, SmallCNN], self.backbone)
             cnn.fit_whitening(normalise(train_inputs))
 
     def from_hash(self, hashed: torch.Tensor) -> HashOutput:
@@ -161,8 +199,12 @@ class HashNet(nn.Module):
 
 
 class ImageInput(nn.Module):
-    """uint8 (N, H, W, 3) RGB -> normalised float (N, 3, size, size), resized as iwan.vision.predictors
-    resizes, so that a backbone here sees what the cached features were computed from."""
+    """uint8 (N, H, W, 3) RGB -> normalised float (N, 3, size, size): what image backbones put in
+    front of their network. Resizes (antialiased when shrinking) as iwan's predictors do, so that a
+    backbone sees what cached features were computed from."""
+
+    mean: torch.Tensor  # buffers (register_buffer), typed for mypy
+    std: torch.Tensor
 
     def __init__(self, size: int, mean: tuple[float, ...], std: tuple[float, ...], interpolation: str = "bilinear"):
         super().__init__()
@@ -204,20 +246,21 @@ class FeatureInput(nn.Module):
 
 def build_backbone(name: str, feature_dim: int, pretrained: str | Path | None) -> tuple[nn.Module, int]:
     """(module, output width) of the named backbone; `feature_dim` matters only for precomputed."""
-    if name == "precomputed":
+    if name == PRECOMPUTED:
         if pretrained is not None:
             raise ValueError("backbone 'precomputed' has no weights: drop the pretrained weights")
         return FeatureInput(feature_dim), feature_dim
-    if name == "small-cnn":
-        if pretrained == "imagenet":
-            raise ValueError("small-cnn has no ImageNet weights: train it from scratch or pass a state dict")
-        net = SmallCNN()
-        _load_state(net, pretrained, name)
-        return nn.Sequential(ImageInput(_SMALL_CNN_SIZE, _CIFAR10_MEAN, _CIFAR10_STD), net), net.width
-    if name == "alexnet":
-        net, width = _alexnet(pretrained)
-        return nn.Sequential(ImageInput(_IMAGENET_SIZE, IMAGENET_MEAN, IMAGENET_STD), net), width
-    return _predictor_backbone(name, pretrained)
+    _check_registered(name)
+    return _BUILDERS[name](pretrained)
+
+
+def _small_cnn(pretrained: str | Path | None) -> tuple[nn.Module, int]:
+    if pretrained == "imagenet":
+        raise ValueError("small-cnn has no ImageNet weights: train it from scratch or pass a state dict")
+    net = SmallCNN()
+    if pretrained is not None:
+        load_state_dict(net, Path(pretrained).expanduser(), "small-cnn")
+    return nn.Sequential(ImageInput(_SMALL_CNN_SIZE, _CIFAR10_MEAN, _CIFAR10_STD), net), net.width
 
 
 class SmallCNN(nn.Module):
@@ -281,53 +324,7 @@ def _bias_only_norm(width: int) -> nn.BatchNorm2d:
     return norm
 
 
-class _PooledFeatures(nn.Module):
-    """An iwan.vision.predictors network cut at its pooled features: exactly what `iwan.vision.features` caches."""
-
-    def __init__(self, head: nn.Module):
-        super().__init__()
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x)[1]
-
-
-def _predictor_backbone(name: str, pretrained: str | Path | None) -> tuple[nn.Module, int]:
-    from iwan.vision.predictors import ARCHITECTURES
-
-    arch = ARCHITECTURES[name]
-    imagenet = pretrained == "imagenet"
-    head = arch.build(None if imagenet else pretrained, imagenet, arch.image_size)
-    # The ImageNet classifier stays in the module (unused) so that its weights files load as they are.
-    head.fc.requires_grad_(False)
-    preprocess = ImageInput(arch.image_size, arch.mean, arch.std, arch.interpolation)
-    return nn.Sequential(preprocess, _PooledFeatures(head)), arch.feature_dim
-
-
-def _alexnet(pretrained: str | Path | None) -> tuple[nn.Module, int]:
-    from iwan.tv import models
-
-    if pretrained == "imagenet":
-        try:
-            net = models.alexnet(weights=models.AlexNet_Weights.DEFAULT)
-        except Exception as err:  # noqa: BLE001 - network, disk or checksum: the same manual fix
-            reason = f"{type(err).__name__}: {err}".splitlines()[0]
-            raise RuntimeError(
-                f"could not download the ImageNet weights of alexnet ({reason}): fetch "
-                f"{models.AlexNet_Weights.DEFAULT.url} on a machine with internet and pass its path instead"
-            ) from None
-    else:
-        net = models.alexnet(weights=None)
-        _load_state(net, pretrained, "alexnet")
-    # Lin et al. put the hash layer on AlexNet's fc7 (after its ReLU), in place of fc8.
-    width = net.classifier[-1].in_features
-    net.classifier = net.classifier[:-1]
-    return net, width
-
-
-def _load_state(net: nn.Module, path: str | Path | None, name: str) -> None:
-    if path is not None:
-        load_state_dict(net, Path(path).expanduser(), name)
+register_backbone("small-cnn", _small_cnn)
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
@@ -336,7 +333,7 @@ def _load_state(net: nn.Module, path: str | Path | None, name: str) -> None:
 @dataclass
 class Checkpoint:
     path: Path
-    model: HashNet
+    net: HashNet
     class_embeddings: np.ndarray
     """(n_classes, embedding_dim) float32: the targets the network was trained towards."""
     class_names: list[str] | None
@@ -346,7 +343,7 @@ class Checkpoint:
 
 def save_checkpoint(
     path: str | Path,
-    model: HashNet,
+    net: HashNet,
     class_embeddings: np.ndarray,
     class_names: list[str] | None = None,
     training: dict | None = None,
@@ -356,8 +353,8 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": CHECKPOINT_FORMAT,
-        "config": asdict(model.config),
-        "model": model.state_dict(),
+        "config": asdict(net.config),
+        "model": net.state_dict(),
         "class_embeddings": torch.as_tensor(np.asarray(class_embeddings, dtype=np.float32)),
         "class_names": list(class_names) if class_names is not None else None,
         "training": training,
@@ -385,22 +382,24 @@ def load_checkpoint(
         config = HashConfig(**payload["config"])
         if expect is not None:
             _check_architecture(path, config, expect)
-        model = HashNet(config)
-        model.load_state_dict(payload["model"])
+        net = HashNet(config)
+        net.load_state_dict(payload["model"])
         checkpoint = Checkpoint(
             path=path,
-            model=model,
+            net=net,
             class_embeddings=payload["class_embeddings"].numpy(),
             class_names=payload["class_names"],
             training=payload["training"],
         )
+    except BackboneNotRegistered as err:
+        raise BackboneNotRegistered(f"{path} holds a hash network whose {err}") from None
     except (KeyError, TypeError, AttributeError, RuntimeError) as err:
         # A checkpoint edited or written by another version: its parts do not fit together.
         raise ValueError(
             f"{path} is a damaged {CHECKPOINT_FORMAT} checkpoint ({type(err).__name__}: "
             f"{str(err).splitlines()[0][:200] if str(err) else 'missing part'}); pass {wanted}"
         ) from None
-    model.to(device).eval()
+    net.to(device).eval()
     return checkpoint
 
 

@@ -1,7 +1,8 @@
-"""How a hash network is trained on a data set: each backbone's recipe, the class embeddings of the
-data set's hierarchy, and the network's inputs (pixels, or cached backbone features).
+"""How a hash network is trained on a data set: each backbone's recipe, and the class embeddings of
+the data set's hierarchy.
 
-The library side of `iwan hash train` and `iwan hash encode`: usable from Python without the CLI.
+The library side of `iwan hash train`: usable from Python without the CLI. The network's inputs
+(pixels, or cached backbone features) are the application's to compute: fit and embed take arrays.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ BACKBONE_CHOICES = (
     *(PRECOMPUTED_PREFIX + name for name in FEATURE_EXTRACTORS), "efficientnet-lite0", "small-cnn", "resnet50", "alexnet",
 )
 """What `hash train --backbone` accepts: `precomputed-X` trains the head on X's cached features."""
-FEATURE_BACKEND = "onnx"
-"""The backend of the standing feature cache (scripts/extract_features.py); another one recomputes it."""
 
 # Each backbone's recipe: the defaults of the training options (TrainConfig fields, plus the
 # decoder's `hidden`, `dropout`, `input_dropout`, and `mirror_test`); "pretrained" serves the ImageNet
@@ -58,17 +57,17 @@ def recipe(backbone: str) -> dict:
     return RECIPES["small-cnn" if backbone == "small-cnn" else "pretrained"]
 
 
-def dataset_class_embeddings(spec: str, class_names: list[str], hierarchy_path: Path | None = None) -> np.ndarray:
-    """(n_classes, n_classes) float32 Barz-Denzler embeddings of data set `spec`'s classes, from its
-    hierarchy (default: the one shipped for the data set), checked against the data set's classes."""
+def dataset_class_embeddings(spec: str, class_names: list[str], hierarchy_path: str | Path) -> np.ndarray:
+    """(n_classes, n_classes) float32 Barz-Denzler embeddings of data set `spec`'s classes, from the
+    hierarchy at `hierarchy_path` (and the names file beside it, if any), checked against the data
+    set's classes; `spec` names the data set in errors."""
     from hashing.embeddings import class_embeddings
-    from hashing.hierarchy import HIERARCHY_NAMES, load_hierarchy, shipped_hierarchy
+    from hashing.hierarchy import load_hierarchy
 
-    hierarchy_path = hierarchy_path or shipped_hierarchy(spec.partition(":")[0])
+    hierarchy_path = Path(hierarchy_path)
     if not hierarchy_path.is_file():
         raise FileNotFoundError(f"class hierarchy {hierarchy_path} does not exist: pass --hierarchy PATH (a parent-child file)")
-    names_path = hierarchy_path.parent / HIERARCHY_NAMES
-    hierarchy = load_hierarchy(hierarchy_path, names_path if names_path.is_file() else None)
+    hierarchy = load_hierarchy(hierarchy_path)
     if hierarchy.n_classes != len(class_names):
         raise ValueError(
             f"{hierarchy_path} has {hierarchy.n_classes} classes (leaves), {spec} has {len(class_names)}: "
@@ -79,24 +78,3 @@ def dataset_class_embeddings(spec: str, class_names: list[str], hierarchy_path: 
     if wrong:
         raise ValueError(f"{hierarchy_path} numbers the classes otherwise than {spec} ({'; '.join(wrong[:3])}): pass its hierarchy")
     return class_embeddings(hierarchy).astype(np.float32)
-
-
-def network_inputs(dataset, features: str | None, backend: str = FEATURE_BACKEND, progress: bool = True,
-                   flip: bool = False) -> np.ndarray:
-    """What a network eats: the images' pixels, or (features named) that extractor's cached features."""
-    if not features:
-        return dataset.images
-    from iwan.vision.features import extract
-    from iwan.vision.predictors import load_predictor
-
-    predictor = load_predictor(features, backend=backend)
-    return extract(predictor, dataset, flip=flip, progress=progress).features.astype(np.float32)
-
-
-def cached_flips(dataset, features: str, backend: str = FEATURE_BACKEND) -> bool:
-    """Whether the mirrored images' features of `dataset` are all cached already."""
-    from iwan.vision.features import CHUNK_SIZE, chunk_dir
-    from iwan.vision.predictors import load_predictor
-
-    predictor = load_predictor(features, backend=backend)
-    return len(list(chunk_dir(predictor, dataset, flip=True).glob("*.npz"))) >= -(-len(dataset) // CHUNK_SIZE)

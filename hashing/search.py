@@ -1,9 +1,9 @@
 """In-memory retrieval over image embeddings and hash codes, with a FAISS-like protocol.
 
-`index.add(...)`, then `index.search(queries, k) -> (scores, ids)`, batch first: queries (q, d) give
-float32 scores and int64 ids of shape (q, k), best first. Ids are the caller's (database image ids),
-given to `add`; without them they continue from the highest id held, so they are positions in the
-order added. Scores are cosine similarities (higher is better). Ties are broken by the lower id, so
+`index.add(ids, ...)`, then `index.search(queries, k) -> (scores, ids)`, batch first: queries (q, d)
+give float32 scores and int64 ids of shape (q, k), best first. Ids are the caller's (database image
+ids), given first to `add`; given as None they continue from the highest id held, so they are
+positions in the order added. Scores are cosine similarities (higher is better). Ties are broken by the lower id, so
 results are deterministic. A row with fewer than k results is padded with id -1 and score -inf, as
 FAISS does. `remove(ids)` drops rows by mask and compacts the arrays, so a search never visits them.
 
@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from iwan.config import DEFAULT_SHORTLIST_FACTOR, HASH_BITS
-from iwan.retrieval import check_k, empty_results
+from hashing import DEFAULT_SHORTLIST_FACTOR, HASH_BITS
 
 SCORE_BLOCK_CELLS = 1 << 24
 """Exhaustive search scores blocks of queries whose (queries x corpus) float32 matrix has at most
@@ -35,12 +34,27 @@ CUT_SLACK = 8
 _EXCLUDED = np.uint8(255)  # a Hamming distance above any real one, so excluded ids never qualify
 
 
+def check_k(k: int) -> int:
+    """k as an int; a ValueError unless it is a whole number >= 1."""
+    if isinstance(k, bool) or int(k) != k or k < 1:
+        raise ValueError(f"k={k!r} must be a whole number >= 1")
+    return int(k)
+
+
+def empty_results(n_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of padding: scores -inf, ids -1."""
+    return np.full((n_queries, k), -np.inf, dtype=np.float32), np.full((n_queries, k), -1, dtype=np.int64)
+
+
 class ExhaustiveCosineIndex:
-    """Cosine similarity of every query to every embedding; the exact reference."""
+    """Cosine similarity of every query to every embedding; the exact reference. Codes given to
+    `add` are kept beside the embeddings (not searched), so that a hit can be explained by its
+    Hamming distance too."""
 
     def __init__(self) -> None:
         self._embeddings = np.zeros((0, 0), dtype=np.float32)
         self._ids = np.zeros(0, dtype=np.int64)
+        self._codes: np.ndarray | None = None
 
     @property
     def ntotal(self) -> int:
@@ -51,17 +65,35 @@ class ExhaustiveCosineIndex:
         """The ids held, ascending."""
         return self._ids
 
-    def add(self, embeddings: np.ndarray, ids: np.ndarray | None = None) -> None:
-        """Take in (n, d) embeddings with their (n,) ids, none of them held (default: continuing
-        from the highest id held)."""
+    @property
+    def has_codes(self) -> bool:
+        """Whether every row came with its code."""
+        return self._codes is not None and self.ntotal > 0
+
+    def add(self, ids: np.ndarray | None, embeddings: np.ndarray, codes: np.ndarray | None = None) -> None:
+        """Take in (n,) ids, none of them held (None: continuing from the highest id held), with
+        their (n, d) embeddings and, optionally, their (n,) uint64 codes."""
         rows = _unit_rows(embeddings, "embeddings", self._embeddings.shape[1] if self.ntotal else None)
+        held_codes = self._codes if self.ntotal else np.zeros(0, dtype=np.uint64)
         self._ids, order = merge_ids(self._ids, ids, len(rows), "ExhaustiveCosineIndex")
         self._embeddings = _merged_rows(self._embeddings, rows, order)
+        if codes is not None and held_codes is not None and len(codes) == len(rows):
+            self._codes = _merged_rows(held_codes, np.asarray(codes, dtype=np.uint64), order)
+        else:
+            self._codes = None
 
     def remove(self, ids: np.ndarray) -> None:
         """Drop the rows of `ids`; an id not held is a ValueError naming it."""
         keep = kept_rows(self._ids, ids, "ExhaustiveCosineIndex")
         self._ids, self._embeddings = self._ids[keep], self._embeddings[keep]
+        if self._codes is not None:
+            self._codes = self._codes[keep]
+
+    def codes_of(self, ids: np.ndarray) -> np.ndarray:
+        """The codes of held ids (a LookupError without codes or for an id not held)."""
+        if self._codes is None:
+            raise LookupError("ExhaustiveCosineIndex: the rows were added without codes")
+        return self._codes[_rows_of(self._ids, ids, "ExhaustiveCosineIndex")]
 
     def search(
         self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None
@@ -120,9 +152,9 @@ class HammingCosineIndex:
         """The ids held, ascending."""
         return self._ids
 
-    def add(self, embeddings: np.ndarray, codes: np.ndarray, ids: np.ndarray | None = None) -> None:
-        """Take in (n, d) embeddings, their (n,) uint64 codes (see hashing.codes) and their (n,) ids,
-        none of them held (default: continuing from the highest id held)."""
+    def add(self, ids: np.ndarray | None, embeddings: np.ndarray, codes: np.ndarray) -> None:
+        """Take in (n,) ids, none of them held (None: continuing from the highest id held), with
+        their (n, d) embeddings and (n,) uint64 codes (see hashing.codes)."""
         codes = self._check_codes(codes, "codes")
         if len(codes) != len(embeddings):
             raise ValueError(
@@ -138,6 +170,10 @@ class HammingCosineIndex:
         """Drop the rows of `ids`; an id not held is a ValueError naming it."""
         keep = kept_rows(self._ids, ids, "HammingCosineIndex")
         self._ids, self._embeddings, self._codes = self._ids[keep], self._embeddings[keep], self._codes[keep]
+
+    def codes_of(self, ids: np.ndarray) -> np.ndarray:
+        """The codes of held ids (a LookupError for an id not held)."""
+        return self._codes[_rows_of(self._ids, ids, "HammingCosineIndex")]
 
     def search(
         self,
@@ -301,6 +337,15 @@ def _positions(held: np.ndarray, ids: np.ndarray) -> np.ndarray:
         return np.full(len(ids), -1, dtype=np.int64)
     at = np.minimum(np.searchsorted(held, ids), len(held) - 1)
     return np.where((ids >= 0) & (held[at] == ids), at, -1)
+
+
+def _rows_of(held: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
+    """Rows of held ids; LookupError naming one not held."""
+    ids = np.asarray(ids, dtype=np.int64)
+    rows = _positions(held, ids)
+    if (rows < 0).any():
+        raise LookupError(f"{what}: id {int(ids[rows < 0][0])} is not held")
+    return rows
 
 
 def _held_ids(held: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Training the hash network towards class embeddings, evaluating it, and encoding data sets.
+"""Training the hash network towards class embeddings, and evaluating it (hashing.inference encodes).
 
 Loss (Barz & Denzler, WACV 2019): 1 - <f(x), emb[y]> with f(x) and emb unit vectors, plus
 `classification_weight` x cross-entropy of the classification head. A validation split carved
@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from hashing.codes import ACTIVATION_THRESHOLD
-from hashing.net import HashNet, HashOutput, load_checkpoint, save_checkpoint
+from hashing.inference import EVAL_BATCH_SIZE, net_device, outputs
+from hashing.net import PRECOMPUTED, HashNet, HashOutput, load_checkpoint, save_checkpoint
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "onecycle", "triangle")
@@ -31,7 +32,6 @@ PRECISIONS = ("auto", "fp32", "bf16")
 AMX / AVX512-BF16, recent GPUs), about twice as fast for the small CNN, else fp32."""
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
-EVAL_BATCH_SIZE = 1024
 WHITENING_SAMPLE = 5000
 """Training images that data-dependent initialisation (the small CNN's whitening) looks at."""
 AUXILIARY_LOGIT_SCALE = 1 / 9
@@ -153,7 +153,7 @@ def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np
 
 
 def fit(
-    model: HashNet,
+    net: HashNet,
     inputs: np.ndarray | torch.Tensor,
     labels: np.ndarray,
     class_embeddings: np.ndarray,
@@ -167,7 +167,7 @@ def fit(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     progress: bool = True,
 ) -> FitResult:
-    """Train `model` on `inputs` (cached features, or uint8 (N, H, W, 3) images for image backbones).
+    """Train `net` on `inputs` (cached features, or uint8 (N, H, W, 3) images for image backbones).
 
     `flipped`: features of the horizontally mirrored images, row for row, used as augmentation.
     Writes `out_dir/last.pt` every epoch and `out_dir/best.pt` whenever the validation loss improves.
@@ -175,26 +175,26 @@ def fit(
     out_dir = Path(out_dir)
     last_path, best_path = out_dir / LAST_CHECKPOINT, out_dir / BEST_CHECKPOINT
     inputs, labels_t = torch.as_tensor(inputs), torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    _check_data(model, inputs, labels_t, class_embeddings, flipped)
+    _check_data(net, inputs, labels_t, class_embeddings, flipped)
     flipped = torch.as_tensor(flipped) if flipped is not None else None
     train_idx, val_idx = split_validation(len(labels_t), config.val_fraction, config.seed)
     targets = torch.as_tensor(np.asarray(class_embeddings), dtype=torch.float32, device=device)
     if not resume:
-        model.prepare(inputs[torch.as_tensor(train_idx[:WHITENING_SAMPLE])])
-    model.to(device)
+        net.prepare(inputs[torch.as_tensor(train_idx[:WHITENING_SAMPLE])])
+    net.to(device)
     auxiliary = (
-        torch.nn.Linear(model.config.feature_dim, model.config.n_classes, bias=False).to(device)
+        torch.nn.Linear(net.config.feature_dim, net.config.n_classes, bias=False).to(device)
         if config.auxiliary_weight else None
     )
-    optimizer = _optimizer(model, auxiliary, config)
+    optimizer = _optimizer(net, auxiliary, config)
     steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
     scheduler = _scheduler(optimizer, config, steps_per_epoch)
-    augment = _augmenter(model, inputs, train_idx, flipped, config)
+    augment = _augmenter(net, inputs, train_idx, flipped, config)
 
     history: list[EpochRecord] = []
     best_epoch, best_val_loss = 0, math.inf
     if resume:
-        state = _resume_state(last_path, model, class_embeddings, config)
+        state = _resume_state(last_path, net, class_embeddings, config)
         if auxiliary is not None:
             auxiliary.load_state_dict(state["auxiliary"])
         optimizer.load_state_dict(state["optimizer"])
@@ -211,16 +211,16 @@ def fit(
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_loss = _train_epoch(
-            model, auxiliary, inputs, labels_t, train_idx, targets, optimizer, scheduler, augment, config, epoch, device, progress
+            net, auxiliary, inputs, labels_t, train_idx, targets, optimizer, scheduler, augment, config, epoch, device, progress
         )
         val = measure(
-            model, val_inputs, val_labels.numpy(), class_embeddings,
+            net, val_inputs, val_labels.numpy(), class_embeddings,
             classification_weight=config.classification_weight, device=device,
         )
         improved = val.loss < best_val_loss
         if improved:
             best_epoch, best_val_loss = epoch, val.loss
-            save_checkpoint(best_path, model, class_embeddings, class_names)
+            save_checkpoint(best_path, net, class_embeddings, class_names)
         record = EpochRecord(epoch, train_loss, val.loss, val.accuracy, lr, time.perf_counter() - started, improved)
         history.append(record)
         training = {
@@ -233,7 +233,7 @@ def fit(
             "train_config": asdict(config),
             "auxiliary": auxiliary.state_dict() if auxiliary is not None else None,
         }
-        save_checkpoint(last_path, model, class_embeddings, class_names, training)
+        save_checkpoint(last_path, net, class_embeddings, class_names, training)
         if on_epoch is not None:
             on_epoch(record)
     return FitResult(history, best_epoch, best_val_loss, best_path, last_path)
@@ -241,7 +241,7 @@ def fit(
 
 @torch.no_grad()
 def measure(
-    model: HashNet,
+    net: HashNet,
     inputs: np.ndarray | torch.Tensor,
     labels: np.ndarray,
     class_embeddings: np.ndarray,
@@ -254,51 +254,27 @@ def measure(
     """Loss and nearest-class-embedding accuracy (of embeddings, and of binarised codes).
 
     `mirror`: average each image's hash activations with its mirror image's (image backbones)."""
-    device = _model_device(model) if device is None else torch.device(device)
+    device = net_device(net) if device is None else torch.device(device)
     targets = torch.as_tensor(np.asarray(class_embeddings), dtype=torch.float32, device=device)
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if len(labels_t) != len(inputs):
         raise ValueError(f"measure: {len(inputs)} inputs but {len(labels_t)} labels; pass one label per input")
     loss_sum, correct, code_correct = 0.0, 0, 0
-    for start, output in _outputs(model, inputs, batch_size, device, mirror):
+    for start, output in outputs(net, inputs, batch_size, device, mirror):
         y = labels_t[start : start + len(output.embedding)].to(device)
         loss_sum += hash_loss(output, y, targets, classification_weight).item() * len(y)
         correct += (nearest_class(output.embedding, targets) == y).sum().item()
         codes = (output.hash > ACTIVATION_THRESHOLD).float()
-        code_correct += (nearest_class(model.from_hash(codes).embedding, targets) == y).sum().item()
+        code_correct += (nearest_class(net.from_hash(codes).embedding, targets) == y).sum().item()
     n = len(labels_t)
     return Measurement(loss_sum / n, correct / n, code_correct / n, n)
-
-
-@torch.no_grad()
-def encode(
-    model: HashNet,
-    inputs: np.ndarray | torch.Tensor,
-    *,
-    batch_size: int = EVAL_BATCH_SIZE,
-    device: str | torch.device | None = None,
-    progress: bool = False,
-    mirror: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings float32 (N, embedding_dim), hash activations float32 (N, bits)) of a data set.
-
-    Binarise the activations with hashing.codes.pack_activations for the stored 48-bit codes.
-    `mirror`: as in `measure`."""
-    device = _model_device(model) if device is None else torch.device(device)
-    embeddings = np.empty((len(inputs), model.config.embedding_dim), dtype=np.float32)
-    hashes = np.empty((len(inputs), model.config.bits), dtype=np.float32)
-    batches = _outputs(model, inputs, batch_size, device, mirror)
-    for start, output in tqdm(batches, total=math.ceil(len(inputs) / batch_size), desc="encode", disable=not progress):
-        embeddings[start : start + len(output.embedding)] = output.embedding.float().cpu().numpy()
-        hashes[start : start + len(output.hash)] = output.hash.float().cpu().numpy()
-    return embeddings, hashes
 
 
 # --- one epoch -----------------------------------------------------------------------------------
 
 
-def _train_epoch(model, auxiliary, inputs, labels, train_idx, targets, optimizer, scheduler, augment, config, epoch, device, progress) -> float:
-    model.train()
+def _train_epoch(net, auxiliary, inputs, labels, train_idx, targets, optimizer, scheduler, augment, config, epoch, device, progress) -> float:
+    net.train()
     # Shuffling, augmentation and (on CPU) dropout draw from a generator seeded by (seed, epoch), so a
     # resumed run repeats exactly the epochs an uninterrupted one would have run.
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
@@ -309,7 +285,7 @@ def _train_epoch(model, auxiliary, inputs, labels, train_idx, targets, optimizer
     device = torch.device(device)
     bf16 = _use_bf16(config.precision, device)
     lookahead = (
-        _Lookahead(model, auxiliary, (epoch - 1) * len(batches), config.epochs * len(batches))
+        _Lookahead(net, auxiliary, (epoch - 1) * len(batches), config.epochs * len(batches))
         if config.lookahead else None
     )
     with torch.random.fork_rng(devices=[]):
@@ -318,8 +294,8 @@ def _train_epoch(model, auxiliary, inputs, labels, train_idx, targets, optimizer
             x = augment(inputs[batch], batch, generator).to(device, non_blocking=True)
             y = labels[batch].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                features = model.features(x)
-                output = model.head(features)
+                features = net.features(x)
+                output = net.head(features)
             loss = hash_loss(output, y, targets, config.classification_weight, config.label_smoothing)
             if auxiliary is not None:
                 logits = auxiliary(features.float()) * AUXILIARY_LOGIT_SCALE
@@ -342,8 +318,8 @@ class _Lookahead:
     """Slow weights (and batch-norm statistics) that the fast ones are pulled back to; synced at the
     end of each epoch too, so that a checkpoint holds all the state a resumed run needs."""
 
-    def __init__(self, model: HashNet, auxiliary, step: int, total_steps: int):
-        modules = [model] + ([auxiliary] if auxiliary is not None else [])
+    def __init__(self, net: HashNet, auxiliary, step: int, total_steps: int):
+        modules = [net] + ([auxiliary] if auxiliary is not None else [])
         self.tensors = [t for m in modules for t in m.state_dict().values() if t.is_floating_point()]
         self.slow = [t.detach().clone() for t in self.tensors]
         self.step_count = step
@@ -366,9 +342,9 @@ class _Lookahead:
             fast.copy_(slow)
 
 
-def _augmenter(model: HashNet, inputs: torch.Tensor, train_idx: np.ndarray, flipped: torch.Tensor | None, config: TrainConfig):
-    """fn(batch inputs, batch indices, generator) -> augmented batch, for this model's kind of input."""
-    if model.config.backbone != "precomputed":
+def _augmenter(net: HashNet, inputs: torch.Tensor, train_idx: np.ndarray, flipped: torch.Tensor | None, config: TrainConfig):
+    """fn(batch inputs, batch indices, generator) -> augmented batch, for this net's kind of input."""
+    if net.config.backbone != PRECOMPUTED:
         return lambda x, _, generator: crop_and_flip(x, generator, config.translate)
     noise_scale = None
     if config.feature_noise:
@@ -410,9 +386,9 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
 # --- optimiser, schedule, resume -------------------------------------------------------------------
 
 
-def _optimizer(model: HashNet, auxiliary, config: TrainConfig) -> torch.optim.Optimizer:
-    backbone = {id(p) for p in model.backbone.parameters()}
-    params = [p for p in model.parameters() if p.requires_grad]
+def _optimizer(net: HashNet, auxiliary, config: TrainConfig) -> torch.optim.Optimizer:
+    backbone = {id(p) for p in net.backbone.parameters()}
+    params = [p for p in net.parameters() if p.requires_grad]
     weights = [p for p in params if id(p) in backbone and p.ndim > 1]
     if auxiliary is not None:
         weights += list(auxiliary.parameters())
@@ -443,10 +419,10 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
 
 
-def _resume_state(last_path: Path, model: HashNet, class_embeddings: np.ndarray, config: TrainConfig) -> dict:
+def _resume_state(last_path: Path, net: HashNet, class_embeddings: np.ndarray, config: TrainConfig) -> dict:
     if not last_path.is_file():
         raise FileNotFoundError(f"cannot resume: {last_path} does not exist; train without resume first")
-    saved = load_checkpoint(last_path, expect=model.config)
+    saved = load_checkpoint(last_path, expect=net.config)
     if saved.training is None:
         raise ValueError(f"cannot resume from {last_path}: it holds no training state (a best.pt?)")
     if saved.class_embeddings.shape != np.shape(class_embeddings) or not np.allclose(
@@ -468,20 +444,11 @@ def _resume_state(last_path: Path, model: HashNet, class_embeddings: np.ndarray,
             f"cannot resume from {last_path} with other training settings ({'; '.join(changed)}): "
             "the schedule depends on them; resume with the same settings or train into another directory"
         )
-    model.load_state_dict(saved.model.state_dict())
+    net.load_state_dict(saved.net.state_dict())
     return saved.training
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-def _outputs(model: HashNet, inputs, batch_size: int, device: torch.device, mirror: bool = False):
-    """(start index, network output) per batch, in eval mode."""
-    model.eval()
-    forward = model.forward_mirrored if mirror else model
-    inputs = torch.as_tensor(inputs)
-    for start in range(0, len(inputs), batch_size):
-        yield start, forward(inputs[start : start + batch_size].to(device, non_blocking=True))
 
 
 def _use_bf16(precision: str, device: torch.device) -> bool:
@@ -492,16 +459,12 @@ def _use_bf16(precision: str, device: torch.device) -> bool:
     return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-def _model_device(model: HashNet) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _check_data(model: HashNet, inputs: torch.Tensor, labels: torch.Tensor, class_embeddings, flipped) -> None:
+def _check_data(net: HashNet, inputs: torch.Tensor, labels: torch.Tensor, class_embeddings, flipped) -> None:
     n_classes, dim = np.shape(class_embeddings)
-    if (n_classes, dim) != (model.config.n_classes, model.config.embedding_dim):
+    if (n_classes, dim) != (net.config.n_classes, net.config.embedding_dim):
         raise ValueError(
             f"class embeddings of shape {(n_classes, dim)} do not fit the network "
-            f"({model.config.n_classes} classes, {model.config.embedding_dim}-d embedding); build it from them"
+            f"({net.config.n_classes} classes, {net.config.embedding_dim}-d embedding); build it from them"
         )
     if len(inputs) != len(labels):
         raise ValueError(f"{len(inputs)} inputs but {len(labels)} labels; pass one label per input")
@@ -512,5 +475,5 @@ def _check_data(model: HashNet, inputs: torch.Tensor, labels: torch.Tensor, clas
             f"flipped features have shape {tuple(np.shape(flipped))}, the inputs {tuple(inputs.shape)}; "
             "pass the mirrored images' features row for row"
         )
-    if flipped is not None and model.config.backbone != "precomputed":
+    if flipped is not None and net.config.backbone != PRECOMPUTED:
         raise ValueError("flipped features only serve the precomputed backbone; image backbones mirror images themselves")

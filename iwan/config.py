@@ -11,15 +11,40 @@ from pathlib import Path
 
 import platformdirs
 
+from hashing import DEFAULT_SHORTLIST_FACTOR as DEFAULT_SHORTLIST_FACTOR
+from hashing import HASH_BITS as HASH_BITS
+
 # IWAN defaults (the original work's settings).
 DEFAULT_TOP_IWK = 4
 MAX_TOP_IWK = 10
 DEFAULT_TOP_WWK = 4
 DEFAULT_K = 20
+DEFAULT_KS = (1, 5, 10, 15, 20, 100, 250)
+"""The cut-offs an evaluation reports."""
+STRENGTHS = ("forward", "backward", "max")
+"""Which association strength ranks a cue's targets and weighs the edge (iwan.network.graph)."""
+DEFAULT_STRENGTH = STRENGTHS[0]
+"""Forward strength (FSG), as in the original work."""
 
-# Semantic hashes.
-HASH_BITS = 48
-DEFAULT_SHORTLIST_FACTOR = 2  # the Hamming shortlist holds factor * k candidates
+# Retrieval methods and their fusion.
+METHODS = ("iwan", "exhaustive", "hashes", "fused")
+"""The in-memory methods, in the order reports show them: what a collection with a hash model
+serves and what `iwan evaluate` runs unless told otherwise (any registered method may be named)."""
+WORD_METHODS = ("iwan",)
+"""The methods of a collection without a hash model."""
+FUSED_MEMBERS = ("iwan", "hashes")
+"""What `fused` fuses (the weighted rule's IWAN weight is the first's)."""
+FUSION_RULES = ("rrf", "weighted")
+DEFAULT_FUSION_RULE = "rrf"
+"""The `fused` method's rule; `iwan evaluate` validates a weight for the weighted rule instead
+(EVALUATION_FUSION_RULE)."""
+EVALUATION_FUSION_RULE = "weighted"
+FUSION_DEPTH_FACTOR = 2
+"""Each member of a fusion is searched this many times deeper than k."""
+RRF_K0 = 60
+"""Reciprocal rank fusion's constant (Cormack et al. 2009)."""
+
+# Semantic hashes: HASH_BITS and DEFAULT_SHORTLIST_FACTOR are the hashing library's own (imported above).
 
 # Word predictions: how many classes are stored per image (topIWK chooses among them later).
 STORED_PREDICTIONS = MAX_TOP_IWK

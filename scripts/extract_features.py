@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from iwan.config import DEFAULT_BATCH_SIZE, DEFAULT_PREDICTOR
+from iwan.config import DEFAULT_BATCH_SIZE, DEFAULT_PREDICTOR, settings
 from iwan.datasets.loaders import load_dataset
 from iwan.vision.features import chunk_dir, extract
 from iwan.vision.predictors import BACKENDS, INTERPOLATIONS, load_predictor
@@ -33,20 +33,22 @@ def main() -> None:
         help="e.g. cifar10 train; repeat for several",
     )
     args = parser.parse_args()
+    environment = settings()  # a script is an entry point: the environment, read once
     predictor = load_predictor(
-        args.predictor, weights=args.weights, backend=args.backend, interpolation=args.interpolation
+        args.predictor, weights=args.weights, backend=args.backend, interpolation=args.interpolation,
+        settings=environment,
     )
     print(f"predictor {predictor.cache_key}", flush=True)
     for spec, split in args.dataset:
-        dataset = load_dataset(spec, split)
+        dataset = load_dataset(spec, split, settings=environment)
         for flip in (False, True) if args.flip else (False,):
             started = time.perf_counter()
-            result = extract(predictor, dataset, batch_size=args.batch_size, flip=flip)
+            result = extract(predictor, dataset, batch_size=args.batch_size, flip=flip, cache_dir=environment.cache_dir)
             seconds = time.perf_counter() - started
             print(
                 f"done {spec} {split}{' flipped' if flip else ''}: {len(result.indices)} images in "
                 f"{seconds:.0f} s ({len(result.indices) / seconds:.1f} img/s, cached chunks included) "
-                f"-> {chunk_dir(predictor, dataset, flip)}",
+                f"-> {chunk_dir(predictor, dataset, flip, cache_dir=environment.cache_dir)}",
                 flush=True,
             )
 

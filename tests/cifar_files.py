@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hashing.hierarchy import shipped_hierarchy
+from iwan.datasets.hierarchies import shipped_hierarchy
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR100_COARSE = [

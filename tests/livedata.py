@@ -66,9 +66,11 @@ def save_hash_model(home: Path) -> Path:
 
 
 def tiny_encoder(hash_model: str | None = HASH_MODEL):
-    from iwan.collections.ingest import Encoder
+    """The tiny predictor, and the hash model saved under the IWAN_HOME in force."""
+    from iwan.config import settings
+    from iwan.vision.encoder import Encoder
 
-    return Encoder(PREDICTOR, hash_model, loaded_predictor=tiny_predictor())
+    return Encoder(PREDICTOR, hash_model, settings=settings(), loaded_predictor=tiny_predictor())
 
 
 

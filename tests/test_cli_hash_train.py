@@ -11,11 +11,11 @@ from PIL import Image
 from test_cli_norms import iwan
 
 from hashing.codes import pack_activations
+from hashing.inference import embed
 from hashing.net import load_checkpoint
-from iwan.db.codes import load_codes
-from hashing.train import encode
-from iwan.db import images as image_store
 from iwan.datasets.loaders import load_dataset
+from iwan.db import images as image_store
+from iwan.db.codes import load_codes
 
 COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
 
@@ -65,8 +65,8 @@ def test_hash_train_small_cnn_on_an_image_folder_then_encode_into_postgres(folde
     # What PostgreSQL holds is the mirror-averaged encoding of each image, in registration order.
     dataset = load_dataset(spec, "test")
     ids = image_store.register(engine, dataset).ids
-    network = load_checkpoint(folder / "run" / "best.pt").model
-    embeddings, activations = encode(network, dataset.images, mirror=True)
+    net = load_checkpoint(folder / "run" / "best.pt").net
+    embeddings, activations = embed(net, dataset.images, mirror=True)
     stored_embeddings, stored_codes = load_codes(engine, "colours", ids)
     np.testing.assert_array_equal(stored_codes, pack_activations(activations))
     np.testing.assert_allclose(stored_embeddings, embeddings, atol=1e-5)

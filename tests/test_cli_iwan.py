@@ -18,10 +18,9 @@ from PIL import Image
 from test_cli_norms import iwan
 from usf_files import write_chain
 
-from iwan.tv import models
-
-from iwan.db.codes import store_codes
 from iwan.db import images as image_store
+from iwan.db.codes import store_codes
+from iwan.tv import models
 
 N_IMAGES = 24
 

@@ -19,8 +19,6 @@ from livedata import (
 )
 from test_cli_norms import iwan
 
-from iwan.db.codes import load_codes
-from iwan.db import collections as store
 from iwan.collections import ingest as uploads
 from iwan.collections.live import (
     collection_details,
@@ -30,7 +28,11 @@ from iwan.collections.live import (
     image_record,
     list_collections,
 )
+from iwan.config import settings
+from iwan.db import collections as store
+from iwan.db.codes import load_codes
 from iwan.db.predictions import predictions_of
+from iwan.vision.decode import DecodePolicy, ImageRefused, decode_image
 
 
 @pytest.fixture
@@ -58,7 +60,7 @@ def test_an_empty_collection_takes_images_with_predictions_codes_and_files(norme
     encoder = tiny_encoder()
     files = [("a.png", png(1)), ("notes.txt", b"not an image at all"), ("b.png", png(2)), ("a-again.png", png(1)),
              ("broken.png", png(3)[:60])]
-    report = uploads.add_files(normed, "pets", files, encoder, label="cat")
+    report = uploads.add_files(normed, "pets", files, encoder, label="cat", settings=settings())
     assert [f for _, f in report.added] == ["a.png", "b.png"]
     ids = np.array([i for i, _ in report.added])
     assert ids[1] > ids[0]
@@ -68,7 +70,7 @@ def test_an_empty_collection_takes_images_with_predictions_codes_and_files(norme
     assert reasons["broken.png"].startswith("a damaged or unreadable image")
 
     # What PostgreSQL holds is what the models give for the decoded pixels.
-    pixels = [uploads.decode(png(s))[0] for s in (1, 2)]
+    pixels = [decode_image(png(s), 'x.png', DecodePolicy()).pixels for s in (1, 2)]
     expected = encoder.encode(pixels)
     stored = predictions_of(normed, PREDICTOR, ids, 10)
     np.testing.assert_array_equal(stored.class_indices, expected.class_indices)
@@ -86,18 +88,18 @@ def test_an_empty_collection_takes_images_with_predictions_codes_and_files(norme
     assert len(record["words"]) == 10 and record["words"][0]["probability"] == pytest.approx(expected.probabilities[0, 0])
     assert int(record["hash_code"], 16) == int(expected.codes[0])
 
-    again = uploads.add_files(normed, "pets", [("copy.png", png(2))], encoder)
+    again = uploads.add_files(normed, "pets", [("copy.png", png(2))], encoder, settings=settings())
     assert again.added == [] and again.skipped == [("copy.png", f"the same bytes are already image {ids[1]} of 'pets'")]
     with normed.connect() as conn:
         changes = store.changes_after(conn, store.get(conn, "pets").id, 0)
     assert [(c.op, c.image_ids.tolist()) for c in changes] == [("add", ids.tolist())]
 
-    uploads.remove(normed, "pets", [int(ids[0])])
+    uploads.remove(normed, "pets", [int(ids[0])], image_dir=home / "images")
     assert not (home / "images" / sha[:2] / sha).exists()
     with pytest.raises(LookupError, match=f"unknown image id {ids[0]}"):
         image_record(normed, int(ids[0]))
     with pytest.raises(LookupError, match="collection 'pets' holds no image 999999: nothing was removed"):
-        uploads.remove(normed, "pets", [int(ids[1]), 999999])
+        uploads.remove(normed, "pets", [int(ids[1]), 999999], image_dir=home / "images")
     assert [c.size for c in list_collections(normed)] == [1]
     details = collection_details(normed, "pets")
     assert details["last_change"] == changes[0].seq + 1 and details["snapshot_change"] == 0
@@ -111,11 +113,11 @@ def test_the_same_bytes_in_two_collections_are_two_images_and_one_file(normed, h
     for name in ("one", "two"):
         create_collection(normed, name, PREDICTOR)
     encoder = tiny_encoder(hash_model=None)
-    first = uploads.add_files(normed, "one", [("x.png", png(5))], encoder).added[0][0]
-    second = uploads.add_files(normed, "two", [("x.png", png(5))], encoder).added[0][0]
+    first = uploads.add_files(normed, "one", [("x.png", png(5))], encoder, settings=settings()).added[0][0]
+    second = uploads.add_files(normed, "two", [("x.png", png(5))], encoder, settings=settings()).added[0][0]
     assert first != second
     sha = hashlib.sha256(png(5)).hexdigest()
-    uploads.remove(normed, "one", [first])
+    uploads.remove(normed, "one", [first], image_dir=home / "images")
     assert (home / "images" / sha[:2] / sha).is_file(), "still used by collection two"
     assert image_file(normed, second)[0] == png(5)
 
@@ -132,13 +134,13 @@ def test_bad_collections(normed, home):
     with pytest.raises(ValueError, match="collection 'x' already exists"):
         create_collection(normed, "x", PREDICTOR)
     with pytest.raises(LookupError, match="unknown collection 'nope'"):
-        uploads.add_files(normed, "nope", [("a.png", png(1))], tiny_encoder())
+        uploads.add_files(normed, "nope", [("a.png", png(1))], tiny_encoder(), settings=settings())
 
 
 def test_a_collection_from_a_split_holds_its_images_and_takes_another_split_by_id(normed, home, tmp_path):
     from iwan.collections.encode import encode_split
-    from iwan.datasets.loaders import load_dataset
     from iwan.collections.live import LiveCollection
+    from iwan.datasets.loaders import load_dataset
     from iwan.db.predictions import predict_split
 
     for split, count in (("train", 3), ("test", 2)):
@@ -150,11 +152,12 @@ def test_a_collection_from_a_split_holds_its_images_and_takes_another_split_by_i
     train, test = load_dataset(spec, "train"), load_dataset(spec, "test")
     predictor = tiny_encoder().predictor
     for dataset in (train, test):
-        predict_split(normed, predictor, dataset, batch_size=8, progress=False)
+        predict_split(normed, predictor, dataset, batch_size=8, progress=False, cache_dir=settings().cache_dir)
     with pytest.raises(LookupError, match="6 of the 6 images of imagefolder:/.*/folder/train have no codes of hash model"):
         create_collection(normed, "split", PREDICTOR, dataset=train.name, split="train", hash_model=HASH_MODEL)
     for dataset in (train, test):
-        encode_split(normed, home / "models" / HASH_MODEL / "best.pt", dataset, HASH_MODEL, backend="torch", progress=False)
+        encode_split(normed, home / "models" / HASH_MODEL / "best.pt", dataset, HASH_MODEL, backend="torch", progress=False,
+                     settings=settings())
     info = create_collection(normed, "split", PREDICTOR, dataset=train.name, split="train", hash_model=HASH_MODEL)
     assert info.size == 6 and (info.dataset, info.split) == (train.name, "train")
     with normed.connect() as conn:
@@ -226,12 +229,11 @@ def test_cli(normed, home, database_url, tmp_path):
     assert json.loads(iwan("collection", "list", "--json", env=env).stdout) == []
 
 
-def test_an_image_over_the_pixel_limit_is_refused(monkeypatch):
-    monkeypatch.setenv("IWAN_MAX_IMAGE_PIXELS", "1000")
-    with pytest.raises(ValueError, match=r"32x32 pixels is over the limit of 1,000 \(IWAN_MAX_IMAGE_PIXELS\)"):
-        uploads.decode(png(1))
-    monkeypatch.setenv("IWAN_MAX_IMAGE_PIXELS", "1024")
-    assert uploads.decode(png(1))[0].shape == (32, 32, 3)
+def test_an_image_over_the_pixel_limit_is_refused():
+    with pytest.raises(ImageRefused, match=r"32x32 is 1,024 pixels \(0.0 megapixels\), over the limit of 1,000 \(IWAN_MAX_IMAGE_PIXELS\)") as refused:
+        decode_image(png(1), "x.png", DecodePolicy(max_pixels=1000, formats=None))
+    assert refused.value.status == 413
+    assert decode_image(png(1), "x.png", DecodePolicy(max_pixels=1024, formats=None)).pixels.shape == (32, 32, 3)
 
 
 def test_a_removal_keeps_a_file_that_an_add_in_progress_is_storing(normed, home):
@@ -239,13 +241,14 @@ def test_a_removal_keeps_a_file_that_an_add_in_progress_is_storing(normed, home)
 
     for name in ("one", "two"):
         create_collection(normed, name, PREDICTOR)
-    first = uploads.add_files(normed, "one", [("x.png", png(5))], tiny_encoder(hash_model=None)).added[0][0]
+    first = uploads.add_files(normed, "one", [("x.png", png(5))], tiny_encoder(hash_model=None),
+                              settings=settings()).added[0][0]
     sha = hashlib.sha256(png(5)).hexdigest()
     # What an add of the same bytes to "two" holds between writing the file and committing its rows.
     adding = normed.connect()
     transaction = adding.begin()
     store.lock_files(adding, [sha], shared=True)
-    removal = threading.Thread(target=uploads.remove, args=(normed, "one", [first]))
+    removal = threading.Thread(target=uploads.remove, args=(normed, "one", [first]), kwargs={"image_dir": home / "images"})
     removal.start()
     removal.join(2)
     assert removal.is_alive(), "the removal waits for the add before deciding the file is unused"
@@ -262,17 +265,17 @@ def test_a_hash_model_on_the_predictors_features_encodes_uploads_from_them():
     import torch
 
     from hashing.codes import pack_activations
+    from hashing.inference import embed
     from hashing.net import HashConfig, HashNet
-    from hashing.train import encode
-    from iwan.collections.ingest import Encoder
+    from iwan.vision.encoder import Encoder
 
     torch.manual_seed(0)
     net = HashNet(HashConfig(backbone="precomputed", n_classes=4, embedding_dim=4, feature_dim=1280,
                                  features=PREDICTOR, hidden=(16,))).eval()
     predictor = tiny_encoder().predictor
-    pixels = [uploads.decode(png(s))[0] for s in range(3)]
+    pixels = [decode_image(png(s), 'x.png', DecodePolicy()).pixels for s in range(3)]
     encoded = Encoder(PREDICTOR, "transfer", loaded_predictor=predictor, net=net).encode(pixels)
-    embeddings, activations = encode(net, predictor.predict(np.stack(pixels), features=True).features)
+    embeddings, activations = embed(net, predictor.predict(np.stack(pixels), features=True).features)
     np.testing.assert_array_equal(encoded.codes, pack_activations(activations))
     np.testing.assert_allclose(encoded.embeddings, embeddings, atol=1e-6)
     other = Encoder("resnet50", "transfer", loaded_predictor=predictor, net=net)

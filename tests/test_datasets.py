@@ -12,8 +12,8 @@ import pytest
 from cifar_files import CIFAR10_CLASSES
 from PIL import Image
 
+from iwan.config import DEFAULT_MAX_IMAGE_PIXELS, settings
 from iwan.datasets import loaders as datasets
-from iwan.config import settings
 from iwan.datasets.loaders import (
     DatasetFormatError,
     DatasetNotFoundError,
@@ -111,7 +111,7 @@ def test_cifar10_falls_back_to_the_jpeg_folders_and_takes_the_first_images(tmp_p
     assert data.fine_labels.tolist() == [0, 0, 0, 1, 1]  # class folders in order: airplanes first
     assert data.paths[0] == tmp_path / "cifar10-jpg" / "test" / "airplane" / "0000.jpg"
     assert data.paths[3] == tmp_path / "cifar10-jpg" / "test" / "automobile" / "0000.jpg"
-    np.testing.assert_array_equal(data.images[3], load_image(data.paths[3]))
+    np.testing.assert_array_equal(data.images[3], load_image(data.paths[3], max_pixels=DEFAULT_MAX_IMAGE_PIXELS))
     assert data.coarse_labels is None
     assert len(load_dataset("cifar10", "test")) == 30
 
@@ -125,7 +125,7 @@ def test_real_cifar10_jpegs(shared_data, monkeypatch):
     assert (data.name, len(data), data.images.shape[1:]) == ("cifar10", 25, (32, 32, 3))
     assert data.class_names == CIFAR10_CLASSES and data.fine_labels.tolist() == [0] * 25
     assert data.paths[0] == shared_data / "cifar10-jpg" / "test" / "airplane" / "0000.jpg"
-    np.testing.assert_array_equal(data.images[3], load_image(data.paths[3]))
+    np.testing.assert_array_equal(data.images[3], load_image(data.paths[3], max_pixels=DEFAULT_MAX_IMAGE_PIXELS))
 
 
 def test_cifar10_official_pickles_come_first(tmp_path, monkeypatch):
@@ -227,10 +227,10 @@ def test_load_image_reads_rgb_and_explains_failures(tmp_path):
     fake = tmp_path / "fake.jpg"
     fake.write_text("this is text")
 
-    image = load_image(gray)
+    image = load_image(gray, max_pixels=DEFAULT_MAX_IMAGE_PIXELS)
 
     assert image.shape == (3, 5, 3) and image.dtype == np.uint8 and (image == 77).all()
     with pytest.raises(FileNotFoundError, match="missing.jpg: no such image file"):
-        load_image(tmp_path / "missing.jpg")
-    with pytest.raises(DatasetFormatError, match="fake.jpg: not a readable image"):
-        load_image(fake)
+        load_image(tmp_path / "missing.jpg", max_pixels=DEFAULT_MAX_IMAGE_PIXELS)
+    with pytest.raises(DatasetFormatError, match="fake.jpg: not an image Pillow can read"):
+        load_image(fake, max_pixels=DEFAULT_MAX_IMAGE_PIXELS)

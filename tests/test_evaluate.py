@@ -11,13 +11,13 @@ from usf_files import write_chain
 from hashing.codes import pack_bits
 from hashing.embeddings import class_embeddings
 from hashing.hierarchy import load_hierarchy
-from iwan.db.codes import load_codes, store_codes
-from iwan.db import images as image_store
+from iwan.datasets.hierarchies import shipped_hierarchy
 from iwan.datasets.loaders import ImageDataset
-from hashing.hierarchy import shipped_hierarchy
-from iwan.evaluation.runs import EvaluationSpec, run
+from iwan.db import images as image_store
+from iwan.db.codes import load_codes, store_codes
 from iwan.db.norms import load_norms
 from iwan.db.predictions import load_predictions, register_classes, replace_predictions
+from iwan.evaluation.runs import EvaluationSpec, run
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -32,7 +32,7 @@ def fake_split(split: str, per_class: int, seed: int) -> ImageDataset:
 
 def predictions_for(labels: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
     """Top class = the true one (p 0.7), then three other classes."""
-    top = np.stack([np.roll(np.arange(10), -int(l))[:4] for l in labels])
+    top = np.stack([np.roll(np.arange(10), -int(label))[:4] for label in labels])
     others = rng.permuted(top[:, 1:], axis=1)
     return np.concatenate([top[:, :1], others], axis=1), np.tile([0.7, 0.15, 0.1, 0.05], (len(labels), 1))
 

@@ -20,13 +20,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from iwan.datasets import loaders as datasets
+from iwan.config import settings
 from iwan.datasets import fetch
-from iwan.datasets.loaders import DatasetNotFoundError, load_dataset
+from iwan.datasets import loaders as datasets
 from iwan.datasets.fetch import Checksum, FetchError, MissingDataError
+from iwan.datasets.loaders import DatasetNotFoundError, load_dataset
 from iwan.datasets.usf_download import FILES, download_usf, usf_resource
 from iwan.vision.predictors import resnet50_weights
 
+TIMEOUT = 10.0
+"""Seconds a download waits here (what Settings.fetch_timeout hands down)."""
 NOT_FOUND_PAGE = b"<!DOCTYPE html><html><head><title>404 Not Found</title></head><body>Not Found</body></html>"
 
 
@@ -125,8 +128,8 @@ def test_download_checks_renames_and_fetches_once(site, tmp_path):
     site.files["w.pth"] = body
     target = tmp_path / "sub" / "w.pth"
 
-    assert fetch.download(site.url + "w.pth", target, _sha256(body), progress=False) == target
-    assert fetch.download(site.url + "w.pth", target, _sha256(body), progress=False) == target
+    assert fetch.download(site.url + "w.pth", target, _sha256(body), timeout=TIMEOUT, progress=False) == target
+    assert fetch.download(site.url + "w.pth", target, _sha256(body), timeout=TIMEOUT, progress=False) == target
 
     assert target.read_bytes() == body
     assert site.requests == [("w.pth", None)]
@@ -138,7 +141,7 @@ def test_a_checksum_prefix_is_enough(site, tmp_path):
     site.files["resnet.pth"] = body
     prefix = hashlib.sha256(body).hexdigest()[:8]
 
-    fetch.download(site.url + "resnet.pth", tmp_path / "r.pth", Checksum("sha256", prefix), progress=False)
+    fetch.download(site.url + "resnet.pth", tmp_path / "r.pth", Checksum("sha256", prefix), timeout=TIMEOUT, progress=False)
 
     assert (tmp_path / "r.pth").read_bytes() == body
 
@@ -148,7 +151,7 @@ def test_checksum_mismatch_keeps_nothing_and_says_why(site, tmp_path):
     target = tmp_path / "w.pth"
 
     with pytest.raises(FetchError) as caught:
-        fetch.download(site.url + "w.pth", target, Checksum("md5", "0" * 32), progress=False)
+        fetch.download(site.url + "w.pth", target, Checksum("md5", "0" * 32), timeout=TIMEOUT, progress=False)
 
     message = str(caught.value)
     actual = hashlib.md5(site.files["w.pth"]).hexdigest()
@@ -159,7 +162,7 @@ def test_checksum_mismatch_keeps_nothing_and_says_why(site, tmp_path):
 
 def test_404_is_one_line_and_writes_nothing(site, tmp_path):
     with pytest.raises(FetchError, match=rf"^cannot download {site.url}gone\.bin: HTTP 404 Not Found$"):
-        fetch.download(site.url + "gone.bin", tmp_path / "gone.bin", progress=False)
+        fetch.download(site.url + "gone.bin", tmp_path / "gone.bin", timeout=TIMEOUT, progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -167,7 +170,7 @@ def test_an_html_page_instead_of_the_file_is_named(site, tmp_path):
     site.files["w.pth"] = NOT_FOUND_PAGE  # a mirror that answers 200 with an error page
 
     with pytest.raises(FetchError, match=r"is not the expected file \(an HTML page\?\): its sha256"):
-        fetch.download(site.url + "w.pth", tmp_path / "w.pth", _sha256(_blob(10)), progress=False)
+        fetch.download(site.url + "w.pth", tmp_path / "w.pth", _sha256(_blob(10)), timeout=TIMEOUT, progress=False)
 
 
 def test_partial_file_is_resumed_with_a_range_request(site, tmp_path):
@@ -176,7 +179,7 @@ def test_partial_file_is_resumed_with_a_range_request(site, tmp_path):
     target = tmp_path / "big.tar.gz"
     (tmp_path / "big.tar.gz.part").write_bytes(body[:123_456])
 
-    fetch.download(site.url + "big.tar.gz", target, _sha256(body), progress=False)
+    fetch.download(site.url + "big.tar.gz", target, _sha256(body), timeout=TIMEOUT, progress=False)
 
     assert target.read_bytes() == body
     assert site.requests == [("big.tar.gz", "bytes=123456-")]
@@ -188,7 +191,7 @@ def test_a_broken_connection_is_resumed_where_it_broke(site, tmp_path):
     site.files["big"] = body
     site.cuts["big"] = 1_000_000
 
-    fetch.download(site.url + "big", tmp_path / "big", _sha256(body), progress=False)
+    fetch.download(site.url + "big", tmp_path / "big", _sha256(body), timeout=TIMEOUT, progress=False)
 
     assert (tmp_path / "big").read_bytes() == body
     assert site.requests == [("big", None), ("big", "bytes=1000000-")]
@@ -200,7 +203,7 @@ def test_a_server_without_ranges_sends_it_all_again(site, tmp_path):
     site.ranges = False
     (tmp_path / "f.part").write_bytes(body[:20_000])
 
-    fetch.download(site.url + "f", tmp_path / "f", _sha256(body), progress=False)
+    fetch.download(site.url + "f", tmp_path / "f", _sha256(body), timeout=TIMEOUT, progress=False)
 
     assert (tmp_path / "f").read_bytes() == body
 
@@ -210,7 +213,7 @@ def test_a_complete_part_file_is_checked_without_downloading_again(site, tmp_pat
     site.files["f"] = body
     (tmp_path / "f.part").write_bytes(body)
 
-    fetch.download(site.url + "f", tmp_path / "f", _sha256(body), progress=False)
+    fetch.download(site.url + "f", tmp_path / "f", _sha256(body), timeout=TIMEOUT, progress=False)
 
     assert (tmp_path / "f").read_bytes() == body
     assert site.requests == [("f", "bytes=10000-")]  # answered 416: nothing more to send
@@ -221,7 +224,7 @@ def test_a_stale_part_file_is_downloaded_again_from_the_start(site, tmp_path):
     site.files["f"] = body
     (tmp_path / "f.part").write_bytes(_blob(4_000, seed=1))  # from another version of the file
 
-    fetch.download(site.url + "f", tmp_path / "f", _sha256(body), progress=False)
+    fetch.download(site.url + "f", tmp_path / "f", _sha256(body), timeout=TIMEOUT, progress=False)
 
     assert (tmp_path / "f").read_bytes() == body
     assert site.requests == [("f", "bytes=4000-"), ("f", None)]
@@ -235,8 +238,8 @@ def test_two_processes_at_once_download_once(site, tmp_path):
 
     def get():
         try:
-            fetch.download(site.url + "f", tmp_path / "f", _sha256(body), progress=False)
-        except Exception as err:  # noqa: BLE001 - reported by the assertion below
+            fetch.download(site.url + "f", tmp_path / "f", _sha256(body), timeout=TIMEOUT, progress=False)
+        except Exception as err:
             errors.append(err)
 
     threads = [threading.Thread(target=get) for _ in range(2)]
@@ -250,20 +253,18 @@ def test_two_processes_at_once_download_once(site, tmp_path):
 
 
 def test_a_server_that_never_answers_times_out(tmp_path, monkeypatch):
-    monkeypatch.setenv("IWAN_FETCH_TIMEOUT", "0.5")
+    monkeypatch.setenv("IWAN_FETCH_TIMEOUT", "0.5")  # read by the settings, handed to the download
     with socket.socket() as silent:  # accepts connections (the kernel's backlog), never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/f"
         started = time.monotonic()
         with pytest.raises(FetchError, match=r"no answer within 0\.5 s \(set IWAN_FETCH_TIMEOUT"):
-            fetch.download(url, tmp_path / "f", progress=False)
+            fetch.download(url, tmp_path / "f", timeout=settings().fetch_timeout, progress=False)
     assert time.monotonic() - started < 5
 
 
 def test_a_bad_timeout_setting_is_refused(monkeypatch):
-    from iwan.config import settings
-
     monkeypatch.setenv("IWAN_FETCH_TIMEOUT", "-3")
     with pytest.raises(ValueError, match=r"IWAN_FETCH_TIMEOUT='-3' must be a positive number"):
         settings()
@@ -297,7 +298,7 @@ def test_norms_download_replaces_the_local_copy_whole(site, data_dir, tmp_path):
     _local_copy(data_dir / "usf-appendix-a", old)
     site.files.update(new)
 
-    written = download_usf(data_dir / "usf-appendix-a", site.url, progress=False)
+    written = download_usf(data_dir / "usf-appendix-a", site.url, progress=False, timeout=TIMEOUT)
 
     assert written == [data_dir / "usf-appendix-a" / name for name in FILES]
     assert _snapshot(data_dir / "usf-appendix-a") == new
@@ -318,7 +319,7 @@ def test_a_failed_norms_download_leaves_a_good_local_copy_untouched(failure, sit
         site.files[broken] = site.files[broken].replace(b", EXPERIMENT", b"")
 
     with pytest.raises(FetchError) as caught:
-        download_usf(data_dir / "usf-appendix-a", site.url, progress=False)
+        download_usf(data_dir / "usf-appendix-a", site.url, progress=False, timeout=TIMEOUT)
 
     message = str(caught.value)
     assert f"{site.url}{broken}" in message
@@ -333,11 +334,11 @@ def test_a_norms_download_resumes_with_the_files_still_missing(site, data_dir, t
     site.files.update(bodies)
     del site.files[FILES[-1]]
     with pytest.raises(FetchError):
-        download_usf(data_dir / "usf-appendix-a", site.url, progress=False)
+        download_usf(data_dir / "usf-appendix-a", site.url, progress=False, timeout=TIMEOUT)
     site.files[FILES[-1]] = bodies[FILES[-1]]
     site.requests.clear()
 
-    download_usf(data_dir / "usf-appendix-a", site.url, progress=False)
+    download_usf(data_dir / "usf-appendix-a", site.url, progress=False, timeout=TIMEOUT)
 
     assert [name for name, _ in site.requests] == [FILES[-1]]
     assert _snapshot(data_dir / "usf-appendix-a") == bodies
@@ -450,8 +451,8 @@ def test_an_archive_that_writes_outside_its_folder_is_refused(cifar_site, data_d
 def test_resnet50_weights_are_downloaded_checked_and_loaded(site, data_dir, monkeypatch):
     import torch
 
-    from iwan.vision import predictors
     from iwan.tv import models
+    from iwan.vision import predictors
 
     buffer = io.BytesIO()
     torch.manual_seed(1)
@@ -494,7 +495,7 @@ def test_resnet50_weights_with_a_wrong_checksum_are_refused(site, data_dir, monk
 def test_offline_every_missing_piece_is_named_with_its_place(data_dir, closed_url, monkeypatch):
     for variable in ("IWAN_USF_URL", "IWAN_CIFAR_URL", "IWAN_WEIGHTS_URL"):
         monkeypatch.setenv(variable, closed_url)
-    resources = [usf_resource(), datasets.cifar_resource("cifar100"), resnet50_weights()]
+    resources = [usf_resource(settings()), datasets.cifar_resource("cifar100", settings()), resnet50_weights(settings())]
 
     started = time.monotonic()
     with pytest.raises(MissingDataError) as caught:
@@ -518,7 +519,7 @@ def test_only_the_missing_pieces_are_fetched_and_named(site, data_dir, closed_ur
     monkeypatch.setenv("IWAN_WEIGHTS_URL", closed_url)
 
     with pytest.raises(MissingDataError) as caught:
-        fetch.fetch_all([usf_resource(), resnet50_weights()], progress=False)
+        fetch.fetch_all([usf_resource(settings()), resnet50_weights(settings())], progress=False)
 
     assert str(caught.value).startswith("1 piece of data is missing and could not be downloaded: ResNet-50's")
     assert "USF" not in str(caught.value) and site.requests == []
@@ -608,7 +609,7 @@ def test_a_local_copy_that_is_a_link_is_replaced_by_the_download(site, data_dir,
     new = _usf_bodies(tmp_path / "new", "CAT")
     site.files.update(new)
 
-    download_usf(data_dir / "usf-appendix-a", site.url, progress=False)
+    download_usf(data_dir / "usf-appendix-a", site.url, progress=False, timeout=TIMEOUT)
 
     assert not (data_dir / "usf-appendix-a").is_symlink()
     assert _snapshot(data_dir / "usf-appendix-a") == new

@@ -55,9 +55,9 @@ def test_fuse_rejects_mismatched_input():
     with pytest.raises(ValueError, match="same queries"):
         fusion.fuse([a, ranking([[1.0], [2.0]], [[1], [2]])], k=1)
     with pytest.raises(ValueError, match="weights"):
-        fusion.fuse([a, a], k=1, method="weighted", weights=[1.0])
+        fusion.fuse([a, a], k=1, rule="weighted", weights=[1.0])
     with pytest.raises(ValueError, match="unknown"):
-        fusion.fuse([a], k=1, method="borda")
+        fusion.fuse([a], k=1, rule="borda")
 
 
 class FixedRetriever:
@@ -74,7 +74,7 @@ class FixedRetriever:
 def test_fused_retriever_searches_deeper_and_fuses():
     a = FixedRetriever([[1, 2, 3, 4]])
     b = FixedRetriever([[4, 3, 9, 8]])
-    fused = FusedRetriever([a, b], method="rrf", depth_factor=2)
+    fused = FusedRetriever([a, b], rule="rrf", depth_factor=2)
     scores, ids = fused.search(queries=None, k=2)
     assert a.asked == [4] and b.asked == [4]
     # 4: 1/64 + 1/61 and 3: 1/63 + 1/62 beat 1: 1/61 alone.

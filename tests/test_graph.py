@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from iwan.network.graph import QUERY_NODE, Associations, build_graph
 from iwan.datasets.usf import parse_paths
+from iwan.network.graph import QUERY_NODE, Associations, build_graph
 
 NAN = math.nan
 

@@ -194,8 +194,8 @@ def _image_folder(root: Path, colour: int) -> Path:
 def test_image_folders_with_one_name_are_two_data_sets(tmp_path, database_url):
     import sqlalchemy as sa
 
-    from iwan.db import images
     from iwan.datasets.loaders import load_dataset
+    from iwan.db import images
 
     a, b = _image_folder(tmp_path / "a", 10), _image_folder(tmp_path / "b", 200)
     first, second = load_dataset(f"imagefolder:{a}", "train"), load_dataset(f"imagefolder:{b}", "train")
@@ -281,22 +281,23 @@ def test_a_decompression_bomb_is_refused_before_decoding(tmp_path, database_url)
     assert bomb.stat().st_size < 1_000_000
     started = time.monotonic()
     line = one_line_error(iwan("search", "--image", str(bomb), "--index-name", "tiny"))
-    assert "144.0 megapixels, over the limit of 40 (IWAN_MAX_IMAGE_PIXELS)" in line
+    assert "144,000,000 pixels (144.0 megapixels), over the limit of 40,000,000 (IWAN_MAX_IMAGE_PIXELS)" in line
     assert time.monotonic() - started < 20
     line = one_line_error(iwan("search", "--image", str(bomb), "--index-name", "tiny",
                                env={"IWAN_MAX_IMAGE_PIXELS": "1000"}))
-    assert "over the limit of 0.001 (IWAN_MAX_IMAGE_PIXELS)" in line
+    assert "over the limit of 1,000 (IWAN_MAX_IMAGE_PIXELS)" in line
 
 
 def test_pillows_own_bomb_error_is_a_format_error(tmp_path, monkeypatch):
     from PIL import Image
 
+    from iwan.config import DEFAULT_MAX_IMAGE_PIXELS
     from iwan.datasets.loaders import DatasetFormatError, load_image
 
     Image.new("RGB", (100, 100)).save(tmp_path / "a.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    with pytest.raises(DatasetFormatError, match="a.png: not a readable image .DecompressionBombError"):
-        load_image(tmp_path / "a.png")
+    with pytest.raises(DatasetFormatError, match="a.png: over Pillow.s own limit of 2,000 pixels .DecompressionBombError"):
+        load_image(tmp_path / "a.png", max_pixels=DEFAULT_MAX_IMAGE_PIXELS)
 
 
 def test_a_decompression_bomb_in_an_image_folder_is_one_line(tmp_path):
@@ -307,32 +308,34 @@ def test_a_decompression_bomb_in_an_image_folder_is_one_line(tmp_path):
     Image.new("1", (12_000, 12_000)).save(folder / "0.png")
     line = one_line_error(iwan("predict", "--dataset", f"imagefolder:{tmp_path / 'bombs'}", "--split", "train",
                                "--predictor", "efficientnet-lite0"))
-    assert "megapixels, over the limit" in line and "0.png" in line
+    assert "megapixels), over the limit" in line and "0.png" in line
 
 
 def test_large_query_images_are_decoded_small(tmp_path):
     from PIL import Image
 
+    from iwan.config import DEFAULT_MAX_IMAGE_PIXELS as LIMIT
     from iwan.datasets.loaders import load_image
 
     photo = tmp_path / "photo.jpg"
     Image.new("RGB", (4000, 3000), (10, 120, 200)).save(photo, quality=90)
-    small = load_image(photo, min_side=512)
+    small = load_image(photo, min_side=512, max_pixels=LIMIT)
     assert small.shape[2] == 3 and 512 <= min(small.shape[:2]) < 1024
     assert abs(int(small[100, 100, 2]) - 200) < 4
-    assert load_image(photo).shape == (3000, 4000, 3)
+    assert load_image(photo, max_pixels=LIMIT).shape == (3000, 4000, 3)
     png = tmp_path / "big.png"
     Image.new("RGB", (3000, 2400), (5, 6, 7)).save(png)
-    assert min(load_image(png, min_side=512).shape[:2]) == 600
+    assert min(load_image(png, min_side=512, max_pixels=LIMIT).shape[:2]) == 600
 
 
 # --- saved indexes: names are names, saves are atomic, damage is one line --------------------------
 
 
 def _tiny_index(name: str, image_ids):
+    from iwan.config import settings
     from iwan.network.graph import IwanGraph
-    from iwan.network.saved import BuiltIndex, IndexMeta, index_dir
     from iwan.network.index import IwanIndex
+    from iwan.network.saved import BuiltIndex, IndexMeta, index_dir
 
     graph = IwanGraph(
         words=["CAT", "DOG"],
@@ -344,7 +347,7 @@ def _tiny_index(name: str, image_ids):
                      strength="forward", source="usf", n_images=2, n_words=2, n_word_edges=1,
                      mapped_classes=2, unmapped_classes=[], build_seconds=0.0)
     built = BuiltIndex(IwanIndex(graph, np.asarray(image_ids, np.int64)), np.array([0, 1], np.int64), meta)
-    return built, built.save(index_dir(name))
+    return built, built.save(index_dir(name, settings()))
 
 
 def _registered_ids(database_url) -> list[int]:
@@ -403,7 +406,7 @@ def test_a_link_out_of_the_index_folder_is_refused(tmp_path):
     settings().index_dir.mkdir(parents=True)
     (settings().index_dir / "out").symlink_to(tmp_path)
     with pytest.raises(ValueError, match="leads outside"):
-        index_dir("out")
+        index_dir("out", settings())
 
 
 def test_a_failed_save_leaves_the_previous_index(monkeypatch):

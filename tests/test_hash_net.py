@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from hashing.net import HashConfig, HashNet, load_checkpoint, save_checkpoint
+from hashing import net as hash_net
+from hashing.net import (
+    BackboneNotRegistered,
+    HashConfig,
+    HashNet,
+    ImageInput,
+    load_checkpoint,
+    register_backbone,
+    registered_backbones,
+    save_checkpoint,
+)
 
 FEATURES = 24
 
@@ -92,9 +102,9 @@ def test_checkpoint_round_trip_reproduces_outputs_and_metadata(tmp_path):
     path = save_checkpoint(tmp_path / "best.pt", model, embeddings, ["a", "b", "c", "d", "e"])
     loaded = load_checkpoint(path, expect=model.config)
     x = torch.randn(6, FEATURES)
-    for got, want in zip(loaded.model(x), model(x)):
+    for got, want in zip(loaded.net(x), model(x)):
         torch.testing.assert_close(got, want)
-    assert loaded.model.config == model.config
+    assert loaded.net.config == model.config
     np.testing.assert_allclose(loaded.class_embeddings, embeddings, atol=1e-6)
     assert loaded.class_names == ["a", "b", "c", "d", "e"] and loaded.training is None
     assert not (tmp_path / "best.pt.partial").exists()
@@ -118,3 +128,45 @@ def test_load_rejects_files_that_are_not_hash_checkpoints(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def _toy_backbone(pretrained):
+    return torch.nn.Sequential(ImageInput(4, (0.0,) * 3, (255.0,) * 3), torch.nn.Flatten()), 48
+
+
+def test_a_checkpoint_whose_backbone_is_not_registered_says_which_and_how_to_register_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(hash_net, "_BUILDERS", dict(hash_net._BUILDERS))
+    register_backbone("toy", _toy_backbone)
+    assert register_backbone("toy", _toy_backbone) is _toy_backbone  # the same builder again is no error
+    with pytest.raises(ValueError, match="'toy' is registered already"):
+        register_backbone("toy", lambda pretrained: _toy_backbone(pretrained))
+    with pytest.raises(ValueError, match="'precomputed' is registered already"):
+        register_backbone("precomputed", _toy_backbone)
+    torch.manual_seed(0)
+    model = HashNet(HashConfig(backbone="toy", n_classes=3, embedding_dim=3, hidden=(8,))).eval()
+    path = save_checkpoint(tmp_path / "best.pt", model, np.eye(3))
+    del hash_net._BUILDERS["toy"]
+    assert "toy" not in registered_backbones()
+    with pytest.raises(BackboneNotRegistered) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert str(path) in message and "backbone 'toy' is not registered" in message
+    assert "register_backbone('toy', builder)" in message and "iwan.vision.backbones" in message
+    with pytest.raises(BackboneNotRegistered, match="backbone 'toy' is not registered"):
+        HashConfig(backbone="toy", n_classes=3, embedding_dim=3)
+    register_backbone("toy", _toy_backbone)
+    images = torch.randint(0, 256, (2, 4, 4, 3), dtype=torch.uint8)
+    torch.testing.assert_close(load_checkpoint(path).net(images).hash, model(images).hash)
+
+
+def test_iwan_registers_its_imagenet_backbones():
+    assert registered_backbones()[:2] == ("precomputed", "small-cnn")
+    from iwan.vision.backbones import PRETRAINABLE
+
+    assert set(PRETRAINABLE) == {"resnet50", "efficientnet-lite0", "alexnet"}
+    assert set(PRETRAINABLE) <= set(registered_backbones())
+    torch.manual_seed(0)
+    model = HashNet(HashConfig(backbone="efficientnet-lite0", n_classes=3, embedding_dim=3, hidden=(8,))).eval()
+    assert model.config.feature_dim == 1280
+    with torch.no_grad():
+        assert model(torch.randint(0, 256, (1, 32, 32, 3), dtype=torch.uint8)).hash.shape == (1, 48)

@@ -51,8 +51,8 @@ def test_hamming_search_equals_brute_force_with_ties(seed):
     shortlist = int(rng.integers(k, 3 * k + 1))
     exclude = rng.integers(-1, n, 6) if seed % 2 else None
     index = HammingCosineIndex(n_bits=n_bits)
-    index.add(embeddings[: n // 2], codes[: n // 2])
-    index.add(embeddings[n // 2 :], codes[n // 2 :])
+    index.add(None, embeddings[: n // 2], codes[: n // 2])
+    index.add(None, embeddings[n // 2 :], codes[n // 2 :])
     scores, ids = index.search(queries, k, query_codes=query_codes, shortlist=shortlist, exclude=exclude)
     assert ids.shape == scores.shape == (6, k) and ids.dtype == np.int64 and scores.dtype == np.float32
     expected = brute_force(embeddings, codes, queries, query_codes, k, shortlist, exclude)
@@ -71,7 +71,7 @@ def test_exhaustive_search_equals_brute_force_with_ties(seed):
     k = int(rng.integers(1, 40))
     exclude = rng.integers(-1, n, 6) if seed % 2 else None
     index = ExhaustiveCosineIndex()
-    index.add(embeddings)
+    index.add(None, embeddings)
     scores, ids = index.search(queries, k, exclude=exclude)
     expected = brute_force(embeddings, None, queries, None, k, exclude=exclude)
     assert unpadded(ids) == expected
@@ -86,11 +86,11 @@ def test_equal_embeddings_score_equal_wherever_stored():
     embeddings = np.repeat(rng.normal(size=(1, 37)).astype(np.float32), 203, axis=0)
     query = rng.normal(size=(1, 37)).astype(np.float32)
     index = ExhaustiveCosineIndex()
-    index.add(embeddings)
+    index.add(None, embeddings)
     scores, ids = index.search(query, 203)
     assert len(set(scores[0].tolist())) == 1 and ids[0].tolist() == list(range(203))
     hashes = HammingCosineIndex()
-    hashes.add(embeddings, np.zeros(203, dtype=np.uint64))
+    hashes.add(None, embeddings, np.zeros(203, dtype=np.uint64))
     h_scores, h_ids = hashes.search(query, 100, query_codes=np.zeros(1, dtype=np.uint64))
     assert h_ids[0].tolist() == list(range(100)) and set(h_scores[0].tolist()) == set(scores[0].tolist())
 
@@ -100,7 +100,7 @@ def test_exclude_removes_the_query_from_its_own_results():
     embeddings = rng.normal(size=(500, 16)).astype(np.float32)
     codes = rng.integers(0, 2**48, 500, dtype=np.uint64)
     index = HammingCosineIndex()
-    index.add(embeddings, codes)
+    index.add(None, embeddings, codes)
     queries = np.arange(0, 500, 50)
     _, with_self = index.search(embeddings[queries], 10, query_codes=codes[queries])
     assert (with_self[:, 0] == queries).all()  # distance 0 and cosine 1: each query finds itself first
@@ -109,7 +109,7 @@ def test_exclude_removes_the_query_from_its_own_results():
     _, wider = index.search(embeddings[queries], 11, query_codes=codes[queries], shortlist=21)
     np.testing.assert_array_equal(without[:, :9], wider[:, 1:10])
     exhaustive = ExhaustiveCosineIndex()
-    exhaustive.add(embeddings)
+    exhaustive.add(None, embeddings)
     _, ex_ids = exhaustive.search(embeddings[queries], 10, exclude=queries)
     _, ex_self = exhaustive.search(embeddings[queries], 11)
     np.testing.assert_array_equal(ex_ids, ex_self[:, 1:])
@@ -128,7 +128,7 @@ def test_shortlist_cut_is_exact_when_the_sample_misleads(near_offset, far_distan
     codes = ((np.uint64(1) << distance.astype(np.uint64)) - np.uint64(1)).astype(np.uint64)
     embeddings = rng.normal(size=(n, 8)).astype(np.float32)
     index = HammingCosineIndex()
-    index.add(embeddings, codes)
+    index.add(None, embeddings, codes)
     query = rng.normal(size=(1, 8)).astype(np.float32)
     _, ids = index.search(query, 100, query_codes=np.zeros(1, dtype=np.uint64), shortlist=200)
     shortlist = np.lexsort((np.arange(n), distance))[:200]
@@ -152,13 +152,13 @@ def test_short_corpora_are_padded():
     index = HammingCosineIndex()
     empty_scores, empty_ids = index.search(np.ones((2, 3)), 4, query_codes=np.zeros(2, dtype=np.uint64))
     assert (empty_ids == -1).all() and np.isneginf(empty_scores).all()
-    index.add(np.eye(3), np.array([0, 1, 3], dtype=np.uint64))
+    index.add(None, np.eye(3), np.array([0, 1, 3], dtype=np.uint64))
     query, query_code = np.array([[1.0, 0.1, 0]]), np.zeros(1, dtype=np.uint64)
     scores, ids = index.search(query, 5, query_codes=query_code, exclude=np.array([1]))
     assert ids.tolist() == [[0, 2, -1, -1, -1]]
     assert np.isneginf(scores[0, 2:]).all()
     exhaustive = ExhaustiveCosineIndex()
-    exhaustive.add(np.eye(3))
+    exhaustive.add(None, np.eye(3))
     _, ex_ids = exhaustive.search(query, 5)
     assert ex_ids.tolist() == [[0, 1, 2, -1, -1]]
 
@@ -166,14 +166,14 @@ def test_short_corpora_are_padded():
 def test_bad_arguments_say_what_to_do():
     index = HammingCosineIndex()
     with pytest.raises(ValueError, match="3 embeddings but 2 codes"):
-        index.add(np.eye(3), np.zeros(2, dtype=np.uint64))
+        index.add(None, np.eye(3), np.zeros(2, dtype=np.uint64))
     with pytest.raises(ValueError, match="1-D uint64"):
-        index.add(np.eye(3), np.zeros(3, dtype=np.int64))
+        index.add(None, np.eye(3), np.zeros(3, dtype=np.int64))
     with pytest.raises(ValueError, match=r"codes\[1\] = 0x1000000000000 has bits above"):
-        index.add(np.eye(3), np.array([0, 1 << 48, 0], dtype=np.uint64))
+        index.add(None, np.eye(3), np.array([0, 1 << 48, 0], dtype=np.uint64))
     with pytest.raises(ValueError, match=r"embeddings\[1\] has norm 0"):
-        index.add(np.array([[1.0, 0], [0, 0]]), np.zeros(2, dtype=np.uint64))
-    index.add(np.eye(3), np.zeros(3, dtype=np.uint64))
+        index.add(None, np.array([[1.0, 0], [0, 0]]), np.zeros(2, dtype=np.uint64))
+    index.add(None, np.eye(3), np.zeros(3, dtype=np.uint64))
     one = np.zeros(1, dtype=np.uint64)
     with pytest.raises(ValueError, match=r"shortlist \(2\) must be >= k \(3\)"):
         index.search(np.eye(3)[:1], 3, query_codes=one, shortlist=2)
@@ -186,11 +186,11 @@ def test_bad_arguments_say_what_to_do():
     # An id the index does not hold leaves nothing out.
     assert index.search(np.eye(3)[:1], 1, query_codes=one, exclude=np.array([3]))[1].tolist() == [[0]]
     with pytest.raises(ValueError, match="id 2 is already held"):
-        index.add(np.eye(3)[:1], one, ids=np.array([2]))
+        index.add(np.array([2]), np.eye(3)[:1], one)
     with pytest.raises(ValueError, match="id 7 is given twice"):
-        index.add(np.eye(3)[:2], np.zeros(2, dtype=np.uint64), ids=np.array([7, 7]))
+        index.add(np.array([7, 7]), np.eye(3)[:2], np.zeros(2, dtype=np.uint64))
     with pytest.raises(ValueError, match="2 rows but 1 ids"):
-        index.add(np.eye(3)[:2], np.zeros(2, dtype=np.uint64), ids=np.array([7]))
+        index.add(np.array([7]), np.eye(3)[:2], np.zeros(2, dtype=np.uint64))
     with pytest.raises(ValueError, match=r"1 ids are not held \(first: 9\)"):
         index.remove(np.array([0, 9]))
     assert index.ntotal == 3
@@ -211,8 +211,8 @@ def test_ids_added_and_removed_give_what_a_fresh_index_gives(seed):
     for _ in range(6):
         new = np.flatnonzero(~held & (rng.random(300) < 0.4))
         rng.shuffle(new)  # arrival order is not id order: the index keeps ids ascending
-        hashes.add(embeddings[new], codes[new], ids=all_ids[new])
-        exhaustive.add(embeddings[new], ids=all_ids[new])
+        hashes.add(all_ids[new], embeddings[new], codes[new])
+        exhaustive.add(all_ids[new], embeddings[new])
         held[new] = True
         gone = np.flatnonzero(held & (rng.random(300) < 0.2))
         hashes.remove(all_ids[gone])
@@ -220,8 +220,8 @@ def test_ids_added_and_removed_give_what_a_fresh_index_gives(seed):
         held[gone] = False
     rows = np.flatnonzero(held)
     fresh_hashes, fresh_exhaustive = HammingCosineIndex(n_bits=n_bits), ExhaustiveCosineIndex()
-    fresh_hashes.add(embeddings[rows], codes[rows], ids=all_ids[rows])
-    fresh_exhaustive.add(embeddings[rows], ids=all_ids[rows])
+    fresh_hashes.add(all_ids[rows], embeddings[rows], codes[rows])
+    fresh_exhaustive.add(all_ids[rows], embeddings[rows])
     assert hashes.ntotal == exhaustive.ntotal == len(rows)
     np.testing.assert_array_equal(hashes.ids, all_ids[rows])
     queries, query_codes = prototype_corpus(rng, 5, n_bits, n_prototypes=5)

@@ -11,8 +11,9 @@ import torch
 from hashing.codes import pack_activations
 from hashing.embeddings import class_embeddings
 from hashing.hierarchy import ClassHierarchy
+from hashing.inference import embed
 from hashing.net import HashConfig, HashNet, load_checkpoint
-from hashing.train import TrainConfig, crop_and_flip, encode, fit, measure, split_validation
+from hashing.train import TrainConfig, crop_and_flip, fit, measure, split_validation
 
 DIM = 16
 
@@ -52,7 +53,7 @@ def test_training_lowers_the_loss_and_classifies_by_nearest_class_embedding(tmp_
     assert len(losses) == CONFIG.epochs and losses[-1] < 0.5 * losses[0]
 
     best = load_checkpoint(result.best_path)
-    after = measure(best.model, *_data(300, seed=2), EMBEDDINGS)
+    after = measure(best.net, *_data(300, seed=2), EMBEDDINGS)
     assert after.loss < before.loss and before.accuracy < 0.6
     assert after.accuracy >= 0.95 and after.code_accuracy >= 0.9
 
@@ -112,11 +113,11 @@ def test_the_small_cnn_recipe_learns(tmp_path):
     result = fit(_model(), features, labels, EMBEDDINGS, AIRBENCH_LIKE, tmp_path, progress=False)
     losses = [r.train_loss for r in result.history]
     assert losses[-1] < 0.6 * losses[0]
-    assert measure(load_checkpoint(result.best_path).model, *_data(300, seed=2), EMBEDDINGS).accuracy >= 0.9
+    assert measure(load_checkpoint(result.best_path).net, *_data(300, seed=2), EMBEDDINGS).accuracy >= 0.9
     # The auxiliary classifier trains with the network and is kept for resuming, not in best.pt.
     last = load_checkpoint(result.last_path)
     assert last.training["auxiliary"]["weight"].shape == (4, DIM)
-    assert not any("auxiliary" in key for key in last.model.state_dict())
+    assert not any("auxiliary" in key for key in last.net.state_dict())
 
 
 def test_resume_refuses_other_settings_or_architecture(tmp_path):
@@ -146,16 +147,16 @@ def test_best_checkpoint_is_the_epoch_of_lowest_validation_loss(tmp_path):
     _, val_idx = split_validation(len(labels), config.val_fraction, config.seed)
     best = load_checkpoint(result.best_path)
     last = load_checkpoint(result.last_path)
-    best_val = measure(best.model, features[val_idx], labels[val_idx], EMBEDDINGS)
+    best_val = measure(best.net, features[val_idx], labels[val_idx], EMBEDDINGS)
     assert best_val.loss == pytest.approx(result.best_val_loss, abs=1e-5) == pytest.approx(min(val_losses), abs=1e-5)
-    assert measure(last.model, features[val_idx], labels[val_idx], EMBEDDINGS).loss > best_val.loss
+    assert measure(last.net, features[val_idx], labels[val_idx], EMBEDDINGS).loss > best_val.loss
     assert last.training["epoch"] == config.epochs and best.training is None
 
 
-def test_encode_gives_embeddings_and_hash_activations_for_codes(tmp_path):
+def test_embed_gives_embeddings_and_hash_activations_for_codes(tmp_path):
     features, _ = _data(37, seed=3)
     model = _model().eval()
-    embeddings, hashes = encode(model, features, batch_size=10)
+    embeddings, hashes = embed(model, features, batch_size=10)
     assert embeddings.dtype == np.float32 and embeddings.shape == (37, 4) and hashes.shape == (37, 16)
     expected = model(torch.as_tensor(features))
     np.testing.assert_allclose(embeddings, expected.embedding.detach().numpy(), atol=1e-6)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from iwan.vision.imagenet_words import RUNS, with_hypernyms
 from iwan.tv import models
+from iwan.vision.imagenet_words import RUNS, with_hypernyms
 from iwan.vision.words import WordMatcher
 
 CATEGORIES = models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"]
@@ -16,14 +16,14 @@ def test_every_run_is_an_ordered_span_of_the_real_categories():
         assert first in position and last in position, (first, last)
         assert position[first] <= position[last]
         assert words and all(w == w.upper() for w in words)
-    dogs = [i for i, (f, l, _) in enumerate(RUNS) if f == "Chihuahua"]
+    dogs = [i for i, (f, _, _) in enumerate(RUNS) if f == "Chihuahua"]
     assert position[RUNS[dogs[0]][1]] - position["Chihuahua"] + 1 == 118
 
 
 def mapped(name: str) -> tuple[str | None, str]:
     mapping = with_hypernyms(WordMatcher(VOCABULARY).map(CATEGORIES), VOCABULARY)
     i = CATEGORIES.index(name)
-    return mapping.words[i], mapping.methods[i]
+    return mapping.words[i], mapping.rules[i]
 
 
 def test_runs_fill_misses_and_replace_head_noun_guesses():
@@ -44,4 +44,4 @@ def test_other_category_lists_are_left_alone():
     names = ["dog", "cat", "truck"]
     plain = WordMatcher(VOCABULARY).map(names)
     overlaid = with_hypernyms(plain, VOCABULARY)
-    assert overlaid.words == plain.words and overlaid.methods == plain.methods
+    assert overlaid.words == plain.words and overlaid.rules == plain.rules

@@ -7,10 +7,11 @@ import threading
 import numpy as np
 import pytest
 
-from iwan.network import edges as image_edges
 from iwan.config import DEFAULT_TOP_WWK
+from iwan.network import edges as image_edges
 from iwan.network.graph import Associations, build_graph
-from iwan.network.index import IwanIndex, Query, networkx_search
+from iwan.network.index import IwanIndex, Query
+from iwan.network.reference import networkx_search
 
 # Dyadic strengths and probabilities: every sum is exact, so equal-length paths really tie.
 DYADIC = np.array([1.0, 0.5, 0.25, 0.125, 0.0625])
@@ -362,7 +363,7 @@ def test_searches_in_threads_while_images_come_and_go():
                 try:
                     hits = index.search_one(query, 10)
                     assert [h.distance for h in hits] == sorted(h.distance for h in hits)
-                except Exception as error:  # noqa: BLE001 - reported below
+                except Exception as error:
                     failures.append(error)
 
     threads = [threading.Thread(target=search) for _ in range(3)]

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from iwan.network.graph import QUERY_NODE, Associations, build_graph
-from iwan.network.index import IwanIndex, Query, networkx_search, parse_text_query
+from iwan.network.index import IwanIndex, Query, parse_text_query
+from iwan.network.reference import networkx_search
 
 # Dyadic strengths and probabilities make every edge weight a power of two, so sums are exact
 # and equal-length paths really tie: the tie rules get exercised, not dodged by rounding.

@@ -3,16 +3,16 @@ fresh build from the database, snapshots that load instead of a rebuild."""
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 from livedata import HASH_MODEL, PREDICTOR, png, tiny_collection, tiny_encoder
-from PIL import Image
 
 from iwan.collections.live import LiveCollection, snapshot_path
+from iwan.network.index import Query
+from iwan.network.reference import networkx_search
 from iwan.retrieval import Batch, Corpus, get_retriever
-from iwan.network.index import Query, networkx_search
+from iwan.retrieval.stored import StoreData
+from iwan.vision.decode import DecodePolicy, decode_image
 
 BASE_METHODS = ("iwan", "exhaustive", "hashes")
 
@@ -27,7 +27,7 @@ def live(engine, tmp_path, monkeypatch):
 
 def fresh_build(engine, live: LiveCollection) -> dict:
     corpus = Corpus(image_ids=live.image_ids, predictor=PREDICTOR, hash_model=HASH_MODEL)
-    return {m: get_retriever(m, engine, corpus) for m in BASE_METHODS}
+    return {m: get_retriever(m, corpus, StoreData(engine, corpus)) for m in BASE_METHODS}
 
 
 def assert_same_answers(live: LiveCollection, reference: dict, queries: Batch, k: int) -> None:
@@ -41,8 +41,8 @@ def assert_same_answers(live: LiveCollection, reference: dict, queries: Batch, k
 def test_random_additions_and_removals_answer_as_a_fresh_build(engine, live):
     rng = np.random.default_rng(7)
     seed = 0
-    probes = live.image_queries([Image.open(io.BytesIO(png(s))) for s in (900, 901)])
-    for round_ in range(5):
+    probes = live.image_queries([decode_image(png(s), "probe", DecodePolicy()).pixels for s in (900, 901)])
+    for _ in range(5):
         n = int(rng.integers(3, 9))
         report = live.add_files([(f"{seed + i}.png", png(seed + i)) for i in range(n)], label="pet")
         seed += n
@@ -80,7 +80,7 @@ def test_random_additions_and_removals_answer_as_a_fresh_build(engine, live):
 
     # Closing saves a snapshot with the last change; opening it answers the same, with no rebuild.
     live.close()
-    assert snapshot_path("live").is_file()
+    assert snapshot_path("live", live.settings).is_file()
     again = LiveCollection.open(engine, "live", follow=False, encoder=live.encoder)
     assert again.seq == live.seq and np.array_equal(again.image_ids, live.image_ids)
     assert again.labels(again.image_ids) == live.labels(live.image_ids) == ["pet"] * live.size
@@ -105,7 +105,7 @@ def test_a_snapshot_behind_the_log_catches_up_and_a_foreign_one_is_ignored(engin
     live.remove([brief])
     assert behind.catch_up() == 2 and np.array_equal(behind.image_ids, live.image_ids) and brief not in behind.image_ids
 
-    snapshot_path("live").write_bytes(b"garbage")
+    snapshot_path("live", live.settings).write_bytes(b"garbage")
     rebuilt = LiveCollection.open(engine, "live", follow=False, encoder=live.encoder)
     assert np.array_equal(rebuilt.image_ids, live.image_ids)
     queries = live.stored_queries(live.image_ids)
@@ -133,15 +133,23 @@ def test_queries_and_explanations(engine, live):
         live.search(text.batch, 3, method="bm25")
 
     query = live.stored_queries(ids[:1])
-    _, top = live.search(query, 3, method="iwan")
-    why = live.explain(query, top[0].tolist(), "iwan")
-    assert why[0]["distance"] == 0 or why[0]["path"][-1] == f"image {top[0, 0]}"
-    assert all(w["path"][-1] == f"image {i}" for w, i in zip(why, top[0]))
-    hashes = live.explain(query, ids[:2], "hashes")
-    assert hashes[0] == {"hamming": 0, "cosine": pytest.approx(1.0)} and 0 <= hashes[1]["hamming"] <= 48
-    _, fused = live.search(query, 3, method="fused")
-    ranks = live.explain(query, fused[0].tolist(), "fused")
-    assert set(ranks[0]["ranks"]) == {"iwan", "hashes"} and any(r["ranks"]["hashes"] == 1 for r in ranks)
+    # An explained search is the same search, each hit with its reason from that search.
+    scores, top = live.search(query, 3, method="iwan")
+    why = live.explain(query, 3, method="iwan")
+    np.testing.assert_array_equal(why.ids, top)
+    np.testing.assert_array_equal(why.scores, scores)
+    assert all(w["path"][-1] == f"image {i}" for w, i in zip(why.reasons[0], top[0]))
+    assert [w["distance"] for w in why.reasons[0]] == pytest.approx((-scores[0]).tolist())
+    hashes = live.explain(query, 2, method="hashes")
+    assert hashes.ids[0, 0] == ids[0]
+    assert hashes.reasons[0][0] == {"hamming": 0, "cosine": pytest.approx(1.0)} and 0 <= hashes.reasons[0][1]["hamming"] <= 48
+    fused = live.explain(query, 3, method="fused")
+    np.testing.assert_array_equal(fused.ids, live.search(query, 3, method="fused")[1])
+    ranks = [r["ranks"] for r in fused.reasons[0]]
+    assert all(set(r) == {"iwan", "hashes"} for r in ranks) and any(r["hashes"] == 1 for r in ranks)
+    # The members' own reasons come with the fused hit: the IWAN path, the Hamming distance.
+    assert all("cosine" in r or r["ranks"]["hashes"] is None for r in fused.reasons[0])
+    assert any(r.get("path", [""])[-1] == f"image {i}" for r, i in zip(fused.reasons[0], fused.ids[0]))
 
 
 def test_while_the_database_is_away_searches_answer_and_writes_fail(engine, live):

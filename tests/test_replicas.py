@@ -17,8 +17,9 @@ import sqlalchemy as sa
 from livedata import REPO, Replica, png, tiny_collection, tiny_encoder
 from test_collections import table_counts
 
-from iwan.db import collections as store
 from iwan.collections import ingest as uploads
+from iwan.config import settings
+from iwan.db import collections as store
 
 CONVERGE_SECONDS = 20
 """Generous for a loaded CI machine; bench_live.py measures the real lag (well under a second)."""
@@ -27,7 +28,7 @@ CONVERGE_SECONDS = 20
 @pytest.fixture
 def shared(engine, tmp_path, monkeypatch):
     tiny_collection(engine, tmp_path, monkeypatch, "shared")
-    uploads.add_files(engine, "shared", [(f"{i}.png", png(i)) for i in range(5)], tiny_encoder())
+    uploads.add_files(engine, "shared", [(f"{i}.png", png(i)) for i in range(5)], tiny_encoder(), settings=settings())
     return engine
 
 
@@ -88,7 +89,7 @@ def test_a_replica_that_loses_its_connection_reconnects_and_catches_up(shared):
         assert killed >= 1
         shared.dispose()
         # Changed while the replica is (re)connecting: it must learn of it from the log, not the NOTIFY.
-        report = uploads.add_files(shared, "shared", [("new.png", png(30))], tiny_encoder())
+        report = uploads.add_files(shared, "shared", [("new.png", png(30))], tiny_encoder(), settings=settings())
         new = report.added[0][0]
         deadline = time.monotonic() + CONVERGE_SECONDS
         while new not in (state := replica.ask(do="state", text=word))["ids"]:
@@ -96,7 +97,7 @@ def test_a_replica_that_loses_its_connection_reconnects_and_catches_up(shared):
             time.sleep(0.1)
         assert state["reconnects"] >= 1 and state["ids"] == sorted(before["ids"] + [new])
         # And it is listening again: the next change arrives by notification.
-        uploads.remove(shared, "shared", [new])
+        uploads.remove(shared, "shared", [new], image_dir=settings().image_dir)
         converged([replica], word)
         deadline = time.monotonic() + CONVERGE_SECONDS
         while new in (state := replica.ask(do="state", text=word))["ids"]:
@@ -112,9 +113,10 @@ import sys
 sys.path.insert(0, sys.argv[1])
 import livedata
 from iwan.collections import ingest as uploads
+from iwan.config import settings
 from iwan.db.engine import make_engine
 files = [(f"{s}.png", livedata.png(s)) for s in range(100, 108)]
-uploads.add_files(make_engine(), "shared", files, livedata.tiny_encoder())
+uploads.add_files(make_engine(), "shared", files, livedata.tiny_encoder(), settings=settings())
 """
 
 
@@ -160,7 +162,8 @@ def test_a_killed_add_leaves_the_database_as_before(shared):
             time.sleep(0.1)
     assert table_counts(shared) == before
     # Nothing is left half-stored that would get in the way: the same files add now, whole.
-    report = uploads.add_files(shared, "shared", [(f"{s}.png", png(s)) for s in range(100, 108)], tiny_encoder())
+    report = uploads.add_files(shared, "shared", [(f"{s}.png", png(s)) for s in range(100, 108)], tiny_encoder(),
+                               settings=settings())
     assert len(report.added) == 8 and table_counts(shared)["collection_changes"] == before["collection_changes"] + 1
     with shared.connect() as conn:
         assert np.isin([i for i, _ in report.added], store.member_ids(conn, collection.id)).all()

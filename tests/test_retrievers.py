@@ -12,12 +12,13 @@ from test_evaluate import CLASSES, fake_split, load_class_words, predictions_for
 
 from hashing.codes import pack_bits
 from hashing.embeddings import class_embeddings
-from hashing.hierarchy import load_hierarchy, shipped_hierarchy
-from iwan.db.codes import store_codes
+from hashing.hierarchy import load_hierarchy
+from iwan.datasets.hierarchies import shipped_hierarchy
 from iwan.db import images as image_store
+from iwan.db.codes import store_codes
 from iwan.db.predictions import register_classes, replace_predictions
 from iwan.retrieval import Batch, Corpus, Retriever, get_retriever, retriever_names
-from iwan.retrieval.queries import StoredQueries, stored_queries
+from iwan.retrieval.stored import StoreData
 
 METHODS = ("iwan", "exhaustive", "hashes", "fused", "hashes-pg", "exhaustive-pg")
 
@@ -58,16 +59,16 @@ def test_every_method_is_registered_and_unknown_ones_are_named(toy):
     engine, ids = toy
     assert set(METHODS) <= set(retriever_names())
     with pytest.raises(ValueError, match="unknown retrieval method 'nope': choose from exhaustive, exhaustive-pg, fused"):
-        get_retriever("nope", engine, corpus_of(ids["train"]))
+        get_retriever("nope", corpus_of(ids["train"]), StoreData(engine, corpus_of(ids["train"])))
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_protocol_shapes_padding_ties_and_exclusion(toy, method):
     engine, ids = toy
     corpus = corpus_of(ids["train"])
-    retriever = get_retriever(method, engine, corpus)
+    retriever = get_retriever(method, corpus, StoreData(engine, corpus))
     assert isinstance(retriever, Retriever) and retriever.name == method and retriever.ntotal == 60
-    queries = stored_queries(engine, corpus, ids["test"])
+    queries = StoreData(engine, corpus).images(ids["test"])
     scores, found = retriever.search(queries, 7)
     assert scores.shape == found.shape == (20, 7) and found.dtype == np.int64
     assert np.isin(found, corpus.image_ids).all()
@@ -81,7 +82,7 @@ def test_protocol_shapes_padding_ties_and_exclusion(toy, method):
     assert all(len(set(row.tolist())) == len(row) for row in listed)
     assert (found[:, 60:] == -1).all() and np.isneginf(scores[:, 60:]).all()
     # The corpus queried by itself, each image left out of its own results.
-    own = stored_queries(engine, corpus, ids["train"][:10])
+    own = StoreData(engine, corpus).images(ids["train"][:10])
     _, with_self = retriever.search(own, 6)
     _, without = retriever.search(own, 6, exclude=ids["train"][:10])
     assert not (without == ids["train"][:10, None]).any()
@@ -96,17 +97,17 @@ def test_added_and_removed_images_answer_as_a_fresh_build(toy, method):
     engine, ids = toy
     train = np.sort(ids["train"])
     first, later = train[:35], train[35:]
-    live = get_retriever(method, engine, corpus_of(first))
+    live = get_retriever(method, corpus_of(first), StoreData(engine, corpus_of(first)))
     assert live.ntotal == 35
-    added = StoredQueries(engine, corpus_of(later))(later)
+    added = StoreData(engine, corpus_of(later)).images(later)
     live.add(later[:10], added.rows(slice(0, 10)))
     live.add(later[10:], added.rows(slice(10, None)))
     gone = train[::4]
     live.remove(gone)
     kept = np.setdiff1d(train, gone)
-    fresh = get_retriever(method, engine, corpus_of(kept))
+    fresh = get_retriever(method, corpus_of(kept), StoreData(engine, corpus_of(kept)))
     assert live.ntotal == fresh.ntotal == len(kept)
-    queries = stored_queries(engine, corpus_of(kept), np.concatenate([ids["test"], train[:5]]))
+    queries = StoreData(engine, corpus_of(kept)).images(np.concatenate([ids["test"], train[:5]]))
     exclude = np.concatenate([np.full(20, -1), train[:5]])
     for k in (1, 9, 80):
         live_scores, live_ids = live.search(queries, k, exclude=exclude)
@@ -127,8 +128,8 @@ def test_postgres_methods_equal_the_in_memory_ones(toy, pg, memory):
     # A corpus that is not every stored row of the hash model. (The class embeddings have cosines
     # that are equal in exact arithmetic and round apart differently in float32 and float64.)
     corpus = replace(corpus_of(ids["train"][::2]), hash_model="toy-prototypes")
-    in_db, in_memory = get_retriever(pg, engine, corpus), get_retriever(memory, engine, corpus)
-    queries = stored_queries(engine, corpus, np.concatenate([ids["test"], ids["train"][:6]]))
+    in_db, in_memory = get_retriever(pg, corpus, StoreData(engine, corpus)), get_retriever(memory, corpus, StoreData(engine, corpus))
+    queries = StoreData(engine, corpus).images(np.concatenate([ids["test"], ids["train"][:6]]))
     exclude = np.concatenate([np.full(20, -1), ids["train"][:6]])
     for k in (3, 12, 40):
         db_scores, db_ids = in_db.search(queries, k, exclude=exclude)
@@ -141,37 +142,37 @@ def test_postgres_methods_equal_the_in_memory_ones(toy, pg, memory):
 def test_a_method_says_what_its_queries_lack(toy):
     engine, ids = toy
     corpus = corpus_of(ids["train"])
-    words_only = StoredQueries(engine, corpus)(ids["test"], fields=("word_ids", "weights"))
+    words_only = StoreData(engine, corpus).images(ids["test"], fields=("word_ids", "weights"))
     assert words_only.embeddings is None and words_only.word_ids.shape == (20, 4)
     with pytest.raises(ValueError, match="the hashes method needs embeddings and codes in its queries"):
-        get_retriever("hashes", engine, corpus).search(words_only, 3)
+        get_retriever("hashes", corpus, StoreData(engine, corpus)).search(words_only, 3)
     with pytest.raises(ValueError, match="the iwan method needs word_ids and weights"):
-        get_retriever("iwan", engine, corpus).search(Batch(embeddings=np.ones((1, 4))), 3)
+        get_retriever("iwan", corpus, StoreData(engine, corpus)).search(Batch(embeddings=np.ones((1, 4))), 3)
     with pytest.raises(ValueError, match="needs a hash model .* give --hash-model"):
-        get_retriever("hashes", engine, Corpus(image_ids=corpus.image_ids, predictor="toy-classifier"))
+        get_retriever("hashes", Corpus(image_ids=corpus.image_ids, predictor="toy-classifier"), StoreData(engine, Corpus(image_ids=corpus.image_ids, predictor="toy-classifier")))
     with pytest.raises(LookupError, match=r"no toy-classifier predictions \(first: image id 10000\)"):
-        stored_queries(engine, corpus, np.array([ids["test"][0], 10_000]))
+        StoreData(engine, corpus).images(np.array([ids["test"][0], 10_000]))
     with pytest.raises(LookupError, match=r"no hash codes of model 'toy-hash' \(first image id 10000\)"):
-        StoredQueries(engine, corpus)(np.array([10_000]), fields=("codes",))
+        StoreData(engine, corpus).images(np.array([10_000]), fields=("codes",))
 
 
 def test_corpus_options_reach_the_builder_of_their_method(toy):
     engine, ids = toy
     corpus = replace(corpus_of(ids["train"]), options={"hashes": {"shortlist_factor": 5}, "fused": {"fusion": "weighted"}})
-    assert get_retriever("hashes", engine, corpus).index.shortlist_factor == 5
-    assert get_retriever("hashes", engine, corpus, shortlist_factor=3).index.shortlist_factor == 3
-    assert get_retriever("fused", engine, corpus).method == "weighted"
+    assert get_retriever("hashes", corpus, StoreData(engine, corpus)).index.shortlist_factor == 5
+    assert get_retriever("hashes", corpus, StoreData(engine, corpus), shortlist_factor=3).index.shortlist_factor == 3
+    assert get_retriever("fused", corpus, StoreData(engine, corpus)).rule == "weighted"
 
 
 def test_fused_ranks_by_its_members(toy):
     engine, ids = toy
     corpus = corpus_of(ids["train"])
-    iwan, hashes = get_retriever("iwan", engine, corpus), get_retriever("hashes", engine, corpus)
-    queries = stored_queries(engine, corpus, ids["test"])
-    only_hashes = get_retriever("fused", engine, corpus, members=[iwan, hashes], fusion="weighted", weights=(0.0, 1.0))
+    iwan, hashes = get_retriever("iwan", corpus, StoreData(engine, corpus)), get_retriever("hashes", corpus, StoreData(engine, corpus))
+    queries = StoreData(engine, corpus).images(ids["test"])
+    only_hashes = get_retriever("fused", corpus, StoreData(engine, corpus), members=[iwan, hashes], fusion="weighted", weights=(0.0, 1.0))
     assert only_hashes.reads == ("word_ids", "weights", "embeddings", "codes")
     _, fused = only_hashes.search(queries, 6)
     _, alone = hashes.search(queries, 6)
     np.testing.assert_array_equal(fused, alone)  # weight 0 for IWAN: the hashes' order (a class's 6 ties)
-    _, rrf = get_retriever("fused", engine, corpus, fusion="rrf").search(queries, 6)
+    _, rrf = get_retriever("fused", corpus, StoreData(engine, corpus), fusion="rrf").search(queries, 6)
     assert rrf.shape == (20, 6) and (rrf >= 0).all()

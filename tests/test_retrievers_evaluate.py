@@ -15,14 +15,14 @@ from test_evaluate import spec, toy_database  # noqa: F401  (the fixture)
 
 from hashing.search import ExhaustiveCosineIndex, HammingCosineIndex
 from iwan.db.codes import load_codes
-from iwan.retrieval import fusion
+from iwan.db.norms import association_arrays
+from iwan.db.predictions import load_predictions
 from iwan.evaluation import metrics
 from iwan.evaluation.runs import SWEEP_K, VALIDATION_QUERIES, run, score, stored_digest, workload
 from iwan.network.graph import build_graph
-from iwan.network.saved import class_words, word_mapping
-from iwan.db.norms import association_arrays
-from iwan.db.predictions import load_predictions
 from iwan.network.index import IwanIndex
+from iwan.network.saved import class_words, word_mapping
+from iwan.retrieval import fusion
 
 K = (1, 5, 6, 20)
 
@@ -40,8 +40,8 @@ def direct_rankings(engine, evaluation, k):
     iwan = IwanIndex(graph)  # ids 0..n-1: corpus positions
     embeddings, codes = load_codes(engine, evaluation.hash_model, work.corpus.ids)
     exhaustive, hashes = ExhaustiveCosineIndex(), HammingCosineIndex()
-    exhaustive.add(embeddings)
-    hashes.add(embeddings, codes)
+    exhaustive.add(None, embeddings)
+    hashes.add(None, embeddings, codes)
 
     def searches(split, query_ids, exclude, depth):
         predicted = load_predictions(engine, evaluation.predictor, "toy10", split, top=evaluation.top_iwk)
@@ -71,8 +71,8 @@ def direct_rankings(engine, evaluation, k):
 
     weight, _ = fusion.choose_weight(validation["iwan"], validation["hashes"], mhp, SWEEP_K)
     members = [deeper["iwan"], deeper["hashes"]]
-    rankings["fused-weighted"] = fusion.fuse(members, k, method="weighted", weights=(weight, 1.0 - weight))
-    rankings["fused-rrf"] = fusion.fuse(members, k, method="rrf")
+    rankings["fused-weighted"] = fusion.fuse(members, k, rule="weighted", weights=(weight, 1.0 - weight))
+    rankings["fused-rrf"] = fusion.fuse(members, k, rule="rrf")
     return work, rankings, weight
 
 

@@ -46,8 +46,9 @@ def client_for(collection, **overrides) -> TestClient:
 
 
 @pytest.fixture(scope="module")
-def client(collection):
-    with client_for(collection, api_key=KEY) as client:
+def client(collection, module_home):
+    # The service reads uploaded files from its own settings' home: the collection's.
+    with client_for(collection, api_key=KEY, home=module_home) as client:
         yield client
 
 

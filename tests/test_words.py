@@ -10,7 +10,7 @@ import pytest
 from hashing.hierarchy import load_names
 from iwan.datasets.usf import parse_paths
 from iwan.tv import models
-from iwan.vision.words import METHODS, WordMatcher, map_class_names, plurals, singulars
+from iwan.vision.words import RULES, WordMatcher, map_class_names, plurals, singulars
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def cifar100_names() -> list[str]:
 
 def mapped(names, vocabulary) -> dict[str, tuple[str | None, str]]:
     m = map_class_names(names, vocabulary)
-    return {n: (w, how) for n, w, how in zip(m.names, m.words, m.methods)}
+    return {n: (w, how) for n, w, how in zip(m.names, m.words, m.rules)}
 
 
 # --- rules -----------------------------------------------------------------------------
@@ -135,7 +135,7 @@ def test_unmapped_names_are_kept_and_reported():
     m = map_class_names(["cat", "zebra", "okapi", "cat"], ["CAT"])
     assert m.names == ("cat", "zebra", "okapi", "cat")
     assert m.unmapped == ["zebra", "okapi"]
-    assert m.counts() == dict.fromkeys(METHODS, 0) | {"exact": 2, "unmapped": 2}
+    assert m.counts() == dict.fromkeys(RULES, 0) | {"exact": 2, "unmapped": 2}
     report = m.report(examples=1)
     assert "2 of 4 class names mapped" in report
     assert "2 map to no word" in report and "'zebra'" in report and "1 more" in report

@@ -8,12 +8,12 @@ import sys
 
 import click
 
-from iwan.cli.common import CliContext
-from iwan.cli.hash import hash_group
-from iwan.cli.data import data
 from iwan.cli.collection import collection
+from iwan.cli.common import CliContext
+from iwan.cli.data import data
 from iwan.cli.db import db
 from iwan.cli.evaluate import evaluate
+from iwan.cli.hash import hash_group
 from iwan.cli.images import images
 from iwan.cli.index import index
 from iwan.cli.norms import norms

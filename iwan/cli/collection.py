@@ -44,7 +44,7 @@ def create(ctx: CliContext, name, dataset, split, predictor, old_predictor, hash
         click.echo("iwan: --model is deprecated; use --predictor", err=True)
         predictor = old_predictor
     info = create_collection(ctx.engine(), name, predictor, dataset=dataset, split=split, hash_model=hash_model,
-                             top_iwk=top_iwk, top_wwk=top_wwk, strength=strength, source=source)
+                             settings=ctx.settings, top_iwk=top_iwk, top_wwk=top_wwk, strength=strength, source=source)
     if as_json:
         emit_json(info.as_dict())
         return
@@ -79,7 +79,7 @@ def show(ctx: CliContext, name, as_json) -> None:
     """One collection: its settings, size, latest change and snapshot."""
     from iwan.collections.live import collection_details
 
-    details = collection_details(ctx.engine(), name)
+    details = collection_details(ctx.engine(), name, settings=ctx.settings)
     if as_json:
         emit_json(details)
         return
@@ -95,7 +95,7 @@ def drop(ctx: CliContext, name, as_json) -> None:
     """Delete collection NAME, its uploaded images and its snapshot (data set images stay)."""
     from iwan.collections.live import drop_collection
 
-    drop_collection(ctx.engine(), name)
+    drop_collection(ctx.engine(), name, settings=ctx.settings)
     if as_json:
         emit_json({"dropped": name})
     else:

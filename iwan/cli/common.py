@@ -1,19 +1,22 @@
-"""What every command shares: the database connection and output helpers."""
+"""What every command shares: the settings, the database connection and output helpers."""
 
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import click
 import numpy as np
 from sqlalchemy.engine import Engine
 
+from iwan import config
+from iwan.config import Settings
+from iwan.datasets.usf import NormsFormatError
 from iwan.db import migrate
 from iwan.db.engine import DatabaseError, make_engine, safe_url
 from iwan.db.norms import UnknownWordError
-from iwan.datasets.usf import NormsFormatError
 
 # Errors whose message already says what went wrong and what to do: shown without a traceback.
 EXPECTED_ERRORS = (
@@ -29,15 +32,24 @@ EXPECTED_ERRORS = (
 
 @dataclass
 class CliContext:
+    """What the `iwan` group hands every command: the settings and the database."""
+
     database_url: str | None
+    """--database-url (or IWAN_DATABASE_URL, which click reads for it)."""
     _engine: Engine | None = field(default=None, repr=False)
+
+    @cached_property
+    def settings(self) -> Settings:
+        """The environment read once (with --database-url winning), on a command's first use, so
+        that --help works whatever the environment holds; commands pass it down."""
+        return config.settings(self.database_url)
 
     def engine(self, migrated: bool = True) -> Engine:
         """The engine; `migrated` brings the schema to head, or says how for an external server."""
         if self._engine is None:
-            self._engine = make_engine(self.database_url)
+            self._engine = make_engine(settings=self.settings)
         if migrated:
-            ensure_schema(self._engine, external=self.database_url is not None)
+            ensure_schema(self._engine, external=self.settings.database_url is not None)
         return self._engine
 
 
@@ -60,6 +72,20 @@ def one_line(err: BaseException) -> str:
         # A bare KeyError's text is only the key ("29"): never an answer by itself.
         text = f"{text} was not found (KeyError); run again with IWAN_DEBUG=1 and report the traceback"
     return safe_url(text or type(err).__name__)
+
+
+def read_query_file(path) -> bytes:
+    """A query image file's bytes, at most the service's body limit (a bigger file is no query)."""
+    from pathlib import Path
+
+    from iwan.config import MAX_BODY_BYTES
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such image file")
+    if path.stat().st_size > MAX_BODY_BYTES:
+        raise ValueError(f"{path}: {path.stat().st_size:,} bytes is over the {MAX_BODY_BYTES:,} a query may have")
+    return path.read_bytes()
 
 
 def emit_json(payload) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 import sqlalchemy as sa
 
-from iwan.db import migrate
 from iwan.cli.common import CliContext, emit_json, pass_context
+from iwan.db import migrate
 from iwan.db.engine import safe_url
 from iwan.db.norms import loaded_sources
 

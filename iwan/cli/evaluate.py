@@ -7,10 +7,18 @@ from pathlib import Path
 import click
 
 from iwan.cli.common import CliContext, deprecated_option, emit_json, pass_context
-from iwan.config import DEFAULT_PREDICTOR, DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, MAX_TOP_IWK
-from iwan.evaluation.runs import DEFAULT_FUSION, DEFAULT_KS, METHODS
-from iwan.retrieval.fusion import METHODS as FUSIONS
-from iwan.network.graph import STRENGTHS
+from iwan.config import (
+    DEFAULT_KS,
+    DEFAULT_PREDICTOR,
+    DEFAULT_STRENGTH,
+    DEFAULT_TOP_IWK,
+    DEFAULT_TOP_WWK,
+    EVALUATION_FUSION_RULE,
+    FUSION_RULES,
+    MAX_TOP_IWK,
+    METHODS,
+    STRENGTHS,
+)
 
 
 def _int_list(ctx, param, value: str) -> tuple[int, ...]:
@@ -35,9 +43,9 @@ def _int_list(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--hash-model", help="Name of the stored hash codes (from `iwan hash encode`).")
 @click.option("--top-iwk", type=click.IntRange(1, MAX_TOP_IWK), default=DEFAULT_TOP_IWK, show_default=True)
 @click.option("--top-wwk", type=click.IntRange(min=1), default=DEFAULT_TOP_WWK, show_default=True)
-@click.option("--strength", type=click.Choice(STRENGTHS), default=STRENGTHS[0], show_default=True)
-@click.option("--fusion", type=click.Choice(FUSIONS), default=DEFAULT_FUSION, show_default=True,
-              help="weighted: min-max scores, IWAN weight chosen on validation images of the corpus.")
+@click.option("--strength", type=click.Choice(STRENGTHS), default=DEFAULT_STRENGTH, show_default=True)
+@click.option("--fusion", type=click.Choice(FUSION_RULES), default=EVALUATION_FUSION_RULE, show_default=True,
+              help="The fusion rule. weighted: min-max scores, IWAN weight chosen on validation images of the corpus.")
 @click.option("--hierarchy", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Class hierarchy (parent-child pairs); default data/<dataset>/parent-child.txt.")
 @click.option("--sweep/--no-sweep", default=True, show_default=True, help="IWAN at topIWK 1..10 too.")
@@ -52,7 +60,7 @@ def evaluate(ctx: CliContext, spec, corpus_split, query_split, methods, ks, limi
     from iwan.evaluation.runs import EvaluationSpec, run
 
     predictor = predictor or old_model or DEFAULT_PREDICTOR
-    corpus = load_dataset(spec, corpus_split, limit=limit_corpus)
+    corpus = load_dataset(spec, corpus_split, limit=limit_corpus, settings=ctx.settings)
     evaluation = EvaluationSpec(
         dataset=corpus.name, corpus_split=corpus_split, query_split=query_split,
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()), ks=ks,
@@ -61,7 +69,8 @@ def evaluate(ctx: CliContext, spec, corpus_split, query_split, methods, ks, limi
     )
     images = None
     if gallery:
-        queries = corpus if query_split == corpus_split else load_dataset(spec, query_split, limit=limit_queries)
+        queries = corpus if query_split == corpus_split else load_dataset(spec, query_split, limit=limit_queries,
+                                                                          settings=ctx.settings)
         images = (corpus.images, queries.images)
     results = run(ctx.engine(), evaluation, out, progress=not as_json, gallery_images=images)
     if as_json:

@@ -23,11 +23,13 @@ from iwan.config import BACKENDS
 @pass_context
 def encode(ctx: CliContext, spec, split, limit, checkpoint, model_name, backend, as_json) -> None:
     """Binarise the hash layer (48-bit codes) and store codes and embeddings in PostgreSQL."""
+    import iwan.vision.backbones  # noqa: F401 - registers the ImageNet backbones that checkpoints may name
     from iwan.collections.encode import encode_split
     from iwan.datasets.loaders import load_dataset
 
-    dataset = load_dataset(spec, split, limit=limit)
-    summary = encode_split(ctx.engine(), checkpoint, dataset, model_name, backend=backend, progress=not as_json)
+    dataset = load_dataset(spec, split, limit=limit, settings=ctx.settings)
+    summary = encode_split(ctx.engine(), checkpoint, dataset, model_name, backend=backend, progress=not as_json,
+                           settings=ctx.settings)
     if as_json:
         emit_json(summary.as_dict())
     else:

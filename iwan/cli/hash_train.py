@@ -13,15 +13,8 @@ from pathlib import Path
 
 import click
 
-from hashing.net import PRETRAINABLE, HashConfig, HashNet, load_checkpoint
-from hashing.recipes import (
-    BACKBONE_CHOICES,
-    cached_flips,
-    dataset_class_embeddings,
-    feature_extractor,
-    network_inputs,
-    recipe,
-)
+from hashing.net import PRECOMPUTED, HashConfig, HashNet, load_checkpoint
+from hashing.recipes import BACKBONE_CHOICES, dataset_class_embeddings, feature_extractor, recipe
 from hashing.train import (
     LAST_CHECKPOINT,
     OPTIMIZERS,
@@ -29,9 +22,14 @@ from hashing.train import (
     SCHEDULES,
     EpochRecord,
     TrainConfig,
-    measure,
     fit,
+    measure,
 )
+from iwan.cli.common import CliContext, pass_context
+from iwan.config import Settings
+from iwan.datasets.hierarchies import shipped_hierarchy
+from iwan.vision.backbones import PRETRAINABLE, pretrained_weights  # importing it registers the ImageNet backbones
+from iwan.vision.hash_inputs import cached_flips, network_inputs
 
 
 @click.command("train")
@@ -73,27 +71,29 @@ from hashing.train import (
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (progress goes to stderr).")
-def train(spec, backbone, pretrained, freeze_backbone, hierarchy, flipped_features, classification_weight, out, resume, device, as_json, **options):
+@pass_context
+def train(ctx: CliContext, spec, backbone, pretrained, freeze_backbone, hierarchy, flipped_features, classification_weight, out, resume,
+          device, as_json, **options):
     """Train the 48-bit semantic hash network towards hierarchy class embeddings."""
     import torch
-
-    from iwan.config import settings
 
     started = time.perf_counter()
     dataset_name = spec.partition(":")[0]
     kind = feature_extractor(backbone)
     chosen = {**recipe(backbone), **{name: value for name, value in options.items() if value is not None}}
-    out = out or settings().model_dir / f"{dataset_name}-hash-{backbone}"
+    settings = ctx.settings
+    out = out or settings.model_dir / f"{dataset_name}-hash-{backbone}"
     if (out / LAST_CHECKPOINT).exists() and not resume:
         raise click.UsageError(f"{out / LAST_CHECKPOINT} exists: pass --resume to continue it, or another --out")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
-    splits = _load_splits(spec)
+    splits = _load_splits(spec, settings)
     try:
+        hierarchy = hierarchy or shipped_hierarchy(dataset_name)
         embeddings = dataset_class_embeddings(spec, splits["train"].class_names, hierarchy)
     except (FileNotFoundError, ValueError) as err:
         raise click.UsageError(str(err)) from None
-    data = _inputs(splits, kind, flipped_features)
+    data = _inputs(splits, kind, flipped_features, settings)
     config = TrainConfig(
         classification_weight=classification_weight,
         **{f.name: chosen[f.name] for f in fields(TrainConfig) if f.name in chosen},
@@ -101,7 +101,7 @@ def train(spec, backbone, pretrained, freeze_backbone, hierarchy, flipped_featur
     torch.manual_seed(config.seed)  # the initial weights: the same command trains the same network
     model = HashNet(
         HashConfig(
-            backbone="precomputed" if kind else backbone,
+            backbone=PRECOMPUTED if kind else backbone,
             n_classes=len(embeddings),
             embedding_dim=embeddings.shape[1],
             feature_dim=data["train"].shape[1] if kind else 0,
@@ -111,7 +111,7 @@ def train(spec, backbone, pretrained, freeze_backbone, hierarchy, flipped_featur
             dropout=chosen["dropout"],
             input_dropout=chosen["input_dropout"],
         ),
-        pretrained=_weights(backbone, pretrained),
+        pretrained=_weights(backbone, pretrained, settings),
     )
     if freeze_backbone:
         model.freeze_backbone()
@@ -161,33 +161,36 @@ def _widths(text: str | tuple[int, ...]) -> tuple[int, ...]:
         raise click.BadParameter(f"{text!r} is not a comma-separated list of widths such as 2048,1024", param_hint="--hidden") from None
 
 
-def _weights(backbone: str, pretrained: str | None) -> str | None:
-    """None (random), 'imagenet' or a path; HashNet says which backbone takes which."""
+def _weights(backbone: str, pretrained: str | None, settings: Settings) -> str | Path | None:
+    """None (random), 'imagenet' or a path; HashNet says which backbone takes which. ImageNet
+    weights that are a download (ResNet-50's) are given as their file where the settings say."""
     if pretrained == "none":
         return None
-    return pretrained or ("imagenet" if backbone in PRETRAINABLE else None)
+    if pretrained in (None, "imagenet") and backbone in PRETRAINABLE:
+        return pretrained_weights(backbone, settings)
+    return pretrained
 
 
-def _load_splits(spec: str) -> dict:
+def _load_splits(spec: str, settings: Settings) -> dict:
     from iwan.datasets.loaders import DatasetNotFoundError, load_dataset
 
-    splits = {"train": load_dataset(spec, "train")}
+    splits = {"train": load_dataset(spec, "train", settings=settings)}
     try:
-        splits["test"] = load_dataset(spec, "test")
+        splits["test"] = load_dataset(spec, "test", settings=settings)
     except DatasetNotFoundError:
         click.echo(f"{spec} has no test split: the summary reports no test accuracy", err=True)
     return splits
 
 
-def _inputs(splits: dict, kind: str | None, flipped_features: str) -> dict:
+def _inputs(splits: dict, kind: str | None, flipped_features: str, settings: Settings) -> dict:
     """train / test inputs and labels: cached features for precomputed backbones, else images."""
     data = {f"{name}_labels": ds.fine_labels for name, ds in splits.items()}
-    data.update({name: network_inputs(ds, kind) for name, ds in splits.items()})
+    data.update({name: network_inputs(ds, kind, settings=settings) for name, ds in splits.items()})
     if kind is None:
         return data
     train = splits["train"]
-    if flipped_features == "yes" or (flipped_features == "auto" and cached_flips(train, kind)):
-        data["flipped"] = network_inputs(train, kind, flip=True)
+    if flipped_features == "yes" or (flipped_features == "auto" and cached_flips(train, kind, settings=settings)):
+        data["flipped"] = network_inputs(train, kind, flip=True, settings=settings)
     elif flipped_features == "auto":
         click.echo("no cached mirrored-image features: training without them (--flipped-features yes computes them)", err=True)
     return data
@@ -198,7 +201,7 @@ def _test_figures(best_path: Path, data: dict, device: str, classification_weigh
         return {"test_accuracy": None, "test_code_accuracy": None, "test_loss": None}
     best = load_checkpoint(best_path, device=device)
     result = measure(
-        best.model, data["test"], data["test_labels"], best.class_embeddings,
+        best.net, data["test"], data["test_labels"], best.class_embeddings,
         classification_weight=classification_weight, mirror=mirror,
     )
     return {"test_accuracy": result.accuracy, "test_code_accuracy": result.code_accuracy, "test_loss": result.loss}

@@ -28,13 +28,14 @@ def add(ctx: CliContext, name, paths, label, as_json) -> None:
     are skipped with the reason; the same bytes are stored once."""
     from tqdm import tqdm
 
-    from iwan.db import collections as store
     from iwan.collections import ingest as uploads
+    from iwan.db import collections as store
+    from iwan.vision.encoder import Encoder
 
     engine = ctx.engine()
     collection = store.get(engine, name)
     files = list(uploads.expand_paths(paths))
-    encoder = uploads.Encoder(collection.predictor, collection.hash_model)
+    encoder = Encoder(collection.predictor, collection.hash_model, settings=ctx.settings)
     report = uploads.AddReport()
     with tqdm(total=len(files), desc=f"add to {name}", unit="file", disable=as_json or len(files) < 2) as bar:
         for start in range(0, len(files), uploads.BATCH_SIZE):
@@ -45,7 +46,7 @@ def add(ctx: CliContext, name, paths, label, as_json) -> None:
                     readable.append((str(path), path.read_bytes()))
                 except OSError as err:
                     report.skipped.append((str(path), f"unreadable ({err.strerror or err})"))
-            part = uploads.add_files(engine, name, readable, encoder, label)
+            part = uploads.add_files(engine, name, readable, encoder, label, settings=ctx.settings)
             report.added += part.added
             report.skipped += part.skipped
             bar.update(len(chunk))
@@ -68,7 +69,7 @@ def remove(ctx: CliContext, name, image_ids, as_json) -> None:
     """Remove images (by id) from collection NAME; its own uploads are deleted with their files."""
     from iwan.collections import ingest as uploads
 
-    seq = uploads.remove(ctx.engine(), name, list(image_ids))
+    seq = uploads.remove(ctx.engine(), name, list(image_ids), image_dir=ctx.settings.image_dir)
     if as_json:
         emit_json({"removed": sorted(set(image_ids)), "collection": name, "change": seq})
     else:

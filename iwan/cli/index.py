@@ -7,8 +7,15 @@ from dataclasses import asdict
 import click
 
 from iwan.cli.common import CliContext, deprecated_option, emit_json, pass_context
-from iwan.config import DEFAULT_PREDICTOR, DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, MAX_TOP_IWK, USF_SOURCE
-from iwan.network.graph import STRENGTHS
+from iwan.config import (
+    DEFAULT_PREDICTOR,
+    DEFAULT_STRENGTH,
+    DEFAULT_TOP_IWK,
+    DEFAULT_TOP_WWK,
+    MAX_TOP_IWK,
+    STRENGTHS,
+    USF_SOURCE,
+)
 
 
 @click.group()
@@ -27,7 +34,7 @@ def index() -> None:
               help="Words per image.")
 @click.option("--top-wwk", type=click.IntRange(min=1), default=DEFAULT_TOP_WWK, show_default=True,
               help="Associates per cue word.")
-@click.option("--strength", type=click.Choice(STRENGTHS), default=STRENGTHS[0],
+@click.option("--strength", type=click.Choice(STRENGTHS), default=DEFAULT_STRENGTH,
               show_default=True, help="Which association strength ranks and weighs word-word edges.")
 @click.option("--source", default=USF_SOURCE, show_default=True, help="Norm set.")
 @click.option("--name", help="Index name: letters, digits, '.', '_', '-' (default DATASET-SPLIT).")
@@ -40,12 +47,12 @@ def build(ctx: CliContext, dataset, split, limit, predictor, old_model, top_iwk,
 
     predictor = predictor or old_model or DEFAULT_PREDICTOR
     if name is not None:
-        indexes.index_dir(name)  # a bad name fails now, not after the build
+        indexes.index_dir(name, ctx.settings)  # a bad name fails now, not after the build
     built = indexes.build(
         ctx.engine(), predictor, dataset, split, top_iwk=top_iwk, top_wwk=top_wwk,
         strength=strength, source=source, limit=limit, name=name,
     )
-    path = built.save(indexes.index_dir(built.meta.name))
+    path = built.save(indexes.index_dir(built.meta.name, ctx.settings))
     report = {**asdict(built.meta), "path": str(path)}
     if as_json:
         emit_json(report)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from iwan.cli.common import CliContext, emit_json, pass_context
-from iwan.config import USF_CITATION, USF_SOURCE, settings
+from iwan.config import USF_CITATION, USF_SOURCE
 from iwan.datasets.fetch import FetchError
 from iwan.datasets.usf_download import FOLDER, download_usf, usf_resource
 from iwan.db.norms import load_norms, top_targets
@@ -36,14 +36,15 @@ def load(
 
     Loading a source again replaces it; a malformed file stops the load and changes nothing.
     """
-    local = settings().data_dir / FOLDER
+    settings = ctx.settings
+    local = settings.data_dir / FOLDER
     if download:
         if paths:
             raise click.UsageError("give PATHS or --download, not both")
         try:
-            download_usf(local, base_url, progress=not as_json)
+            download_usf(local, base_url or settings.usf_url, progress=not as_json, timeout=settings.fetch_timeout)
         except FetchError as err:
-            raise FetchError(f"{err}; without internet, {usf_resource(base_url).manual}") from None
+            raise FetchError(f"{err}; without internet, {usf_resource(settings, base_url).manual}") from None
     if not paths:
         if not local.is_dir():
             raise FileNotFoundError(

@@ -29,9 +29,12 @@ def predict(ctx: CliContext, spec, split, limit, predictor, old_model, weights, 
     from iwan.db.predictions import predict_split
     from iwan.vision.predictors import load_predictor
 
-    dataset = load_dataset(spec, split, limit=limit)
-    loaded = load_predictor(predictor or old_model or DEFAULT_PREDICTOR, weights=weights, backend=backend)
-    summary = predict_split(ctx.engine(), loaded, dataset, batch_size=batch_size, progress=not as_json)
+    settings = ctx.settings
+    dataset = load_dataset(spec, split, limit=limit, settings=settings)
+    loaded = load_predictor(predictor or old_model or DEFAULT_PREDICTOR, weights=weights, backend=backend,
+                            settings=settings)
+    summary = predict_split(ctx.engine(), loaded, dataset, batch_size=batch_size, progress=not as_json,
+                            cache_dir=settings.cache_dir)
     if as_json:
         emit_json(summary.as_dict())
     else:

@@ -1,4 +1,5 @@
-"""`iwan search`: the images of a saved IWAN index nearest to a query, by any retrieval method."""
+"""`iwan search`: the images of a collection (through the one search pipeline the service uses)
+or of a saved IWAN index nearest to a query, by any retrieval method."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ DEFAULT_METHOD = "iwan"
 
 
 @click.command()
+@click.option("--collection", help="Search this collection, exactly as `iwan serve` does (--image, --words or --image-id).")
+@click.option("--image-id", type=click.IntRange(min=0), help="With --collection: query by a stored image (left out of its results).")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, help="With --collection: results to skip.")
 @click.option("--image", type=click.Path(path_type=Path), help="A query image file.")
 @click.option("--dataset", "query_dataset", help="Query by a data set image: the data set spec ...")
 @click.option("--split", "query_split", help="... its split ...")
@@ -21,20 +25,29 @@ DEFAULT_METHOD = "iwan"
 @click.option("--words", help='A text query with weights, e.g. "cat:0.8,dog:0.2".')
 @click.option("--index-name", help="Name of the saved IWAN index whose images are searched (default: the latest built).")
 @deprecated_option("--corpus", "--index-name", "old_corpus")
-@click.option("--method", default=DEFAULT_METHOD, show_default=True,
-              help="Retrieval method: iwan, exhaustive, hashes, fused, hashes-pg, exhaustive-pg (all but iwan "
-                   "need --hash-model and a registered image as the query).")
+@click.option("--method", help="Retrieval method: iwan, exhaustive, hashes, fused, hashes-pg, exhaustive-pg [default: "
+                                "the collection's; iwan for a saved index, where all but iwan need --hash-model and a "
+                                "registered image as the query].")
 @click.option("--hash-model", help="Name of the stored hash codes the hash methods read (from `iwan hash encode`).")
 @click.option("--k", type=click.IntRange(min=1), default=DEFAULT_K, show_default=True)
 @click.option("--backend", type=click.Choice(BACKENDS), default=BACKENDS[0], show_default=True,
               help="How a query image is classified.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_context
-def search(ctx: CliContext, image, query_dataset, query_split, query_position, old_index, words, index_name,
-           old_corpus, method, hash_model, k, backend, as_json) -> None:
-    """Rank the images of a saved index by their nearness to the query."""
-    from iwan.network import saved as indexes
+def search(ctx: CliContext, collection, image_id, offset, image, query_dataset, query_split, query_position, old_index,
+           words, index_name, old_corpus, method, hash_model, k, backend, as_json) -> None:
+    """Rank the images of a collection or of a saved index by their nearness to the query."""
+    if collection is not None:
+        if any(v is not None for v in (query_dataset, query_split, query_position, old_index, index_name, old_corpus,
+                                        hash_model)):
+            raise click.UsageError("--collection searches by --image, --words or --image-id only (its own hash model)")
+        _search_collection(ctx, collection, image, words, image_id, method, k, offset, as_json)
+        return
+    if image_id is not None or offset:
+        raise click.UsageError("--image-id and --offset need --collection")
+    method = method or DEFAULT_METHOD
     from iwan.collections.saved import image_query, labelled_hits, retriever_for, split_image_query, text_query
+    from iwan.network import saved as indexes
 
     query_position = old_index if query_position is None else query_position
     index_name = old_corpus if index_name is None else index_name
@@ -44,7 +57,9 @@ def search(ctx: CliContext, image, query_dataset, query_split, query_position, o
         raise click.UsageError("give exactly one query: --image PATH, --dataset D --split S --position N, or --words")
     if given[1] and any(v is None for v in by_split):
         raise click.UsageError("a data set query needs all of --dataset, --split and --position")
-    built = indexes.BuiltIndex.load(indexes.index_dir(index_name) if index_name is not None else indexes.latest_index())
+    settings = ctx.settings
+    folder = indexes.index_dir(index_name, settings) if index_name is not None else indexes.latest_index(settings)
+    built = indexes.BuiltIndex.load(folder)
     engine = ctx.engine()
     retriever = retriever_for(engine, built, method, hash_model)
     reads = set(getattr(retriever, "reads", ()))
@@ -56,10 +71,10 @@ def search(ctx: CliContext, image, query_dataset, query_split, query_position, o
     if words is not None:
         query = text_query(built, words)
     elif image is not None:
-        query = image_query(built, image, backend=backend)
+        query = image_query(built, image, backend=backend, settings=settings)
     else:
         query = split_image_query(engine, built, query_dataset, query_split, query_position,
-                                  fields=reads, hash_model=hash_model, backend=backend)
+                                  fields=reads, hash_model=hash_model, backend=backend, settings=settings)
     hits = labelled_hits(engine, built, retriever, query, k)
     described = query.describe(built)
     result = {
@@ -84,3 +99,37 @@ def search(ctx: CliContext, image, query_dataset, query_split, query_position, o
             click.echo(f"{where} score={hit['score']:.3f}")
     if not hits:
         click.echo("no image is reachable from the query" if method == "iwan" else "no image found")
+
+
+def _search_collection(ctx: CliContext, name: str, image: Path | None, words: str | None, image_id: int | None,
+                       method: str | None, k: int, offset: int, as_json: bool) -> None:
+    """The pipeline `iwan serve` answers with: the same decoder, encoder and result document."""
+    from iwan.cli.common import read_query_file
+    from iwan.collections.live import LiveCollection
+    from iwan.collections.pipeline import SearchRequest
+    from iwan.collections.pipeline import search as run_search
+    from iwan.vision.decode import UPLOAD_FORMATS, DecodePolicy
+
+    if sum(v is not None for v in (image, words, image_id)) != 1:
+        raise click.UsageError("give exactly one query: --image PATH, --words TEXT or --image-id N")
+    data = read_query_file(image) if image is not None else None
+    request = SearchRequest(image=data, image_name=str(image), text=words, image_id=image_id, method=method, k=k,
+                            offset=offset)
+    policy = DecodePolicy(max_pixels=ctx.settings.max_image_pixels, formats=UPLOAD_FORMATS)
+    with LiveCollection.open(ctx.engine(), name, settings=ctx.settings, follow=False) as live:
+        result = run_search(live, request, policy)
+    if as_json:
+        emit_json(result.as_dict())
+        return
+    if result.words:
+        click.echo("query: " + ", ".join(f"{w} ({p:.2f})" for w, p in result.words))
+    if result.unknown:
+        click.echo("not in the norms, left out: " + ", ".join(result.unknown))
+    for hit in result.hits:
+        why = hit.explanation
+        detail = " > ".join(why["path"]) if "path" in why else ", ".join(
+            f"{key} {value}" for key, value in why.items() if not isinstance(value, (list, dict)))
+        score = "" if hit.score is None else f"score={hit.score:.3f}"
+        click.echo(f"{hit.rank:>3}. image {hit.image_id:<8} {hit.label or '':<18} {score}  {detail}")
+    if not result.hits:
+        click.echo("no image found")

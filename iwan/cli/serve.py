@@ -43,7 +43,7 @@ def serve(ctx: CliContext, host: str, port: int, names: tuple[str, ...], threads
     if not chosen:
         raise LookupError("the database holds no collection to serve; create one with `iwan collection create`")
     torch.set_num_threads(threads)
-    app = create_app(engine, load=chosen)
+    app = create_app(engine, load=chosen, settings=ctx.settings)
     click.echo(f"iwan serve: http://{host}:{port}/ ({', '.join(chosen)}; writes "
                f"{'need the API key' if app.state.service.settings.api_key else 'disabled: IWAN_API_KEY is not set'})",
                err=True)

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 from sqlalchemy.engine import Engine
 
+import iwan.vision.backbones  # noqa: F401 - registers the ImageNet backbones that checkpoints may name
 from hashing.codes import pack_activations
-from hashing.net import load_checkpoint
-from hashing.recipes import network_inputs
-from iwan.db.codes import store_codes
-from hashing.train import encode
+from hashing.inference import embed
+from hashing.net import PRECOMPUTED, load_checkpoint
+from iwan.config import STORED_PREDICTIONS, Settings
 from iwan.db import images as image_store
-from iwan.config import STORED_PREDICTIONS
+from iwan.db.codes import store_codes
+from iwan.vision.hash_inputs import network_inputs
 
 
 @dataclass(frozen=True)
@@ -37,23 +39,27 @@ class EncodeSummary:
 
 
 def encode_split(
-    engine: Engine, checkpoint: Path, dataset, model_name: str, backend: str = "onnx", progress: bool = True
+    engine: Engine, checkpoint: Path, dataset, model_name: str, backend: str = "onnx", progress: bool = True, *,
+    settings: Settings,
 ) -> EncodeSummary:
+    """Store the codes and embeddings of `dataset` under `model_name` (`settings`: where a
+    precomputed backbone's predictor and its cached features are)."""
     loaded = load_checkpoint(checkpoint)
-    network = loaded.model
+    net = loaded.net
     registered = image_store.register(engine, dataset)
     # Image backbones encode each image with its mirror image, as `hash train` measures them.
-    mirror = network.config.backbone != "precomputed"
-    inputs = network_inputs(dataset, network.config.features, backend, progress)
-    embeddings, activations = encode(network, inputs, progress=progress, mirror=mirror)
+    mirror = net.config.backbone != PRECOMPUTED
+    inputs = network_inputs(dataset, net.config.features, backend, progress, settings=settings)
+    embeddings, activations = embed(net, inputs, progress=progress, mirror=mirror)
     codes = pack_activations(activations)
     store_codes(engine, model_name, registered.ids, embeddings, codes)
     stored_predictions = False
-    if network.config.classification:
+    if net.config.classification:
         from iwan.db.predictions import register_classes, replace_predictions
 
         with torch.no_grad():
-            logits = network.from_hash(torch.from_numpy(activations)).logits
+            # a classification net has a classifier, so its logits are there
+            logits = cast(torch.Tensor, net.from_hash(torch.from_numpy(activations)).logits)
         probabilities = torch.softmax(logits.float(), dim=1).numpy()
         top = min(STORED_PREDICTIONS, probabilities.shape[1])
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top]

@@ -1,7 +1,7 @@
 """Images added to a collection: decoded, predicted, encoded and stored in one transaction per batch.
 
-Bytes go to IWAN_HOME/images/<aa>/<sha256>, named by their content hash (never by the uploaded
-name, which is only recorded). A file is written before its rows commit, atomically (temp file +
+Bytes go to <image_dir>/<aa>/<sha256> (Settings.image_dir, IWAN_HOME/images, handed down by the
+caller), named by their content hash (never by the uploaded name, which is only recorded). A file is written before its rows commit, atomically (temp file +
 rename); a crash can leave an unreferenced file behind, never a row without its file. Advisory
 locks per file keep a removal from deleting a file that an add of the same bytes is storing.
 """
@@ -9,21 +9,22 @@ locks per file keep a removal from deleting a file that an add of the same bytes
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from iwan.config import Settings
 from iwan.db import collections as store
-from iwan.config import STORED_PREDICTIONS, settings
 from iwan.db.engine import DatabaseError
+from iwan.vision.decode import DecodePolicy, decode_image
+from iwan.vision.encoder import Encoder
 
 BATCH_SIZE = 256
 """Files decoded, predicted and committed together: one transaction each."""
@@ -45,48 +46,15 @@ class AddReport:
         }
 
 
-@dataclass(frozen=True)
-class Encoded:
-    """What a batch of images is represented by, row per image."""
-
-    class_indices: np.ndarray
-    """(n, STORED_PREDICTIONS) int64 predictor classes, most probable first."""
-    probabilities: np.ndarray
-    """(n, STORED_PREDICTIONS) float32."""
-    embeddings: np.ndarray | None = None
-    """(n, d) float32 hash-model embeddings, with a hash model."""
-    codes: np.ndarray | None = None
-    """(n,) uint64 48-bit codes, with a hash model."""
-
-
-def decode(data: bytes) -> tuple[np.ndarray, str]:
-    """(uint8 (H, W, 3) RGB pixels, media type) of image bytes; ValueError saying why not."""
-    from PIL import Image, UnidentifiedImageError
-
-    limit = settings().max_image_pixels
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                # Checked on the header, before the pixels are decoded (decompression bombs).
-                if image.width * image.height > limit:
-                    raise ValueError(f"{image.width}x{image.height} pixels is over the limit of {limit:,} (IWAN_MAX_IMAGE_PIXELS)")
-                media_type = Image.MIME.get(image.format or "", "application/octet-stream")
-                return np.asarray(image.convert("RGB")), media_type
-    except UnidentifiedImageError:
-        raise ValueError("not an image Pillow can read") from None
-    except (OSError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ValueError(f"a damaged or unreadable image ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
-
-
-def image_path(sha256: str) -> Path:
+def image_path(sha256: str, image_dir: Path) -> Path:
+    """Where the bytes with this sha256 are kept in `image_dir` (Settings.image_dir)."""
     if len(sha256) != 64 or sha256.strip("0123456789abcdef"):
         raise ValueError(f"{sha256!r} is not a sha256 hex digest")
-    return settings().image_dir / sha256[:2] / sha256
+    return image_dir / sha256[:2] / sha256
 
 
-def write_file(sha256: str, data: bytes) -> Path:
-    path = image_path(sha256)
+def write_file(sha256: str, data: bytes, image_dir: Path) -> Path:
+    path = image_path(sha256, image_dir)
     if path.is_file() and path.stat().st_size == len(data):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,16 +64,16 @@ def write_file(sha256: str, data: bytes) -> Path:
     return path
 
 
-def delete_unused_files(engine: Engine, shas: Iterable[str]) -> None:
-    """Delete the files of these sha256 that no uploaded image refers to any more; an add of the
-    same bytes in progress elsewhere holds their lock, so its file is kept."""
+def delete_unused_files(engine: Engine, shas: Iterable[str], image_dir: Path) -> None:
+    """Delete the files of these sha256 (in `image_dir`) that no uploaded image refers to any more;
+    an add of the same bytes in progress elsewhere holds their lock, so its file is kept."""
     shas = list(shas)
     if not shas:
         return
     with engine.begin() as conn:
         store.lock_files(conn, shas, shared=False)
         for sha in store.unreferenced(conn, shas):
-            image_path(sha).unlink(missing_ok=True)
+            image_path(sha, image_dir).unlink(missing_ok=True)
 
 
 @contextmanager
@@ -129,83 +97,6 @@ def expand_paths(paths: Iterable[str | Path]) -> Iterator[Path]:
             raise FileNotFoundError(f"{path}: no such file or folder")
 
 
-class Encoder:
-    """A collection's models: its word predictor and, optionally, its hash network (loaded lazily)."""
-
-    def __init__(self, predictor: str, hash_model: str | None, backend: str = "onnx", *, loaded_predictor=None, net=None):
-        """`backend` onnx, as `iwan predict` stores a split's predictions; `loaded_predictor` and
-        `net` (a hash net) are models already loaded (e.g. small ones for tests) to use instead."""
-        self.predictor_name = predictor
-        self.hash_model = hash_model
-        self.backend = backend
-        self._predictor = loaded_predictor
-        self._net = net
-
-    @property
-    def predictor(self):
-        if self._predictor is None:
-            from iwan.vision.predictors import load_predictor
-
-            self._predictor = load_predictor(self.predictor_name, backend=self.backend)
-        return self._predictor
-
-    @property
-    def net(self):
-        """The hash model's net (torch module), or None without a hash model."""
-        if self._net is None and self.hash_model is not None:
-            from hashing.net import load_checkpoint
-
-            path = settings().model_dir / self.hash_model / "best.pt"
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"hash model {self.hash_model!r} has no checkpoint at {path}: train it with "
-                    f"`iwan hash train --out {path.parent}`"
-                )
-            self._net = load_checkpoint(path).model
-        return self._net
-
-    @property
-    def categories(self) -> list[str]:
-        return self.predictor.categories
-
-    def encode(self, images: list[np.ndarray]) -> Encoded:
-        """Predictions (and embeddings and codes) of uint8 (H, W, 3) images of any sizes; images of
-        one size run as one batch, through the same preprocessing as a data set's images."""
-        n = len(images)
-        indices = np.full((n, STORED_PREDICTIONS), -1, dtype=np.int64)
-        probabilities = np.zeros((n, STORED_PREDICTIONS), dtype=np.float32)
-        net = self.net
-        embeddings = codes = None
-        if net is not None:
-            embeddings = np.zeros((n, net.config.embedding_dim), dtype=np.float32)
-            codes = np.zeros(n, dtype=np.uint64)
-        for shape in {image.shape for image in images}:
-            rows = np.array([i for i, image in enumerate(images) if image.shape == shape])
-            pixels = np.stack([images[i] for i in rows])
-            need_features = net is not None and net.config.backbone == "precomputed"
-            predicted = self.predictor.predict(pixels, top=STORED_PREDICTIONS, features=need_features)
-            indices[rows], probabilities[rows] = predicted.indices, predicted.probabilities
-            if net is not None:
-                embeddings[rows], codes[rows] = self._hash(net, pixels, predicted.features)
-        return Encoded(indices, probabilities, embeddings, codes)
-
-    def _hash(self, net, pixels: np.ndarray, features: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        from hashing.codes import pack_activations
-        from hashing.train import encode
-
-        if net.config.backbone == "precomputed":
-            if net.config.features != self.predictor_name:
-                raise ValueError(
-                    f"hash model {self.hash_model!r} reads {net.config.features} features, but the "
-                    f"collection's predictor is {self.predictor_name}: create the collection with that predictor"
-                )
-            embeddings, activations = encode(net, features)
-        else:
-            # As `iwan hash encode` stores a split's codes: each image averaged with its mirror image.
-            embeddings, activations = encode(net, pixels, mirror=True)
-        return embeddings, pack_activations(activations)
-
-
 def add_files(
     engine: Engine,
     name: str,
@@ -213,33 +104,40 @@ def add_files(
     encoder: Encoder,
     label: str | None = None,
     batch_size: int = BATCH_SIZE,
+    policy: DecodePolicy | None = None,
+    *,
+    settings: Settings,
 ) -> AddReport:
     """Add image files (name, bytes) to collection `name`: each batch of files is committed in one
-    transaction (images, files, predictions, codes, memberships, change-log row) or not at all."""
+    transaction (images, files, predictions, codes, memberships, change-log row) or not at all.
+    The bytes are kept in the settings' `image_dir`. A file the decoder refuses under `policy`
+    (default: any format Pillow reads, the settings' pixel limit) is skipped with the reason."""
     from iwan.db.predictions import register_classes
 
+    policy = policy or DecodePolicy(max_pixels=settings.max_image_pixels, formats=None)
     report = AddReport()
     with database_writes(f"adding images to {name!r}", "nothing of the batch in progress was stored"):
         collection = store.get(engine, name)
         register_classes(engine, encoder.predictor_name, encoder.categories)
         for start in range(0, len(files), batch_size):
-            _add_batch(engine, name, collection, files[start : start + batch_size], encoder, label, report)
+            _add_batch(engine, name, collection, files[start : start + batch_size], encoder, label, report, policy,
+                       settings.image_dir)
     return report
 
 
 def _add_batch(engine: Engine, name: str, collection: store.Collection, files: list[tuple[str, bytes]], encoder: Encoder,
-               label: str | None, report: AddReport) -> None:
+               label: str | None, report: AddReport, policy: DecodePolicy, image_dir: Path) -> None:
     from iwan.db.codes import write_codes
     from iwan.db.predictions import write_predictions
 
     decoded = []
     for file_name, data in files:
         try:
-            pixels, media_type = decode(data)
-        except ValueError as err:
-            report.skipped.append((file_name, str(err)))
+            image = decode_image(data, file_name, policy)
+        except ValueError as err:  # the file is named in the report already
+            report.skipped.append((file_name, str(err).removeprefix(f"{file_name}: ")))
             continue
-        decoded.append((file_name, data, pixels, media_type, hashlib.sha256(data).hexdigest()))
+        decoded.append((file_name, data, image.pixels, image.media_type, hashlib.sha256(data).hexdigest()))
     fresh = _first_of_each(decoded, report)
     if not fresh:
         return
@@ -247,7 +145,7 @@ def _add_batch(engine: Engine, name: str, collection: store.Collection, files: l
     with engine.begin() as conn:
         store.lock_files(conn, [item[4] for item in fresh], shared=True)
         for _, data, _, _, sha in fresh:
-            write_file(sha, data)
+            write_file(sha, data, image_dir)
         store.lock(conn, name)
         known = store.existing_files(conn, collection.id, [item[4] for item in fresh])
         keep = [i for i, item in enumerate(fresh) if item[4] not in known]
@@ -263,7 +161,9 @@ def _add_batch(engine: Engine, name: str, collection: store.Collection, files: l
         ])
         write_predictions(conn, encoder.predictor_name, ids, encoded.class_indices[keep], encoded.probabilities[keep])
         if encoded.codes is not None:
-            write_codes(conn, collection.hash_model, ids, encoded.embeddings[keep], encoded.codes[keep])
+            # The encoder is the collection's: codes, with their embeddings, come only from its hash model.
+            hash_model, embeddings = cast(str, collection.hash_model), cast(np.ndarray, encoded.embeddings)
+            write_codes(conn, hash_model, ids, embeddings[keep], encoded.codes[keep])
         report.seqs.append(store.log_change(conn, collection.id, "add", ids))
     report.added += [(int(i), item[0]) for i, item in zip(ids, rows)]
 
@@ -293,8 +193,9 @@ def add_registered(engine: Engine, name: str, image_ids) -> int:
         return store.log_change(conn, collection.id, "add", ids)
 
 
-def remove(engine: Engine, name: str, image_ids) -> int:
-    """Take images out of collection `name` (one transaction, one change); the change's seq."""
+def remove(engine: Engine, name: str, image_ids, *, image_dir: Path) -> int:
+    """Take images out of collection `name` (one transaction, one change); the change's seq. Its
+    own uploads' files no image uses any more are deleted from `image_dir` (Settings.image_dir)."""
     image_ids = np.asarray(image_ids, dtype=np.int64)
     if not len(image_ids):
         raise ValueError("no image ids to remove")
@@ -302,5 +203,5 @@ def remove(engine: Engine, name: str, image_ids) -> int:
         collection = store.lock(conn, name)
         freed = store.remove_members(conn, collection.id, name, image_ids)
         seq = store.log_change(conn, collection.id, "remove", np.unique(image_ids))
-    delete_unused_files(engine, freed)
+    delete_unused_files(engine, freed, image_dir)
     return seq

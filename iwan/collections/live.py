@@ -7,8 +7,13 @@ through the retriever registry, then applies the changes logged after the snapsh
 (iwan.db.changes). PostgreSQL stays the one source of truth: a snapshot that does not match the
 collection is ignored and rebuilt from the database.
 
+`LiveCollection.open` and the catalogue functions are entry points: each takes `settings`
+(where snapshots, uploaded files and models live, the largest image) and reads them from the
+environment only when given none; a LiveCollection hands its settings to everything below it.
+
     live = LiveCollection.open(engine, "cifar10")
     scores, ids = live.search(live.text_queries("cat:0.8,dog:0.2").batch, k=10, method="iwan")
+    explained = live.explain(live.stored_queries([ids[0, 0]]), k=10, method="fused")  # with reasons
     report = live.add_files([("cat.jpg", data)], label="cat")
     live.remove([report.added[0][0]])
     live.close()
@@ -23,23 +28,28 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Any, Self, cast
 
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from iwan.db import collections as store
+from hashing.search import check_k
+from iwan import config
 from iwan.collections import ingest as uploads
+from iwan.config import FUSED_MEMBERS, METHODS, WORD_METHODS, Settings
+from iwan.db import collections as store
 from iwan.db.changes import Follower
-from iwan.retrieval import Batch, Corpus, Retriever, check_k, get_retriever
+from iwan.retrieval.protocol import FIELDS, Batch, Explained, Retriever
+from iwan.retrieval.registry import Corpus, get_retriever
+from iwan.vision.decode import DecodePolicy
+from iwan.vision.encoder import Encoder
+
+if TYPE_CHECKING:
+    from iwan.retrieval.iwan import IwanRetriever
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = "iwan-collection-snapshot/2"
-HASH_METHODS = ("exhaustive", "hashes")
-FUSED_MEMBERS = ("iwan", "hashes")
-EXPLAIN_DEPTH = 1000
-"""Ranks looked through when explaining a result by its rank in each fused method."""
 SNAPSHOT_EVERY = 5000
 """Images added or removed since the last snapshot after which a catch-up saves a new one, so that
 a restart replays little of the log."""
@@ -71,7 +81,7 @@ class CollectionInfo:
 
 def methods_of(hash_model: str | None) -> tuple[str, ...]:
     """The methods a collection serves: IWAN always; the hash methods and fusion with a hash model."""
-    return ("iwan", "exhaustive", "hashes", "fused") if hash_model else ("iwan",)
+    return METHODS if hash_model else WORD_METHODS
 
 
 @dataclass
@@ -87,7 +97,8 @@ class _Members:
     """Object array of str or None (None only for queries, which have no labels)."""
 
     def rows(self, keep) -> _Members:
-        return _Members(*(None if a is None else a[keep] for a in self._arrays()))
+        # Any: None only ever stands for an optional field
+        return _Members(*(cast(Any, None if a is None else a[keep]) for a in self._arrays()))
 
     def _arrays(self):
         return self.ids, self.class_indices, self.probabilities, self.embeddings, self.codes, self.labels
@@ -95,7 +106,8 @@ class _Members:
     def extend(self, other: _Members) -> _Members:
         if not len(self.ids):
             return other
-        return _Members(*(None if a is None else np.concatenate([a, b]) for a, b in zip(self._arrays(), other._arrays())))
+        return _Members(*(cast(Any, None if a is None else np.concatenate([a, b]))
+                          for a, b in zip(self._arrays(), other._arrays())))
 
 
 def _load_members(engine: Engine, collection: store.Collection, ids: np.ndarray) -> _Members:
@@ -115,9 +127,9 @@ def _load_members(engine: Engine, collection: store.Collection, ids: np.ndarray)
 
 def _vocabulary(engine: Engine, collection: store.Collection) -> tuple[list[str], np.ndarray]:
     """The norms' words and the predictor's class -> word id mapping, as `iwan index build` makes them."""
-    from iwan.vision.imagenet_words import with_hypernyms
     from iwan.db.norms import association_arrays
     from iwan.db.predictions import predictions_of
+    from iwan.vision.imagenet_words import with_hypernyms
     from iwan.vision.words import WordMatcher
 
     words = association_arrays(engine, collection.source).words
@@ -130,16 +142,43 @@ def _vocabulary(engine: Engine, collection: store.Collection) -> tuple[list[str]
     return words, np.asarray(mapping.word_ids, dtype=np.int64)
 
 
-def snapshot_path(name: str) -> Path:
-    from iwan.config import settings
+def snapshot_path(name: str, settings: Settings) -> Path:
+    """Where collection `name`'s snapshot is kept: in the settings' `collection_dir`."""
+    return settings.collection_dir / f"{store.check_name(name)}.npz"
 
-    return settings().collection_dir / f"{store.check_name(name)}.npz"
+
+class _HeldData:
+    """The collection's own arrays as the data its methods are built from (a retrieval
+    `CorpusData`); the norms' word associations come from the store."""
+
+    def __init__(self, live: LiveCollection):
+        self.live = live
+
+    def images(self, image_ids: np.ndarray, fields=None) -> Batch:
+        members, image_ids = self.live._members, np.asarray(image_ids, dtype=np.int64)
+        rows = np.minimum(np.searchsorted(members.ids, image_ids), max(len(members.ids) - 1, 0))
+        if len(image_ids) and not (len(members.ids) and (members.ids[rows] == image_ids).all()):
+            raise LookupError(f"collection {self.live.name!r} does not hold every image asked for")
+        batch = self.live._batch(members.rows(rows))
+        wanted = set(FIELDS if fields is None else fields)
+        return Batch(**{f: getattr(batch, f) if f in wanted else None for f in FIELDS})
+
+    def associations(self):
+        from iwan.db.norms import association_arrays
+
+        return association_arrays(self.live.engine, self.live.collection.source)
+
+    @property
+    def unmapped_classes(self) -> list[str]:
+        return []
 
 
 class LiveCollection:
     def __init__(self, engine: Engine, collection: store.Collection, members: _Members, words: list[str],
-                 class_word_ids: np.ndarray, seq: int, encoder: uploads.Encoder | None = None):
+                 class_word_ids: np.ndarray, seq: int, encoder: Encoder | None = None, *, settings: Settings):
         self.engine = engine
+        self.settings = settings
+        """Where its snapshot, uploaded files and models live, and the largest upload (open's)."""
         self.collection = collection
         self.name = collection.name
         self.predictor = collection.predictor
@@ -150,7 +189,9 @@ class LiveCollection:
         """The last change applied."""
         self.snapshot_seq = -1
         """The change the saved snapshot includes (-1: none saved by this process)."""
-        self.encoder = encoder or uploads.Encoder(self.predictor, self.hash_model)
+        if encoder is None:
+            encoder = Encoder(self.predictor, self.hash_model, settings=settings)
+        self.encoder = encoder
         self._members = members
         self._lock = threading.RLock()
         """Held while the arrays and retrievers change, and by searches."""
@@ -161,27 +202,30 @@ class LiveCollection:
         self._follower: Follower | None = None
         self.retrievers: dict[str, Retriever] = {}
         corpus = Corpus(
-            image_ids=np.zeros(0, dtype=np.int64), predictor=collection.predictor, hash_model=collection.hash_model,
+            image_ids=members.ids, predictor=collection.predictor, hash_model=collection.hash_model,
             top_iwk=collection.top_iwk, top_wwk=collection.top_wwk, strength=collection.strength, source=collection.source,
         )
+        data = _HeldData(self)
         for method in self.methods:
             if method == "fused":
-                # Fusion over the collection's own iwan and hashes retrievers, shared, not copies.
+                # Fusion over the collection's own member retrievers, shared, not copies.
                 shared = [self.retrievers[m] for m in FUSED_MEMBERS]
-                self.retrievers[method] = get_retriever(method, engine, corpus, members=shared)
-                continue
-            retriever = get_retriever(method, engine, corpus)
-            if len(members.ids):
-                retriever.add(members.ids, self._batch(members))
-            self.retrievers[method] = retriever
+                self.retrievers[method] = get_retriever(method, corpus, data, members=shared)
+            else:
+                self.retrievers[method] = get_retriever(method, corpus, data)
 
     # --- opening and closing -----------------------------------------------------------------------
 
     @classmethod
-    def open(cls, engine: Engine, name: str, *, follow: bool = True, encoder: uploads.Encoder | None = None) -> LiveCollection:
-        """The collection warm: snapshot (or the database), then the changes after it; LookupError if unknown."""
+    def open(cls, engine: Engine, name: str, *, settings: Settings | None = None, follow: bool = True,
+             encoder: Encoder | None = None) -> LiveCollection:
+        """The collection warm: snapshot (or the database), then the changes after it; LookupError if unknown.
+
+        `settings`: where its snapshot, uploaded files and models live and the largest upload,
+        kept by the collection for everything it does; read from the environment when not given."""
+        settings = settings or config.settings()
         collection = store.get(engine, name)
-        loaded = _read_snapshot(snapshot_path(name), collection)
+        loaded = _read_snapshot(snapshot_path(name, settings), collection)
         if loaded is None:
             with engine.connect() as conn:
                 seq = store.last_seq(conn, collection.id)
@@ -190,7 +234,7 @@ class LiveCollection:
             words, class_word_ids = _vocabulary(engine, collection)
         else:
             members, words, class_word_ids, seq = loaded
-        live = cls(engine, collection, members, words, class_word_ids, seq, encoder)
+        live = cls(engine, collection, members, words, class_word_ids, seq, encoder, settings=settings)
         if loaded is None:
             live.save_snapshot()
         else:
@@ -248,12 +292,13 @@ class LiveCollection:
 
     # --- queries ----------------------------------------------------------------------------------------
 
-    def image_queries(self, images) -> Batch:
-        """Queries from PIL images: the predictor's words (and the hash model's embeddings and codes)."""
-        pixels = [np.asarray(image.convert("RGB")) for image in images]
-        encoded = self.encoder.encode(pixels)
+    def image_queries(self, images: list[np.ndarray]) -> Batch:
+        """Queries from uint8 (H, W, 3) RGB pixels (iwan.vision.decode): the predictor's words (and
+        the hash model's embeddings and codes)."""
+        encoded = self.encoder.encode(images)
         top = self.collection.top_iwk
-        return self._batch(_Members(None, encoded.class_indices[:, :top], encoded.probabilities[:, :top],
+        no_ids = cast(np.ndarray, None)  # a query has none; _batch reads ids only with_ids
+        return self._batch(_Members(no_ids, encoded.class_indices[:, :top], encoded.probabilities[:, :top],
                                     encoded.embeddings, encoded.codes))
 
     def text_queries(self, text: str) -> TextQuery:
@@ -261,7 +306,8 @@ class LiveCollection:
         from iwan.network.index import parse_text_query
 
         terms = parse_text_query(text)
-        mapping = self.retrievers["iwan"].index.word_mapping([w for w, _ in terms])
+        iwan = cast("IwanRetriever", self.retrievers["iwan"])  # what the registry builds for "iwan"
+        mapping = iwan.index.word_mapping([w for w, _ in terms])
         word_ids = np.asarray(mapping.word_ids, dtype=np.int64)
         found = word_ids >= 0
         weights = np.array([p for _, p in terms], dtype=np.float64)
@@ -280,7 +326,8 @@ class LiveCollection:
                 return [None] * len(image_ids)
             rows = np.minimum(np.searchsorted(members.ids, image_ids), len(members.ids) - 1)
             held = members.ids[rows] == image_ids
-            return [members.labels[r] if ok else None for r, ok in zip(rows.tolist(), held.tolist())]
+            labels = cast(np.ndarray, members.labels)  # a collection's members have labels; queries have none
+            return [labels[r] if ok else None for r, ok in zip(rows.tolist(), held.tolist())]
 
     def stored_queries(self, image_ids) -> Batch:
         """Queries from images the collection holds; LookupError naming an id it does not hold."""
@@ -301,47 +348,12 @@ class LiveCollection:
         with self._lock:
             return retriever.search(queries, k, exclude=None if exclude is None else np.asarray(exclude, dtype=np.int64))
 
-    def explain(self, query: Batch, image_ids, method: str) -> list[dict]:
-        """Why each image is a result of the (one-row) query under `method`."""
-        self._retriever(method)
-        image_ids = [int(i) for i in image_ids]
-        if method == "iwan":
-            return self._explain_iwan(query, image_ids)
-        if method in HASH_METHODS:
-            return self._explain_hashes(query, image_ids)
-        ranks = {}
-        for member in FUSED_MEMBERS:
-            try:
-                _, ids = self.search(query, min(EXPLAIN_DEPTH, max(self.size, 1)), method=member)
-            except ValueError:  # e.g. a text query has nothing for the hash methods
-                continue
-            position = {int(i): r + 1 for r, i in enumerate(ids[0]) if i >= 0}
-            ranks[member] = position
-        return [{"ranks": {m: p.get(i) for m, p in ranks.items()}} for i in image_ids]
-
-    def _explain_iwan(self, query: Batch, image_ids: list[int]) -> list[dict]:
-        if query.word_ids is None:
-            return [{} for _ in image_ids]
+    def explain(self, queries: Batch, k: int, *, method: str | None = None, exclude=None) -> Explained:
+        """The same search as `search`, with each hit's reason (Retriever.explain)."""
+        retriever = self._retriever(method)
+        k = check_k(k)
         with self._lock:
-            found = self.retrievers["iwan"].explain(query, np.asarray(image_ids, dtype=np.int64))
-        return [why or {} for why in found]
-
-    def _explain_hashes(self, query: Batch, image_ids: list[int]) -> list[dict]:
-        if query.codes is None or query.embeddings is None:
-            return [{} for _ in image_ids]
-        with self._lock:
-            members = self._members
-            rows = np.searchsorted(members.ids, image_ids)
-            out = []
-            q_code, q_embedding = int(query.codes[0]), query.embeddings[0].astype(np.float64)
-            for i, r in zip(image_ids, rows):
-                if r >= len(members.ids) or members.ids[r] != i:
-                    out.append({})
-                    continue
-                embedding = members.embeddings[r].astype(np.float64)
-                cosine = float(embedding @ q_embedding / (np.linalg.norm(embedding) * np.linalg.norm(q_embedding) or 1.0))
-                out.append({"hamming": (int(members.codes[r]) ^ q_code).bit_count(), "cosine": cosine})
-            return out
+            return retriever.explain(queries, k, exclude=None if exclude is None else np.asarray(exclude, dtype=np.int64))
 
     def _retriever(self, method: str | None) -> Retriever:
         method = method or self.default_method
@@ -366,9 +378,12 @@ class LiveCollection:
 
     # --- changes -----------------------------------------------------------------------------------
 
-    def add_files(self, files: list[tuple[str, bytes]], label: str | None = None) -> uploads.AddReport:
-        """Store image files (name, bytes) in the collection; they are searchable here on return."""
-        report = uploads.add_files(self.engine, self.name, files, self.encoder, label)
+    def add_files(self, files: list[tuple[str, bytes]], label: str | None = None,
+                  policy: DecodePolicy | None = None) -> uploads.AddReport:
+        """Store image files (name, bytes) in the collection; they are searchable here on return.
+        `policy`: what the decoder accepts (default: any format Pillow reads, the settings' pixel limit)."""
+        report = uploads.add_files(self.engine, self.name, files, self.encoder, label, policy=policy,
+                                   settings=self.settings)
         self.catch_up()
         return report
 
@@ -379,7 +394,7 @@ class LiveCollection:
 
     def remove(self, image_ids) -> None:
         """Take images out of the collection; gone from this process's results on return."""
-        uploads.remove(self.engine, self.name, image_ids)
+        uploads.remove(self.engine, self.name, image_ids, image_dir=self.settings.image_dir)
         self.catch_up()
 
     def catch_up(self) -> int:
@@ -438,25 +453,29 @@ class LiveCollection:
         with self._lock:
             # Changes replace the arrays, never write into them: these stay as they are.
             members, seq = self._members, self.seq
-        path = _write_snapshot(self.collection, members, self.words, self.class_word_ids, seq)
+        path = _write_snapshot(snapshot_path(self.name, self.settings), self.collection, members, self.words,
+                               self.class_word_ids, seq)
         self.snapshot_seq, self._unsaved = seq, 0
         return path
 
 
-def _write_snapshot(collection: store.Collection, members: _Members, words: list[str], class_word_ids: np.ndarray,
-                    seq: int) -> Path:
-    path = snapshot_path(collection.name)
+def _write_snapshot(path: Path, collection: store.Collection, members: _Members, words: list[str],
+                    class_word_ids: np.ndarray, seq: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
-    extra = {} if members.embeddings is None else {"embeddings": members.embeddings, "codes": members.codes}
+    # Members come with codes exactly when they come with embeddings (a hash model); and, unlike
+    # queries, with labels.
+    extra = {} if members.embeddings is None else {"embeddings": members.embeddings, "codes": cast(np.ndarray, members.codes)}
+    labels = cast(np.ndarray, members.labels)
     with partial.open("wb") as f:
         np.savez(
             f, format=np.array(SNAPSHOT_FORMAT), collection_id=np.array(collection.id),
             created_at=np.array(collection.created_at.isoformat()), seq=np.array(seq),
             ids=members.ids, class_indices=members.class_indices, probabilities=members.probabilities,
-            labels=np.array(["" if x is None else x for x in members.labels], dtype=str),
-            labelled=np.array([x is not None for x in members.labels], dtype=bool),
-            words=np.array(words, dtype=str), class_word_ids=class_word_ids, **extra,
+            labels=np.array(["" if x is None else x for x in labels], dtype=str),
+            labelled=np.array([x is not None for x in labels], dtype=bool),
+            # numpy's stub lets **extra reach savez's allow_pickle (a bool); its keys are array names
+            words=np.array(words, dtype=str), class_word_ids=class_word_ids, **extra,  # type: ignore[arg-type]
         )
     os.replace(partial, path)
     return path
@@ -494,13 +513,16 @@ def _read_snapshot(path: Path, collection: store.Collection):
 
 
 def create_collection(engine: Engine, name: str, predictor: str, *, dataset: str | None = None, split: str | None = None,
-                      hash_model: str | None = None, **settings) -> CollectionInfo:
-    """Create a collection and save its first snapshot (so that the first open is fast)."""
+                      hash_model: str | None = None, settings: Settings | None = None, **options) -> CollectionInfo:
+    """Create a collection and save its first snapshot (so that the first open is fast) where
+    `settings` say (read from the environment when not given); `options`: top_iwk, top_wwk,
+    strength, source."""
     from iwan.vision.predictors import ARCHITECTURES
 
+    settings = settings or config.settings()
     if predictor not in ARCHITECTURES:
         raise ValueError(f"predictor {predictor!r} is unknown: use one of {', '.join(ARCHITECTURES)}")
-    collection = store.create(engine, name, predictor, dataset=dataset, split=split, hash_model=hash_model, **settings)
+    collection = store.create(engine, name, predictor, dataset=dataset, split=split, hash_model=hash_model, **options)
     try:
         with engine.connect() as conn:
             ids = store.member_ids(conn, collection.id)
@@ -509,13 +531,16 @@ def create_collection(engine: Engine, name: str, predictor: str, *, dataset: str
     except Exception:
         store.drop(engine, name)
         raise
-    _write_snapshot(collection, members, words, class_word_ids, 0)
+    _write_snapshot(snapshot_path(name, settings), collection, members, words, class_word_ids, 0)
     return _info(collection, len(ids))
 
 
-def drop_collection(engine: Engine, name: str) -> None:
-    uploads.delete_unused_files(engine, store.drop(engine, name))
-    snapshot_path(name).unlink(missing_ok=True)
+def drop_collection(engine: Engine, name: str, *, settings: Settings | None = None) -> None:
+    """Delete a collection, its uploaded files and its snapshot (where `settings` say; read from
+    the environment when not given)."""
+    settings = settings or config.settings()
+    uploads.delete_unused_files(engine, store.drop(engine, name), settings.image_dir)
+    snapshot_path(name, settings).unlink(missing_ok=True)
 
 
 def _info(collection: store.Collection, size: int) -> CollectionInfo:
@@ -535,12 +560,14 @@ def collection_info(engine: Engine, name: str) -> CollectionInfo:
     return _info(collection, store.size(engine, collection.id))
 
 
-def collection_details(engine: Engine, name: str) -> dict:
-    """A collection's settings, size, latest change and the change its saved snapshot includes."""
+def collection_details(engine: Engine, name: str, *, settings: Settings | None = None) -> dict:
+    """A collection's settings, size, latest change and the change its saved snapshot (where
+    `settings` say; read from the environment when not given) includes."""
+    settings = settings or config.settings()
     collection = store.get(engine, name)
     with engine.connect() as conn:
         seq = store.last_seq(conn, collection.id)
-    path = snapshot_path(name)
+    path = snapshot_path(name, settings)
     loaded = _read_snapshot(path, collection)
     return {
         **_info(collection, store.size(engine, collection.id)).as_dict(),
@@ -556,8 +583,8 @@ def collections_of(engine: Engine, image_id: int) -> list[str]:
 
 def image_record(engine: Engine, image_id: int) -> dict:
     """The image's collections, label, top words (of its first collection's predictor) and hash code."""
-    from iwan.db.codes import load_codes
     from iwan.config import HASH_BITS, STORED_PREDICTIONS
+    from iwan.db.codes import load_codes
     from iwan.db.predictions import predictions_of
 
     row = store.image_row(engine, image_id)
@@ -576,16 +603,18 @@ def image_record(engine: Engine, image_id: int) -> dict:
             "hash_code": code}
 
 
-def image_file(engine: Engine, image_id: int) -> tuple[bytes, str]:
-    """(bytes, media type) of an image, for thumbnails; LookupError if there is none."""
+def image_file(engine: Engine, image_id: int, *, settings: Settings | None = None) -> tuple[bytes, str]:
+    """(bytes, media type) of an image, for thumbnails; LookupError if there is none. An upload's
+    bytes are read from the settings' `image_dir` (read from the environment when not given)."""
     row = store.image_row(engine, image_id)
     if row["sha256"] is not None:
-        path = uploads.image_path(row["sha256"])
+        path = uploads.image_path(row["sha256"], (settings or config.settings()).image_dir)
         media_type = row["media_type"]
     elif row["path"]:
+        from iwan.vision.decode import media_type_of
+
         path = Path(row["path"])
-        media_type = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".gif": "image/gif",
-                      ".webp": "image/webp", ".bmp": "image/bmp"}.get(path.suffix.lower(), "application/octet-stream")
+        media_type = media_type_of(path)
     else:
         raise LookupError(f"image {image_id} has no stored file (its data set keeps only pixels)")
     try:

@@ -1,5 +1,6 @@
-"""`iwan search` in the database's terms: the images of a saved IWAN index searched by any
-registered method, queried by words, an image file or a registered image.
+"""`iwan search --index-name`: the images of a saved IWAN index searched by any registered
+method, queried by words, an image file or a registered image (a collection is searched through
+iwan.collections.pipeline instead).
 
 Every method answers through the retriever protocol (iwan.retrieval): the saved index is the
 `iwan` method as it is, and the other methods are built over its images by name. A query is a
@@ -11,15 +12,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from iwan.network.saved import BuiltIndex, class_words
-from iwan.retrieval import Batch, Corpus, Retriever, get_retriever
+from iwan.config import Settings
 from iwan.network.index import Query, parse_text_query
-
-WORD_FIELDS = ("word_ids", "weights")
+from iwan.network.saved import BuiltIndex, class_words
+from iwan.retrieval.protocol import WORD_FIELDS, Batch, Retriever
+from iwan.retrieval.registry import Corpus, get_retriever
+from iwan.retrieval.stored import StoreData
 
 QUERY_IMAGE_SIDE = 512
 
@@ -37,7 +40,8 @@ class PlannedQuery:
         """The query's start words with their weights (1 / cost)."""
         if self.batch.word_ids is None:
             return []
-        query = Query.from_weights(self.batch.word_ids[0], self.batch.weights[0])
+        weights = cast(np.ndarray, self.batch.weights)  # a query with words has their weights
+        query = Query.from_weights(self.batch.word_ids[0], weights[0])
         return [(built.index.words[w], 1.0 / c) for w, c in zip(query.word_ids, query.costs)]
 
 
@@ -45,7 +49,7 @@ def saved_retriever(built: BuiltIndex):
     """The `iwan` method over a saved index, as it was saved (no rebuild)."""
     from iwan.retrieval.iwan import IwanRetriever
 
-    return IwanRetriever(built.index, built.class_word_ids, built.meta.unmapped_classes)
+    return IwanRetriever(built.index, built.meta.unmapped_classes)
 
 
 def corpus_of(built: BuiltIndex, hash_model: str | None = None) -> Corpus:
@@ -61,9 +65,10 @@ def retriever_for(engine: Engine, built: BuiltIndex, method: str, hash_model: st
     if method == "iwan":
         return saved_retriever(built)
     corpus = corpus_of(built, hash_model)
+    data = StoreData(engine, corpus)
     if method == "fused":
-        return get_retriever("fused", engine, corpus, members=[saved_retriever(built), "hashes"])
-    return get_retriever(method, engine, corpus)
+        return get_retriever("fused", corpus, data, members=[saved_retriever(built), "hashes"])
+    return get_retriever(method, corpus, data)
 
 
 def text_query(built: BuiltIndex, text: str) -> PlannedQuery:
@@ -86,31 +91,31 @@ def _predicted(built: BuiltIndex, class_indices: np.ndarray, probabilities: np.n
     return Batch(word_ids=word_ids, weights=np.asarray(probabilities, dtype=np.float64)[None, :top])
 
 
-def image_query(built: BuiltIndex, path: Path, backend: str = "torch") -> PlannedQuery:
-    """A query image file, classified by the index's predictor."""
+def image_query(built: BuiltIndex, path: Path, backend: str = "torch", *, settings: Settings) -> PlannedQuery:
+    """A query image file (at most the settings' pixel limit), classified by the index's predictor."""
     from iwan.datasets.loaders import load_image
     from iwan.vision.predictors import load_predictor
 
     # The classifiers resize to about 224 pixels; a query decoded at >= 512 loses nothing.
-    image = load_image(path, min_side=QUERY_IMAGE_SIDE)
-    predictor = load_predictor(built.meta.model, backend=backend)
+    image = load_image(path, min_side=QUERY_IMAGE_SIDE, max_pixels=settings.max_image_pixels)
+    predictor = load_predictor(built.meta.model, backend=backend, settings=settings)
     prediction = predictor.predict(image[None], top=built.meta.top_iwk)
     return PlannedQuery(_predicted(built, prediction.indices[0], prediction.probabilities[0], str(path)))
 
 
 def split_image_query(
     engine: Engine, built: BuiltIndex, spec: str, split: str, position: int, *,
-    fields=WORD_FIELDS, hash_model: str | None = None, backend: str = "torch",
+    fields=WORD_FIELDS, hash_model: str | None = None, backend: str = "torch", settings: Settings,
 ) -> PlannedQuery:
     """A data set image as the query, with the `fields` a method reads: its stored predictions
     when it has them (else it is classified now) and its stored embedding and code. When it is
-    one of the searched images it is left out of the results."""
+    one of the searched images it is left out of the results. `settings`: where the data set and
+    the predictor's files are."""
     from iwan.datasets.loaders import load_dataset
     from iwan.db.images import image_id_at
     from iwan.db.predictions import predictions_of
-    from iwan.retrieval.queries import stored_codes
 
-    dataset = load_dataset(spec, split)
+    dataset = load_dataset(spec, split, settings=settings)
     if not 0 <= position < len(dataset):
         raise ValueError(
             f"--position {position} is outside {dataset.name}/{split}, which has {len(dataset)} images "
@@ -119,7 +124,7 @@ def split_image_query(
     image_id = image_id_at(engine, dataset.name, split, position)
     what = f"{dataset.name}/{split} image {position}"
     ids = np.array([-1 if image_id is None else image_id], dtype=np.int64)
-    parts = {}
+    parts: dict[str, np.ndarray | None] = {}
     if set(fields) & set(WORD_FIELDS):
         try:
             stored = predictions_of(engine, built.meta.model, ids, built.meta.top_iwk)
@@ -127,7 +132,7 @@ def split_image_query(
         except LookupError:
             from iwan.vision.predictors import load_predictor
 
-            predictor = load_predictor(built.meta.model, backend=backend)
+            predictor = load_predictor(built.meta.model, backend=backend, settings=settings)
             prediction = predictor.predict(dataset.images[position : position + 1], top=built.meta.top_iwk)
             indices, probabilities = prediction.indices[0], prediction.probabilities[0]
         words = _predicted(built, indices, probabilities, what)
@@ -135,7 +140,7 @@ def split_image_query(
     if set(fields) - set(WORD_FIELDS):
         if image_id is None:
             raise LookupError(f"{what} is not registered, so it has no stored hash code: run `iwan hash encode` for its split")
-        parts["embeddings"], parts["codes"] = stored_codes(engine, corpus_of(built, hash_model), ids, "hashes")
+        parts["embeddings"], parts["codes"] = StoreData(engine, corpus_of(built, hash_model)).codes(ids)
     return PlannedQuery(Batch(**parts, image_ids=None if image_id is None else ids), exclude=int(ids[0]))
 
 
@@ -144,9 +149,10 @@ def labelled_hits(engine: Engine, built: BuiltIndex, retriever: Retriever, plann
     name and score; IWAN's hits with their distance and word path instead."""
     from iwan.db.images import image_labels
 
-    scores, ids = retriever.search(planned.batch, k, exclude=np.array([planned.exclude]))
-    found = ids[0] >= 0
-    scores, ids = scores[0][found], ids[0][found]
+    explained = retriever.explain(planned.batch, k, exclude=np.array([planned.exclude]))
+    found = explained.ids[0] >= 0
+    scores, ids = explained.scores[0][found], explained.ids[0][found]
+    reasons = [why for why, ok in zip(explained.reasons[0], found.tolist()) if ok]
     labels = image_labels(engine, ids)
     missing = [image_id for image_id in ids.tolist() if image_id not in labels]
     if missing:
@@ -157,7 +163,6 @@ def labelled_hits(engine: Engine, built: BuiltIndex, retriever: Retriever, plann
             f"against another one); rebuild it with `iwan index build --dataset {m.dataset} --split {m.split} "
             f"--name {m.name}`"
         )
-    paths = retriever.explain(planned.batch, ids, exclude=planned.exclude) if retriever.name == "iwan" else None
     out = []
     for rank, (score, image_id) in enumerate(zip(scores.tolist(), ids.tolist())):
         image = labels[image_id]
@@ -165,8 +170,8 @@ def labelled_hits(engine: Engine, built: BuiltIndex, retriever: Retriever, plann
             "image_id": image_id, "dataset": image.dataset, "split": image.split,
             "position": image.position, "label": image.label,
         }
-        if paths is not None:
-            hit.update(distance=round(-score, 6), path=paths[rank]["path"])
+        if "path" in reasons[rank] and "ranks" not in reasons[rank]:
+            hit.update(distance=round(-score, 6), path=reasons[rank]["path"])
         else:
             hit["score"] = round(score, 6)
         out.append(hit)

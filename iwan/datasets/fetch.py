@@ -27,7 +27,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from iwan import __version__, locks
-from iwan.config import settings
 
 BLOCK = 1 << 20
 RESUMES = 3
@@ -137,11 +136,13 @@ def download(
     checksum: Checksum | None = None,
     validate: Callable[[Path], object] | None = None,
     *,
+    timeout: float,
     what: str | None = None,
     progress: bool = True,
 ) -> Path:
     """`url` saved as `target`, once: an existing target is kept as it is.
 
+    `timeout` (Settings.fetch_timeout): seconds to wait for the connection and for each block.
     The bytes go to `<target>.part` (resumed where an earlier run stopped), then must pass
     `checksum` and `validate` (which raises on a bad file) before they are renamed onto
     `target`. A file that fails is deleted, after one fresh try when it was resumed.
@@ -155,12 +156,12 @@ def download(
             return target
         part = target.with_name(target.name + PART_SUFFIX)
         resumed = part.is_file() and part.stat().st_size > 0
-        _receive(url, part, what or target.name, progress)
+        _receive(url, part, what or target.name, progress, timeout)
         problem = _problem(part, checksum, validate)
         if problem and resumed:
             # The kept part may be stale (the file changed on the server) or damaged.
             part.unlink()
-            _receive(url, part, what or target.name, progress)
+            _receive(url, part, what or target.name, progress, timeout)
             problem = _problem(part, checksum, validate)
         if problem:
             size = part.stat().st_size
@@ -181,6 +182,7 @@ def fetch_archive(
     folder: Path,
     files: Sequence[str],
     *,
+    timeout: float,
     what: str | None = None,
     progress: bool = True,
 ) -> Path:
@@ -189,7 +191,7 @@ def fetch_archive(
     The archive is downloaded as `download` does, extracted beside `folder`, checked, swapped
     in whole, and then deleted.
     """
-    download(url, archive, checksum, what=what, progress=progress)
+    download(url, archive, checksum, timeout=timeout, what=what, progress=progress)
     with locks.locked(folder.parent):
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
@@ -262,9 +264,8 @@ def _looks_like_html(path: Path) -> bool:
     return head.startswith((b"<!doctype html", b"<html", b"<head"))
 
 
-def _receive(url: str, part: Path, what: str, progress: bool) -> None:
+def _receive(url: str, part: Path, what: str, progress: bool, timeout: float) -> None:
     """Bring `part` to the whole of `url`'s body, resuming it where it holds bytes already."""
-    timeout = settings().fetch_timeout
     cuts = 0
     while True:
         offset = part.stat().st_size if part.is_file() else 0

@@ -1,10 +1,11 @@
 """Image data sets as one uint8 array plus labels: CIFAR-100, CIFAR-10 and image folders.
 
-Specs: `cifar100`, `cifar100:PATH`, `cifar10`, `imagefolder:PATH`. Local copies in
-`settings().data_dir` come first; the CIFAR sets fall back to downloading the official archive
+Specs: `cifar100`, `cifar100:PATH`, `cifar10`, `imagefolder:PATH`. Local copies in the
+settings' `data_dir` come first; the CIFAR sets fall back to downloading the official archive
 (`iwan.datasets.fetch`: checked, resumable).
-Decoded image folders are cached as .npy under `settings().cache_dir` so that later runs
-skip the JPEG decoding.
+Decoded image folders are cached as .npy under the settings' `cache_dir` so that later runs
+skip the JPEG decoding. `load_dataset` is an entry point: given no settings, it reads them from
+the environment (iwan.config.settings); the helpers below it take what they need.
 """
 
 from __future__ import annotations
@@ -12,17 +13,15 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import struct
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from iwan import config
+from iwan.config import CIFAR_BASE_URL, Settings
 from iwan.datasets import fetch
-from iwan.config import CIFAR_BASE_URL, settings
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 CIFAR_SPLITS = ("train", "test")
@@ -56,17 +55,21 @@ class ImageDataset:
         return len(self.images)
 
 
-def load_dataset(spec: str, split: str, limit: int | None = None) -> ImageDataset:
-    """The data set that `spec` names (cifar100[:PATH], cifar10, imagefolder:PATH), first `limit` images."""
+def load_dataset(spec: str, split: str, limit: int | None = None, *, settings: Settings | None = None) -> ImageDataset:
+    """The data set that `spec` names (cifar100[:PATH], cifar10, imagefolder:PATH), first `limit` images.
+
+    `settings`: where local copies, downloads and the decoded cache live, where CIFAR comes from,
+    the largest image; read from the environment when not given."""
     if limit is not None and limit < 0:
         raise ValueError(f"limit={limit} must be >= 0 (or None for the whole split)")
+    settings = settings or config.settings()
     kind, _, arg = spec.partition(":")
     if kind == "cifar100":
-        dataset = _load_cifar100(Path(arg).expanduser() if arg else None, split)
+        dataset = _load_cifar100(Path(arg).expanduser() if arg else None, split, settings)
     elif kind == "cifar10" and not arg:
-        dataset = _load_cifar10(split, limit)
+        dataset = _load_cifar10(split, limit, settings)
     elif kind == "imagefolder" and arg:
-        dataset = _load_image_folder(Path(arg).expanduser(), split, limit)
+        dataset = _load_image_folder(Path(arg).expanduser(), split, limit, settings)
     else:
         raise ValueError(
             f"data set spec {spec!r} is unknown: use cifar100, cifar100:PATH, cifar10 or imagefolder:PATH"
@@ -87,47 +90,20 @@ def registered_name(spec: str) -> str:
     return spec
 
 
-# Everything Pillow raises on a damaged or hostile file (it uses SyntaxError for some formats).
-_IMAGE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error,
-                 Image.DecompressionBombError)
+def load_image(path: str | Path, min_side: int | None = None, *, max_pixels: int) -> np.ndarray:
+    """One untrusted image file as uint8 (H, W, 3) RGB, through the one decoder
+    (iwan.vision.decode): any format Pillow reads, refused from its header when it has more than
+    `max_pixels` pixels (Settings.max_image_pixels), decoded at a reduced size whose shorter side
+    stays >= `min_side` when given. DatasetFormatError saying why not."""
+    from iwan.vision.decode import DecodePolicy, ImageRefused, decode_image
 
-
-def load_image(path: str | Path, min_side: int | None = None) -> np.ndarray:
-    """One untrusted image file as uint8 (H, W, 3) RGB: every image file iwan reads comes through
-    here (uploaded bytes through iwan.collections.ingest.decode and, in the service, iwan.serve.uploads).
-
-    The pixel count is checked from the header, before anything is decoded: a small file can
-    hold a huge image (settings().max_image_pixels, IWAN_MAX_IMAGE_PIXELS). With `min_side`,
-    a large image is decoded at a reduced size whose shorter side stays >= `min_side` (JPEG's
-    draft mode decodes at 1/2, 1/4 or 1/8 scale directly; other formats are reduced by a whole
-    factor), for callers that resize to a small input anyway.
-    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image file")
-    limit = settings().max_image_pixels
     try:
-        with warnings.catch_warnings():
-            # Pillow's own bomb warning; the limit below is the one that applies.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                if width * height > limit:
-                    raise DatasetFormatError(
-                        f"{path}: {width}x{height} is {width * height / 1e6:.1f} megapixels, over the "
-                        f"limit of {limit / 1e6:g} (IWAN_MAX_IMAGE_PIXELS): downscale the image, or "
-                        "raise the limit if you trust it"
-                    )
-                short = min(width, height)
-                if min_side is None or short < 2 * min_side:
-                    return np.asarray(image.convert("RGB"))
-                # JPEG only: decodes at the smallest scale still at least this big.
-                image.draft("RGB", (width * min_side // short, height * min_side // short))
-                rgb = image.convert("RGB")
-                factor = min(rgb.size) // min_side
-                return np.asarray(rgb.reduce(factor) if factor >= 2 else rgb)
-    except _IMAGE_ERRORS as err:
-        raise DatasetFormatError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None
+        return decode_image(path, str(path), DecodePolicy(max_pixels=max_pixels, formats=None, min_side=min_side)).pixels
+    except ImageRefused as err:
+        raise DatasetFormatError(str(err)) from None
 
 
 def _take(dataset: ImageDataset, limit: int | None) -> ImageDataset:
@@ -153,13 +129,13 @@ def _check_cifar_split(split: str) -> None:
 # --- CIFAR-100 -------------------------------------------------------------------------------
 
 
-def _load_cifar100(path: Path | None, split: str) -> ImageDataset:
+def _load_cifar100(path: Path | None, split: str, settings: Settings) -> ImageDataset:
     _check_cifar_split(split)
     if path is None:
-        root = settings().data_dir
+        root = settings.data_dir
         folder = root / "cifar-100-python"
         if not folder.is_dir():
-            _download("cifar100")
+            _download("cifar100", settings)
     else:
         folder = path if path.name == "cifar-100-python" else path / "cifar-100-python"
         if not folder.is_dir():
@@ -191,14 +167,14 @@ def _load_cifar100(path: Path | None, split: str) -> ImageDataset:
 # --- CIFAR-10 --------------------------------------------------------------------------------
 
 
-def _load_cifar10(split: str, limit: int | None) -> ImageDataset:
+def _load_cifar10(split: str, limit: int | None, settings: Settings) -> ImageDataset:
     _check_cifar_split(split)
-    root = settings().data_dir
+    root = settings.data_dir
     pickles, jpegs = root / "cifar-10-batches-py", root / "cifar10-jpg"
     if not pickles.is_dir() and jpegs.is_dir():
-        return _read_image_folder(_image_folder_split(jpegs, split), "cifar10", split, limit)
+        return _read_image_folder(_image_folder_split(jpegs, split), "cifar10", split, limit, settings)
     if not pickles.is_dir():
-        _download("cifar10")
+        _download("cifar10", settings)
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     batches = [(pickles / name, _unpickle(pickles / name, "data", "labels")) for name in names]
     return ImageDataset(
@@ -304,11 +280,13 @@ _CIFAR_ARCHIVES = {
 }
 
 
-def cifar_resource(name: str) -> fetch.Resource:
-    """The official CIFAR archive `name` (cifar100, cifar10), extracted into `settings().data_dir`."""
+def cifar_resource(name: str, settings: Settings) -> fetch.Resource:
+    """The official CIFAR archive `name` (cifar100, cifar10) from the settings' `cifar_url`,
+    extracted into their `data_dir`."""
     spec = _CIFAR_ARCHIVES[name]
-    root = settings().data_dir
-    url = fetch.join_url(settings().cifar_url, spec.archive)
+    root = settings.data_dir
+    url = fetch.join_url(settings.cifar_url, spec.archive)
+    timeout = settings.fetch_timeout
     return fetch.Resource(
         name=name,
         title=spec.title,
@@ -317,15 +295,15 @@ def cifar_resource(name: str) -> fetch.Resource:
         manual=f"download {url} and extract it into {root}",
         get=lambda progress: fetch.fetch_archive(
             url, root / spec.archive, fetch.Checksum("md5", spec.md5), root / spec.folder, spec.files,
-            what=spec.title, progress=progress,
+            timeout=timeout, what=spec.title, progress=progress,
         ),
         files=spec.files,
     )
 
 
-def _download(name: str) -> None:
+def _download(name: str, settings: Settings) -> None:
     """Download and extract CIFAR `name` into the data dir; fails with the one-line manual fix."""
-    resource = cifar_resource(name)
+    resource = cifar_resource(name, settings)
     try:
         resource.get(True)
     except fetch.FetchError as err:
@@ -338,10 +316,11 @@ def _download(name: str) -> None:
 # --- image folders ---------------------------------------------------------------------------
 
 
-def _load_image_folder(path: Path, split: str, limit: int | None) -> ImageDataset:
+def _load_image_folder(path: Path, split: str, limit: int | None, settings: Settings) -> ImageDataset:
     if not path.is_dir():
         raise DatasetNotFoundError(f"image folder {path} does not exist: pass a folder of class folders")
-    return _read_image_folder(_image_folder_split(path, split), registered_name(f"imagefolder:{path}"), split, limit)
+    name = registered_name(f"imagefolder:{path}")
+    return _read_image_folder(_image_folder_split(path, split), name, split, limit, settings)
 
 
 def _image_folder_split(path: Path, split: str) -> Path:
@@ -393,14 +372,14 @@ def _list_images(folder: Path) -> tuple[list[str], list[Path], np.ndarray]:
     return classes, files, np.asarray(labels, dtype=np.int64)
 
 
-def _read_image_folder(folder: Path, name: str, split: str, limit: int | None) -> ImageDataset:
+def _read_image_folder(folder: Path, name: str, split: str, limit: int | None, settings: Settings) -> ImageDataset:
     classes, files, labels = _list_images(folder)
-    cache = _decoded_cache_path(folder, name, split, files)
+    cache = _decoded_cache_path(settings.cache_dir, folder, name, split, files)
     if cache.is_file():
         images = np.load(cache)
     else:
         n = len(files) if limit is None else min(limit, len(files))
-        images = _decode(files[:n])
+        images = _decode(files[:n], settings.max_image_pixels)
         # A partial decode (limit) is not cached: the cache always holds the whole split.
         if n == len(files):
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -421,7 +400,7 @@ def _read_image_folder(folder: Path, name: str, split: str, limit: int | None) -
     )
 
 
-def _decoded_cache_path(folder: Path, name: str, split: str, files: list[Path]) -> Path:
+def _decoded_cache_path(cache_dir: Path, folder: Path, name: str, split: str, files: list[Path]) -> Path:
     """A cache file named after the folder's files, sizes and times: any change misses it."""
     digest = hashlib.sha1(str(folder.resolve()).encode())
     for path in files:
@@ -431,14 +410,14 @@ def _decoded_cache_path(folder: Path, name: str, split: str, files: list[Path]) 
     # tells folders apart), so the file name stays within the file system's 255 bytes.
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[-80:]
     safe_split = "".join(c if c.isalnum() or c in "-_." else "_" for c in split)[:40]
-    return settings().cache_dir / "datasets" / f"{safe}-{safe_split}-{digest.hexdigest()[:16]}.npy"
+    return cache_dir / "datasets" / f"{safe}-{safe_split}-{digest.hexdigest()[:16]}.npy"
 
 
-def _decode(files: list[Path]) -> np.ndarray:
+def _decode(files: list[Path], max_pixels: int) -> np.ndarray:
     images = None
     for i, path in enumerate(tqdm(files, desc="decoding", unit="img", disable=len(files) < 5000)):
         try:
-            image = load_image(path)
+            image = load_image(path, max_pixels=max_pixels)
         except DatasetFormatError as err:
             raise DatasetFormatError(f"{err} (image {i}); remove or replace the file") from None
         if images is None:

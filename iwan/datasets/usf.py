@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 ENCODING = "iso-8859-1"
 SEPARATOR = ", "
@@ -64,7 +64,16 @@ HEADER = tuple(c.header for c in COLUMNS)
 # File D-F of the official set spells TFR as TRF.
 HEADER_ALIASES = {"TRF": "TFR"}
 
-UsfRow = NamedTuple("UsfRow", [(c.field, object) for c in COLUMNS])  # type: ignore[misc]
+if TYPE_CHECKING:
+    # mypy cannot read a NamedTuple built from COLUMNS: it sees the two text keys typed (parse_file
+    # refuses a row without them) and every other field, by name, as an object.
+    class UsfRow(NamedTuple):
+        cue: str
+        target: str
+
+        def __getattr__(self, field: str) -> object: ...
+else:
+    UsfRow = NamedTuple("UsfRow", [(c.field, object) for c in COLUMNS])
 
 
 # Longer cues or targets are damage, not words; PostgreSQL's index on words would also refuse

@@ -7,44 +7,48 @@ from pathlib import Path
 from tqdm import tqdm
 
 from iwan import locks
+from iwan.config import USF_FILES, Settings
 from iwan.datasets import fetch
-from iwan.config import USF_FILES, settings
 from iwan.datasets.usf import NormsFormatError, parse_file
 
 FILE_PREFIX = "Cue_Target_Pairs."
 FILES = tuple(FILE_PREFIX + suffix for suffix in USF_FILES)
 FOLDER = "usf-appendix-a"
-"""The local copy's folder in `settings().data_dir`."""
+"""The local copy's folder in `Settings.data_dir`."""
 
 
-def usf_resource(base_url: str | None = None) -> fetch.Resource:
-    """The 8 files in `data_dir/usf-appendix-a`, from `base_url` (default: the configured site)."""
-    folder = settings().data_dir / FOLDER
-    base_url = base_url or settings().usf_url
+def usf_resource(settings: Settings, base_url: str | None = None) -> fetch.Resource:
+    """The 8 files in the settings' `data_dir/usf-appendix-a`, from `base_url` (default: the
+    settings' `usf_url`)."""
+    folder = settings.data_dir / FOLDER
+    base_url = base_url or settings.usf_url
+    timeout = settings.fetch_timeout
     return fetch.Resource(
         name="norms",
         title="the USF norms",
         path=folder,
         url=base_url,
         manual=f"put the 8 files {FILE_PREFIX}{{{','.join(USF_FILES)}}} from {base_url} into {folder}",
-        get=lambda progress: download_usf(folder, base_url, progress),
+        get=lambda progress: download_usf(folder, base_url, progress, timeout=timeout),
         files=FILES,
     )
 
 
-def download_usf(dest: Path, base_url: str | None = None, progress: bool = True) -> list[Path]:
-    """Download the 8 files into `dest`, replacing its copy only once all 8 arrived and parse.
+def download_usf(dest: Path, base_url: str, progress: bool = True, *, timeout: float) -> list[Path]:
+    """Download the 8 files from the folder URL `base_url` into `dest`, replacing its copy only
+    once all 8 arrived and parse; `timeout` (Settings.fetch_timeout) bounds each wait.
 
     They gather in a hidden folder beside `dest` (kept across runs, so a new try fetches only
     what is missing) and replace `dest` in one swap: a failed download leaves `dest` as it was.
     The progress bar shows on a terminal only (tqdm disables itself when stderr is not a TTY).
     """
-    base_url = base_url or settings().usf_url
     staging = dest.with_name(f".{dest.name}{fetch.PART_SUFFIX}")
     with tqdm(total=len(FILES), unit="file", desc="USF norms", disable=None if progress else True) as bar:
         for name in FILES:
             try:
-                fetch.download(fetch.join_url(base_url, name), staging / name, validate=_check, progress=False)
+                fetch.download(
+                    fetch.join_url(base_url, name), staging / name, validate=_check, timeout=timeout, progress=False
+                )
             except fetch.FetchError as err:
                 if not dest.exists():
                     raise

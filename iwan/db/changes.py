@@ -38,7 +38,7 @@ def libpq_url(engine: Engine) -> str:
 class Follower(threading.Thread):
     """A daemon thread that calls `catch_up()` whenever collection `collection_id` may have changed."""
 
-    def __init__(self, engine: Engine, collection_id: int, catch_up: Callable[[], None], poll_seconds: float = POLL_SECONDS):
+    def __init__(self, engine: Engine, collection_id: int, catch_up: Callable[[], object], poll_seconds: float = POLL_SECONDS):
         super().__init__(name=f"iwan-follower-{collection_id}", daemon=True)
         self.url = libpq_url(engine)
         self.collection_id = collection_id

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, cast
+
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from hashing.codes import from_bit_strings, to_bit_strings
 from iwan.config import HASH_BITS
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 def store_codes(engine: Engine, model: str, image_ids: np.ndarray, embeddings: np.ndarray, codes: np.ndarray) -> int:
@@ -31,7 +36,9 @@ def store_codes(engine: Engine, model: str, image_ids: np.ndarray, embeddings: n
 def write_codes(conn: sa.Connection, model: str, image_ids: np.ndarray, embeddings: np.ndarray, codes: np.ndarray) -> None:
     """Insert codes and embeddings of images that have none of `model`, inside the caller's transaction."""
     bits = to_bit_strings(np.asarray(codes, dtype=np.uint64), HASH_BITS)
-    cursor = conn.connection.driver_connection.cursor()
+    # An open connection of the psycopg dialect always holds its DBAPI connection (None only once closed).
+    driver = cast("psycopg.Connection[Any]", conn.connection.driver_connection)
+    cursor = driver.cursor()
     with cursor.copy("COPY hash_codes (model, image_id, code, embedding) FROM STDIN") as copy:
         for image_id, code, vector in zip(np.asarray(image_ids).tolist(), bits, np.asarray(embeddings, dtype=np.float32)):
             copy.write_row((model, image_id, code, vector_literal(vector)))

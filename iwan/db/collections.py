@@ -19,7 +19,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from iwan.config import DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, MAX_TOP_IWK, USF_SOURCE
+from iwan.config import DEFAULT_STRENGTH, DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, MAX_TOP_IWK, USF_SOURCE
 
 CHANNEL = "iwan_changes"
 """The NOTIFY channel; the payload is "<collection id>:<seq>"."""
@@ -76,7 +76,7 @@ def create(
     hash_model: str | None = None,
     top_iwk: int = DEFAULT_TOP_IWK,
     top_wwk: int = DEFAULT_TOP_WWK,
-    strength: str = "forward",
+    strength: str = DEFAULT_STRENGTH,
     source: str = USF_SOURCE,
 ) -> Collection:
     """A new collection: every registered image of `dataset`/`split`, or none.
@@ -91,7 +91,7 @@ def create(
     with engine.begin() as conn:
         if conn.scalar(sa.text("SELECT 1 FROM collections WHERE name = :n"), {"n": name}):
             raise ValueError(f"collection {name!r} already exists: choose another name, or `iwan collection drop {name}` first")
-        if dataset is not None:
+        if dataset is not None and split is not None:  # both or neither, checked above
             _check_split(conn, dataset, split, predictor, hash_model)
         row = conn.execute(
             sa.text(
@@ -222,7 +222,7 @@ def labels_of(conn: sa.Connection, image_ids: np.ndarray) -> list[str | None]:
         ),
         {"ids": np.asarray(image_ids).tolist()},
     ).all()
-    found = dict(rows)
+    found: dict[int, str | None] = dict(rows)
     return [found.get(int(i)) for i in image_ids]
 
 
@@ -273,10 +273,10 @@ def insert_uploads(conn: sa.Connection, collection_id: int, files: list[dict]) -
     """New `images` rows for uploaded files (dicts of sha256, media_type, size, file_name, label),
     their image_files rows and memberships; their ids, ascending in `files` order."""
     n = len(files)
-    ids = conn.scalars(
+    drawn = conn.scalars(
         sa.text("SELECT nextval(pg_get_serial_sequence('images', 'id')) FROM generate_series(1, :n)"), {"n": n}
     ).all()
-    ids = np.sort(np.asarray(ids, dtype=np.int64))
+    ids = np.sort(np.asarray(drawn, dtype=np.int64))
     conn.execute(
         sa.text(
             "INSERT INTO images (id, dataset, split, position, fine_label) "

@@ -32,6 +32,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import psutil
 
@@ -196,7 +197,7 @@ def _can_enter(folder: Path, user: _User) -> bool:
 def _run_as(user: _User | None, args: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     """Run `args` as `user` (None: as this process), output captured in files, not pipes: a
     server that pg_ctl starts could inherit a pipe and keep the call waiting."""
-    as_user = {} if user is None else {"user": user.uid, "group": user.gid, "extra_groups": []}
+    as_user: dict[str, Any] = {} if user is None else {"user": user.uid, "group": user.gid, "extra_groups": []}
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         try:
             done = subprocess.run(
@@ -204,7 +205,8 @@ def _run_as(user: _User | None, args: list[str], check: bool = True, **kwargs) -
             )
         except subprocess.TimeoutExpired as timeout:
             err.seek(0)
-            timeout.stderr = err.read()
+            # typeshed types it bytes, what run() itself would capture; this run captures text
+            timeout.stderr = err.read()  # type: ignore[assignment]
             raise
         out.seek(0)
         err.seek(0)
@@ -334,8 +336,9 @@ def _start(pgdata: Path, user: _User | None, password: str) -> Server:
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
         if socket_dir != pgdata:
             shutil.rmtree(socket_dir, ignore_errors=True)
+        # _run_as leaves the captured text on both errors (typeshed: TimeoutExpired.stderr is bytes)
         raise EmbeddedServerError(
-            f"the embedded PostgreSQL in {pgdata} did not start ({_last_line(err.stderr)}); "
+            f"the embedded PostgreSQL in {pgdata} did not start ({_last_line(cast('str | None', err.stderr))}); "
             f"see its log {pgdata / 'log'}"
         ) from None
     server = _running(pgdata, password)

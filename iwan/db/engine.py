@@ -1,4 +1,8 @@
-"""Connections: an external PostgreSQL by URL, or the embedded server under IWAN_HOME."""
+"""Connections: an external PostgreSQL by URL, or the embedded server under IWAN_HOME.
+
+`make_engine()` is an entry point: given no settings it reads them from the environment
+(iwan.config.settings); everything below it takes the settings it was handed.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,9 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from iwan import config
+from iwan.config import DEFAULT_CONNECT_TIMEOUT_S, Settings
 from iwan.db import embedded
-from iwan.config import settings
 
 EMBEDDED_DATABASE = "iwan"
 
@@ -30,7 +35,7 @@ class DatabaseError(RuntimeError):
 
 
 @cache
-def _embedded_uri(pgdata: Path) -> str:
+def _embedded_uri(pgdata: Path, connect_timeout: int = DEFAULT_CONNECT_TIMEOUT_S) -> str:
     """Start (or join) the embedded PostgreSQL at `pgdata` and ensure the iwan database exists.
 
     The server stops when the last process using it exits; its data stays for later runs. The
@@ -40,7 +45,7 @@ def _embedded_uri(pgdata: Path) -> str:
         with embedded.locked(pgdata):
             server = embedded.start(pgdata)
             admin = sa.create_engine(
-                server.url("postgres"), isolation_level="AUTOCOMMIT", connect_args=_connect_args()
+                server.url("postgres"), isolation_level="AUTOCOMMIT", connect_args=_connect_args(connect_timeout)
             )
             with admin.connect() as conn:
                 exists = conn.scalar(
@@ -64,12 +69,15 @@ def _sqlalchemy_url(url: str) -> str:
     return _POSTGRES_SCHEME.sub("postgresql+psycopg://", url)
 
 
-def database_url(url: str | None = None) -> str:
-    """The URL in force: the argument, IWAN_DATABASE_URL, or the embedded server's."""
-    configured = settings(url).database_url
+def database_url(url: str | None = None, *, settings: Settings | None = None) -> str:
+    """The URL in force: `url`, else the settings' database URL, else the embedded server's under
+    the settings' home. Given no settings, they are read from the environment (IWAN_DATABASE_URL,
+    IWAN_HOME): an entry point."""
+    settings = settings or config.settings()
+    configured = url or settings.database_url
     if configured:
         return _sqlalchemy_url(configured)
-    return _embedded_uri(settings().pgdata.resolve())
+    return _embedded_uri(settings.pgdata.resolve(), settings.connect_timeout)
 
 
 def safe_url(text: str) -> str:
@@ -78,16 +86,19 @@ def safe_url(text: str) -> str:
     return _PASSWORD_PARAMETER.sub(lambda m: f"{m['key']}***", text)
 
 
-def _connect_args() -> dict:
+def _connect_args(connect_timeout: int) -> dict:
     # libpq waits forever for a server that accepts but never answers; this bounds it.
-    return {"connect_timeout": settings().connect_timeout}
+    return {"connect_timeout": connect_timeout}
 
 
-def make_engine(url: str | None = None) -> Engine:
-    """An engine on the configured database; connection failures become DatabaseError."""
-    resolved = database_url(url)
+def make_engine(url: str | None = None, *, settings: Settings | None = None) -> Engine:
+    """An engine on `url`, else the settings' database (an external PostgreSQL, or the embedded
+    server under their home); connection failures become DatabaseError. Given no settings, they
+    are read from the environment (IWAN_DATABASE_URL, else the embedded server): an entry point."""
+    settings = settings or config.settings()
+    resolved = database_url(url, settings=settings)
     try:
-        engine = sa.create_engine(resolved, pool_pre_ping=True, connect_args=_connect_args())
+        engine = sa.create_engine(resolved, pool_pre_ping=True, connect_args=_connect_args(settings.connect_timeout))
         with engine.connect():
             pass
     except (sa.exc.DBAPIError, sa.exc.ArgumentError, ValueError) as err:

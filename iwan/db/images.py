@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,9 @@ def register(engine: Engine, dataset) -> RegisteredSplit:
                 "coarse_label integer, path text) ON COMMIT DROP"
             )
         )
-        cursor = conn.connection.driver_connection.cursor()
+        # An open connection of the psycopg dialect always holds its DBAPI connection (None only once closed).
+        driver = cast("psycopg.Connection[Any]", conn.connection.driver_connection)
+        cursor = driver.cursor()
         with cursor.copy("COPY staging_images FROM STDIN") as copy:
             for i in range(n):
                 copy.write_row(

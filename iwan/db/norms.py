@@ -6,13 +6,17 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from iwan.network.graph import Associations
 from iwan.datasets.usf import COLUMNS, FIELDS, UsfRow, checksum, expand_paths, parse_file
+from iwan.network.graph import Associations
+
+if TYPE_CHECKING:
+    import psycopg
 
 NORMS_LOCK = 0x1A7A_0002
 """pg_advisory_xact_lock key held while a norm set is replaced."""
@@ -61,7 +65,9 @@ def load_norms(
             {"name": source, "citation": citation, "checksum": checksum(files), "n_files": len(files)},
         )
         conn.execute(sa.text(f"CREATE TEMP TABLE staging ({staging_columns}) ON COMMIT DROP"))
-        cursor = conn.connection.driver_connection.cursor()
+        # An open connection of the psycopg dialect always holds its DBAPI connection (None only once closed).
+        driver = cast("psycopg.Connection[Any]", conn.connection.driver_connection)
+        cursor = driver.cursor()
         with cursor.copy(f"COPY staging ({', '.join(FIELDS)}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
@@ -122,7 +128,7 @@ def top_targets(engine: Engine, word: str, source: str = "usf", top: int | None 
         cue = conn.execute(
             sa.text("SELECT id, word FROM words WHERE lower(word) = lower(:w)"), {"w": word}
         ).first()
-        rows = []
+        rows: Sequence[Sequence[Any]] = []  # result rows (target, fsg)
         if cue is not None:
             rows = conn.execute(
                 sa.text(
@@ -149,7 +155,7 @@ def association_arrays(engine: Engine, source: str = "usf") -> Associations:
             {"sid": sid},
         ).all()
         used = sorted({p[0] for p in pairs} | {p[1] for p in pairs})
-        names = dict(
+        names: dict[int, str] = dict(
             conn.execute(sa.text("SELECT id, word FROM words WHERE id = ANY(:ids)"), {"ids": used}).all()
         )
     position = {word_id: i for i, word_id in enumerate(used)}

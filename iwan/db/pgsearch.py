@@ -15,6 +15,7 @@ A batch runs QUERIES_PER_STATEMENT queries per statement, each through a LATERAL
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import sqlalchemy as sa
@@ -22,10 +23,12 @@ from psycopg import sql
 from sqlalchemy.engine import Engine
 
 from hashing.codes import to_bit_strings
-from hashing.search import _check_exclude, _unit_rows
-from iwan.db.codes import vector_literal
+from hashing.search import _check_exclude, _unit_rows, check_k
 from iwan.config import DEFAULT_SHORTLIST_FACTOR, HASH_BITS
-from iwan.retrieval import check_k
+from iwan.db.codes import vector_literal
+
+if TYPE_CHECKING:
+    import psycopg
 
 QUERIES_PER_STATEMENT = 256
 """Queries sent in one statement: one round trip each, with a bounded result set."""
@@ -87,16 +90,18 @@ ORDER BY q.ord, r.distance, r.image_id
 class PgExhaustiveCosineIndex:
     """Cosine over every row of `model` in hash_codes (of the images `image_ids`, if given)."""
 
-    def __init__(self, model: str, engine: Engine | None = None, image_ids: np.ndarray | None = None) -> None:
+    def __init__(self, model: str, engine: Engine, image_ids: np.ndarray | None = None) -> None:
         self.model = model
-        self.engine = engine if engine is not None else _default_engine()
+        self.engine = engine
         self.image_ids = image_ids
 
     def search(
-        self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None
+        self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None, image_ids: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
+        """`image_ids`: the images searched this time (default: the index's own, or all)."""
         queries = _unit_rows(queries, "queries")
-        return _run(self.engine, _EXHAUSTIVE_SQL, self.model, self.image_ids, queries, None, k, k, exclude)
+        among = self.image_ids if image_ids is None else image_ids
+        return _run(self.engine, _EXHAUSTIVE_SQL, self.model, among, queries, None, k, k, exclude)
 
     def create_hnsw_index(self, dim: int, m: int = 16, ef_construction: int = 64) -> str:
         """Create (if missing) an HNSW cosine index on this model's embeddings, cast to vector(dim)
@@ -116,7 +121,9 @@ class PgExhaustiveCosineIndex:
             model=sql.Literal(self.model),  # DDL takes no parameters: a quoted literal
         )
         with self.engine.begin() as conn:
-            conn.connection.driver_connection.execute(statement)
+            # An open connection of the psycopg dialect always holds its DBAPI connection (None only once closed).
+            driver = cast("psycopg.Connection[Any]", conn.connection.driver_connection)
+            driver.execute(statement)
         return name
 
 
@@ -127,14 +134,14 @@ class PgHammingCosineIndex:
     def __init__(
         self,
         model: str,
-        engine: Engine | None = None,
+        engine: Engine,
         shortlist_factor: int = DEFAULT_SHORTLIST_FACTOR,
         image_ids: np.ndarray | None = None,
     ) -> None:
         if shortlist_factor < 1:
             raise ValueError(f"PgHammingCosineIndex: shortlist_factor must be >= 1, got {shortlist_factor}")
         self.model = model
-        self.engine = engine if engine is not None else _default_engine()
+        self.engine = engine
         self.shortlist_factor = shortlist_factor
         self.image_ids = image_ids
 
@@ -146,7 +153,9 @@ class PgHammingCosineIndex:
         query_codes: np.ndarray,
         shortlist: int | None = None,
         exclude: np.ndarray | None = None,
+        image_ids: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
+        """`image_ids`: the images searched this time (default: the index's own, or all)."""
         k = check_k(k)
         shortlist = self.shortlist_factor * k if shortlist is None else shortlist
         if shortlist < k:
@@ -158,7 +167,8 @@ class PgHammingCosineIndex:
                 f"PgHammingCosineIndex.search: {len(queries)} query embeddings but {len(codes)} query "
                 "codes; pass one code per query"
             )
-        return _run(self.engine, _HAMMING_SQL, self.model, self.image_ids, queries, codes, k, shortlist, exclude)
+        among = self.image_ids if image_ids is None else image_ids
+        return _run(self.engine, _HAMMING_SQL, self.model, among, queries, codes, k, shortlist, exclude)
 
 
 def _run(
@@ -215,9 +225,3 @@ def _fill(rows, offset: int, scores: np.ndarray, ids: np.ndarray) -> None:
     rank = np.arange(len(query)) - np.repeat(starts, np.diff(np.r_[starts, len(query)]))
     ids[query, rank] = image_ids
     scores[query, rank] = 1.0 - distances.astype(np.float64)
-
-
-def _default_engine() -> Engine:
-    from iwan.db.engine import make_engine
-
-    return make_engine()

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from iwan.db import images as image_store
 from iwan.config import STORED_PREDICTIONS
+from iwan.db import images as image_store
 from iwan.vision.features import iter_chunks
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 @dataclass(frozen=True)
@@ -50,8 +55,10 @@ def register_classes(engine: Engine, model: str, categories: list[str]) -> None:
         )
 
 
-def predict_split(engine: Engine, predictor, dataset, batch_size: int, progress: bool = True) -> PredictSummary:
-    """Register the split's images, then store the top classes of each image not done yet.
+def predict_split(engine: Engine, predictor, dataset, batch_size: int, progress: bool = True, *,
+                  cache_dir: Path) -> PredictSummary:
+    """Register the split's images, then store the top classes of each image not done yet (the
+    predictor's pass cached in `cache_dir`, Settings.cache_dir: iwan.vision.features).
 
     Each chunk of images is committed on its own, so an interrupted run loses at most one chunk
     and a rerun skips the images already in the database.
@@ -62,7 +69,8 @@ def predict_split(engine: Engine, predictor, dataset, batch_size: int, progress:
     predicted = 0
     if not done.all():
         skip = lambda start, stop: bool(done[start:stop].all())  # noqa: E731
-        for chunk in iter_chunks(predictor, dataset, batch_size=batch_size, progress=progress, skip=skip):
+        for chunk in iter_chunks(predictor, dataset, batch_size=batch_size, progress=progress, skip=skip,
+                                 cache_dir=cache_dir):
             todo = ~done[chunk.start : chunk.stop]
             if not todo.any():
                 continue
@@ -98,7 +106,9 @@ def replace_predictions(engine: Engine, model: str, ids: np.ndarray, indices: np
 def write_predictions(conn: sa.Connection, model: str, ids: np.ndarray, indices: np.ndarray, probabilities: np.ndarray) -> None:
     """Insert the top classes of these images inside the caller's transaction."""
     top = min(STORED_PREDICTIONS, indices.shape[1])
-    cursor = conn.connection.driver_connection.cursor()
+    # An open connection of the psycopg dialect always holds its DBAPI connection (None only once closed).
+    driver = cast("psycopg.Connection[Any]", conn.connection.driver_connection)
+    cursor = driver.cursor()
     with cursor.copy("COPY predictions (model, image_id, rank, class_index, probability) FROM STDIN") as copy:
         for image_id, row_indices, row_probabilities in zip(ids.tolist(), indices[:, :top].tolist(), probabilities[:, :top].tolist()):
             for rank, (class_index, probability) in enumerate(zip(row_indices, row_probabilities)):

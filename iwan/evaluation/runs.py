@@ -17,28 +17,32 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy.engine import Engine
 from tqdm import tqdm
 
-from iwan.retrieval import fusion
-from iwan.evaluation import metrics
-from iwan.config import DEFAULT_PREDICTOR, DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, MAX_TOP_IWK
+from iwan.config import (
+    DEFAULT_KS,
+    DEFAULT_PREDICTOR,
+    DEFAULT_STRENGTH,
+    DEFAULT_TOP_IWK,
+    DEFAULT_TOP_WWK,
+    EVALUATION_FUSION_RULE,
+    FUSED_MEMBERS,
+    MAX_TOP_IWK,
+    METHODS,
+)
 from iwan.db.images import SplitLabels, split_labels
-from iwan.retrieval import Batch, Corpus, Retriever, get_retriever, retriever_names
+from iwan.evaluation import metrics
+from iwan.retrieval import Batch, Corpus, Retriever, fusion, get_retriever, retriever_names
 
 log = logging.getLogger(__name__)
 
-METHODS = ("iwan", "exhaustive", "hashes", "fused")
-"""The methods evaluated unless told otherwise; any registered method may be named."""
-FUSED_MEMBERS = ("iwan", "hashes")
-"""What the evaluated `fused` method fuses (the weighted fusion's IWAN weight is the first's)."""
 LABELS = {"iwan": "IWAN", "exhaustive": "exhaustive cosine", "hashes": "hashes (Hamming + cosine)"}
 """How the report names a method (a method not listed is named as registered)."""
-DEFAULT_KS = (1, 5, 10, 15, 20, 100, 250)
-DEFAULT_FUSION = "weighted"
 CACHE_FORMAT = "retrievers/1"
 """Part of every cached ranking's key: rankings made before the retriever registry are remade."""
 LATENCY_SAMPLE = 200
@@ -60,8 +64,9 @@ class EvaluationSpec:
     hash_model: str | None = None
     top_iwk: int = DEFAULT_TOP_IWK
     top_wwk: int = DEFAULT_TOP_WWK
-    strength: str = "forward"
-    fusion: str = DEFAULT_FUSION
+    strength: str = DEFAULT_STRENGTH
+    fusion: str = EVALUATION_FUSION_RULE
+    """The fusion rule."""
     hierarchy: Path | None = None
     sweep: bool = True
 
@@ -72,8 +77,8 @@ class EvaluationSpec:
             raise ValueError(f"unknown methods {unknown}: choose from {', '.join(known)}")
         if any(k < 1 for k in self.ks):
             raise ValueError(f"every k must be >= 1, got {self.ks}")
-        if self.fusion not in fusion.METHODS:
-            raise ValueError(f"fusion {self.fusion!r} is unknown: choose from {', '.join(fusion.METHODS)}")
+        if self.fusion not in fusion.RULES:
+            raise ValueError(f"fusion rule {self.fusion!r} is unknown: choose from {', '.join(fusion.RULES)}")
 
     def label(self, method: str) -> str:
         """The method's name in the report."""
@@ -106,7 +111,7 @@ def stored_digest(engine: Engine, spec: EvaluationSpec) -> str:
 
 
 def hierarchy_path(dataset: str, given: Path | None) -> Path:
-    from hashing.hierarchy import shipped_hierarchy
+    from iwan.datasets.hierarchies import shipped_hierarchy
 
     return given if given is not None else shipped_hierarchy(dataset.partition(":")[0])
 
@@ -165,29 +170,25 @@ class Methods:
     query batches of stored images in their terms."""
 
     def __init__(self, engine: Engine, spec: EvaluationSpec, corpus: Corpus, methods: Sequence[str]):
+        from iwan.retrieval.stored import StoreData
+
         self.engine, self.spec, self.corpus = engine, spec, corpus
+        self.data = StoreData(engine, corpus)
         self.retrievers: dict[str, Retriever] = {}
         for method in methods:
             if method != "fused":
-                self.retrievers[method] = get_retriever(method, engine, corpus)
+                self.retrievers[method] = get_retriever(method, corpus, self.data)
         unmapped = getattr(self.retrievers.get("iwan"), "unmapped_classes", None)
         if unmapped:
             log.info("%d classes of %s map to no word", len(unmapped), spec.predictor)
 
     def reads(self) -> set[str]:
-        """The query fields the retrievers read (all that a stored image has, for a method that
-        does not say)."""
-        from iwan.retrieval.queries import FIELDS
-
-        return set().union(*(getattr(r, "reads", FIELDS) for r in self.retrievers.values()))
+        """The query fields the retrievers read."""
+        return set().union(*(r.reads for r in self.retrievers.values()))
 
     def queries(self, image_ids: np.ndarray) -> Batch:
         """The stored images `image_ids` as queries, with what the retrievers read."""
-        from iwan.retrieval.queries import StoredQueries
-
-        iwan = self.retrievers.get("iwan")
-        stored = StoredQueries(self.engine, self.corpus, class_word_ids=getattr(iwan, "class_word_ids", None))
-        return stored(image_ids, fields=self.reads())
+        return self.data.images(image_ids, fields=self.reads())
 
 
 def score(work: Workload, ranking: Ranking, ks: Sequence[int]) -> dict[str, dict[int, float]]:
@@ -303,7 +304,7 @@ def sweep_top_iwk(engine: Engine, spec: EvaluationSpec, work: Workload, progress
     """
     n = len(work.queries.ids)
     rows = np.sort(np.random.default_rng(0).choice(n, size=min(SWEEP_QUERIES, n), replace=False))
-    values = {f"mAP@{SWEEP_K}": [], f"mHP@{SWEEP_K}": []}
+    values: dict[str, list[float]] = {f"mAP@{SWEEP_K}": [], f"mHP@{SWEEP_K}": []}
     median_ms = []
     settings = list(range(1, MAX_TOP_IWK + 1))
     for top_iwk in tqdm(settings, desc="topIWK sweep", disable=not progress):
@@ -362,9 +363,9 @@ def run(
             weight, by_weight = choose_fusion_weight(methods, work, SWEEP_K)
             weights = (weight, 1.0 - weight)
             fusion_info = {"iwan_weight": weight, f"validation_mHP@{SWEEP_K}_by_weight": by_weight}
-        fusion_info["method"] = spec.fusion
+        fusion_info["rule"] = spec.fusion
         methods.retrievers["fused"] = get_retriever(
-            "fused", engine, methods.corpus, members=[methods.retrievers[m] for m in FUSED_MEMBERS],
+            "fused", methods.corpus, methods.data, members=[methods.retrievers[m] for m in FUSED_MEMBERS],
             fusion=spec.fusion, weights=weights,
         )
     queries = methods.queries(work.queries.ids)
@@ -394,7 +395,7 @@ def run(
     stored = stored_digest(engine, spec)
     for method, ranker in rankers.items():
         key = spec.key(method, stored) + ("-" + str(fusion_info.get("iwan_weight")) if method == "fused" else "")
-        ranking, seconds = _cached(cache, key, lambda r=ranker, m=method: _run_batch(r, labels[m], n, k_max, progress))
+        ranking, seconds = _cached(cache, key, partial(_run_batch, ranker, labels[method], n, k_max, progress))
         rankings[method] = ranking
         results["metrics"][labels[method]] = score(work, ranking, spec.ks)
         latency = metrics.latency_summary(_single_latency(ranker, n, k_max))

@@ -23,16 +23,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from iwan.config import DEFAULT_TOP_WWK
+from iwan.config import DEFAULT_STRENGTH, DEFAULT_TOP_WWK, STRENGTHS
 
 if TYPE_CHECKING:
     import networkx as nx
 
-STRENGTHS = ("forward", "backward", "max")
 QUERY_NODE = 0
 
 
@@ -164,13 +163,14 @@ class IwanGraph:
             (self.word_node(w), {"kind": "word", "word": word, "word_id": w})
             for w, word in enumerate(self.words)
         )
+        image_ids = cast(np.ndarray, self.image_ids)  # __post_init__ replaces None with the positions
         graph.add_nodes_from(
-            (self.image_node(i), {"kind": "image", "image": i}) for i in self.image_ids.tolist()
+            (self.image_node(i), {"kind": "image", "image": i}) for i in image_ids.tolist()
         )
         a, b = self.word_node(self.edge_a), self.word_node(self.edge_b)
         graph.add_weighted_edges_from(zip(a.tolist(), b.tolist(), self.edge_weight.tolist()))
         has_edge = self.image_words >= 0
-        images = np.broadcast_to(self.image_ids[:, None], self.image_words.shape)
+        images = np.broadcast_to(image_ids[:, None], self.image_words.shape)
         graph.add_weighted_edges_from(
             zip(
                 self.image_node(images[has_edge]).tolist(),
@@ -195,7 +195,7 @@ def build_graph(
     image_word_ids: np.ndarray,
     image_probabilities: np.ndarray,
     top_wwk: int = DEFAULT_TOP_WWK,
-    strength: str = "forward",
+    strength: str = DEFAULT_STRENGTH,
     image_ids: np.ndarray | None = None,
 ) -> IwanGraph:
     """The IWAN of a corpus (see the module doc for the edge rules).

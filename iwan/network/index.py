@@ -4,7 +4,7 @@ A query is a set of words, each at its own cost 1/weight from the query node: a 
 top class words with their probabilities, or a text query "cat:0.8,dog:0.2". Images are ranked
 by shortest-path distance from the query node, nearest first, ties to the lower database id.
 
-`networkx_search` is the reference: `nx.single_source_dijkstra` over the whole graph.
+`iwan.network.reference.networkx_search` is the reference: `nx.single_source_dijkstra` over the whole graph.
 `IwanIndex.search_one` / `IwanIndex.search` give the same answer, bit for bit, much faster:
 
 * It is Dijkstra over the same graph, images included, so paths that cross an image (word ->
@@ -38,14 +38,14 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import networkx as nx
 import numpy as np
 
-from iwan.network.kernels import nearest
-from iwan.network.graph import QUERY_NODE, IwanGraph, describe_node, image_edges
+from hashing.search import check_k
 from iwan.network.edges import ImageEdges
-from iwan.retrieval import check_k
+from iwan.network.graph import IwanGraph, describe_node, image_edges
+from iwan.network.kernels import nearest
 from iwan.vision.words import WordMapping, WordMatcher
 
 INDEX_FORMAT = "iwan-index/2"
@@ -142,7 +142,7 @@ class IwanIndex:
 
     def __init__(self, graph: IwanGraph, image_ids: np.ndarray | None = None):
         n_words = graph.n_words
-        ids = graph.image_ids if image_ids is None else _checked_ids(image_ids, graph.n_images)
+        ids = np.asarray(graph.image_ids) if image_ids is None else _checked_ids(image_ids, graph.n_images)
         for name in ("edge_a", "edge_b"):
             edge = np.asarray(getattr(graph, name))
             if edge.size and (edge.min() < 0 or edge.max() >= n_words):
@@ -265,7 +265,7 @@ class IwanIndex:
     def words_query(self, words: Sequence[str], weights: Sequence[float]) -> Query:
         """Words matched onto the vocabulary as class names are (iwan.vision.words: case, plurals,
         head nouns). Unmatched words are listed in `Query.unknown`; if none matches, ValueError."""
-        bad = [(w, p) for w, p in zip(words, weights, strict=True) if not (MIN_WEIGHT <= p and math.isfinite(p))]
+        bad = [(w, p) for w, p in zip(words, weights, strict=True) if not (p >= MIN_WEIGHT and math.isfinite(p))]
         if bad:
             raise ValueError(f"query weights must be finite and >= {MIN_WEIGHT:g}; got {bad}")
         mapping = self.word_mapping(words)
@@ -306,14 +306,17 @@ class IwanIndex:
         weights: np.ndarray,
         k: int,
         exclude: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
+        paths: bool = False,
+    ):
         """Batch search in the project's retriever protocol.
 
         Query r starts from words word_ids[r] (ids, -1 for none) with weights[r], both (q, m),
         as an image's predictions are given. `exclude` (q,) names one database image id per query
         to leave out of its results (-1: none). Returns (scores, ids), each (q, k): scores =
         -distance (higher is better), ids int64 database ids; rows with fewer hits are padded
-        with id -1 and score -inf. A query with no usable word gets a row of padding.
+        with id -1 and score -inf. A query with no usable word gets a row of padding. With
+        `paths`, also each hit's path of node ids (`paths[r][c]`, () for padding), found by the
+        same search.
         """
         k = check_k(k)
         word_ids, weights = np.asarray(word_ids), np.asarray(weights, dtype=np.float64)
@@ -333,11 +336,18 @@ class IwanIndex:
         words = np.where(usable, word_ids, -1).astype(np.int64)
         with self._lock:
             skip = self._edges.slots(exclude.astype(np.int64)).reshape(q, 1)
-            distances, slots, _, _, _ = self._nearest(words, costs, skip, k, False)
+            distances, slots, counts, nodes, offsets = self._nearest(words, costs, skip, k, paths)
             found = slots >= 0
             ids = np.full(slots.shape, -1, np.int64)
             ids[found] = self._edges.ids[slots[found]]
-        return -distances, ids
+        if not paths:
+            return -distances, ids
+        nodes, offsets, counts = nodes.tolist(), offsets.tolist(), counts.tolist()
+        hit_paths = [
+            [tuple(nodes[offsets[r * k + c] : offsets[r * k + c + 1]]) if c < counts[r] else () for c in range(k)]
+            for r in range(q)
+        ]
+        return -distances, ids, hit_paths
 
     def _nearest(self, words, costs, exclude_slots, k: int, want_paths: bool):
         edges = self._edges
@@ -396,7 +406,8 @@ class IwanIndex:
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(handle, "wb") as file:
-                np.savez(file, format=np.array(INDEX_FORMAT), digest=np.array(_digest(arrays)), **arrays)
+                saved: dict[str, Any] = {"format": np.array(INDEX_FORMAT), "digest": np.array(_digest(arrays)), **arrays}
+                np.savez(file, **saved)
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temporary, path)
@@ -490,28 +501,3 @@ def _checked_ids(image_ids, n: int) -> np.ndarray:
 def _some(ids: np.ndarray, limit: int = 10) -> str:
     shown = ", ".join(str(i) for i in ids[:limit].tolist())
     return shown + (f" ... ({len(ids)} in all)" if len(ids) > limit else "")
-
-
-def networkx_search(
-    nx_graph: nx.Graph, graph: IwanGraph, query: Query, k: int, exclude: Iterable[int] = ()
-) -> list[Hit]:
-    """The reference: wire the query node to the query words, run networkx's Dijkstra over the
-    whole graph (`graph.to_networkx()`, built once by the caller), unwire, rank the images;
-    `exclude`: database ids left out of the results."""
-    check_k(k)
-    if nx_graph.degree(QUERY_NODE):
-        raise ValueError("the networkx graph's query node already has edges: pass an unwired graph")
-    wires = [(QUERY_NODE, graph.word_node(w), c) for w, c in zip(query.word_ids, query.costs)]
-    nx_graph.add_weighted_edges_from(wires)
-    try:
-        dist, paths = nx.single_source_dijkstra(nx_graph, QUERY_NODE)
-    finally:
-        nx_graph.remove_edges_from([(a, b) for a, b, _ in wires])
-    exclude = {int(i) for i in exclude}
-    first_image = 1 + graph.n_words
-    ranked = sorted(
-        (d, node)
-        for node, d in dist.items()
-        if node >= first_image and node - first_image not in exclude
-    )[:k]
-    return [Hit(node - first_image, d, tuple(paths[node][1:])) for d, node in ranked]

@@ -16,17 +16,15 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-_JIT = {"nogil": True, "cache": True}
 
-
-@numba.njit(**_JIT)
+@numba.njit(nogil=True, cache=True)
 def _grow(a, n):
     b = np.empty(max(2 * len(a), 16), a.dtype)
     b[:n] = a[:n]
     return b
 
 
-@numba.njit(**_JIT)
+@numba.njit(nogil=True, cache=True)
 def _sift_up(hd, hw, hp, hl, i):
     d, w, p, lv = hd[i], hw[i], hp[i], hl[i]
     while i > 0:
@@ -38,7 +36,7 @@ def _sift_up(hd, hw, hp, hl, i):
     hd[i], hw[i], hp[i], hl[i] = d, w, p, lv
 
 
-@numba.njit(**_JIT)
+@numba.njit(nogil=True, cache=True)
 def _sift_down(hd, hw, hp, hl, size):
     """Restore the heap after its last entry was moved to the top (size already decremented)."""
     d, w, p, lv = hd[0], hw[0], hp[0], hl[0]
@@ -56,7 +54,7 @@ def _sift_down(hd, hw, hp, hl, size):
     hd[i], hw[i], hp[i], hl[i] = d, w, p, lv
 
 
-@numba.njit(**_JIT)
+@numba.njit(nogil=True, cache=True)
 def nearest(
     word_ptr, word_next, word_weight,
     row_words, row_costs, state, ids,
@@ -245,7 +243,7 @@ def nearest(
     return out_dist, out_slot, out_n, path_nodes[:n_path], path_ptr
 
 
-@numba.njit(**_JIT)
+@numba.njit(nogil=True, cache=True)
 def merge_runs(ptr_a, slot_a, cost_a, ptr_b, slot_b, cost_b):
     """Two sets of per-word runs, each sorted by (cost, slot), merged into one: (ptr, slot, cost)."""
     n_words = len(ptr_a) - 1

@@ -1,7 +1,7 @@
 """An IWAN over stored images, built from PostgreSQL and kept on disk for later searches.
 
 The norms, the images' stored word predictions and the class-name-to-word mapping come from the
-database (`graph_of` for any images, `build` for a registered split); a split's built graph is
+database (`build` for a registered split; iwan.retrieval.iwan builds one over any images); a split's built graph is
 saved under IWAN_HOME/indexes/NAME/ with what a search needs to answer in the database's terms
 (image ids, the predictor whose words queries must use).
 """
@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from iwan.config import DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, MAX_TOP_IWK, USF_SOURCE, settings
+from iwan.config import DEFAULT_STRENGTH, DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, MAX_TOP_IWK, USF_SOURCE, Settings
 from iwan.datasets.loaders import registered_name
-from iwan.network.graph import Associations, IwanGraph, build_graph
-from iwan.vision.imagenet_words import with_hypernyms
 from iwan.db.norms import association_arrays
-from iwan.db.predictions import SplitPredictions, classifier_categories, load_predictions, predictions_of
+from iwan.db.predictions import SplitPredictions, load_predictions
+from iwan.network.graph import Associations, IwanGraph, build_graph
 from iwan.network.index import IwanIndex
+from iwan.vision.imagenet_words import with_hypernyms
 from iwan.vision.words import WordMapping, WordMatcher
 
 INDEX_FILE = "graph.npz"
@@ -148,11 +148,6 @@ def word_mapping(words: list[str], categories: list[str]) -> WordMapping:
     return with_hypernyms(WordMatcher(words).map(categories), words)
 
 
-def class_word_mapping(engine: Engine, predictor: str, source: str = USF_SOURCE) -> WordMapping:
-    """The mapping of `predictor`'s classes onto the vocabulary of the norm set `source`."""
-    return word_mapping(association_arrays(engine, source).words, classifier_categories(engine, predictor))
-
-
 def _graph(associations: Associations, predictions: SplitPredictions, top_wwk: int, strength: str) -> tuple[IwanGraph, WordMapping]:
     mapping = word_mapping(associations.words, predictions.categories)
     graph = build_graph(
@@ -166,39 +161,29 @@ def _graph(associations: Associations, predictions: SplitPredictions, top_wwk: i
     return graph, mapping
 
 
-def graph_of(
-    engine: Engine,
-    predictor: str,
-    image_ids: np.ndarray,
-    top_iwk: int = DEFAULT_TOP_IWK,
-    top_wwk: int = DEFAULT_TOP_WWK,
-    strength: str = "forward",
-    source: str = USF_SOURCE,
-) -> tuple[IwanGraph, WordMapping]:
-    """The IWAN of the stored predictions of `predictor` for `image_ids` (ascending), and the
-    mapping of the predictor's classes onto the graph's words."""
-    _check_top_iwk(top_iwk)
-    predictions = predictions_of(engine, predictor, image_ids, top_iwk)
-    graph, mapping = _graph(association_arrays(engine, source), predictions, top_wwk, strength)
-    return graph, mapping
-
-
-def _check_top_iwk(top_iwk: int) -> None:
+def check_top_iwk(top_iwk: int) -> None:
     if not 1 <= top_iwk <= MAX_TOP_IWK:
         raise ValueError(f"top_iwk={top_iwk} must be 1..{MAX_TOP_IWK}")
 
 
-def index_dir(name: str) -> Path:
-    """The folder of the index called `name`: always directly inside IWAN_HOME/indexes.
-
-    A name is a name, never a path: `../x`, `/any/dir` and links leading out are refused.
-    """
+def check_index_name(name: str) -> str:
+    """`name` if it is an index name (never a path: `../x`, `/any/dir` are refused), else ValueError."""
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise ValueError(
             f"index name {name!r} is not a name: use 1 to 64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit (indexes live in IWAN_HOME/indexes)"
         )
-    root = settings().index_dir
+    return name
+
+
+def index_dir(name: str, settings: Settings) -> Path:
+    """The folder of the index called `name`: always directly inside the settings' `index_dir`
+    (IWAN_HOME/indexes).
+
+    A name is a name, never a path: `../x`, `/any/dir` and links leading out are refused.
+    """
+    check_index_name(name)
+    root = settings.index_dir
     folder = root / name
     if folder.resolve().parent != root.resolve():
         raise ValueError(f"index {name!r}: {folder} leads outside {root}; remove that link")
@@ -214,15 +199,15 @@ def default_name(dataset: str, split: str) -> str:
     return name
 
 
-def latest_index() -> Path:
-    """The most recently built index, for searches that name none."""
+def latest_index(settings: Settings) -> Path:
+    """The most recently built index in the settings' `index_dir`, for searches that name none."""
     built = sorted(
-        (p for p in settings().index_dir.glob(f"*/{META_FILE}") if NAME_PATTERN.fullmatch(p.parent.name)),
+        (p for p in settings.index_dir.glob(f"*/{META_FILE}") if NAME_PATTERN.fullmatch(p.parent.name)),
         key=lambda p: p.stat().st_mtime,
     )
     if not built:
         raise FileNotFoundError(
-            f"no IWAN index in {settings().index_dir}: build one with `iwan index build --dataset D --split S`"
+            f"no IWAN index in {settings.index_dir}: build one with `iwan index build --dataset D --split S`"
         )
     return built[-1].parent
 
@@ -234,17 +219,16 @@ def build(
     split: str,
     top_iwk: int = DEFAULT_TOP_IWK,
     top_wwk: int = DEFAULT_TOP_WWK,
-    strength: str = "forward",
+    strength: str = DEFAULT_STRENGTH,
     source: str = USF_SOURCE,
     limit: int | None = None,
     name: str | None = None,
 ) -> BuiltIndex:
     """The IWAN of a split's stored predictions of `model` on the norm set `source`, its images
-    in database id order."""
-    _check_top_iwk(top_iwk)
+    in database id order; saved with `.save(index_dir(built.meta.name, settings))`."""
+    check_top_iwk(top_iwk)
     dataset = registered_name(dataset)
-    name = name or default_name(dataset, split)
-    index_dir(name)
+    name = check_index_name(name or default_name(dataset, split))
     started = time.perf_counter()
     associations = association_arrays(engine, source)
     predictions = load_predictions(engine, model, dataset, split, top=top_iwk, limit=limit)

@@ -1,7 +1,8 @@
 """`exhaustive`: the cosine of every query embedding to every image embedding, the exact reference.
 
-Built from the stored embeddings of a hash model (iwan/db/codes.py) over a corpus; wraps
-`hashing.search.ExhaustiveCosineIndex`, which holds rows by database id.
+Built from the corpus images' embeddings (a hash model's); wraps
+`hashing.search.ExhaustiveCosineIndex`, which holds rows by database id (and their codes, when
+given, to explain a hit by its Hamming distance too).
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ from __future__ import annotations
 import numpy as np
 
 from hashing.search import ExhaustiveCosineIndex
-from iwan.retrieval import Batch, Corpus, register_retriever
+from iwan.retrieval.hashes import code_reasons
+from iwan.retrieval.protocol import Batch, CorpusData, Explained
+from iwan.retrieval.registry import Corpus, register_retriever, require_hash_model
 
 
 class ExhaustiveRetriever:
     name = "exhaustive"
-    reads = ("embeddings",)
-    """The fields of a query batch (and of added images) this method reads."""
+    reads: tuple[str, ...] = ("embeddings",)
 
     def __init__(self, index: ExhaustiveCosineIndex):
         self.index = index
@@ -25,23 +27,29 @@ class ExhaustiveRetriever:
         return self.index.ntotal
 
     def add(self, image_ids: np.ndarray, images: Batch) -> None:
-        images.need("embeddings", method=self.name)
-        self.index.add(images.embeddings, ids=image_ids)
+        (embeddings,) = images.need("embeddings", method=self.name)
+        self.index.add(image_ids, embeddings, images.codes)
 
     def remove(self, image_ids: np.ndarray) -> None:
         self.index.remove(image_ids)
 
     def search(self, queries: Batch, k: int, *, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        queries.need("embeddings", method=self.name)
-        return self.index.search(queries.embeddings, k, exclude=exclude)
+        (embeddings,) = queries.need("embeddings", method=self.name)
+        return self.index.search(embeddings, k, exclude=exclude)
+
+    def explain(self, queries: Batch, k: int, *, exclude: np.ndarray | None = None) -> Explained:
+        """Each hit's cosine (the score) and, where codes are known, its Hamming distance."""
+        scores, ids = self.search(queries, k, exclude=exclude)
+        codes = queries.codes if self.index.has_codes else None
+        return Explained(scores, ids, code_reasons(scores, ids, codes, self.index.codes_of))
 
 
 @register_retriever("exhaustive")
-def build(engine, corpus: Corpus) -> ExhaustiveRetriever:
-    from iwan.retrieval.queries import stored_codes
-
-    embeddings, _ = stored_codes(engine, corpus, corpus.image_ids, method="exhaustive")
+def build(corpus: Corpus, data: CorpusData) -> ExhaustiveRetriever:
+    require_hash_model(corpus, "exhaustive")
     index = ExhaustiveCosineIndex()
     if len(corpus.image_ids):
-        index.add(embeddings, ids=corpus.image_ids)
+        images = data.images(corpus.image_ids, ("embeddings", "codes"))
+        (embeddings,) = images.need("embeddings", method="exhaustive")
+        index.add(corpus.image_ids, embeddings, images.codes)
     return ExhaustiveRetriever(index)

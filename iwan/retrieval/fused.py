@@ -1,8 +1,11 @@
-"""`fused`: one ranking from several methods' rankings (iwan.retrieval.fusion: weighted or reciprocal rank).
+"""`fused`: one ranking from several methods' rankings (iwan.retrieval.fusion: a weighted sum of
+normalised scores, or reciprocal rank fusion).
 
 Each member is searched `depth_factor` times deeper than asked, so that an image ranked just below
 k by one member can still be lifted by the others. Every member gets the same query batch and
 reads its part of it. The fused retriever holds its members: `add` and `remove` reach each one.
+An explained search searches each member once and explains each hit by what those searches found:
+its rank in each member (None where a member did not rank it that deep) and the members' reasons.
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from iwan.retrieval.fusion import METHODS, check_weights, fuse
-from iwan.retrieval import Batch, Corpus, Retriever, check_k, get_retriever, register_retriever
-
-DEFAULT_MEMBERS = ("iwan", "hashes")
+from hashing.search import check_k
+from iwan.config import DEFAULT_FUSION_RULE, FUSED_MEMBERS, FUSION_DEPTH_FACTOR, RRF_K0
+from iwan.retrieval.fusion import RULES, check_weights, fuse
+from iwan.retrieval.protocol import Batch, CorpusData, Explained, Retriever
+from iwan.retrieval.registry import Corpus, get_retriever, register_retriever
 
 
 class FusedRetriever:
@@ -23,19 +27,19 @@ class FusedRetriever:
     def __init__(
         self,
         members: Sequence[Retriever],
-        method: str = "rrf",
+        rule: str = DEFAULT_FUSION_RULE,
         weights: Sequence[float] | None = None,
-        depth_factor: int = 2,
-        k0: float = 60,
+        depth_factor: int = FUSION_DEPTH_FACTOR,
+        k0: float = RRF_K0,
     ):
         if not members:
             raise ValueError("a fused retriever needs at least one member retriever")
-        if method not in METHODS:
-            raise ValueError(f"fusion method {method!r} is unknown: use one of {METHODS}")
+        if rule not in RULES:
+            raise ValueError(f"fusion rule {rule!r} is unknown: use one of {RULES}")
         if depth_factor < 1:
             raise ValueError(f"depth_factor={depth_factor} must be >= 1")
         self.members = list(members)
-        self.method = method
+        self.rule = rule
         self.weights = None if weights is None else [float(w) for w in check_weights(weights, len(self.members))]
         self.depth_factor = depth_factor
         self.k0 = k0
@@ -43,7 +47,7 @@ class FusedRetriever:
     @property
     def reads(self) -> tuple[str, ...]:
         """What the members read of a query batch."""
-        return tuple(dict.fromkeys(f for m in self.members for f in getattr(m, "reads", ())))
+        return tuple(dict.fromkeys(f for m in self.members for f in m.reads))
 
     @property
     def ntotal(self) -> int:
@@ -60,20 +64,41 @@ class FusedRetriever:
     def search(self, queries: Batch, k: int, *, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         depth = self.depth_factor * check_k(k)
         rankings = [member.search(queries, depth, exclude=exclude) for member in self.members]
-        return fuse(rankings, k, method=self.method, weights=self.weights, k0=self.k0)
+        return fuse(rankings, k, rule=self.rule, weights=self.weights, k0=self.k0)
+
+    def explain(self, queries: Batch, k: int, *, exclude: np.ndarray | None = None) -> Explained:
+        depth = self.depth_factor * check_k(k)
+        found = [member.explain(queries, depth, exclude=exclude) for member in self.members]
+        scores, ids = fuse([(f.scores, f.ids) for f in found], k, rule=self.rule, weights=self.weights, k0=self.k0)
+        reasons = []
+        for r, row_ids in enumerate(ids.tolist()):
+            seen = [{i: (rank, why) for rank, (i, why) in enumerate(zip(f.ids[r].tolist(), f.reasons[r]), start=1)
+                     if i >= 0} for f in found]
+            row: list[dict] = []
+            for image_id in row_ids:
+                if image_id < 0:
+                    row.append({})
+                    continue
+                why: dict = {}
+                for member_seen in seen:
+                    why.update(member_seen.get(image_id, (None, {}))[1])
+                why["ranks"] = {m.name: s[image_id][0] if image_id in s else None for m, s in zip(self.members, seen)}
+                row.append(why)
+            reasons.append(row)
+        return Explained(scores, ids, reasons)
 
 
 @register_retriever("fused")
 def build(
-    engine,
     corpus: Corpus,
+    data: CorpusData,
     *,
-    members: Sequence[str | Retriever] = DEFAULT_MEMBERS,
-    fusion: str = "rrf",
+    members: Sequence[str | Retriever] = FUSED_MEMBERS,
+    fusion: str = DEFAULT_FUSION_RULE,
     weights: Sequence[float] | None = None,
-    depth_factor: int = 2,
-    k0: float = 60,
+    depth_factor: int = FUSION_DEPTH_FACTOR,
+    k0: float = RRF_K0,
 ) -> FusedRetriever:
     """Members by name (built over the corpus) or as built retrievers, which are then shared."""
-    built = [get_retriever(m, engine, corpus) if isinstance(m, str) else m for m in members]
+    built = [get_retriever(m, corpus, data) if isinstance(m, str) else m for m in members]
     return FusedRetriever(built, fusion, weights, depth_factor, k0)

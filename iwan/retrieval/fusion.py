@@ -13,14 +13,16 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from iwan.config import DEFAULT_FUSION_RULE, FUSION_RULES, RRF_K0
+
 Ranking = tuple[np.ndarray, np.ndarray]
-METHODS = ("rrf", "weighted")
+RULES = FUSION_RULES
 
 
 def reciprocal_rank_fusion(
     rankings: Sequence[Ranking],
     k: int,
-    k0: float = 60,
+    k0: float = RRF_K0,
     weights: Sequence[float] | None = None,
 ) -> Ranking:
     """RRF (Cormack et al. 2009): score(d) = sum_r w_r / (k0 + rank_r(d)), ranks from 1.
@@ -74,16 +76,16 @@ def normalise_scores(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
 def fuse(
     rankings: Sequence[Ranking],
     k: int,
-    method: str = "rrf",
+    rule: str = DEFAULT_FUSION_RULE,
     weights: Sequence[float] | None = None,
-    k0: float = 60,
+    k0: float = RRF_K0,
 ) -> Ranking:
-    """Dispatch to `reciprocal_rank_fusion` (method="rrf") or `weighted_fusion` ("weighted")."""
-    if method == "rrf":
+    """Dispatch to `reciprocal_rank_fusion` (rule "rrf") or `weighted_fusion` ("weighted")."""
+    if rule == "rrf":
         return reciprocal_rank_fusion(rankings, k, k0=k0, weights=weights)
-    if method == "weighted":
+    if rule == "weighted":
         return weighted_fusion(rankings, k, weights=weights)
-    raise ValueError(f"fusion method {method!r} is unknown: use one of {METHODS}")
+    raise ValueError(f"fusion rule {rule!r} is unknown: use one of {RULES}")
 
 
 def choose_weight(

@@ -5,24 +5,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from iwan.db.pgsearch import PgHammingCosineIndex
 from iwan.config import DEFAULT_SHORTLIST_FACTOR
-from iwan.retrieval import Batch, Corpus, register_retriever
-from iwan.retrieval.pg import PgCorpusRetriever
-from iwan.retrieval.queries import require_hash_model
+from iwan.db.pgsearch import PgHammingCosineIndex
+from iwan.retrieval.hashes import READS
+from iwan.retrieval.pg import PgCorpusRetriever, engine_of
+from iwan.retrieval.protocol import Batch, CorpusData
+from iwan.retrieval.registry import Corpus, register_retriever, require_hash_model
 
 
 class PgHashesRetriever(PgCorpusRetriever):
     name = "hashes-pg"
-    reads = ("embeddings", "codes")
-    """The fields of a query batch (and of added images) this method reads."""
+    reads: tuple[str, ...] = READS
 
     def search(self, queries: Batch, k: int, *, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        queries.need("embeddings", "codes", method=self.name)
-        return self.index.search(queries.embeddings, k, query_codes=queries.codes, exclude=exclude)
+        embeddings, codes = queries.need(*READS, method=self.name)
+        return self.index.search(embeddings, k, query_codes=codes, exclude=exclude, image_ids=self.image_ids)
 
 
 @register_retriever("hashes-pg")
-def build(engine, corpus: Corpus, *, shortlist_factor: int = DEFAULT_SHORTLIST_FACTOR) -> PgHashesRetriever:
+def build(corpus: Corpus, data: CorpusData, *, shortlist_factor: int = DEFAULT_SHORTLIST_FACTOR) -> PgHashesRetriever:
     model = require_hash_model(corpus, "hashes-pg")
-    return PgHashesRetriever(PgHammingCosineIndex(model, engine, shortlist_factor, image_ids=corpus.image_ids))
+    return PgHashesRetriever(PgHammingCosineIndex(model, engine_of(data, "hashes-pg"), shortlist_factor), corpus.image_ids)

@@ -1,73 +1,68 @@
 """`iwan`: images ranked by their shortest-path distance from the query words in the image-word
 association network (iwan.network.index.IwanIndex, live: images are added and removed in place).
 
-Built from the database: the norms, the corpus's stored predictions of its predictor, and the
-mapping of the predictor's classes onto the norms' words (iwan.network.saved). Queries and added images
-are batches of word ids and weights (iwan.retrieval.queries makes them for stored images).
+Built from the norm set's associations and the corpus images' words (their predictor's top classes
+mapped onto the norms' words, with the probabilities as weights). Queries and added images are
+batches of word ids and weights.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-from iwan.retrieval import Batch, Corpus, check_k, register_retriever
-from iwan.retrieval.queries import require_predictor
-from iwan.network.index import IwanIndex, Query
+from hashing.search import check_k
+from iwan.network.index import IwanIndex
+from iwan.retrieval.protocol import WORD_FIELDS, Batch, CorpusData, Explained
+from iwan.retrieval.registry import Corpus, register_retriever, require_predictor
 
 
 class IwanRetriever:
     name = "iwan"
-    reads = ("word_ids", "weights")
-    """The fields of a query batch (and of added images) this method reads."""
+    reads: tuple[str, ...] = WORD_FIELDS
 
-    def __init__(self, index: IwanIndex, class_word_ids: np.ndarray, unmapped_classes: list[str] | None = None):
+    def __init__(self, index: IwanIndex, unmapped_classes: Sequence[str] = ()):
         self.index = index
-        self.class_word_ids = class_word_ids
-        """Word id of each of the predictor's classes (-1: none), for queries and added images."""
-        self.unmapped_classes = list(unmapped_classes or [])
+        self.unmapped_classes = list(unmapped_classes)
+        """The predictor's classes that map to no word (reported by evaluations)."""
 
     @property
     def ntotal(self) -> int:
         return self.index.ntotal
 
     def add(self, image_ids: np.ndarray, images: Batch) -> None:
-        images.need("word_ids", "weights", method=self.name)
-        self.index.add(np.asarray(image_ids, dtype=np.int64), images.word_ids, images.weights)
+        word_ids, weights = images.need(*WORD_FIELDS, method=self.name)
+        self.index.add(np.asarray(image_ids, dtype=np.int64), word_ids, weights)
 
     def remove(self, image_ids: np.ndarray) -> None:
         self.index.remove(np.asarray(image_ids, dtype=np.int64))
 
     def search(self, queries: Batch, k: int, *, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """scores = -distance; a query without a usable word gets a row of padding."""
-        queries.need("word_ids", "weights", method=self.name)
-        return self.index.search(queries.word_ids, queries.weights, check_k(k), exclude=exclude)
+        word_ids, weights = queries.need(*WORD_FIELDS, method=self.name)
+        return self.index.search(word_ids, weights, check_k(k), exclude=exclude)
 
-    def explain(self, query: Batch, image_ids: np.ndarray, exclude: int = -1) -> list[dict | None]:
-        """For one query, each image's distance and word path ("CAT", "image 12", "DOG"); None for
-        an image the query does not reach."""
-        query.need("word_ids", "weights", method=self.name)
-        start = Query.from_weights(query.word_ids[0], query.weights[0])
-        wanted = [int(i) for i in image_ids]
-        skip = () if exclude < 0 else (int(exclude),)
-        k = max(1, len(wanted))
-        while True:
-            hits = {h.image_id: h for h in self.index.search_one(start, k, exclude=skip)}
-            if all(i in hits for i in wanted) or len(hits) < k or k >= self.ntotal:
-                break
-            k = min(2 * k, self.ntotal)
-        return [
-            {"distance": hits[i].distance, "path": self.index.path_labels(hits[i].path)} if i in hits else None
-            for i in wanted
+    def explain(self, queries: Batch, k: int, *, exclude: np.ndarray | None = None) -> Explained:
+        """Each hit's distance and word path ("CAT", "image 12", "DOG"), from the same search."""
+        word_ids, weights = queries.need(*WORD_FIELDS, method=self.name)
+        scores, ids, paths = self.index.search(word_ids, weights, check_k(k), exclude=exclude, paths=True)
+        reasons = [
+            [{"distance": float(-s), "path": self.index.path_labels(p)} if i >= 0 else {}
+             for s, i, p in zip(row_scores.tolist(), row_ids.tolist(), row_paths)]
+            for row_scores, row_ids, row_paths in zip(scores, ids, paths)
         ]
+        return Explained(scores, ids, reasons)
 
 
 @register_retriever("iwan")
-def build(engine, corpus: Corpus) -> IwanRetriever:
-    from iwan.network.saved import graph_of
+def build(corpus: Corpus, data: CorpusData) -> IwanRetriever:
+    from iwan.network.graph import build_graph
+    from iwan.network.saved import check_top_iwk
 
-    predictor = require_predictor(corpus, "iwan")
-    graph, mapping = graph_of(
-        engine, predictor, corpus.image_ids, top_iwk=corpus.top_iwk, top_wwk=corpus.top_wwk,
-        strength=corpus.strength, source=corpus.source,
-    )
-    return IwanRetriever(IwanIndex(graph), mapping.word_ids, mapping.unmapped)
+    require_predictor(corpus, "iwan")
+    check_top_iwk(corpus.top_iwk)
+    word_ids, weights = data.images(corpus.image_ids, WORD_FIELDS).need(*WORD_FIELDS, method="iwan")
+    graph = build_graph(data.associations(), word_ids, weights, top_wwk=corpus.top_wwk,
+                        strength=corpus.strength, image_ids=np.asarray(corpus.image_ids, dtype=np.int64))
+    return IwanRetriever(IwanIndex(graph), data.unmapped_classes)

@@ -2,83 +2,22 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Iterable, Sequence
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.engine import Engine
 
 from iwan.config import MAX_BODY_BYTES, Settings
 from iwan.config import settings as current_settings
-from iwan.serve.metrics import Metrics, MetricsMiddleware
-from iwan.serve.uploads import BodyLimit
-
-log = logging.getLogger(__name__)
-
-STATIC = Path(str(files("iwan.serve") / "static"))
-RETRY_AFTER_S = 5
-"""What a 503 asks a client to wait: the database's restart, or the collections' loading."""
-
-
-class Service:
-    """What the routes share: the database, the settings, and the collections as they load."""
-
-    def __init__(self, engine: Engine, settings: Settings, collections: Iterable, load: Sequence[str]):
-        self.engine = engine
-        self.settings = settings
-        self.collections = {c.name: c for c in collections}
-        self.pending = [name for name in load if name not in self.collections]
-        self.error: str | None = None
-        self.opened: list = []
-        """Collections this service opened itself, closed at shutdown."""
-        self._lock = threading.Lock()
-        self.metrics = Metrics(lambda: {name: c.size for name, c in list(self.collections.items())})
-
-    @property
-    def ready(self) -> bool:
-        return not self.pending and self.error is None
-
-    def collection(self, name: str):
-        """The served collection `name`: 404 when unknown, 503 while it is still loading."""
-        found = self.collections.get(name)
-        if found is not None:
-            return found
-        if name in self.pending:
-            raise HTTPException(503, f"collection {name!r} is still loading; retry shortly",
-                                headers={"Retry-After": str(RETRY_AFTER_S)})
-        served = ", ".join(sorted(self.collections)) or "none"
-        raise HTTPException(404, f"unknown collection {name!r}: this server serves {served}")
-
-    def load(self) -> None:
-        """Open the pending collections one by one (in a background thread at start-up)."""
-        from PIL import Image
-
-        from iwan.collections.live import LiveCollection
-
-        for name in list(self.pending):
-            try:
-                collection = LiveCollection.open(self.engine, name)
-                # The predictor (and hash net) load on first use: pay that before answering ready.
-                collection.image_queries([Image.new("RGB", (32, 32))])
-            except Exception as err:  # noqa: BLE001 - any failure must reach /readyz and the log
-                log.error("iwan serve: cannot load collection %r: %s", name, err)
-                self.error = f"collection {name!r} failed to load: {err}"
-                return
-            with self._lock:
-                self.collections[name] = collection
-                self.opened.append(collection)
-                self.pending.remove(name)
-            log.info("iwan serve: collection %r loaded (%d images)", name, collection.size)
-
-    def close(self) -> None:
-        for collection in self.opened:
-            collection.close()
-        self.opened.clear()
+from iwan.serve.limits import BodyLimit
+from iwan.serve.metrics import MetricsMiddleware
+from iwan.serve.routes import router
+from iwan.serve.service import STATIC, Service
 
 
 def create_app(
@@ -90,9 +29,11 @@ def create_app(
 ) -> FastAPI:
     """The service over `collections` (opened LiveCollections, owned by the caller) and the
     collections named in `load`, opened in the background at start-up (/readyz answers 503 until
-    they are all loaded; they are closed at shutdown)."""
-    from iwan.serve.routes import router
+    they are all loaded; they are closed at shutdown).
 
+    `settings` (read from the environment when not given: an entry point) are the service's:
+    its write key, CORS origins and upload pixel limit, and the settings of the collections it
+    opens itself."""
     service = Service(engine, settings or current_settings(), collections, load)
 
     @asynccontextmanager

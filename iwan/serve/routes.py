@@ -5,8 +5,6 @@ from __future__ import annotations
 import hmac
 import io
 import json
-import math
-import time
 import unicodedata
 from contextlib import contextmanager
 from functools import lru_cache
@@ -34,20 +32,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import DBAPIError
 from starlette.datastructures import UploadFile as FormFile
 
+from iwan.collections.pipeline import SearchRequest, check_text, finite
 from iwan.config import DEFAULT_K, MAX_SEARCH_K, MAX_SEARCH_OFFSET
 from iwan.db.engine import DatabaseError
 from iwan.serve import models
-from iwan.serve.app import RETRY_AFTER_S, STATIC, Service
-from iwan.serve.uploads import ImageRefused, check_image, open_image
+from iwan.serve.service import RETRY_AFTER_S, STATIC, Service
+from iwan.vision.decode import ImageRefused, open_checked
 
 router = APIRouter()
 THUMBNAIL_PIXELS = 256
 MAX_LABEL_CHARS = 200
 MAX_FILES = 1000
-PATH_DEPTH = 100
-"""A fused result shows its IWAN word path when IWAN ranks it this high or higher."""
-TEXT_METHODS = ("iwan",)
-"""The methods that read a query's words; the hash methods need an image."""
 
 PAGE_POLICY = (
     "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
@@ -207,24 +202,16 @@ async def search(
             upload = (image.filename or "upload", await image.read())
     else:
         raise HTTPException(415, "send JSON ({\"text\": ...} or {\"image_id\": ...}) or multipart form data with an image")
-    method = body.method or method or _default_method(collection, body)
-    if getattr(body, "text", None) is not None and method not in TEXT_METHODS:
-        raise HTTPException(422, f"method {method!r} needs an image query (it compares images' hashes); "
-                                 f"a text query is searched by {', '.join(TEXT_METHODS)}")
-    if method not in collection.methods:
-        raise HTTPException(422, f"method {method!r} is not available in {name!r}: choose from {', '.join(collection.methods)}")
-    k = body.k or k or DEFAULT_K
-    offset = body.offset if body.offset is not None else (offset or 0)
+    with _answers():
+        query = SearchRequest(
+            image=upload[1] if upload else None, image_name=upload[0] if upload else "image",
+            text=getattr(body, "text", None), image_id=getattr(body, "image_id", None),
+            method=body.method or method, k=body.k or k or DEFAULT_K,
+            offset=body.offset if body.offset is not None else (offset or 0),
+        )
     if upload is None:  # words or a stored image: well under a millisecond, cheaper than a thread hop
-        return _search(service, collection, method, k, offset, body, upload)
-    return await run_in_threadpool(_search, service, collection, method, k, offset, body, upload)
-
-
-def _default_method(collection, body) -> str:
-    """The collection's default, except that words can only be searched through the word graph."""
-    if getattr(body, "text", None) is not None and collection.default_method not in TEXT_METHODS:
-        return "iwan"
-    return collection.default_method
+        return _search(service, collection, query)
+    return await run_in_threadpool(_search, service, collection, query)
 
 
 def _validated(model: type[BaseModel], payload, where: str):
@@ -236,96 +223,14 @@ def _validated(model: type[BaseModel], payload, where: str):
         ) from None
 
 
-def _search(service: Service, collection, method: str, k: int, offset: int, body, upload) -> models.SearchResponse:
-    start = time.perf_counter()
-    exclude, unknown, words = None, [], None
+def _search(service: Service, collection, query: SearchRequest) -> models.SearchResponse:
+    """Parsed, searched once by the pipeline, rendered."""
+    from iwan.collections.pipeline import search
+
     with _answers():
-        if upload is not None:
-            image = open_image(upload[1], upload[0], service.settings.max_image_pixels)
-            queries = collection.image_queries([image])
-        elif body.text is not None:
-            _check_text(body.text, "text")
-            planned = collection.text_queries(body.text)
-            queries, unknown = planned.batch, list(planned.unknown)
-            words = [models.Word(word=w, weight=_finite(p) or 0.0) for w, p in planned.words]
-        else:
-            queries = collection.stored_queries(np.array([body.image_id], dtype=np.int64))
-            exclude = np.array([body.image_id], dtype=np.int64)
-        modelled = time.perf_counter()
-        scores, ids = collection.search(queries, offset + k, method=method, exclude=exclude)
-        searched = time.perf_counter()
-        service.metrics.searches.labels(collection.name, method).observe(searched - modelled)
-        scores, ids = scores[0, offset:], ids[0, offset:]
-        keep = ids >= 0
-        scores, ids = scores[keep], ids[keep].tolist()
-        explanations = _explain(collection, queries, ids, method)
-        labels = collection.labels(ids) if ids else []
-        if words is None:
-            words = _query_words(collection, queries)
-    results = [
-        models.Result(rank=offset + i + 1, image_id=image_id, label=label, score=_finite(score),
-                      thumbnail_url=f"/v1/images/{image_id}/thumbnail", explanation=_plain(why))
-        for i, (image_id, label, score, why) in enumerate(zip(ids, labels, scores.tolist(), explanations))
-    ]
-    end = time.perf_counter()
-    return models.SearchResponse(
-        collection=collection.name, method=method, query=models.QueryInfo(words=words, unknown=unknown),
-        results=results,
-        timing_ms=models.Timing(model=round((modelled - start) * 1e3, 3), search=round((searched - modelled) * 1e3, 3),
-                                total=round((end - start) * 1e3, 3)),
-    )
-
-
-def _query_words(collection, queries) -> list[models.Word]:
-    """The words one query starts from, heaviest first (a word given twice keeps its larger weight)."""
-    best: dict[int, float] = {}
-    for word_id, weight in zip(queries.word_ids[0].tolist(), queries.weights[0].tolist()):
-        if word_id >= 0 and weight > 0 and math.isfinite(weight):
-            best[word_id] = max(best.get(word_id, 0.0), weight)
-    ranked = sorted(best.items(), key=lambda item: -item[1])
-    return [models.Word(word=collection.words[w], weight=p) for w, p in ranked]
-
-
-def _explain(collection, queries, ids: list[int], method: str) -> list[dict]:
-    """Why each result came back; a fused result near the top of IWAN's ranking also carries its
-    word path (finding the path of one ranked far down costs a search that deep: 0.5 s at 50,000)."""
-    if not ids:
-        return []
-    first = queries.rows(slice(0, 1))
-    explanations = collection.explain(first, ids, method)
-    if method == "fused" and "iwan" in collection.methods:
-        near = [i for i, why in zip(ids, explanations) if 0 < ((why.get("ranks") or {}).get("iwan") or 0) <= PATH_DEPTH]
-        paths = dict(zip(near, collection.explain(first, near, "iwan"))) if near else {}
-        explanations = [{**paths.get(i, {}), **why} for i, why in zip(ids, explanations)]
-    return explanations
-
-
-def _plain(value):
-    """JSON-safe: numpy scalars as Python numbers, non-finite floats as None."""
-    kind = type(value)
-    if kind is str or kind is int or value is None:
-        return value
-    if kind is dict:
-        return {str(k): _plain(v) for k, v in value.items()}
-    if kind is list or kind is tuple or kind is np.ndarray:
-        return [_plain(v) for v in value]
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return _finite(value)
-    return value
-
-
-def _finite(value) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _check_text(text: str, field: str) -> None:
-    """Refuse control characters (a NUL cannot reach PostgreSQL, and none means anything in a query)."""
-    bad = sorted({f"U+{ord(c):04X}" for c in text if unicodedata.category(c) == "Cc" and c not in "\t\n\r"})
-    if bad:
-        raise ValueError(f"{field} contains control characters ({', '.join(bad)}); send words only")
+        result = search(collection, query, service.policy)
+    service.metrics.searches.labels(collection.name, result.method).observe(result.timing_ms["search"] / 1e3)
+    return models.SearchResponse.model_validate(result.as_dict())
 
 
 # Images ---------------------------------------------------------------------------------------
@@ -339,7 +244,7 @@ def image(image_id: ImageIdPath, service: ServiceDep) -> models.ImageOut:
         record = image_record(service.engine, image_id)
     return models.ImageOut(
         image_id=record["image_id"], collections=list(record["collections"]), label=record["label"],
-        words=[models.WordProbability(word=w["word"], probability=_finite(w["probability"]) or 0.0) for w in record["words"]],
+        words=[models.WordProbability(word=w["word"], probability=finite(w["probability"]) or 0.0) for w in record["words"]],
         hash_code=record["hash_code"], thumbnail_url=f"/v1/images/{image_id}/thumbnail",
     )
 
@@ -350,21 +255,25 @@ def image(image_id: ImageIdPath, service: ServiceDep) -> models.ImageOut:
 def thumbnail(image_id: ImageIdPath, service: ServiceDep) -> Response:
     """The image, at most 256 pixels a side; an image never changes under its id, so it is cached."""
     with _answers():
-        data, media_type = _thumbnail(service.engine, image_id, service.settings.max_image_pixels)
+        data, media_type = _thumbnail(service.engine, image_id, service.policy, service.settings)
     return Response(data, media_type=media_type, headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
 
 @lru_cache(maxsize=2048)
-def _thumbnail(engine, image_id: int, max_pixels: int) -> tuple[bytes, str]:
+def _thumbnail(engine, image_id: int, policy, settings) -> tuple[bytes, str]:
     from iwan.collections.live import image_file
 
-    data, media_type = image_file(engine, image_id)
+    data, media_type = image_file(engine, image_id, settings=settings)
     if media_type in ("image/jpeg", "image/png") and len(data) <= 32 * 1024:
         return data, media_type
-    image = open_image(data, f"image {image_id}", max_pixels)
-    image.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
+    with open_checked(data, f"image {image_id}", policy) as image:
+        try:
+            image.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
+            small = image.convert("RGB")
+        except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as err:
+            raise ImageRefused(415, f"image {image_id}: a damaged or unreadable image ({type(err).__name__})") from None
     out = io.BytesIO()
-    image.save(out, format="JPEG", quality=85)
+    small.save(out, format="JPEG", quality=85)
     return out.getvalue(), "image/jpeg"
 
 
@@ -391,7 +300,7 @@ def _add(service: Service, collection, files: list[tuple[str, bytes]], label: st
     accepted, skipped, refusals = [], [], []
     for file_name, data in files:
         try:
-            check_image(data, file_name, service.settings.max_image_pixels)
+            open_checked(data, file_name, service.policy).close()
             accepted.append((file_name, data))
         except ImageRefused as err:
             refusals.append(err.status)
@@ -400,8 +309,8 @@ def _add(service: Service, collection, files: list[tuple[str, bytes]], label: st
         raise HTTPException(413 if 413 in refusals else 415, "; ".join(s.reason for s in skipped) or "no files")
     with _answers():
         if label is not None:
-            _check_text(label, "label")
-        report = collection.add_files(accepted, label=label)
+            check_text(label, "label")
+        report = collection.add_files(accepted, label=label, policy=service.policy)
     return models.AddResponse(
         added=[models.Added(image_id=int(i), file=f) for i, f in report.added],
         skipped=skipped + [models.Skipped(file=f, reason=r) for f, r in report.skipped],

@@ -1,7 +1,8 @@
 """The one predictor pass over a data set that everything downstream reuses.
 
 Each chunk of `CHUNK_SIZE` images is saved as soon as it is done, under
-`settings().cache_dir / "extract" / <predictor> / <dataset>-<split>[-flip]`, so an interrupted
+`<cache_dir> / "extract" / <predictor> / <dataset>-<split>[-flip]` (`cache_dir`: the settings'
+`cache_dir`, given by the caller), so an interrupted
 run resumes at the first missing chunk. A chunk file records a hash of its images and the
 predictor's `cache_key`; a chunk whose images or predictor changed is computed again.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from iwan.config import DEFAULT_BATCH_SIZE, STORED_PREDICTIONS, settings
+from iwan.config import DEFAULT_BATCH_SIZE, STORED_PREDICTIONS
 from iwan.datasets.loaders import ImageDataset
 from iwan.vision.predictors import Predictor
 
@@ -44,11 +45,11 @@ class Extraction:
     features: np.ndarray
 
 
-def chunk_dir(predictor: Predictor, dataset: ImageDataset, flip: bool = False) -> Path:
-    """Where the chunks of `dataset` under `predictor` are cached."""
+def chunk_dir(predictor: Predictor, dataset: ImageDataset, flip: bool = False, *, cache_dir: Path) -> Path:
+    """Where the chunks of `dataset` under `predictor` are cached in `cache_dir` (Settings.cache_dir)."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in dataset.name)
     folder = f"{safe}-{dataset.split}{'-flip' if flip else ''}"
-    return settings().cache_dir / "extract" / predictor.name / folder
+    return cache_dir / "extract" / predictor.name / folder
 
 
 def iter_chunks(
@@ -59,14 +60,17 @@ def iter_chunks(
     flip: bool = False,
     skip: Callable[[int, int], bool] | None = None,
     chunk_size: int = CHUNK_SIZE,
+    *,
+    cache_dir: Path,
 ) -> Iterator[Chunk]:
-    """Chunks in order, from the cache or computed; `skip(start, stop)` True leaves one out.
+    """Chunks in order, from the cache in `cache_dir` (Settings.cache_dir) or computed;
+    `skip(start, stop)` True leaves one out.
 
     `flip` predicts horizontally mirrored images (augmentation), cached separately.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be >= 1")
-    folder = chunk_dir(predictor, dataset, flip)
+    folder = chunk_dir(predictor, dataset, flip, cache_dir=cache_dir)
     n = len(dataset)
     desc = f"{predictor.name} {dataset.name} {dataset.split}{' flipped' if flip else ''}"
     with tqdm(total=n, desc=desc, unit="img", disable=not progress, smoothing=0.1) as bar:
@@ -96,9 +100,12 @@ def extract(
     progress: bool = True,
     flip: bool = False,
     chunk_size: int = CHUNK_SIZE,
+    *,
+    cache_dir: Path,
 ) -> Extraction:
-    """Top-10 predictions and float16 features of every image of `dataset`, cached in chunks."""
-    chunks = list(iter_chunks(predictor, dataset, batch_size, progress, flip, chunk_size=chunk_size))
+    """Top-10 predictions and float16 features of every image of `dataset`, cached in chunks in
+    `cache_dir` (Settings.cache_dir)."""
+    chunks = list(iter_chunks(predictor, dataset, batch_size, progress, flip, chunk_size=chunk_size, cache_dir=cache_dir))
     if not chunks:
         return Extraction(
             indices=np.empty((0, STORED_PREDICTIONS), np.int64),

