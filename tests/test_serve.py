@@ -114,7 +114,10 @@ def test_search_by_uploaded_image(client, collection):
     assert body["timing_ms"]["total"] >= body["timing_ms"]["search"]
     thumb = client.get(results[0]["thumbnail_url"])
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
-    assert "immutable" in thumb.headers["cache-control"]
+    # a browser may keep it but asks again (a delete must reach it): private, no-cache, an ETag, 304
+    assert thumb.headers["cache-control"] == "private, no-cache" and thumb.headers["etag"]
+    again = client.get(results[0]["thumbnail_url"], headers={"If-None-Match": thumb.headers["etag"]})
+    assert again.status_code == 304 and not again.content and again.headers["etag"] == thumb.headers["etag"]
     Image.open(io.BytesIO(thumb.content)).verify()
 
 

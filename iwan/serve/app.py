@@ -8,13 +8,17 @@ from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi.utils import is_body_allowed_for_status_code
 from sqlalchemy.engine import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from iwan.config import MAX_BODY_BYTES, Settings
 from iwan.config import settings as current_settings
-from iwan.serve.limits import BodyLimit
+from iwan.serve.limits import BodyLimit, json_safe
 from iwan.serve.metrics import MetricsMiddleware
 from iwan.serve.routes import router
 from iwan.serve.service import STATIC, Service
@@ -58,6 +62,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(StarletteHTTPException, _refused)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount("/docs/assets", StaticFiles(directory=_swagger_ui()), name="swagger-ui")
@@ -71,6 +77,21 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     return app
+
+
+async def _invalid(request: Request, exc: Exception) -> Response:
+    """FastAPI's 422 answer, echoing only what JSON can write (a value sent may not be: NaN, a
+    lone surrogate), so that the answer to bad input is never a 500."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    return JSONResponse({"detail": json_safe(list(errors))}, status_code=422)
+
+
+async def _refused(request: Request, exc: Exception) -> Response:
+    """FastAPI's answer to an HTTPException, its detail made writable as JSON."""
+    assert isinstance(exc, StarletteHTTPException)
+    if not is_body_allowed_for_status_code(exc.status_code):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse({"detail": json_safe(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
 
 def _swagger_ui() -> Path:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import io
-import json
 import unicodedata
 from contextlib import contextmanager
-from functools import lru_cache
 from typing import Annotated
 
 import numpy as np
@@ -36,7 +35,8 @@ from iwan.collections.pipeline import SearchRequest, check_text, finite
 from iwan.config import DEFAULT_K, MAX_SEARCH_K, MAX_SEARCH_OFFSET
 from iwan.db.engine import DatabaseError
 from iwan.serve import models
-from iwan.serve.service import RETRY_AFTER_S, STATIC, Service
+from iwan.serve.limits import JsonRefused, strict_json
+from iwan.serve.service import RETRY_AFTER_S, STATIC, Service, Thumbnail
 from iwan.vision.decode import ImageRefused, open_checked
 
 router = APIRouter()
@@ -187,9 +187,9 @@ async def search(
     upload = None
     if content_type == "application/json":
         try:
-            payload = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError):
-            raise HTTPException(422, "the body is not valid JSON") from None
+            payload = strict_json(await request.body())
+        except JsonRefused as err:
+            raise HTTPException(422, str(err)) from None
         body = _validated(models.SearchBody, payload, "body")
     elif content_type == "multipart/form-data":
         async with request.form(max_files=1, max_fields=10) as form:
@@ -237,11 +237,13 @@ def _search(service: Service, collection, query: SearchRequest) -> models.Search
 
 @router.get("/v1/images/{image_id}", response_model=models.ImageOut, tags=["images"], responses={**UNKNOWN, **UNAVAILABLE})
 def image(image_id: ImageIdPath, service: ServiceDep) -> models.ImageOut:
-    """A stored image: its collections, label, top words with probabilities, hash code (hex)."""
+    """A stored image: its collections, label, top words with probabilities, hash code (hex);
+    404 unless a collection this server serves holds it."""
     from iwan.collections.live import image_record
 
     with _answers():
         record = image_record(service.engine, image_id)
+        service.check_served(image_id, record["collections"])
     return models.ImageOut(
         image_id=record["image_id"], collections=list(record["collections"]), label=record["label"],
         words=[models.WordProbability(word=w["word"], probability=finite(w["probability"]) or 0.0) for w in record["words"]],
@@ -250,16 +252,40 @@ def image(image_id: ImageIdPath, service: ServiceDep) -> models.ImageOut:
 
 
 @router.get("/v1/images/{image_id}/thumbnail", tags=["images"], response_class=Response,
-            responses={200: {"content": {"image/jpeg": {}, "image/png": {}}, "description": "The image (cacheable)"},
+            responses={200: {"content": {"image/jpeg": {}, "image/png": {}},
+                             "description": "The image; revalidate with its ETag (If-None-Match)"},
+                       304: {"description": "If-None-Match names the image's current ETag"},
                        **UNKNOWN, **UNAVAILABLE})
-def thumbnail(image_id: ImageIdPath, service: ServiceDep) -> Response:
-    """The image, at most 256 pixels a side; an image never changes under its id, so it is cached."""
+def thumbnail(image_id: ImageIdPath, request: Request, service: ServiceDep) -> Response:
+    """The image, at most 256 pixels a side; 404 unless a collection this server serves holds it.
+
+    Every answer is checked against the database first, so a deleted image is gone from every
+    server at once; browsers may keep it but revalidate (`private, no-cache` and an ETag: 304)."""
+    from iwan.db.collections import image_row
+
     with _answers():
-        data, media_type = _thumbnail(service.engine, image_id, service.policy, service.settings)
-    return Response(data, media_type=media_type, headers={"Cache-Control": "public, max-age=31536000, immutable"})
+        row = image_row(service.engine, image_id)
+        service.check_served(image_id, row["collections"])
+        source = (row["sha256"], row["path"])
+        found = service.thumbnails.get(image_id, source)
+        if found is None:
+            data, media_type = _thumbnail(service.engine, image_id, service.policy, service.settings)
+            found = Thumbnail(source, data, media_type, f'"{hashlib.sha256(data).hexdigest()[:32]}"')
+            service.thumbnails.put(image_id, found)
+    headers = {"Cache-Control": "private, no-cache", "ETag": found.etag}
+    if _matches(request.headers.get("if-none-match"), found.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(found.data, media_type=found.media_type, headers=headers)
 
 
-@lru_cache(maxsize=2048)
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an If-None-Match header names `etag` (weakly, as RFC 9110 compares for GET) or is *."""
+    if not if_none_match:
+        return False
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
 def _thumbnail(engine, image_id: int, policy, settings) -> tuple[bytes, str]:
     from iwan.collections.live import image_file
 
@@ -336,6 +362,7 @@ def delete_image(image_id: ImageIdPath, service: ServiceDep) -> Response:
             raise LookupError(f"image {image_id} is in none of the collections this server serves")
         for collection_name in holding:
             service.collections[collection_name].remove(np.array([image_id], dtype=np.int64))
+    service.thumbnails.evict(image_id)
     return Response(status_code=204)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
@@ -38,6 +40,9 @@ class Service:
         self.opened: list = []
         """Collections this service opened itself, closed at shutdown."""
         self._lock = threading.Lock()
+        self.thumbnails = ThumbnailCache()
+        """Thumbnails made by this process (a removal evicts; the routes answer from it only for
+        an image that a served collection holds, as the database says)."""
         self.metrics = Metrics(lambda: {name: c.size for name, c in list(self.collections.items())})
 
     @property
@@ -78,3 +83,60 @@ class Service:
         for collection in self.opened:
             collection.close()
         self.opened.clear()
+        self.thumbnails.clear()
+
+    def check_served(self, image_id: int, holding: Iterable[str]) -> None:
+        """Nothing when a collection this server serves is among `holding` (the collections that
+        hold image `image_id`); 503 when one is still loading; LookupError (404) otherwise."""
+        holding = list(holding)
+        if any(name in self.collections for name in holding):
+            return
+        for name in holding:
+            if name in self.pending:
+                self.collection(name)  # raises the 503
+        raise LookupError(f"image {image_id} is in none of the collections this server serves")
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    source: tuple
+    """What the thumbnail was made from (the image's stored file): an entry for other bytes is stale."""
+    data: bytes
+    media_type: str
+    etag: str
+
+
+class ThumbnailCache:
+    """The last `max_entries` thumbnails by image id, for the threads of one service."""
+
+    def __init__(self, max_entries: int = 2048):
+        self.max_entries = max_entries
+        self._entries: OrderedDict[int, Thumbnail] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, image_id: int, source: tuple) -> Thumbnail | None:
+        with self._lock:
+            found = self._entries.get(image_id)
+            if found is None or found.source != source:
+                return None
+            self._entries.move_to_end(image_id)
+            return found
+
+    def put(self, image_id: int, thumbnail: Thumbnail) -> None:
+        with self._lock:
+            self._entries[image_id] = thumbnail
+            self._entries.move_to_end(image_id)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def evict(self, image_id: int) -> None:
+        with self._lock:
+            self._entries.pop(image_id, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __contains__(self, image_id: object) -> bool:
+        with self._lock:
+            return image_id in self._entries

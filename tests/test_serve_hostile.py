@@ -1,0 +1,242 @@
+"""The service under attack (issue 16): hostile JSON never makes a 500 and every answer is JSON;
+a deleted image is gone from every server and every cache; PostgreSQL is not published beyond
+this machine. Over a real collection in the embedded PostgreSQL."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+
+import httpx
+import livedata
+import pytest
+import sqlalchemy as sa
+from fastapi.exceptions import RequestValidationError
+from fastapi.testclient import TestClient
+from livedata import png
+from PIL import Image
+from serving import make_collection, running
+
+from iwan.config import settings
+from iwan.serve import create_app
+from iwan.serve.limits import MAX_JSON_DEPTH, JsonRefused, strict_json
+
+KEY = "hostile-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+JSON = {"content-type": "application/json"}
+DEEP = 100_000
+
+pytestmark = pytest.mark.usefixtures("in_module_home")
+
+
+@pytest.fixture(scope="module")
+def engine(module_database_url):
+    engine = sa.create_engine(module_database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def collection(engine, module_home, one_torch_thread):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IWAN_HOME", str(module_home))
+        live = make_collection(engine, module_home, "pics", [(f"img{i}.png", png(i)) for i in range(6)], label="blob")
+    yield live
+    live.close()
+
+
+@pytest.fixture(scope="module")
+def other(engine, module_home, collection):
+    """A second collection in the same database, which the servers below do not serve."""
+    from iwan.collections.live import LiveCollection, create_collection
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IWAN_HOME", str(module_home))
+        create_collection(engine, "other", livedata.PREDICTOR, hash_model=livedata.HASH_MODEL)
+        live = LiveCollection.open(engine, "other", encoder=livedata.tiny_encoder())
+        [(image_id, _)] = live.add_files([("elsewhere.png", png(77))], label="hidden").added
+    yield live, int(image_id)
+    live.close()
+
+
+def app_for(engine, *collections, home):
+    configured = dataclasses.replace(settings(), api_key=KEY, home=home)
+    return create_app(engine, list(collections), settings=configured)
+
+
+@pytest.fixture(scope="module")
+def client(engine, collection, module_home):
+    # A 500 comes back as an answer (not raised in the test), so that the tests can say it was one.
+    with TestClient(app_for(engine, collection, home=module_home), raise_server_exceptions=False) as client:
+        yield client
+
+
+def jpeg(seed: int, size: int = 32) -> bytes:
+    out = io.BytesIO()
+    Image.open(io.BytesIO(png(seed, size))).save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+# 1. Hostile JSON bodies -----------------------------------------------------------------------
+
+HOSTILE = {
+    "NaN in a field": b'{"text": NaN}',
+    "NaN as k": b'{"text": "goldfish", "k": NaN}',
+    "Infinity": b'{"image_id": Infinity}',
+    "-Infinity": b'{"text": "goldfish", "offset": -Infinity}',
+    "1e309 overflows to inf": b'{"text": "goldfish", "k": 1e309}',
+    "-1e309": b'{"image_id": -1e309}',
+    "a bare NaN": b"NaN",
+    "Infinity in an array": b"[Infinity, 1]",
+    "a lone high surrogate": b'{"text": "\\ud800"}',
+    "a lone low surrogate in a method": b'{"text": "goldfish", "method": "x\\udc80"}',
+    "a lone surrogate as a key": b'{"text": "goldfish", "\\udfff": 1}',
+    "a surrogate as UTF-8 bytes": b'{"text": "\xed\xa0\x80"}',
+    "arrays 100,000 deep": b"[" * DEEP + b"]" * DEEP,
+    "objects 100,000 deep": b'{"a": ' * DEEP + b"1" + b"}" * DEEP,
+    "deep arrays in a field": b'{"text": "goldfish", "k": ' + b"[" * DEEP + b"]" * DEEP + b"}",
+    "deep and unclosed": b"[" * DEEP,
+    "one level too deep": b'{"text": "goldfish", "k": ' + b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH + b"}",
+    "a 5,000-digit integer": b'{"text": "goldfish", "k": 1' + b"0" * 5000 + b"}",
+    "an unterminated string of escapes": b'"' + b'\\"' * 500_000,
+    "not UTF-8": b'{"text": "\xff\xfe"}',
+}
+
+
+def _answered_in_json(answer) -> dict:
+    assert answer.status_code < 500, (answer.status_code, answer.text[:300])
+    assert answer.headers["content-type"] == "application/json"
+    return json.loads(answer.text)  # RFC 8259: no NaN, and UTF-8 that decodes
+
+
+@pytest.mark.parametrize("body", HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_json_is_refused_in_json_never_a_500(client, body):
+    answer = client.post("/v1/collections/pics/search", content=body, headers=JSON)
+    assert answer.status_code in (400, 422), answer.text[:300]
+    assert _answered_in_json(answer)["detail"]
+    # the add endpoint takes multipart only: JSON there is refused as well, in JSON
+    added = client.post("/v1/collections/pics/images", content=body, headers={**JSON, **AUTH})
+    assert added.status_code in (400, 415, 422), added.text[:300]
+    _answered_in_json(added)
+
+
+def test_json_within_the_limits_is_still_answered(client):
+    nested = b"[" * (MAX_JSON_DEPTH - 1) + b"]" * (MAX_JSON_DEPTH - 1)
+    answer = client.post("/v1/collections/pics/search", content=b'{"text": "goldfish", "k": ' + nested + b"}", headers=JSON)
+    assert answer.status_code == 422  # not a number: refused by the model, echoing the (shortened) input
+    assert _answered_in_json(answer)["detail"][0]["loc"] == ["body", "k"]
+    brackets_in_a_string = json.dumps({"text": "goldfish " + "[" * 1000, "k": 2, "method": "iwan"}).encode()
+    assert client.post("/v1/collections/pics/search", content=brackets_in_a_string, headers=JSON).status_code in (200, 422)
+    pair = json.dumps({"text": "goldfish \U0001f41f", "k": 2, "method": "iwan"}).encode()  # a surrogate pair is fine
+    answer = client.post("/v1/collections/pics/search", content=pair, headers=JSON)
+    assert answer.status_code in (200, 422) and "not valid JSON" not in answer.text
+    assert client.post("/v1/collections/pics/search", content=b'\xef\xbb\xbf{"text": "goldfish", "k": 1.0e0}',
+                       headers=JSON).status_code in (200, 422)
+
+
+def test_strict_json():
+    assert strict_json(b'{"a": [1, 2.5, -0.0, 1e308], "b": "\\ud83d\\udc1f ]}["}') == \
+        {"a": [1, 2.5, -0.0, 1e308], "b": "\U0001f41f ]}["}
+    assert strict_json(b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH)
+    for body in HOSTILE.values():
+        with pytest.raises(JsonRefused):
+            strict_json(body)
+
+
+def test_a_validation_answer_never_echoes_what_json_cannot_write(engine, collection, module_home):
+    app = app_for(engine, collection, home=module_home)
+
+    @app.get("/echo")
+    async def echo():
+        raise RequestValidationError([{
+            "type": "value_error", "loc": ("body", "k\udc80"), "msg": "bad \ud800",
+            "input": [float("nan"), float("inf"), "\udfff", b"\xff", {"x": float("-inf")}],
+            "ctx": {"error": ValueError("no \ud800"), "limit": float("nan")},
+        }])
+
+    with TestClient(app, raise_server_exceptions=False) as echoing:
+        answer = echoing.get("/echo")
+    assert answer.status_code == 422
+    [error] = _answered_in_json(answer)["detail"]
+    assert error["loc"] == ["body", "k\\udc80"] and error["msg"] == "bad \\ud800"
+    assert error["input"] == ["nan", "inf", "\\udfff", "\\xff", {"x": "-inf"}]
+    assert error["ctx"] == {"error": "no \\ud800", "limit": "nan"}
+
+
+def test_hostile_json_over_a_real_server(engine, collection, module_home):
+    with running(app_for(engine, collection, home=module_home)) as base, httpx.Client(base_url=base, timeout=30) as http:
+        for body in (HOSTILE["arrays 100,000 deep"], HOSTILE["NaN in a field"], HOSTILE["a lone surrogate as a key"]):
+            answer = http.post("/v1/collections/pics/search", content=body, headers=JSON)
+            assert answer.status_code == 422 and _answered_in_json(answer)["detail"]
+        assert http.get("/healthz").json() == {"status": "ok"}
+
+
+# 2. Deletes are deletes -----------------------------------------------------------------------
+
+def test_a_deleted_image_is_gone_from_every_server_and_cache(engine, client, collection, module_home):
+    from iwan.collections.live import LiveCollection
+
+    added = client.post("/v1/collections/pics/images", files=[("images", ("gone.jpg", jpeg(300), "image/jpeg"))],
+                        headers=AUTH)
+    assert added.status_code == 201, added.text
+    image_id = added.json()["added"][0]["image_id"]
+    thumbnail = f"/v1/images/{image_id}/thumbnail"
+    # A second server of the same collection, which does not follow the change log: its memory
+    # keeps the image after the delete, as a replica that has not caught up yet would.
+    replica = LiveCollection.open(engine, "pics", follow=False, encoder=livedata.tiny_encoder())
+    try:
+        with TestClient(app_for(engine, replica, home=module_home), raise_server_exceptions=False) as other_server:
+            tags = {}
+            for server in (client, other_server):
+                answer = server.get(thumbnail)
+                assert answer.status_code == 200 and answer.content == jpeg(300)
+                assert answer.headers["cache-control"] == "private, no-cache"
+                assert "immutable" not in answer.headers["cache-control"] and "public" not in answer.headers["cache-control"]
+                tags[server] = answer.headers["etag"]
+                assert server.get(thumbnail, headers={"If-None-Match": tags[server]}).status_code == 304
+                assert server.get(thumbnail, headers={"If-None-Match": '"something-else"'}).status_code == 200
+                assert server.get(f"/v1/images/{image_id}").status_code == 200
+            assert image_id in client.app.state.service.thumbnails
+
+            assert client.delete(f"/v1/images/{image_id}", headers=AUTH).status_code == 204
+
+            assert image_id not in client.app.state.service.thumbnails
+            assert image_id in replica.image_ids  # the replica's memory has not caught up ...
+            for server in (client, other_server):  # ... yet no server answers from any cache
+                assert server.get(thumbnail).status_code == 404
+                assert server.get(thumbnail, headers={"If-None-Match": tags[server]}).status_code == 404
+                assert server.get(f"/v1/images/{image_id}").status_code == 404
+    finally:
+        replica.close()
+
+
+def test_an_image_of_a_collection_not_served_is_404(engine, client, collection, other, module_home):
+    _, image_id = other
+    for path in (f"/v1/images/{image_id}", f"/v1/images/{image_id}/thumbnail"):
+        answer = client.get(path)
+        assert answer.status_code == 404, answer.text[:200]
+        assert "none of the collections this server serves" in answer.json()["detail"]
+    with TestClient(app_for(engine, collection, other[0], home=module_home)) as serving_both:
+        assert serving_both.get(f"/v1/images/{image_id}").json()["collections"] == ["other"]
+        assert serving_both.get(f"/v1/images/{image_id}/thumbnail").content == png(77)
+    served = int(collection.image_ids[0])
+    assert client.get(f"/v1/images/{served}").status_code == 200
+    assert client.get(f"/v1/images/{served}/thumbnail").status_code == 200
+
+
+# 3. PostgreSQL for docker compose stays on this machine ----------------------------------------
+
+def test_docker_compose_publishes_ports_on_loopback_only():
+    import yaml
+
+    compose = yaml.safe_load((livedata.REPO / "docker-compose.yml").read_text())
+    published = [(name, port) for name, service in compose["services"].items() for port in service.get("ports", [])]
+    assert published, "docker-compose.yml publishes no port (the README's URL needs PostgreSQL's)"
+    for name, port in published:
+        if isinstance(port, dict):  # the long syntax
+            host = port.get("host_ip")
+        else:  # "[HOST_IP:][HOST_PORT:]CONTAINER_PORT[/PROTOCOL]"
+            parts = str(port).split("/")[0].rsplit(":", 2)
+            host = parts[0] if len(parts) == 3 else None
+        assert host == "127.0.0.1", f"service {name} publishes {port!r} beyond this machine"
