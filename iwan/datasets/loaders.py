@@ -170,7 +170,7 @@ def _load_cifar100(path: Path | None, split: str, settings: Settings) -> ImageDa
 def _load_cifar10(split: str, limit: int | None, settings: Settings) -> ImageDataset:
     _check_cifar_split(split)
     root = settings.data_dir
-    pickles, jpegs = root / "cifar-10-batches-py", root / "cifar10-jpg"
+    pickles, jpegs = root / "cifar-10-batches-py", root / CIFAR10_JPEGS
     if not pickles.is_dir() and jpegs.is_dir():
         return _read_image_folder(_image_folder_split(jpegs, split), "cifar10", split, limit, settings)
     if not pickles.is_dir():
@@ -299,6 +299,35 @@ def cifar_resource(name: str, settings: Settings) -> fetch.Resource:
         ),
         files=spec.files,
     )
+
+
+CIFAR10_JPEGS = "cifar10-jpg"
+"""The folder of the data directory that holds CIFAR-10 as JPEGs, <split>/<class>/NNNN.jpg."""
+CIFAR100_SAMPLE = "cifar100-train-sample"
+"""The folder of the data directory that holds the CIFAR-100 sample (cifar-100-python/ with meta
+and the first 675 train images) of the original work's protocol."""
+
+
+def local_copy(name: str, settings: Settings) -> fetch.Resource:
+    """Data that iwan never downloads, only finds in the settings' `data_dir` (where the main job's
+    `local` profile reads it): `cifar10-jpg` (CIFAR-10 as JPEGs), `cifar100-sample`."""
+    root = settings.data_dir
+    if name == "cifar10-jpg":
+        title = "CIFAR-10 as JPEGs"
+        official = fetch.join_url(settings.cifar_url, _CIFAR_ARCHIVES["cifar10"].archive)
+        manual = (f"export the official CIFAR-10 ({official}) as JPEG class folders "
+                  f"{root / CIFAR10_JPEGS}/train/<class>/NNNN.jpg and .../test/<class>/NNNN.jpg")
+        return fetch.Resource(name=name, title=title, path=root / CIFAR10_JPEGS, url=None, manual=manual,
+                              get=fetch.by_hand(title, manual), files=("train/", "test/"))
+    if name == "cifar100-sample":
+        title = "the CIFAR-100 sample (675 images)"
+        folder = root / CIFAR100_SAMPLE / "cifar-100-python"
+        official = fetch.join_url(settings.cifar_url, _CIFAR_ARCHIVES["cifar100"].archive)
+        manual = (f"extract {official} into {root / CIFAR100_SAMPLE} and cut cifar-100-python/train to its "
+                  "first 675 images")
+        return fetch.Resource(name=name, title=title, path=folder, url=None, manual=manual,
+                              get=fetch.by_hand(title, manual), files=("meta", "train"))
+    raise ValueError(f"local data {name!r} is unknown: use cifar10-jpg or cifar100-sample")
 
 
 def _download(name: str, settings: Settings) -> None:

@@ -14,7 +14,9 @@ for good. Here:
   error that names it and the one-time step;
 - clusters made by earlier versions (pg_hba `trust`) get a password and scram in place;
 - the processes using the server are listed in `pgdata/.handle_pids.json`; dead ones are
-  dropped, and the last live one to exit stops the server.
+  dropped, and the last live one to exit stops the server. The exit hook runs when the process
+  ends normally or on an exception (KeyboardInterrupt included), not when a signal's default
+  action kills it: the CLI turns SIGTERM and SIGHUP into what Ctrl-C does (iwan.cli.main).
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ import re
 import secrets
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -427,7 +431,7 @@ def _release(pgdata: Path, pid: int) -> None:
     if os.getpid() != pid or not pgdata.is_dir():
         return
     try:
-        with locked(pgdata):
+        with _uninterrupted(), locked(pgdata):
             others = [p for p in _handles(pgdata) if p != pid]
             _put_handles(pgdata, others)
             if not others:
@@ -436,6 +440,23 @@ def _release(pgdata: Path, pid: int) -> None:
         # At exit there is no one to report to but the log: the next run finds the server
         # running (and this pid dead) and carries on.
         log.warning("could not stop the embedded PostgreSQL in %s: %s", pgdata, err)
+
+
+@contextlib.contextmanager
+def _uninterrupted():
+    """SIGINT, SIGTERM and SIGHUP ignored meanwhile: a second Ctrl-C (or SIGTERM) must not cut
+    short the stop of the server. Python runs signal handlers in the main thread only, so only
+    there can they be set."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            if handler is not None:  # None: set outside Python, and not restorable from here
+                signal.signal(signum, handler)
 
 
 def stop(pgdata: Path) -> None:

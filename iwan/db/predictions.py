@@ -31,16 +31,27 @@ class PredictSummary:
         return self.__dict__.copy()
 
 
-def done_image_ids(engine: Engine, model: str, ids: np.ndarray) -> np.ndarray:
-    """Which of `ids` already have predictions of `model`."""
-    with engine.connect() as conn:
-        found = conn.scalars(
-            sa.text(
-                "SELECT DISTINCT image_id FROM predictions WHERE model = :m AND image_id = ANY(:ids)"
-            ),
-            {"m": model, "ids": ids.tolist()},
-        ).all()
-    return np.asarray(found, dtype=np.int64)
+PREDICTIONS_LOCK = 0x1A7A_0003
+"""First key of the pg_advisory_xact_lock(key, hashtext(model)) that writers of a model's
+predictions for images that may have some already take in turn (`iwan predict` runs, replacements)."""
+
+
+def done_image_ids(bind: Engine | sa.Connection, model: str, ids: np.ndarray) -> np.ndarray:
+    """Which of `ids` already have predictions of `model` (`bind`: an engine, or a connection
+    whose transaction it reads in)."""
+    query = sa.text("SELECT DISTINCT image_id FROM predictions WHERE model = :m AND image_id = ANY(:ids)")
+    params = {"m": model, "ids": np.asarray(ids).tolist()}
+    if isinstance(bind, sa.Connection):
+        return np.asarray(bind.scalars(query, params).all(), dtype=np.int64)
+    with bind.connect() as conn:
+        return np.asarray(conn.scalars(query, params).all(), dtype=np.int64)
+
+
+def lock_predictions(conn: sa.Connection, model: str) -> None:
+    """Until the caller's transaction ends, be the one writer of `model`'s predictions that checks
+    which images have some: two `iwan predict` runs of a split take turns chunk by chunk, and the
+    second finds (and skips) what the first wrote instead of failing on the primary key."""
+    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k, hashtext(:m))"), {"k": PREDICTIONS_LOCK, "m": model})
 
 
 def register_classes(engine: Engine, model: str, categories: list[str]) -> None:
@@ -61,7 +72,9 @@ def predict_split(engine: Engine, predictor, dataset, batch_size: int, progress:
     predictor's pass cached in `cache_dir`, Settings.cache_dir: iwan.vision.features).
 
     Each chunk of images is committed on its own, so an interrupted run loses at most one chunk
-    and a rerun skips the images already in the database.
+    and a rerun skips the images already in the database. Concurrent runs over the same images
+    both succeed: each chunk is written under `lock_predictions`, leaving out the images another
+    run stored meanwhile (counted as skipped).
     """
     registered = image_store.register(engine, dataset)
     register_classes(engine, predictor.name, predictor.categories)
@@ -74,14 +87,11 @@ def predict_split(engine: Engine, predictor, dataset, batch_size: int, progress:
             todo = ~done[chunk.start : chunk.stop]
             if not todo.any():
                 continue
+            ids = registered.ids[chunk.start : chunk.stop]
             with engine.begin() as conn:
-                write_predictions(
-                    conn,
-                    predictor.name,
-                    registered.ids[chunk.start : chunk.stop][todo],
-                    chunk.indices[todo],
-                    chunk.probabilities[todo],
-                )
+                lock_predictions(conn, predictor.name)
+                todo &= ~np.isin(ids, done_image_ids(conn, predictor.name, ids[todo]))
+                write_predictions(conn, predictor.name, ids[todo], chunk.indices[todo], chunk.probabilities[todo])
             predicted += int(todo.sum())
     return PredictSummary(
         predictor=predictor.name,
@@ -89,13 +99,14 @@ def predict_split(engine: Engine, predictor, dataset, batch_size: int, progress:
         split=dataset.split,
         images=len(registered.ids),
         predicted=predicted,
-        skipped=int(done.sum()),
+        skipped=len(registered.ids) - predicted,
     )
 
 
 def replace_predictions(engine: Engine, model: str, ids: np.ndarray, indices: np.ndarray, probabilities: np.ndarray) -> None:
     """Store (replacing any earlier) the top classes of `model` for these images."""
     with engine.begin() as conn:
+        lock_predictions(conn, model)
         conn.execute(
             sa.text("DELETE FROM predictions WHERE model = :m AND image_id = ANY(:ids)"),
             {"m": model, "ids": np.asarray(ids).tolist()},
