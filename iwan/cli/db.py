@@ -6,7 +6,7 @@ import click
 import sqlalchemy as sa
 
 from iwan.cli.common import CliContext, emit_json, pass_context
-from iwan.db import migrate
+from iwan.db import embedded, migrate
 from iwan.db.engine import safe_url
 from iwan.db.norms import loaded_sources
 
@@ -49,8 +49,13 @@ def downgrade(ctx: CliContext, revision: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @pass_context
 def status(ctx: CliContext, as_json: bool) -> None:
-    """The URL (password hidden), the schema revision, and row counts."""
+    """The URL (password hidden), the schema revision, and row counts; for the embedded server
+    also its process id and data folder (both null for an external server)."""
     engine = ctx.engine(migrated=False)
+    pid, data_dir = None, None
+    if ctx.settings.database_url is None:
+        pgdata = ctx.settings.pgdata.resolve()
+        pid, data_dir = embedded.server_pid(pgdata), str(pgdata)
     with engine.connect() as conn:
         existing = set(sa.inspect(conn).get_table_names())
         counts = {
@@ -61,6 +66,8 @@ def status(ctx: CliContext, as_json: bool) -> None:
         sources = loaded_sources(conn) if "sources" in existing else []
     report = {
         "url": safe_url(str(engine.url)),
+        "pid": pid,
+        "data_dir": data_dir,
         "revision": migrate.current_revision(engine),
         "head": migrate.head_revision(engine),
         "counts": counts,
@@ -70,6 +77,8 @@ def status(ctx: CliContext, as_json: bool) -> None:
         emit_json(report)
         return
     click.echo(f"database  {report['url']}")
+    if data_dir is not None:
+        click.echo(f"embedded  {data_dir} (server pid {pid})")
     click.echo(f"revision  {report['revision'] or 'none'} (head {report['head']})")
     for table, count in counts.items():
         click.echo(f"{table:<13} {count:>10,}")

@@ -311,6 +311,17 @@ def _postmaster(pgdata: Path) -> list[str] | None:
         return None
 
 
+def server_pid(pgdata: Path) -> int | None:
+    """The process id of the server running at `pgdata` (its postmaster.pid), None where none runs."""
+    lines = _postmaster(pgdata)
+    try:
+        pid = int(lines[0]) if lines else 0
+        alive = pid > 0 and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except (ValueError, psutil.Error):
+        return None
+    return pid if alive else None
+
+
 def _running(pgdata: Path, password: str) -> Server | None:
     """The server already running at `pgdata`, if any."""
     lines = _postmaster(pgdata)

@@ -15,10 +15,15 @@ revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
+# Checked by iwan.db.migrate before the first pending migration runs: a role that is no superuser
+# (most managed services) can upgrade where an administrator has created these extensions.
+required_extensions = ("vector",)
 
 
 def upgrade() -> None:
-    op.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    # No privilege is needed where the extension exists already: only create it where it is missing.
+    if not op.get_bind().scalar(sa.text("SELECT 1 FROM pg_extension WHERE extname = 'vector'")):
+        op.execute("CREATE EXTENSION IF NOT EXISTS vector")
     op.create_table(
         "hash_codes",
         sa.Column("model", sa.Text, primary_key=True),
