@@ -63,6 +63,8 @@ hold a huge image."""
 
 # The HTTP service (`iwan serve`).
 SERVE_HOST = "127.0.0.1"  # loopback unless told otherwise: nothing is exposed by accident
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+"""Host headers the service always accepts; others only when named (its --host, IWAN_ALLOWED_HOSTS)."""
 SERVE_PORT = 8000
 SERVE_TORCH_THREADS = 1  # per request; concurrent requests share the cores (2 cores: 14 vs 6 image queries/s at one client)
 MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -111,6 +113,9 @@ class Settings:
     """The service's write key (IWAN_API_KEY); None refuses every write."""
     cors_origins: tuple[str, ...] = ()
     """Origins allowed to call the service from a browser (IWAN_CORS_ORIGINS, comma-separated)."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names the service answers besides the loopback names and its bind address
+    (IWAN_ALLOWED_HOSTS, comma-separated): the names it is reached by (DNS rebinding)."""
 
     @property
     def pgdata(self) -> Path:
@@ -156,8 +161,14 @@ def settings(database_url: str | None = None) -> Settings:
         connect_timeout=_positive_int("IWAN_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_S, minimum=2),
         max_image_pixels=_positive_int("IWAN_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, minimum=1),
         api_key=os.environ.get("IWAN_API_KEY") or None,
-        cors_origins=tuple(o.strip() for o in os.environ.get("IWAN_CORS_ORIGINS", "").split(",") if o.strip()),
+        cors_origins=_listed("IWAN_CORS_ORIGINS"),
+        allowed_hosts=_listed("IWAN_ALLOWED_HOSTS"),
     )
+
+
+def _listed(name: str) -> tuple[str, ...]:
+    """A comma-separated variable's entries, blanks dropped."""
+    return tuple(item.strip() for item in os.environ.get(name, "").split(",") if item.strip())
 
 
 def _positive_float(name: str, default: float) -> float:

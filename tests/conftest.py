@@ -121,6 +121,9 @@ def _isolated_session_env(tmp_path_factory):
         patch.setenv("IWAN_DATA_DIR", str(tmp_path_factory.mktemp("session-data")))
         patch.setenv("IWAN_HOME", str(tmp_path_factory.mktemp("session-home")))
         patch.delenv("IWAN_DATABASE_URL", raising=False)
+        # TestClient's requests name the host "testserver": the service answers only names it is
+        # told (its default is loopback), and the tests' settings tell it this one.
+        patch.setenv("IWAN_ALLOWED_HOSTS", "testserver")
         yield
 
 

@@ -40,11 +40,14 @@ def free_port() -> int:
 
 @contextmanager
 def running(app, port: int | None = None):
-    """The app under a real uvicorn server on a loopback port; yields its base URL."""
+    """The app under a real uvicorn server on a loopback port, configured as `iwan serve`
+    configures it; yields its base URL."""
     import uvicorn
 
+    from iwan.serve.app import server_config
+
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -240,3 +240,157 @@ def test_docker_compose_publishes_ports_on_loopback_only():
             parts = str(port).split("/")[0].rsplit(":", 2)
             host = parts[0] if len(parts) == 3 else None
         assert host == "127.0.0.1", f"service {name} publishes {port!r} beyond this machine"
+
+
+# 4. What every answer says about itself, and to whom the server answers ----------------------
+
+PAGES_AND_FILES = ["/", "/static/index.html", "/static/app.js", "/static/style.css", "/healthz", "/readyz",
+                   "/v1/collections", "/openapi.json", "/no-such-page", "/static/no-such-file"]
+
+
+def test_every_answer_carries_the_pages_csp_and_nosniff(engine, client, collection, module_home):
+    from iwan.serve.routes import DOCS_POLICY, PAGE_POLICY
+
+    assert "frame-ancestors 'none'" in PAGE_POLICY
+    for path in PAGES_AND_FILES:
+        answer = client.get(path)
+        assert answer.headers.get("x-content-type-options") == "nosniff", path
+        assert answer.headers.get("content-security-policy") == PAGE_POLICY, path
+    assert client.get("/static/index.html").text == client.get("/").text  # the same page, framed by no one
+    docs = client.get("/docs")
+    assert docs.headers["content-security-policy"] == DOCS_POLICY and docs.headers["x-content-type-options"] == "nosniff"
+    too_big = client.post("/v1/collections/pics/search", content=b"x" * (11 * 1024 * 1024), headers=JSON)
+    assert too_big.status_code == 413 and too_big.headers["x-content-type-options"] == "nosniff"
+    app = app_for(engine, collection, home=module_home)
+
+    @app.get("/broken")
+    async def broken():
+        raise RuntimeError("a bug")
+
+    with TestClient(app, raise_server_exceptions=False) as failing:
+        answer = failing.get("/broken")
+    assert answer.status_code == 500 and "a bug" not in answer.text
+    assert answer.headers["x-content-type-options"] == "nosniff" and answer.headers["content-security-policy"] == PAGE_POLICY
+
+
+def test_a_real_server_names_no_software_answers_head_and_only_its_own_hosts(engine, collection, module_home):
+    with running(app_for(engine, collection, home=module_home)) as base, httpx.Client(base_url=base, timeout=30) as http:
+        port = base.rsplit(":", 1)[1]
+        for path in ("/", "/healthz", "/readyz", "/docs"):
+            got, head = http.get(path), http.head(path)
+            assert "server" not in got.headers and "server" not in head.headers, got.headers
+            assert got.status_code == 200 and head.status_code == 200, (path, head.status_code)
+            assert head.content == b"" and head.headers["content-type"] == got.headers["content-type"]
+            assert head.headers["x-content-type-options"] == "nosniff"
+        for name in ("127.0.0.1", "localhost", "[::1]", "LOCALHOST"):
+            assert http.get("/healthz", headers={"Host": f"{name}:{port}"}).status_code == 200, name
+            assert http.get("/healthz", headers={"Host": name}).status_code == 200, name
+        # DNS rebinding: a page of evil.example whose name now points at 127.0.0.1 reads nothing.
+        for name in (f"evil.example:{port}", "evil.example", "127.0.0.1.evil.example", "", "[::1"):
+            refused = http.get("/v1/collections", headers={"Host": name})
+            assert refused.status_code == 400, (name, refused.status_code)
+            assert "pics" not in refused.text and refused.headers["x-content-type-options"] == "nosniff"
+        assert "server" not in http.get("/no-such-page").headers
+
+
+def test_the_hosts_answered_are_loopback_the_bind_address_and_the_settings(engine, collection, module_home, monkeypatch):
+    from iwan.config import LOOPBACK_HOSTS
+    from iwan.serve.app import allowed_hosts
+
+    monkeypatch.delenv("IWAN_ALLOWED_HOSTS", raising=False)
+    defaults = settings()
+    assert defaults.allowed_hosts == () and "testserver" not in allowed_hosts(defaults)
+    assert allowed_hosts(defaults) == list(LOOPBACK_HOSTS) == ["127.0.0.1", "localhost", "[::1]"]
+    for wildcard in ("0.0.0.0", "::", "127.0.0.1", "localhost"):
+        assert allowed_hosts(defaults, wildcard) == list(LOOPBACK_HOSTS)
+    assert allowed_hosts(defaults, "192.168.1.20")[-1] == "192.168.1.20"
+    assert allowed_hosts(defaults, "fe80::1")[-1] == "[fe80::1]"
+    monkeypatch.setenv("IWAN_ALLOWED_HOSTS", " Search.Example.org, *.lan ,,10.0.0.5:8000,[fd00::2]:80")
+    assert settings().allowed_hosts == ("Search.Example.org", "*.lan", "10.0.0.5:8000", "[fd00::2]:80")
+    assert allowed_hosts(settings())[3:] == ["search.example.org", "*.lan", "10.0.0.5", "[fd00::2]"]
+    monkeypatch.setenv("IWAN_ALLOWED_HOSTS", "evil*.example")
+    with pytest.raises(ValueError, match="IWAN_ALLOWED_HOSTS"):
+        allowed_hosts(settings())
+
+    # By default TestClient's "testserver" is refused; the bind address and the settings' names are answered.
+    strict = dataclasses.replace(defaults, api_key=KEY, home=module_home)
+    with TestClient(create_app(engine, [collection], settings=strict)) as outsider:
+        assert outsider.get("/v1/collections").status_code == 400
+        assert outsider.get("/v1/collections", headers={"Host": "localhost"}).status_code == 200
+    with TestClient(create_app(engine, [collection], settings=strict, host="search.example"),
+                    base_url="http://search.example:8000") as bound:
+        assert bound.get("/v1/collections").status_code == 200
+    named = dataclasses.replace(strict, allowed_hosts=("*.example.net",))
+    with TestClient(create_app(engine, [collection], settings=named), base_url="http://iwan.example.net") as told:
+        assert told.get("/healthz").status_code == 200
+        assert told.get("/healthz", headers={"Host": "example.org"}).status_code == 400
+
+
+def test_a_database_outage_tells_the_client_nothing_of_the_database(collection, module_home, tmp_path, caplog):
+    socket_dir = tmp_path / "secret-socket-dir"
+    down = sa.create_engine(f"postgresql+psycopg://iwan_user:hunter2@/iwan_db?host={socket_dir}")
+    try:
+        app = create_app(down, [collection], settings=dataclasses.replace(settings(), home=module_home))
+        with TestClient(app, raise_server_exceptions=False) as client, caplog.at_level("WARNING", logger="iwan.serve.routes"):
+            answer = client.get(f"/v1/images/{int(collection.image_ids[0])}")
+        assert answer.status_code == 503 and int(answer.headers["retry-after"]) > 0
+        detail = answer.json()["detail"]
+        assert "database is unavailable" in detail and "retry" in detail
+        for secret in (str(socket_dir), "secret-socket-dir", "/", "hunter2", "iwan_user", "iwan_db", "postgresql", ".s.PGSQL"):
+            assert secret not in detail, (secret, detail)
+        assert "secret-socket-dir" in caplog.text  # the operator's log has it
+        with TestClient(create_app(down, load=["pics"], settings=dataclasses.replace(settings(), home=module_home))) as loading:
+            for _ in range(200):
+                ready = loading.get("/readyz").json()
+                if ready["status"] != "loading":
+                    break
+        assert ready["status"] == "failed" and "database is unavailable" in ready["error"], ready
+        assert "secret-socket-dir" not in json.dumps(ready) and "hunter2" not in json.dumps(ready)
+    finally:
+        down.dispose()
+
+
+# 5. A phone's photo is searched (and shown) upright ---------------------------------------------
+
+def sideways_jpeg(width: int, height: int, orientation: int = 6, noise: bool = False) -> bytes:
+    """A JPEG whose stored pixels are width x height, the left quarter white, tagged with the
+    EXIF `orientation` (6: the camera was turned; shown turned 90 degrees clockwise, tall)."""
+    import numpy as np
+
+    pixels = np.random.default_rng(0).integers(0, 100, (height, width, 3), dtype=np.uint8) if noise else \
+        np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[:, : width // 4] = 255
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG", quality=95, exif=exif.tobytes())
+    return out.getvalue()
+
+
+def test_the_exif_orientation_is_applied_for_every_caller():
+    from iwan.vision.decode import DecodePolicy, decode_image
+
+    for policy in (DecodePolicy(), DecodePolicy(min_side=20)):  # the full decode and the reduced (draft) one
+        pixels = decode_image(sideways_jpeg(160, 80), "phone.jpg", policy).pixels
+        height, width, _ = pixels.shape
+        assert height == 2 * width, (policy, pixels.shape)  # tall, as shown
+        assert pixels[: height // 5].mean() > 200 and pixels[-height // 5:].mean() < 50  # the white quarter on top
+    upright = decode_image(sideways_jpeg(160, 80, orientation=1), "plain.jpg", DecodePolicy()).pixels
+    assert upright.shape == (80, 160, 3)
+    mirrored = decode_image(sideways_jpeg(160, 80, orientation=2), "mirror.jpg", DecodePolicy()).pixels
+    assert mirrored.shape == (80, 160, 3) and mirrored[:, -40:].mean() > 200
+
+
+def test_a_thumbnail_is_upright(client):
+    photo = sideways_jpeg(600, 300, noise=True)
+    assert len(photo) > 32 * 1024  # a thumbnail is made (a small JPEG is sent as it is; browsers turn it)
+    added = client.post("/v1/collections/pics/images", files=[("images", ("phone.jpg", photo, "image/jpeg"))],
+                        headers=AUTH)
+    assert added.status_code == 201, added.text
+    image_id = added.json()["added"][0]["image_id"]
+    try:
+        answer = client.get(f"/v1/images/{image_id}/thumbnail")
+        assert answer.status_code == 200 and answer.headers["content-type"] == "image/jpeg"
+        assert Image.open(io.BytesIO(answer.content)).size == (128, 256)
+    finally:
+        assert client.delete(f"/v1/images/{image_id}", headers=AUTH).status_code == 204

@@ -35,7 +35,7 @@ IWAN = Path(__file__).resolve().parent.parent / "iwan"
 def given(tmp_path) -> Settings:
     """Settings handed to an entry point: a home and data folder of their own, a small pixel limit."""
     return Settings(home=tmp_path / "given-home", data_dir=tmp_path / "given-data", database_url=None,
-                    max_image_pixels=1000, api_key=KEY)
+                    max_image_pixels=1000, api_key=KEY, allowed_hosts=("testserver",))
 
 
 @pytest.fixture

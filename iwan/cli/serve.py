@@ -10,7 +10,8 @@ from iwan.config import SERVE_HOST, SERVE_PORT, SERVE_TORCH_THREADS
 
 @click.command()
 @click.option("--host", default=SERVE_HOST, show_default=True,
-              help="Address to bind; 127.0.0.1 serves this machine only, 0.0.0.0 every network.")
+              help="Address to bind; 127.0.0.1 serves this machine only, 0.0.0.0 every network "
+                   "(then name the host names clients use in IWAN_ALLOWED_HOSTS).")
 @click.option("--port", type=click.IntRange(0, 65535), default=SERVE_PORT, show_default=True)
 @click.option("--collection", "names", multiple=True, metavar="NAME",
               help="A collection to serve (repeatable; default: every collection).")
@@ -30,6 +31,7 @@ def serve(ctx: CliContext, host: str, port: int, names: tuple[str, ...], threads
 
     from iwan.collections.live import list_collections
     from iwan.serve import create_app
+    from iwan.serve.app import WILDCARD_HOSTS, server_config
 
     engine = ctx.engine()
     known = [c.name for c in list_collections(engine)]
@@ -43,9 +45,14 @@ def serve(ctx: CliContext, host: str, port: int, names: tuple[str, ...], threads
     if not chosen:
         raise LookupError("the database holds no collection to serve; create one with `iwan collection create`")
     torch.set_num_threads(threads)
-    app = create_app(engine, load=chosen, settings=ctx.settings)
+    app = create_app(engine, load=chosen, settings=ctx.settings, host=host)
     click.echo(f"iwan serve: http://{host}:{port}/ ({', '.join(chosen)}; writes "
                f"{'need the API key' if app.state.service.settings.api_key else 'disabled: IWAN_API_KEY is not set'})",
                err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug",
-                timeout_graceful_shutdown=5)
+    if host.strip() in WILDCARD_HOSTS and not app.state.service.settings.allowed_hosts:
+        click.echo("iwan serve: requests must name this server as 127.0.0.1 or localhost; set IWAN_ALLOWED_HOSTS "
+                   "to the names (or addresses) other machines reach it by", err=True)
+    server = uvicorn.Server(server_config(app, host, port, log_level=log_level, access_log=log_level == "debug"))
+    server.run()
+    if not server.started:
+        raise SystemExit(3)  # as uvicorn.run: the server could not start (the port taken, say)

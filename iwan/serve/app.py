@@ -10,17 +10,20 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.utils import is_body_allowed_for_status_code
 from sqlalchemy.engine import Engine
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from iwan.config import MAX_BODY_BYTES, Settings
+from iwan.config import LOOPBACK_HOSTS, MAX_BODY_BYTES, Settings
 from iwan.config import settings as current_settings
 from iwan.serve.limits import BodyLimit, json_safe
 from iwan.serve.metrics import MetricsMiddleware
-from iwan.serve.routes import router
+from iwan.serve.routes import PAGE_POLICY, router
 from iwan.serve.service import STATIC, Service
 
 
@@ -30,6 +33,7 @@ def create_app(
     *,
     load: Sequence[str] = (),
     settings: Settings | None = None,
+    host: str | None = None,
 ) -> FastAPI:
     """The service over `collections` (opened LiveCollections, owned by the caller) and the
     collections named in `load`, opened in the background at start-up (/readyz answers 503 until
@@ -37,7 +41,11 @@ def create_app(
 
     `settings` (read from the environment when not given: an entry point) are the service's:
     its write key, CORS origins and upload pixel limit, and the settings of the collections it
-    opens itself."""
+    opens itself.
+
+    The service answers only requests whose Host header names it (else 400, against DNS
+    rebinding): the loopback names, `host` (the address it binds) unless a wildcard, and the
+    settings' allowed hosts."""
     service = Service(engine, settings or current_settings(), collections, load)
 
     @asynccontextmanager
@@ -64,6 +72,7 @@ def create_app(
     app.state.service = service
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _refused)
+    app.add_exception_handler(Exception, _failed)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount("/docs/assets", StaticFiles(directory=_swagger_ui()), name="swagger-ui")
@@ -76,7 +85,70 @@ def create_app(
         )
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(service.settings, host), www_redirect=False)
+    app.add_middleware(SecurityHeaders)
     return app
+
+
+WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": PAGE_POLICY}
+"""On every answer (an answer that sets its own Content-Security-Policy keeps it: /docs)."""
+
+
+def allowed_hosts(settings: Settings, host: str | None = None) -> list[str]:
+    """The Host header names the service answers: loopback, its bind address `host` unless that
+    is a wildcard, and the settings' (IWAN_ALLOWED_HOSTS; `*.example.com` patterns allowed)."""
+    names = list(LOOPBACK_HOSTS)
+    if host is not None and host.strip() not in WILDCARD_HOSTS:
+        names.append(_host_name(host))
+    for given in settings.allowed_hosts:
+        name = _host_name(given)
+        if "*" in name[1:] or (name.startswith("*") and name != "*" and not name.startswith("*.")):
+            raise ValueError(f"IWAN_ALLOWED_HOSTS: {given!r} is not a host name or a pattern like '*.example.com'")
+        names.append(name)
+    return list(dict.fromkeys(names))
+
+
+def _host_name(given: str) -> str:
+    """A host as the Host header carries it, without its port: IPv6 addresses in brackets."""
+    name = given.strip().lower()
+    if name.startswith("["):
+        return name.split("]", 1)[0] + "]"
+    if name.count(":") == 1:
+        return name.split(":", 1)[0]
+    return f"[{name}]" if ":" in name else name
+
+
+class SecurityHeaders:
+    """Adds SECURITY_HEADERS to every answer: no MIME sniffing, and the page's CSP (no framing,
+    only the server's own scripts) on static files and every other answer without its own."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    if name not in headers:
+                        headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def server_config(app: FastAPI, host: str, port: int, *, log_level: str = "info", access_log: bool = False):
+    """The uvicorn configuration `iwan serve` runs under (and the tests' real servers): no
+    `server` banner, the app's lifespan required, five seconds to finish requests at shutdown."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log, lifespan="on",
+                          server_header=False, timeout_graceful_shutdown=5)
 
 
 async def _invalid(request: Request, exc: Exception) -> Response:
@@ -92,6 +164,12 @@ async def _refused(request: Request, exc: Exception) -> Response:
     if not is_body_allowed_for_status_code(exc.status_code):
         return Response(status_code=exc.status_code, headers=exc.headers)
     return JSONResponse({"detail": json_safe(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _failed(request: Request, exc: Exception) -> Response:
+    """An unexpected error: a bare 500 (the error is logged by the server), with the security headers,
+    since this answer is sent outside every middleware."""
+    return PlainTextResponse("Internal Server Error", status_code=500, headers=SECURITY_HEADERS)
 
 
 def _swagger_ui() -> Path:

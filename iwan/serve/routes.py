@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import logging
 import unicodedata
 from contextlib import contextmanager
 from typing import Annotated
@@ -37,8 +38,9 @@ from iwan.db.engine import DatabaseError
 from iwan.serve import models
 from iwan.serve.limits import JsonRefused, strict_json
 from iwan.serve.service import RETRY_AFTER_S, STATIC, Service, Thumbnail
-from iwan.vision.decode import ImageRefused, open_checked
+from iwan.vision.decode import ImageRefused, exif_orientation, open_checked, upright
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 THUMBNAIL_PIXELS = 256
 MAX_LABEL_CHARS = 200
@@ -94,12 +96,16 @@ def _answers():
     except ImageRefused as err:
         raise HTTPException(err.status, str(err)) from None
     except (DatabaseError, DBAPIError) as err:
-        raise HTTPException(503, f"the database is unavailable ({_first_line(err)}); retry later",
-                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        # The detail (a socket's path, a host, a connection string) is for the operator's log only.
+        log.warning("iwan serve: the database is unavailable: %s", _first_line(err))
+        raise HTTPException(503, DATABASE_UNAVAILABLE, headers={"Retry-After": str(RETRY_AFTER_S)}) from None
     except LookupError as err:
         raise HTTPException(404, _first_line(err)) from None
     except ValueError as err:
         raise HTTPException(422, _first_line(err)) from None
+
+
+DATABASE_UNAVAILABLE = f"the database is unavailable; retry in {RETRY_AFTER_S} seconds"
 
 
 def _first_line(err: Exception) -> str:
@@ -110,6 +116,7 @@ def _first_line(err: Exception) -> str:
 # Health, readiness, metrics -------------------------------------------------------------------
 
 @router.get("/healthz", response_model=models.Status, tags=["operations"])
+@router.head("/healthz", include_in_schema=False)
 async def healthz() -> models.Status:
     """200 while the process runs."""
     return models.Status(status="ok")
@@ -117,6 +124,7 @@ async def healthz() -> models.Status:
 
 @router.get("/readyz", response_model=models.Readiness, tags=["operations"],
             responses={503: {"model": models.Readiness, "description": "Collections still loading, or one failed"}})
+@router.head("/readyz", include_in_schema=False)
 async def readyz(service: ServiceDep, response: Response) -> models.Readiness:
     """200 once every collection is loaded; 503 before (or when one failed to load)."""
     status = "ready" if service.ready else ("failed" if service.error else "loading")
@@ -294,8 +302,9 @@ def _thumbnail(engine, image_id: int, policy, settings) -> tuple[bytes, str]:
         return data, media_type
     with open_checked(data, f"image {image_id}", policy) as image:
         try:
+            orientation = exif_orientation(image)
             image.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
-            small = image.convert("RGB")
+            small = upright(image.convert("RGB"), orientation)
         except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as err:
             raise ImageRefused(415, f"image {image_id}: a damaged or unreadable image ({type(err).__name__})") from None
     out = io.BytesIO()
@@ -368,11 +377,11 @@ def delete_image(image_id: ImageIdPath, service: ServiceDep) -> Response:
 
 # The web page and the API docs ----------------------------------------------------------------
 
-@router.get("/", include_in_schema=False)
+@router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
 async def page() -> FileResponse:
     return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_POLICY})
 
 
-@router.get("/docs", include_in_schema=False)
+@router.api_route("/docs", methods=["GET", "HEAD"], include_in_schema=False)
 async def docs() -> FileResponse:
     return FileResponse(STATIC / "docs.html", headers={"Content-Security-Policy": DOCS_POLICY})

@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 from fastapi import HTTPException
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 from iwan.config import Settings
+from iwan.db.engine import DatabaseError
 from iwan.serve.metrics import Metrics
 from iwan.vision.decode import UPLOAD_FORMATS, DecodePolicy
 
@@ -71,7 +73,9 @@ class Service:
                 collection.image_queries([np.zeros((32, 32, 3), dtype=np.uint8)])
             except Exception as err:  # noqa: BLE001 - any failure must reach /readyz and the log
                 log.error("iwan serve: cannot load collection %r: %s", name, err)
-                self.error = f"collection {name!r} failed to load: {err}"
+                # /readyz is public: a database's detail (a socket's path, a URL) stays in the log.
+                reason = "the database is unavailable" if isinstance(err, DatabaseError | DBAPIError) else err
+                self.error = f"collection {name!r} failed to load: {reason}"
                 return
             with self._lock:
                 self.collections[name] = collection

@@ -6,6 +6,7 @@ it is not an image of an allowed format (415) or has more pixels than the limit 
 small file can hold a huge image. With `min_side`, a large image is decoded at a reduced size
 whose shorter side stays >= `min_side` (JPEG's draft mode decodes at 1/2, 1/4 or 1/8 scale
 directly; other formats are reduced by a whole factor), for callers that resize to a small input.
+The pixels come out upright: the EXIF orientation (a phone's sideways sensor) is applied.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from iwan.config import DEFAULT_MAX_IMAGE_PIXELS
 
@@ -97,19 +98,49 @@ def decode_image(source: bytes | Path, name: str, policy: DecodePolicy) -> Decod
         with image, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             media_type = MEDIA_TYPES.get(image.format or "", Image.MIME.get(image.format or "", "application/octet-stream"))
-            return Decoded(_pixels(image, policy.min_side), media_type)
+            orientation = exif_orientation(image)
+            return Decoded(np.asarray(upright(_pixels(image, policy.min_side), orientation)), media_type)
     except _IMAGE_ERRORS as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ImageRefused(415, f"{name}: a damaged or unreadable image ({reason})") from None
 
 
-def _pixels(image: Image.Image, min_side: int | None) -> np.ndarray:
+def exif_orientation(image: Image.Image) -> int:
+    """The image's EXIF orientation (1 to 8; 1, upright, when it has none or a damaged one),
+    read from the header before decoding, so that a reduced decode can be turned after."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except _IMAGE_ERRORS:
+        return 1
+    return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
+
+
+def upright(image: Image.Image, orientation: int) -> Image.Image:
+    """`image` (decoded, perhaps reduced) turned as its EXIF `orientation` says: what
+    PIL.ImageOps.exif_transpose does, with the orientation read before the pixels were reduced and
+    without rewriting the EXIF block (the pixels are what is kept)."""
+    method = _TRANSPOSE.get(orientation)
+    return image if method is None else image.transpose(method)
+
+
+_TRANSPOSE = {  # EXIF orientation -> the transpose making the image upright (as ImageOps.exif_transpose)
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _pixels(image: Image.Image, min_side: int | None) -> Image.Image:
     width, height = image.size
     short = min(width, height)
     if min_side is None or short < 2 * min_side:
-        return np.asarray(image.convert("RGB"))
+        return image.convert("RGB")
     # JPEG only: decodes at the smallest scale still at least this big.
     image.draft("RGB", (width * min_side // short, height * min_side // short))
     rgb = image.convert("RGB")
     factor = min(rgb.size) // min_side
-    return np.asarray(rgb.reduce(factor) if factor >= 2 else rgb)
+    return rgb.reduce(factor) if factor >= 2 else rgb
