@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from iwan.cli.common import CliContext, pass_context
@@ -53,6 +55,8 @@ def serve(ctx: CliContext, host: str, port: int, names: tuple[str, ...], threads
         click.echo("iwan serve: requests must name this server as 127.0.0.1 or localhost; set IWAN_ALLOWED_HOSTS "
                    "to the names (or addresses) other machines reach it by", err=True)
     server = uvicorn.Server(server_config(app, host, port, log_level=log_level, access_log=log_level == "debug"))
-    server.run()
+    # As uvicorn.run: the signal that stopped the server is re-raised once its shutdown is done.
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
     if not server.started:
         raise SystemExit(3)  # as uvicorn.run: the server could not start (the port taken, say)
