@@ -170,7 +170,7 @@ def labelled_hits(engine: Engine, built: BuiltIndex, retriever: Retriever, plann
             "image_id": image_id, "dataset": image.dataset, "split": image.split,
             "position": image.position, "label": image.label,
         }
-        if "path" in reasons[rank] and "ranks" not in reasons[rank]:
+        if retriever.name == "iwan":
             hit.update(distance=round(-score, 6), path=reasons[rank]["path"])
         else:
             hit["score"] = round(score, 6)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hashing.search import HammingCosineIndex
+from hashing.search import HammingCosineIndex, hamming_distances
 from iwan.config import DEFAULT_SHORTLIST_FACTOR
 from iwan.retrieval.protocol import Batch, CorpusData, Explained
 from iwan.retrieval.registry import Corpus, register_retriever, require_hash_model
@@ -69,7 +69,7 @@ def code_reasons(scores: np.ndarray, ids: np.ndarray, query_codes: np.ndarray | 
 
 
 def hamming_to(codes: np.ndarray, code) -> np.ndarray:
-    return np.bitwise_count(np.asarray(codes, dtype=np.uint64) ^ np.uint64(code)).astype(np.int64)
+    return hamming_distances(np.asarray(codes, dtype=np.uint64), np.array([code], dtype=np.uint64))[0].astype(np.int64)
 
 
 @register_retriever("hashes")

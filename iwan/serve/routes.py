@@ -8,7 +8,7 @@ import io
 import logging
 import unicodedata
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import (
@@ -187,7 +187,7 @@ async def search(
     method: Annotated[str | None, Query(max_length=40)] = None,
     k: Annotated[int | None, Query(ge=1, le=MAX_SEARCH_K)] = None,
     offset: Annotated[int | None, Query(ge=0, le=MAX_SEARCH_OFFSET)] = None,
-) -> models.SearchResponse:
+) -> dict[str, Any]:
     """Search by an uploaded image (multipart `image`), by words (JSON `text`) or by a stored image
     (JSON `image_id`). `method`, `k`, `offset` may come as query parameters or body fields."""
     collection = service.collection(name)
@@ -231,14 +231,14 @@ def _validated(model: type[BaseModel], payload, where: str):
         ) from None
 
 
-def _search(service: Service, collection, query: SearchRequest) -> models.SearchResponse:
-    """Parsed, searched once by the pipeline, rendered."""
+def _search(service: Service, collection, query: SearchRequest) -> dict[str, Any]:
+    """Parsed, searched once by the pipeline, rendered (validated once, by the route's response_model)."""
     from iwan.collections.pipeline import search
 
     with _answers():
         result = search(collection, query, service.policy)
     service.metrics.searches.labels(collection.name, result.method).observe(result.timing_ms["search"] / 1e3)
-    return models.SearchResponse.model_validate(result.as_dict())
+    return result.as_dict()
 
 
 # Images ---------------------------------------------------------------------------------------

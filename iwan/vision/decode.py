@@ -24,8 +24,6 @@ from iwan.config import DEFAULT_MAX_IMAGE_PIXELS
 
 UPLOAD_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 """Formats whose decoders are common and well-fuzzed: what the service accepts."""
-MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "BMP": "image/bmp",
-               "WEBP": "image/webp", "TIFF": "image/tiff"}
 SUFFIX_MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".gif": "image/gif",
                       ".webp": "image/webp", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff"}
 # Everything Pillow raises on a damaged or hostile file (it uses SyntaxError for some formats).
@@ -97,7 +95,7 @@ def decode_image(source: bytes | Path, name: str, policy: DecodePolicy) -> Decod
     try:
         with image, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            media_type = MEDIA_TYPES.get(image.format or "", Image.MIME.get(image.format or "", "application/octet-stream"))
+            media_type = Image.MIME.get(image.format or "", "application/octet-stream")
             orientation = exif_orientation(image)
             return Decoded(np.asarray(upright(_pixels(image, policy.min_side), orientation)), media_type)
     except _IMAGE_ERRORS as err:
