@@ -60,6 +60,15 @@ DEFAULT_CONNECT_TIMEOUT_S = 10
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 """Images with more pixels are refused before decoding (IWAN_MAX_IMAGE_PIXELS): a small file can
 hold a huge image."""
+DECODE_MIN_SIDE = 512
+"""Images for the models are decoded with each side reduced by a whole factor while it stays >=
+this: the models squash an image to 224 pixels or less, so nothing larger is ever needed."""
+DECODE_WAIT_S = 20.0
+"""How long image work waits for room in the memory budget before the server answers 503."""
+DEFAULT_DECODE_MEMORY_SHARE = 32
+"""The image memory budget is the machine's memory / this, from 256 MiB to 768 MiB
+(IWAN_DECODE_MEMORY overrides): enough for the largest image under the pixel limit, small enough
+that concurrent hostile uploads cannot exhaust the machine."""
 
 # The HTTP service (`iwan serve`).
 SERVE_HOST = "127.0.0.1"  # loopback unless told otherwise: nothing is exposed by accident
@@ -109,6 +118,9 @@ class Settings:
     """Seconds a database connection may take (libpq counts whole seconds, at least 2)."""
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     """Largest image (width x height) a query or an upload may have (IWAN_MAX_IMAGE_PIXELS)."""
+    decode_memory: int = field(default_factory=lambda: default_decode_memory())
+    """Bytes the service's concurrent image decodes and model passes may hold together
+    (IWAN_DECODE_MEMORY, e.g. 512M or 1G; default from the machine's memory)."""
     api_key: str | None = field(default=None, repr=False)
     """The service's write key (IWAN_API_KEY); None refuses every write."""
     cors_origins: tuple[str, ...] = ()
@@ -160,10 +172,44 @@ def settings(database_url: str | None = None) -> Settings:
         fetch_timeout=_positive_float("IWAN_FETCH_TIMEOUT", DEFAULT_FETCH_TIMEOUT),
         connect_timeout=_positive_int("IWAN_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT_S, minimum=2),
         max_image_pixels=_positive_int("IWAN_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, minimum=1),
+        decode_memory=_size("IWAN_DECODE_MEMORY") or default_decode_memory(),
         api_key=os.environ.get("IWAN_API_KEY") or None,
         cors_origins=_listed("IWAN_CORS_ORIGINS"),
         allowed_hosts=_listed("IWAN_ALLOWED_HOSTS"),
     )
+
+
+def default_decode_memory() -> int:
+    """The machine's (or its container's) memory / DEFAULT_DECODE_MEMORY_SHARE, from 256 to 768 MiB."""
+    return min(768 << 20, max(256 << 20, machine_memory() // DEFAULT_DECODE_MEMORY_SHARE))
+
+
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the cgroup's limit in a container, else the machine's."""
+    import psutil
+
+    total = psutil.virtual_memory().total
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return total
+    return min(total, int(limit)) if limit.isdigit() else total
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _size(variable: str) -> int | None:
+    """A byte count like 512M or 1G (K, M, G are powers of 1024); None when not set."""
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return None
+    number, unit = raw[:-1], raw[-1].upper()
+    if unit.isdigit():
+        number, unit = raw, ""
+    if not number.isdigit() or unit not in _SIZE_UNITS or int(number) * _SIZE_UNITS[unit] < (1 << 20):
+        raise ValueError(f"{variable}={raw!r} must be a size of at least 1M, like 512M or 1G")
+    return int(number) * _SIZE_UNITS[unit]
 
 
 def _listed(name: str) -> tuple[str, ...]:

@@ -96,7 +96,7 @@ def test_http_cli_and_python_answer_text_and_stored_image_queries_alike(live, cl
 def test_an_image_query_is_encoded_once_and_a_fused_search_searches_each_member_once(live, monkeypatch):
     calls = {"encode": 0, "iwan": 0, "hashes": 0, "exhaustive": 0}
     encode = live.encoder.encode
-    monkeypatch.setattr(live.encoder, "encode", lambda images: calls.__setitem__("encode", calls["encode"] + 1) or encode(images))
+    monkeypatch.setattr(live.encoder, "encode", lambda images, budget=None: calls.__setitem__("encode", calls["encode"] + 1) or encode(images, budget))
     for name in ("iwan", "hashes", "exhaustive"):
         index = live.retrievers[name].index  # the structure each method searches
 

@@ -33,6 +33,7 @@ def serve(ctx: CliContext, host: str, port: int, names: tuple[str, ...], threads
 
     from iwan.collections.live import list_collections
     from iwan.serve import create_app
+    from iwan.serve.allocator import return_large_blocks
     from iwan.serve.app import WILDCARD_HOSTS, server_config
 
     engine = ctx.engine()
@@ -47,6 +48,7 @@ def serve(ctx: CliContext, host: str, port: int, names: tuple[str, ...], threads
     if not chosen:
         raise LookupError("the database holds no collection to serve; create one with `iwan collection create`")
     torch.set_num_threads(threads)
+    return_large_blocks()
     app = create_app(engine, load=chosen, settings=ctx.settings, host=host)
     click.echo(f"iwan serve: http://{host}:{port}/ ({', '.join(chosen)}; writes "
                f"{'need the API key' if app.state.service.settings.api_key else 'disabled: IWAN_API_KEY is not set'})",

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from iwan.config import Settings
 from iwan.db import collections as store
 from iwan.db.engine import DatabaseError
-from iwan.vision.decode import DecodePolicy, decode_image
+from iwan.vision.decode import DecodePolicy, MemoryBudget, decode_image
 from iwan.vision.encoder import Encoder
 
 BATCH_SIZE = 256
@@ -105,13 +105,15 @@ def add_files(
     label: str | None = None,
     batch_size: int = BATCH_SIZE,
     policy: DecodePolicy | None = None,
+    budget: MemoryBudget | None = None,
     *,
     settings: Settings,
 ) -> AddReport:
     """Add image files (name, bytes) to collection `name`: each batch of files is committed in one
     transaction (images, files, predictions, codes, memberships, change-log row) or not at all.
     The bytes are kept in the settings' `image_dir`. A file the decoder refuses under `policy`
-    (default: any format Pillow reads, the settings' pixel limit) is skipped with the reason."""
+    (default: any format Pillow reads, the settings' pixel limit) is skipped with the reason; the
+    decodes and model passes hold their memory in `budget` when given (ImageBusy when it stays full)."""
     from iwan.db.predictions import register_classes
 
     policy = policy or DecodePolicy(max_pixels=settings.max_image_pixels, formats=None)
@@ -121,19 +123,20 @@ def add_files(
         register_classes(engine, encoder.predictor_name, encoder.categories)
         for start in range(0, len(files), batch_size):
             _add_batch(engine, name, collection, files[start : start + batch_size], encoder, label, report, policy,
-                       settings.image_dir)
+                       budget, settings.image_dir)
     return report
 
 
 def _add_batch(engine: Engine, name: str, collection: store.Collection, files: list[tuple[str, bytes]], encoder: Encoder,
-               label: str | None, report: AddReport, policy: DecodePolicy, image_dir: Path) -> None:
+               label: str | None, report: AddReport, policy: DecodePolicy, budget: MemoryBudget | None,
+               image_dir: Path) -> None:
     from iwan.db.codes import write_codes
     from iwan.db.predictions import write_predictions
 
     decoded = []
     for file_name, data in files:
         try:
-            image = decode_image(data, file_name, policy)
+            image = decode_image(data, file_name, policy, budget)
         except ValueError as err:  # the file is named in the report already
             report.skipped.append((file_name, str(err).removeprefix(f"{file_name}: ")))
             continue
@@ -141,7 +144,7 @@ def _add_batch(engine: Engine, name: str, collection: store.Collection, files: l
     fresh = _first_of_each(decoded, report)
     if not fresh:
         return
-    encoded = encoder.encode([item[2] for item in fresh])
+    encoded = encoder.encode([item[2] for item in fresh], budget)
     with engine.begin() as conn:
         store.lock_files(conn, [item[4] for item in fresh], shared=True)
         for _, data, _, _, sha in fresh:

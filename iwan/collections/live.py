@@ -41,7 +41,7 @@ from iwan.db import collections as store
 from iwan.db.changes import Follower
 from iwan.retrieval.protocol import FIELDS, Batch, Explained, Retriever
 from iwan.retrieval.registry import Corpus, get_retriever
-from iwan.vision.decode import DecodePolicy
+from iwan.vision.decode import DecodePolicy, MemoryBudget
 from iwan.vision.encoder import Encoder
 
 if TYPE_CHECKING:
@@ -292,10 +292,10 @@ class LiveCollection:
 
     # --- queries ----------------------------------------------------------------------------------------
 
-    def image_queries(self, images: list[np.ndarray]) -> Batch:
+    def image_queries(self, images: list[np.ndarray], budget: MemoryBudget | None = None) -> Batch:
         """Queries from uint8 (H, W, 3) RGB pixels (iwan.vision.decode): the predictor's words (and
-        the hash model's embeddings and codes)."""
-        encoded = self.encoder.encode(images)
+        the hash model's embeddings and codes); the model passes hold their memory in `budget`."""
+        encoded = self.encoder.encode(images, budget)
         top = self.collection.top_iwk
         no_ids = cast(np.ndarray, None)  # a query has none; _batch reads ids only with_ids
         return self._batch(_Members(no_ids, encoded.class_indices[:, :top], encoded.probabilities[:, :top],
@@ -379,11 +379,12 @@ class LiveCollection:
     # --- changes -----------------------------------------------------------------------------------
 
     def add_files(self, files: list[tuple[str, bytes]], label: str | None = None,
-                  policy: DecodePolicy | None = None) -> uploads.AddReport:
+                  policy: DecodePolicy | None = None, budget: MemoryBudget | None = None) -> uploads.AddReport:
         """Store image files (name, bytes) in the collection; they are searchable here on return.
-        `policy`: what the decoder accepts (default: any format Pillow reads, the settings' pixel limit)."""
+        `policy`: what the decoder accepts (default: any format Pillow reads, the settings' pixel limit);
+        `budget`: what the decodes and model passes may hold (the service's)."""
         report = uploads.add_files(self.engine, self.name, files, self.encoder, label, policy=policy,
-                                   settings=self.settings)
+                                   budget=budget, settings=self.settings)
         self.catch_up()
         return report
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from iwan.config import DEFAULT_K, MAX_SEARCH_K, MAX_SEARCH_OFFSET, MAX_TEXT_QUERY_CHARS
-from iwan.vision.decode import DecodePolicy
+from iwan.vision.decode import DecodePolicy, MemoryBudget
 
 if TYPE_CHECKING:
     from iwan.collections.live import LiveCollection
@@ -91,9 +91,11 @@ class SearchResult:
         }
 
 
-def search(collection: LiveCollection, request: SearchRequest, policy: DecodePolicy | None = None) -> SearchResult:
+def search(collection: LiveCollection, request: SearchRequest, policy: DecodePolicy | None = None,
+           budget: MemoryBudget | None = None) -> SearchResult:
     """Answer `request` over `collection`; ValueError for a bad request (an ImageRefused, with its
-    HTTP status, for an unacceptable image), LookupError for an image id the collection lacks."""
+    HTTP status, for an unacceptable image), LookupError for an image id the collection lacks;
+    ImageBusy when `budget` (what concurrent image work may hold) stays full."""
     from iwan.retrieval.protocol import WORD_FIELDS
     from iwan.vision.decode import decode_image
 
@@ -101,8 +103,8 @@ def search(collection: LiveCollection, request: SearchRequest, policy: DecodePol
     method = choose_method(collection, request)
     exclude, unknown, words = None, [], None
     if request.image is not None:
-        decoded = decode_image(request.image, request.image_name, policy or DecodePolicy())
-        queries = collection.image_queries([decoded.pixels])
+        decoded = decode_image(request.image, request.image_name, policy or DecodePolicy(), budget)
+        queries = collection.image_queries([decoded.pixels], budget)
     elif request.text is not None:
         parsed = collection.text_queries(request.text)
         queries, unknown, words = parsed.batch, list(parsed.unknown), list(parsed.words)

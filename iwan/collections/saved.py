@@ -17,14 +17,12 @@ from typing import cast
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from iwan.config import Settings
+from iwan.config import DECODE_MIN_SIDE, Settings
 from iwan.network.index import Query, parse_text_query
 from iwan.network.saved import BuiltIndex, class_words
 from iwan.retrieval.protocol import WORD_FIELDS, Batch, Retriever
 from iwan.retrieval.registry import Corpus, get_retriever
 from iwan.retrieval.stored import StoreData
-
-QUERY_IMAGE_SIDE = 512
 
 
 @dataclass(frozen=True)
@@ -97,7 +95,7 @@ def image_query(built: BuiltIndex, path: Path, backend: str = "torch", *, settin
     from iwan.vision.predictors import load_predictor
 
     # The classifiers resize to about 224 pixels; a query decoded at >= 512 loses nothing.
-    image = load_image(path, min_side=QUERY_IMAGE_SIDE, max_pixels=settings.max_image_pixels)
+    image = load_image(path, min_side=DECODE_MIN_SIDE, max_pixels=settings.max_image_pixels)
     predictor = load_predictor(built.meta.model, backend=backend, settings=settings)
     prediction = predictor.predict(image[None], top=built.meta.top_iwk)
     return PlannedQuery(_predicted(built, prediction.indices[0], prediction.probabilities[0], str(path)))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import logging
 import unicodedata
 from contextlib import contextmanager
@@ -38,7 +37,7 @@ from iwan.db.engine import DatabaseError
 from iwan.serve import models
 from iwan.serve.limits import JsonRefused, strict_json
 from iwan.serve.service import RETRY_AFTER_S, STATIC, Service, Thumbnail
-from iwan.vision.decode import ImageRefused, exif_orientation, open_checked, upright
+from iwan.vision.decode import ImageBusy, ImageRefused, decode_thumbnail, open_checked
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -95,6 +94,8 @@ def _answers():
         yield
     except ImageRefused as err:
         raise HTTPException(err.status, str(err)) from None
+    except ImageBusy as err:
+        raise HTTPException(503, str(err), headers={"Retry-After": str(err.retry_after)}) from None
     except (DatabaseError, DBAPIError) as err:
         # The detail (a socket's path, a host, a connection string) is for the operator's log only.
         log.warning("iwan serve: the database is unavailable: %s", _first_line(err))
@@ -236,7 +237,7 @@ def _search(service: Service, collection, query: SearchRequest) -> dict[str, Any
     from iwan.collections.pipeline import search
 
     with _answers():
-        result = search(collection, query, service.policy)
+        result = search(collection, query, service.policy, service.budget)
     service.metrics.searches.labels(collection.name, result.method).observe(result.timing_ms["search"] / 1e3)
     return result.as_dict()
 
@@ -277,7 +278,7 @@ def thumbnail(image_id: ImageIdPath, request: Request, service: ServiceDep) -> R
         source = (row["sha256"], row["path"])
         found = service.thumbnails.get(image_id, source)
         if found is None:
-            data, media_type = _thumbnail(service.engine, image_id, service.policy, service.settings)
+            data, media_type = _thumbnail(service, image_id)
             found = Thumbnail(source, data, media_type, f'"{hashlib.sha256(data).hexdigest()[:32]}"')
             service.thumbnails.put(image_id, found)
     headers = {"Cache-Control": "private, no-cache", "ETag": found.etag}
@@ -294,22 +295,11 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-def _thumbnail(engine, image_id: int, policy, settings) -> tuple[bytes, str]:
+def _thumbnail(service: Service, image_id: int) -> tuple[bytes, str]:
     from iwan.collections.live import image_file
 
-    data, media_type = image_file(engine, image_id, settings=settings)
-    if media_type in ("image/jpeg", "image/png") and len(data) <= 32 * 1024:
-        return data, media_type
-    with open_checked(data, f"image {image_id}", policy) as image:
-        try:
-            orientation = exif_orientation(image)
-            image.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
-            small = upright(image.convert("RGB"), orientation)
-        except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as err:
-            raise ImageRefused(415, f"image {image_id}: a damaged or unreadable image ({type(err).__name__})") from None
-    out = io.BytesIO()
-    small.save(out, format="JPEG", quality=85)
-    return out.getvalue(), "image/jpeg"
+    data, _ = image_file(service.engine, image_id, settings=service.settings)
+    return decode_thumbnail(data, f"image {image_id}", service.policy, THUMBNAIL_PIXELS, service.budget)
 
 
 @router.post("/v1/collections/{name}/images", status_code=201, response_model=models.AddResponse, tags=["images"],
@@ -345,7 +335,7 @@ def _add(service: Service, collection, files: list[tuple[str, bytes]], label: st
     with _answers():
         if label is not None:
             check_text(label, "label")
-        report = collection.add_files(accepted, label=label, policy=service.policy)
+        report = collection.add_files(accepted, label=label, policy=service.policy, budget=service.budget)
     return models.AddResponse(
         added=[models.Added(image_id=int(i), file=f) for i, f in report.added],
         skipped=skipped + [models.Skipped(file=f, reason=r) for f, r in report.skipped],

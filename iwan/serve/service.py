@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from iwan.config import Settings
 from iwan.db.engine import DatabaseError
 from iwan.serve.metrics import Metrics
-from iwan.vision.decode import UPLOAD_FORMATS, DecodePolicy
+from iwan.vision.decode import UPLOAD_FORMATS, DecodePolicy, MemoryBudget
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ class Service:
         self.settings = settings
         self.policy = DecodePolicy(max_pixels=settings.max_image_pixels, formats=UPLOAD_FORMATS)
         """What an uploaded image may be (the one decoder's policy for this service)."""
+        self.budget = MemoryBudget(settings.decode_memory)
+        """What concurrent decodes and model passes may hold together (503 beyond it)."""
         self.collections = {c.name: c for c in collections}
         self.pending = [name for name in load if name not in self.collections]
         self.error: str | None = None

@@ -3,24 +3,35 @@ through `decode_image`, whose policy is its arguments (`DecodePolicy`).
 
 Untrusted bytes: the header is read first and the image refused before any pixel is decoded when
 it is not an image of an allowed format (415) or has more pixels than the limit (413), since a
-small file can hold a huge image. With `min_side`, a large image is decoded at a reduced size
-whose shorter side stays >= `min_side` (JPEG's draft mode decodes at 1/2, 1/4 or 1/8 scale
-directly; other formats are reduced by a whole factor), for callers that resize to a small input.
-The pixels come out upright: the EXIF orientation (a phone's sideways sensor) is applied.
+small file can hold a huge image. With `min_side`, a large image is decoded small (`Shrink`):
+JPEG's draft mode decodes at 1/2, 1/4 or 1/8 scale directly, and every image is reduced in its own
+pixel mode by a whole factor while its shorter side stays >= `min_side`, before it is converted to
+RGB; a long side over MAX_SIDE_RATIO times the short one is reduced further (a 1 x 39,000,000 line
+becomes 1 x 4,096 here, not a 468 MB float copy in a model). The pixels come out upright: the EXIF
+orientation is applied.
+
+What a decode costs is known from the header (`decode_cost`: the decoded pixels in Pillow's
+storage, a conversion when the mode cannot be reduced, the format decoder's own buffers, measured
+by benchmarks/bench_abuse.py); with a `MemoryBudget`, concurrent decodes and model passes hold
+reservations of their cost, and one that does not fit waits, then is refused with `ImageBusy`.
 """
 
 from __future__ import annotations
 
 import io
 import struct
+import threading
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from iwan.config import DEFAULT_MAX_IMAGE_PIXELS
+from iwan.config import DECODE_MIN_SIDE, DECODE_WAIT_S, DEFAULT_MAX_IMAGE_PIXELS
 
 UPLOAD_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 """Formats whose decoders are common and well-fuzzed: what the service accepts."""
@@ -39,14 +50,72 @@ class ImageRefused(ValueError):
         self.status = status
 
 
+class ImageBusy(RuntimeError):
+    """Concurrent image work holds the whole memory budget; the same request may succeed after
+    `retry_after` seconds (HTTP 503 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class MemoryBudget:
+    """Bytes that concurrent image work (decodes, model passes) may hold together. A reservation
+    that does not fit waits up to `wait_s` for others to end, then raises ImageBusy; one larger
+    than the whole budget can never fit and is refused at once (ImageRefused, 413)."""
+
+    def __init__(self, limit: int, wait_s: float = DECODE_WAIT_S):
+        if limit < 1:
+            raise ValueError(f"a memory budget of {limit} bytes holds nothing; give at least one MiB")
+        self.limit = limit
+        self.wait_s = wait_s
+        self._used = 0
+        self._free = threading.Condition()
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    @contextmanager
+    def reserve(self, nbytes: int, what: str) -> Iterator[None]:
+        if nbytes > self.limit:
+            raise ImageRefused(
+                413, f"{what}: decoding it needs about {_mib(nbytes)} MiB, over the image memory budget of "
+                     f"{_mib(self.limit)} MiB (IWAN_DECODE_MEMORY): send a smaller image, or raise the budget")
+        deadline = time.monotonic() + self.wait_s
+        with self._free:
+            while self._used + nbytes > self.limit:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ImageBusy(f"{what}: the server is busy with other images (its image memory budget of "
+                                    f"{_mib(self.limit)} MiB is in use); retry shortly", retry_after=max(1, round(self.wait_s / 4)))
+                self._free.wait(left)
+            self._used += nbytes
+        try:
+            yield
+        finally:
+            with self._free:
+                self._used -= nbytes
+                self._free.notify_all()
+
+
+def reserved(budget: MemoryBudget | None, nbytes: int, what: str):
+    """`budget.reserve(nbytes, what)`, or nothing to hold without a budget (the CLI's own process)."""
+    return budget.reserve(nbytes, what) if budget is not None else nullcontext()
+
+
+def _mib(nbytes: int) -> int:
+    return -(-nbytes // (1 << 20))
+
+
 @dataclass(frozen=True)
 class DecodePolicy:
     """What an image may be: the largest pixel count, the formats allowed (None: any Pillow reads)
-    and, optionally, the shortest side it is decoded at."""
+    and the shortest side it is decoded at (None: full size)."""
 
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     formats: tuple[str, ...] | None = UPLOAD_FORMATS
-    min_side: int | None = None
+    min_side: int | None = DECODE_MIN_SIDE
 
 
 @dataclass(frozen=True)
@@ -89,18 +158,78 @@ def open_checked(source: bytes | Path, name: str, policy: DecodePolicy) -> Image
     return image
 
 
-def decode_image(source: bytes | Path, name: str, policy: DecodePolicy) -> Decoded:
-    """The image's RGB pixels and media type; ImageRefused (a ValueError) saying why not."""
+def decode_image(source: bytes | Path, name: str, policy: DecodePolicy, budget: MemoryBudget | None = None) -> Decoded:
+    """The image's RGB pixels and media type; ImageRefused (a ValueError) saying why not;
+    ImageBusy when `budget` stays full."""
     image = open_checked(source, name, policy)
     try:
         with image, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             media_type = Image.MIME.get(image.format or "", "application/octet-stream")
-            orientation = exif_orientation(image)
-            return Decoded(np.asarray(upright(_pixels(image, policy.min_side), orientation)), media_type)
+            shrink = Shrink(min_side=policy.min_side)
+            with reserved(budget, decode_cost(image, shrink), name):
+                # Inside the reservation: Pillow decodes a whole PNG to find an EXIF chunk after its pixels.
+                orientation = exif_orientation(image)
+                return Decoded(np.asarray(upright(_pixels(image, shrink), orientation)), media_type)
+    except ImageRefused:
+        raise
     except _IMAGE_ERRORS as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ImageRefused(415, f"{name}: a damaged or unreadable image ({reason})") from None
+        raise ImageRefused(415, f"{name}: a damaged or unreadable image ({_reason(err)})") from None
+
+
+def decode_thumbnail(data: bytes, name: str, policy: DecodePolicy, side: int,
+                     budget: MemoryBudget | None = None) -> tuple[bytes, str]:
+    """The image as a JPEG at most `side` pixels a side, upright (or its own bytes when it is a
+    JPEG or PNG already that small and upright): never the full image of a huge one."""
+    image = open_checked(data, name, policy)
+    try:
+        with image, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            width, height = image.size
+            if image.format in ("JPEG", "PNG") and max(width, height) <= side and exif_orientation(image) == 1:
+                return data, Image.MIME[image.format]
+            scale = min(1.0, side / max(width, height))
+            target = (max(1, round(width * scale)), max(1, round(height * scale)))
+            shrink = Shrink(box=target)
+            with reserved(budget, decode_cost(image, shrink), name):
+                orientation = exif_orientation(image)  # a PNG's may need its pixels decoded
+                small = _pixels(image, shrink).resize(target, Image.Resampling.BICUBIC)
+                out = io.BytesIO()
+                upright(small, orientation).save(out, format="JPEG", quality=85)
+                return out.getvalue(), "image/jpeg"
+    except ImageRefused:
+        raise
+    except _IMAGE_ERRORS as err:
+        raise ImageRefused(415, f"{name}: a damaged or unreadable image ({_reason(err)})") from None
+
+
+def decode_cost(image: Image.Image, shrink: Shrink) -> int:
+    """Bytes that decoding `image` (opened, header read) made small by `shrink` holds at its peak, from the header alone: the decoded pixels in Pillow's storage (1, 2 or 4 bytes a pixel,
+    and a row pointer per row), a conversion when the mode cannot be reduced in place, the
+    premultiplied copy of an image with alpha, the format decoder's own buffers, and the small
+    result. JPEG's draft is planned here, so the size is the one that will be decoded."""
+    full_width, full_height = image.size
+    shrink.draft(image)
+    width, height = image.size
+    pixels = width * height
+    cost = pixels * _storage_bytes(image.mode) + height * 8
+    factor_x, factor_y = shrink.factors(width, height)
+    out_width, out_height = -(-width // factor_x), -(-height // factor_y)  # Image.reduce keeps a partial box
+    if (out_width, out_height) != (width, height):
+        reduced_mode = _REDUCE_AS.get(image.mode, image.mode)
+        if reduced_mode != image.mode:
+            cost += pixels * _storage_bytes(reduced_mode) + height * 8
+        if reduced_mode in _PREMULTIPLIED:
+            cost += pixels * 4 + height * 8
+    else:
+        cost += pixels * 4 + height * 8  # the RGB conversion at full size
+    cost += int(full_width * full_height * _FORMAT_BUFFERS.get(_format_key(image), 0.0))
+    cost += out_width * out_height * 8 + out_height * 16
+    return int(cost * 1.02) + (4 << 20)  # the codecs' own working buffers (libjpeg's, zlib's)
+
+
+def _reason(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def exif_orientation(image: Image.Image) -> int:
@@ -132,13 +261,72 @@ _TRANSPOSE = {  # EXIF orientation -> the transpose making the image upright (as
 }
 
 
-def _pixels(image: Image.Image, min_side: int | None) -> Image.Image:
-    width, height = image.size
-    short = min(width, height)
-    if min_side is None or short < 2 * min_side:
+MAX_SIDE_RATIO = 8
+"""A decode for the models keeps the aspect up to this ratio of the long side to the short one."""
+# Pillow keeps 1 byte a pixel for these modes, 2 for 16-bit grey, 4 for every other mode
+# (3-band pixels are stored in 4 bytes).
+_ONE_BYTE_MODES = ("1", "L", "P")
+# Modes Image.reduce cannot average (palette indices, bits, 16-bit grey), and the mode they are
+# reduced in instead.
+_REDUCE_AS = {"1": "L", "P": "RGB", "PA": "RGBA", "I;16": "I", "I;16L": "I", "I;16B": "I", "I;16N": "I"}
+# Image.reduce averages these modes' colours weighted by alpha, in a premultiplied full-size copy.
+_PREMULTIPLIED = ("RGBA", "LA")
+# Buffers a format's decoder holds beside Pillow's image, in bytes per pixel of the full image
+# (measured by benchmarks/bench_abuse.py, rounded up): libwebp decodes into its own RGBA buffer
+# that Pillow then copies; a progressive JPEG keeps every coefficient until the last scan.
+_FORMAT_BUFFERS = {"WEBP": 12.0, "JPEG-progressive": 3.5}
+
+
+def _storage_bytes(mode: str) -> int:
+    if mode in _ONE_BYTE_MODES:
+        return 1
+    return 2 if mode.startswith("I;16") else 4
+
+
+def _format_key(image: Image.Image) -> str:
+    if image.format == "JPEG" and image.info.get("progressive"):
+        return "JPEG-progressive"
+    return image.format or ""
+
+
+@dataclass(frozen=True)
+class Shrink:
+    """How an image is made small while it is decoded: JPEG's draft (1/2, 1/4 or 1/8 scale), then
+    Image.reduce by whole factors. For the models (`min_side`): the shorter side kept >= min_side
+    and the aspect kept (the predictor crops the centre square), except that a long side over
+    MAX_SIDE_RATIO times the short one is reduced further (a 1 x 39,000,000 line). For a thumbnail
+    (`box`): at least the box's size a side."""
+
+    min_side: int | None = None
+    box: tuple[int, int] | None = None
+
+    def draft(self, image: Image.Image) -> None:
+        if image.format != "JPEG":
+            return
+        width, height = image.size
+        if self.box is not None:
+            image.draft("RGB", self.box)
+        elif self.min_side is not None and min(width, height) >= 2 * self.min_side:
+            short = min(width, height)
+            image.draft("RGB", (width * self.min_side // short, height * self.min_side // short))
+
+    def factors(self, width: int, height: int) -> tuple[int, int]:
+        if self.box is not None:
+            return max(1, width // self.box[0]), max(1, height // self.box[1])
+        if self.min_side is None:
+            return 1, 1
+        short = min(width, height)
+        factor = max(1, short // self.min_side)
+        longest = MAX_SIDE_RATIO * max(self.min_side, short // factor)
+        return max(factor, -(-width // longest)), max(factor, -(-height // longest))
+
+
+def _pixels(image: Image.Image, shrink: Shrink) -> Image.Image:
+    """The RGB image, reduced first in its own mode so that no full-size RGB copy is made of a
+    large image."""
+    shrink.draft(image)
+    factors = shrink.factors(*image.size)
+    if factors == (1, 1):
         return image.convert("RGB")
-    # JPEG only: decodes at the smallest scale still at least this big.
-    image.draft("RGB", (width * min_side // short, height * min_side // short))
-    rgb = image.convert("RGB")
-    factor = min(rgb.size) // min_side
-    return rgb.reduce(factor) if factor >= 2 else rgb
+    reducible = image.convert(_REDUCE_AS[image.mode]) if image.mode in _REDUCE_AS else image
+    return reducible.reduce(factors).convert("RGB")
