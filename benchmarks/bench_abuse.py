@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import subprocess
@@ -41,10 +42,8 @@ def tree_rss(pid: int) -> dict[str, int]:
         return {}
     found = {}
     for process in processes:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             found[f"{process.name()} {process.pid}"] = process.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
     return found
 
 

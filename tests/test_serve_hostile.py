@@ -7,6 +7,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
+import os
+import socket
+import time
 
 import httpx
 import livedata
@@ -394,3 +398,56 @@ def test_a_thumbnail_is_upright(client):
         assert Image.open(io.BytesIO(answer.content)).size == (128, 256)
     finally:
         assert client.delete(f"/v1/images/{image_id}", headers=AUTH).status_code == 204
+
+
+# 7. Smaller items ------------------------------------------------------------------------------
+
+def _send_half_and_hang_up(base: str, path: str, headers: dict[str, str], part: bytes) -> None:
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        raw.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}\r\n".encode() + part)
+        time.sleep(0.3)
+
+
+def test_a_client_that_hangs_up_mid_body_is_no_error(engine, collection, module_home, caplog):
+    boundary = "x" * 16
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode() + png(3)
+    server_log = logging.getLogger("uvicorn.error")  # uvicorn's own loggers do not reach the root
+    server_log.addHandler(caplog.handler)
+    with caplog.at_level(logging.INFO), running(app_for(engine, collection, home=module_home)) as base:
+        for path, extra in (("/v1/collections/pics/search", {}), ("/v1/collections/pics/images", AUTH)):
+            _send_half_and_hang_up(base, path, {"Content-Type": f"multipart/form-data; boundary={boundary}",
+                                                "Content-Length": str(len(body) + 10_000), **extra}, body)
+        time.sleep(0.5)
+        assert httpx.get(base + "/healthz").status_code == 200
+    server_log.removeHandler(caplog.handler)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+    assert any("disconnected" in r.getMessage() for r in caplog.records)
+
+
+def test_files_left_by_an_interrupted_add_are_swept(engine, collection, module_home):
+    from iwan.collections.ingest import image_path, sweep_files
+
+    image_dir = module_home / "images"
+    kept = [p for p in image_dir.glob("??/*") if p.is_file()]
+    assert kept  # the collection's own files
+    orphan = image_path("ab" + "0" * 62, image_dir)  # written, then the add was killed before its commit
+    partial = orphan.with_name(f"{orphan.name}.4242.partial")
+    fresh = image_path("cd" + "0" * 62, image_dir)  # perhaps an add in progress: too young to judge
+    for path in (orphan, partial, fresh):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"not referenced")
+    two_hours_ago = time.time() - 7200
+    for path in (orphan, partial, *kept):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    with TestClient(app_for(engine, collection, home=module_home)) as client:  # swept at start-up
+        deadline = time.monotonic() + 10
+        while orphan.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/healthz").status_code == 200
+    assert not orphan.exists() and not partial.exists() and fresh.exists()
+    assert all(p.exists() for p in kept)  # referenced files stay, whatever their age
+    assert sweep_files(engine, image_dir, min_age_s=0) == [fresh]

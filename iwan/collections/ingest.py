@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -74,6 +75,37 @@ def delete_unused_files(engine: Engine, shas: Iterable[str], image_dir: Path) ->
         store.lock_files(conn, shas, shared=False)
         for sha in store.unreferenced(conn, shas):
             image_path(sha, image_dir).unlink(missing_ok=True)
+
+
+def sweep_files(engine: Engine, image_dir: Path, min_age_s: float = 3600.0) -> list[Path]:
+    """Delete what adds killed mid-way left in `image_dir`, once older than `min_age_s`: partial
+    writes, and files no uploaded image refers to (an add in progress holds its files' locks, so
+    they are kept: delete_unused_files). Returns the paths deleted."""
+    if not image_dir.is_dir():
+        return []
+    now, deleted, shas = time.time(), [], []
+    for folder in image_dir.iterdir():
+        if not (folder.is_dir() and len(folder.name) == 2):
+            continue
+        for path in folder.iterdir():
+            try:
+                if now - path.stat().st_mtime < min_age_s:
+                    continue
+                if path.name.endswith(".partial"):
+                    path.unlink()
+                    deleted.append(path)
+                elif len(path.name) == 64 and not path.name.strip("0123456789abcdef"):
+                    shas.append(path.name)
+            except FileNotFoundError:
+                continue
+    with engine.connect() as conn:
+        unused = [sha for start in range(0, len(shas), 10_000)
+                  for sha in store.unreferenced(conn, shas[start : start + 10_000])]
+    for start in range(0, len(unused), 1000):
+        batch = unused[start : start + 1000]
+        delete_unused_files(engine, batch, image_dir)
+        deleted += [image_path(sha, image_dir) for sha in batch if not image_path(sha, image_dir).exists()]
+    return deleted
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ from sqlalchemy.engine import Engine
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from iwan.config import LOOPBACK_HOSTS, MAX_BODY_BYTES, Settings
@@ -50,15 +52,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        loader = None
-        if service.pending:
-            loader = threading.Thread(target=service.load, name="iwan-load", daemon=True)
-            loader.start()
+        def start() -> None:
+            service.load()
+            service.sweep()
+
+        loader = threading.Thread(target=start, name="iwan-load", daemon=True)
+        loader.start()
         try:
             yield
         finally:
-            if loader is not None:
-                loader.join()
+            loader.join()
             service.close()
 
     app = FastAPI(
@@ -72,6 +75,7 @@ def create_app(
     app.state.service = service
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _refused)
+    app.add_exception_handler(ClientDisconnect, _hung_up)
     app.add_exception_handler(Exception, _failed)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -90,6 +94,7 @@ def create_app(
     return app
 
 
+log = logging.getLogger(__name__)
 WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": PAGE_POLICY}
 """On every answer (an answer that sets its own Content-Security-Policy keeps it: /docs)."""
@@ -164,6 +169,13 @@ async def _refused(request: Request, exc: Exception) -> Response:
     if not is_body_allowed_for_status_code(exc.status_code):
         return Response(status_code=exc.status_code, headers=exc.headers)
     return JSONResponse({"detail": json_safe(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _hung_up(request: Request, exc: Exception) -> Response:
+    """A client that went away before its body was read: nothing failed here, nobody reads the answer."""
+    log.info("iwan serve: the client disconnected before its request body was read (%s %s)",
+             request.method, request.url.path)
+    return Response(status_code=400)
 
 
 async def _failed(request: Request, exc: Exception) -> Response:

@@ -64,6 +64,18 @@ class Service:
         served = ", ".join(sorted(self.collections)) or "none"
         raise HTTPException(404, f"unknown collection {name!r}: this server serves {served}")
 
+    def sweep(self) -> None:
+        """Delete the files that adds killed mid-way left behind (at start-up, in the background)."""
+        from iwan.collections.ingest import sweep_files
+
+        try:
+            deleted = sweep_files(self.engine, self.settings.image_dir)
+        except (DatabaseError, DBAPIError) as err:
+            log.warning("iwan serve: left-over image files not swept, the database is unavailable: %s", err)
+            return
+        if deleted:
+            log.info("iwan serve: deleted %d image files that interrupted adds left behind", len(deleted))
+
     def load(self) -> None:
         """Open the pending collections one by one (in a background thread at start-up)."""
         from iwan.collections.live import LiveCollection
