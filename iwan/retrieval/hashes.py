@@ -5,8 +5,9 @@ Built from the corpus images' embeddings and codes (a hash model's); wraps
 
 A query of several examples (`explain_examples`, here and in `exhaustive`) is one Rocchio query:
 the mean of the positives' unit embeddings minus ROCCHIO_NEGATIVE_WEIGHT times the negatives',
-and its code bit by bit the same over the codes' bits as +1/-1 (a tie keeps the first positive's
-bit). A hit's `example` is the positive whose embedding is nearest to the hit's (cosine).
+and its code bit by bit the same over the codes' bits as +1/-1 (a tie keeps the bit of the
+positive nearest the query embedding: where two positives' codes disagree, the Hamming shortlist
+is that positive's, and the cosine re-ranking then weighs both). A hit's `example` is the positive whose embedding is nearest to the hit's (cosine).
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def rocchio_query(examples: Examples, method: str, *, with_code: bool) -> Batch:
         if examples.has_negative:
             (against,) = cast(Batch, examples.negative).need("codes", method=method)
             votes = votes - ROCCHIO_NEGATIVE_WEIGHT * _signs(against).mean(axis=0)
-        bits = np.where(votes == 0, _signs(codes[:1])[0] > 0, votes > 0)
+        central = int(np.argmax(_unit(positive) @ vector))  # the positive nearest the query embedding
+        bits = np.where(votes == 0, _signs(codes[central:central + 1])[0] > 0, votes > 0)
         code = pack_bits(bits[None, :].astype(np.uint8))
     return Batch(embeddings=vector[None, :].astype(np.float32), codes=code)
 
