@@ -87,7 +87,7 @@ MAX_LABEL_FILTERS = 64
 MAX_LABEL_CHARS = 200
 DUPLICATE_MAX_HAMMING = 2
 """Near-duplicates (collapse_duplicates, `iwan images add`): codes at most this many bits apart..."""
-DUPLICATE_MIN_COSINE = 0.995
+DUPLICATE_MIN_COSINE = 0.9995
 """...and embeddings at least this cosine apart (measured on CIFAR-10: README, "Near-duplicates")."""
 
 USF_SOURCE = "usf"
