@@ -8,7 +8,9 @@ results are deterministic. A row with fewer than k results is padded with id -1 
 FAISS does. `remove(ids)` drops rows by mask and compacts the arrays, so a search never visits them.
 
 `exclude` (q,) int64 removes one id per query from its results (-1: none; an id not held leaves
-nothing out), for corpora that contain their own queries.
+nothing out), for corpora that contain their own queries. `among` (ids, any order) restricts every
+query's results to those ids (a filter, applied before the top k is taken, as FAISS's IDSelector):
+a search returns k of them whenever k are held.
 """
 
 from __future__ import annotations
@@ -89,6 +91,10 @@ class ExhaustiveCosineIndex:
         if self._codes is not None:
             self._codes = self._codes[keep]
 
+    def embeddings_of(self, ids: np.ndarray) -> np.ndarray:
+        """The (unit) embeddings of held ids (a LookupError for an id not held)."""
+        return self._embeddings[_rows_of(self._ids, ids, "ExhaustiveCosineIndex")]
+
     def codes_of(self, ids: np.ndarray) -> np.ndarray:
         """The codes of held ids (a LookupError without codes or for an id not held)."""
         if self._codes is None:
@@ -96,24 +102,27 @@ class ExhaustiveCosineIndex:
         return self._codes[_rows_of(self._ids, ids, "ExhaustiveCosineIndex")]
 
     def search(
-        self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None
+        self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None, among: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         queries = _unit_rows(queries, "queries", self._embeddings.shape[1] if self.ntotal else None)
         exclude = _positions(self._ids, _check_exclude(exclude, len(queries)))
         scores, ids = empty_results(len(queries), check_k(k))
         if not self.ntotal:
             return scores, ids
+        eligible = _eligible(self._ids, among)
+        exclude = np.where((exclude >= 0) & eligible[np.maximum(exclude, 0)], exclude, -1)
         margin = _score_margin(queries.shape[1])
         for rows in _blocks(len(queries), self.ntotal):
             sims = queries[rows] @ self._embeddings.T
             _exclude_rows(sims, exclude[rows], -np.inf)
-            n_take = np.minimum(k, self.ntotal - (exclude[rows] >= 0))
+            sims[:, ~eligible] = -np.inf
+            n_take = np.minimum(k, int(eligible.sum()) - (exclude[rows] >= 0))
             thresholds = _kth_largest(sims, n_take)
             for r, row in enumerate(sims):
                 if n_take[r]:
                     # BLAS rounds differently at its block edges, so its scores only preselect
                     # everything that could be in the top k; _cosines then gives the exact order.
-                    near = np.flatnonzero(row >= thresholds[r] - margin)
+                    near = np.flatnonzero((row >= thresholds[r] - margin) & (row > -np.inf))
                     i = rows.start + r
                     ids[i, : n_take[r]], scores[i, : n_take[r]] = _rank(
                         near, _cosines(self._embeddings[near], queries[i]), n_take[r]
@@ -171,6 +180,10 @@ class HammingCosineIndex:
         keep = kept_rows(self._ids, ids, "HammingCosineIndex")
         self._ids, self._embeddings, self._codes = self._ids[keep], self._embeddings[keep], self._codes[keep]
 
+    def embeddings_of(self, ids: np.ndarray) -> np.ndarray:
+        """The (unit) embeddings of held ids (a LookupError for an id not held)."""
+        return self._embeddings[_rows_of(self._ids, ids, "HammingCosineIndex")]
+
     def codes_of(self, ids: np.ndarray) -> np.ndarray:
         """The codes of held ids (a LookupError for an id not held)."""
         return self._codes[_rows_of(self._ids, ids, "HammingCosineIndex")]
@@ -183,9 +196,10 @@ class HammingCosineIndex:
         query_codes: np.ndarray,
         shortlist: int | None = None,
         exclude: np.ndarray | None = None,
+        among: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The `shortlist` (default shortlist_factor * k) codes nearest in Hamming distance, ties to
-        the lower id, re-ranked by cosine; the best k of them."""
+        the lower id, re-ranked by cosine; the best k of them (of the ids `among`, when given)."""
         k = check_k(k)
         shortlist = self.shortlist_factor * k if shortlist is None else shortlist
         if shortlist < k:
@@ -201,14 +215,18 @@ class HammingCosineIndex:
         scores, ids = empty_results(len(queries), k)
         if not self.ntotal:
             return scores, ids
+        eligible = None if among is None else _eligible(self._ids, among)
+        n_eligible = self.ntotal if eligible is None else int(eligible.sum())
         distances = np.empty(self.ntotal, dtype=np.uint8)
         buffer = np.empty(min(HAMMING_CHUNK, self.ntotal), dtype=np.uint64)
         for i in range(len(queries)):
             _hamming_row(self._codes, query_codes[i], distances, buffer)
-            n_take = min(shortlist, self.ntotal)
-            if exclude[i] >= 0:
+            n_take = min(shortlist, n_eligible)
+            if eligible is not None:
+                distances[~eligible] = _EXCLUDED
+            if exclude[i] >= 0 and distances[exclude[i]] != _EXCLUDED:
                 distances[exclude[i]] = _EXCLUDED
-                n_take = min(shortlist, self.ntotal - 1)
+                n_take = min(shortlist, n_eligible - 1)
             if n_take:
                 near = self._nearest(distances, n_take)
                 top = min(k, n_take)
@@ -303,6 +321,16 @@ def _score_margin(dim: int) -> float:
     computations of one cosine differ by at most dim * eps; the k-th best moves by that much, and
     each item by that much again."""
     return 2.0 * dim * float(np.finfo(np.float32).eps)
+
+
+def _eligible(held: np.ndarray, among: np.ndarray | None) -> np.ndarray:
+    """(n,) bool: the held rows whose ids are in `among` (None: every row)."""
+    if among is None:
+        return np.ones(len(held), dtype=bool)
+    rows = _positions(held, np.asarray(among, dtype=np.int64).ravel())
+    eligible = np.zeros(len(held), dtype=bool)
+    eligible[rows[rows >= 0]] = True
+    return eligible
 
 
 def _exclude_rows(keys: np.ndarray, exclude: np.ndarray, worst) -> None:

@@ -44,6 +44,15 @@ FUSION_DEPTH_FACTOR = 2
 RRF_K0 = 60
 """Reciprocal rank fusion's constant (Cormack et al. 2009)."""
 
+# Queries of several examples (iwan.retrieval: each method's explain_examples).
+NEGATIVE_DEPTH_FACTOR = 4
+"""IWAN with negative examples ranks the positives' nearest this many times k (deeper while the
+k-th result could still change), and the negatives' as deep."""
+ROCCHIO_NEGATIVE_WEIGHT = 0.5
+"""The hash methods' query embedding is the positives' mean unit embedding minus this times the
+negatives' (Rocchio 1971; his gamma for non-relevant documents, raised because a negative example
+here is a deliberate choice, not a skimmed result)."""
+
 # Semantic hashes: HASH_BITS and DEFAULT_SHORTLIST_FACTOR are the hashing library's own (imported above).
 
 # Word predictions: how many classes are stored per image (topIWK chooses among them later).
@@ -80,6 +89,15 @@ MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_SEARCH_K = 1000
 MAX_SEARCH_OFFSET = 10_000
 MAX_TEXT_QUERY_CHARS = 2000
+MAX_EXAMPLES = 16
+"""Positive examples, and negative ones, a search may give (each list)."""
+MAX_LABEL_FILTERS = 64
+"""Labels a search may keep or exclude (each list)."""
+MAX_LABEL_CHARS = 200
+DUPLICATE_MAX_HAMMING = 2
+"""Near-duplicates (collapse_duplicates, `iwan images add`): codes at most this many bits apart..."""
+DUPLICATE_MIN_COSINE = 0.9995
+"""...and embeddings at least this cosine apart (measured on CIFAR-10: README, "Near-duplicates")."""
 
 USF_SOURCE = "usf"
 USF_FILES = ("A-B", "C", "D-F", "G-K", "L-O", "P-R", "S", "T-Z")

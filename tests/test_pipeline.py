@@ -120,7 +120,7 @@ def test_an_image_given_as_a_file_is_in_its_own_results(live, cli, tmp_path):
     (tmp_path / "same.png").write_bytes(png(4))  # the bytes of img4.png
     found = cli("--image", str(tmp_path / "same.png"), "--method", "hashes", "--k", "3")
     assert found["results"][0]["image_id"] == int(stored)
-    assert found["results"][0]["explanation"] == {"hamming": 0, "cosine": pytest.approx(1.0, abs=1e-5)}
+    assert found["results"][0]["explanation"] == {"hamming": 0, "cosine": pytest.approx(1.0, abs=1e-5), "example": 0}
 
 
 def test_a_request_that_breaks_the_rules_is_a_value_error(live):

@@ -49,12 +49,15 @@ def add(ctx: CliContext, name, paths, label, as_json) -> None:
             part = uploads.add_files(engine, name, readable, encoder, label, settings=ctx.settings)
             report.added += part.added
             report.skipped += part.skipped
+            report.near_duplicates += part.near_duplicates
             bar.update(len(chunk))
     if as_json:
         emit_json(report.as_dict())
         return
     for file, reason in report.skipped:
         click.echo(f"skipped {file}: {reason}", err=True)
+    for file, image_id, of in report.near_duplicates:
+        click.echo(f"near-duplicate {file} (image {image_id}): nearly the same as image {of} of {name!r}", err=True)
     ids = [i for i, _ in report.added]
     shown = f" (ids {ids[0]}..{ids[-1]})" if len(ids) > 1 else f" (id {ids[0]})" if ids else ""
     click.echo(f"added {len(ids)} image{'s' * (len(ids) != 1)} to {name}{shown}; skipped {len(report.skipped)}")

@@ -29,6 +29,8 @@ from iwan.vision.encoder import Encoder
 
 BATCH_SIZE = 256
 """Files decoded, predicted and committed together: one transaction each."""
+NEAR_DUPLICATE_CANDIDATES = 8
+"""Images held, nearest by cosine among a Hamming shortlist, checked as near-duplicates of each image added."""
 
 
 @dataclass
@@ -37,6 +39,10 @@ class AddReport:
     """(image id, file name) of each image stored."""
     skipped: list[tuple[str, str]] = field(default_factory=list)
     """(file name, why) of each file not stored: not an image, or bytes the collection already holds."""
+    near_duplicates: list[tuple[str, int, int]] = field(default_factory=list)
+    """(file name, image id, id of the image already held) of each image stored that is a
+    near-duplicate (code and embedding near-identical, as collapse_duplicates finds them) of one
+    the collection held before; needs a hash model."""
     seqs: list[int] = field(default_factory=list)
     """The change-log entries written, one per batch."""
 
@@ -44,6 +50,7 @@ class AddReport:
         return {
             "added": [{"image_id": i, "file": f} for i, f in self.added],
             "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
+            "near_duplicates": [{"file": f, "image_id": i, "of": o} for f, i, o in self.near_duplicates],
         }
 
 
@@ -177,6 +184,9 @@ def _add_batch(engine: Engine, name: str, collection: store.Collection, files: l
     if not fresh:
         return
     encoded = encoder.encode([item[2] for item in fresh], budget)
+    like = None
+    if encoded.codes is not None:
+        like = near_duplicates(engine, collection, cast(np.ndarray, encoded.embeddings), encoded.codes)
     with engine.begin() as conn:
         store.lock_files(conn, [item[4] for item in fresh], shared=True)
         for _, data, _, _, sha in fresh:
@@ -201,6 +211,38 @@ def _add_batch(engine: Engine, name: str, collection: store.Collection, files: l
             write_codes(conn, hash_model, ids, embeddings[keep], encoded.codes[keep])
         report.seqs.append(store.log_change(conn, collection.id, "add", ids))
     report.added += [(int(i), item[0]) for i, item in zip(ids, rows)]
+    if like is not None:
+        report.near_duplicates += [(item[0], int(i), cast(int, like[j])) for i, item, j in zip(ids, rows, keep)
+                                   if like[j] is not None]
+
+
+def near_duplicates(engine: Engine, collection: store.Collection, embeddings: np.ndarray,
+                    codes: np.ndarray) -> list[int | None]:
+    """For each encoded image, an image the collection holds whose code is within
+    DUPLICATE_MAX_HAMMING bits and whose embedding is at least DUPLICATE_MIN_COSINE near (None:
+    none), searched in PostgreSQL among the candidates nearest by Hamming distance."""
+    from hashing.search import hamming_distances
+    from iwan.config import DUPLICATE_MAX_HAMMING, DUPLICATE_MIN_COSINE
+    from iwan.db.codes import load_codes
+    from iwan.db.pgsearch import PgHammingCosineIndex
+
+    hash_model = cast(str, collection.hash_model)
+    with engine.connect() as conn:
+        members = store.member_ids(conn, collection.id)
+    if not len(members) or not len(codes):
+        return [None] * len(codes)
+    scores, ids = PgHammingCosineIndex(hash_model, engine, image_ids=members).search(
+        embeddings, NEAR_DUPLICATE_CANDIDATES, query_codes=codes)
+    found = np.unique(ids[ids >= 0])
+    held_codes = dict(zip(found.tolist(), load_codes(engine, hash_model, found)[1].tolist())) if len(found) else {}
+    out: list[int | None] = []
+    for code, row_scores, row_ids in zip(codes, scores, ids):
+        near = [i for s, i in zip(row_scores.tolist(), row_ids.tolist()) if i >= 0 and s >= DUPLICATE_MIN_COSINE]
+        if near:
+            bits = hamming_distances(np.array([held_codes[i] for i in near], dtype=np.uint64), np.array([code]))[0]
+            near = [i for i, b in zip(near, bits.tolist()) if b <= DUPLICATE_MAX_HAMMING]
+        out.append(near[0] if near else None)
+    return out
 
 
 def _first_of_each(decoded: list, report: AddReport) -> list:

@@ -39,7 +39,7 @@ from iwan.collections import ingest as uploads
 from iwan.config import FUSED_MEMBERS, METHODS, WORD_METHODS, Settings
 from iwan.db import collections as store
 from iwan.db.changes import Follower
-from iwan.retrieval.protocol import FIELDS, Batch, Explained, Retriever
+from iwan.retrieval.protocol import FIELDS, Batch, ExampleRetriever, Examples, Explained, Retriever
 from iwan.retrieval.registry import Corpus, get_retriever
 from iwan.vision.decode import DecodePolicy, MemoryBudget
 from iwan.vision.encoder import Encoder
@@ -200,6 +200,8 @@ class LiveCollection:
         self._unsaved = 0
         """Images changed since the last snapshot."""
         self._follower: Follower | None = None
+        self._label_index: tuple[_Members, dict[str | None, np.ndarray]] | None = None
+        """The image ids of each label, for the members it was made from."""
         self.retrievers: dict[str, Retriever] = {}
         corpus = Corpus(
             image_ids=members.ids, predictor=collection.predictor, hash_model=collection.hash_model,
@@ -340,6 +342,36 @@ class LiveCollection:
             if not held.all():
                 raise LookupError(f"collection {self.name!r} holds no image {int(image_ids[~held][0])}")
             return self._batch(members.rows(rows), with_ids=True)
+
+    def eligible(self, labels=None, exclude_labels=None) -> np.ndarray | None:
+        """Ascending ids of the images labelled one of `labels` (None: any) and none of
+        `exclude_labels`; None when neither filter is given (every image)."""
+        if labels is None and exclude_labels is None:
+            return None
+        with self._lock:
+            members = self._members
+            index = self._label_index
+            if index is None or index[0] is not members:
+                by_label: dict[str | None, list[int]] = {}
+                for image_id, label in zip(members.ids.tolist(), cast(np.ndarray, members.labels).tolist()):
+                    by_label.setdefault(label, []).append(image_id)
+                index = (members, {label: np.array(ids, dtype=np.int64) for label, ids in by_label.items()})
+                self._label_index = index
+        empty = np.zeros(0, dtype=np.int64)
+        kept = members.ids if labels is None else np.unique(np.concatenate([empty, *(index[1].get(x, empty) for x in labels)]))
+        if exclude_labels:
+            kept = np.setdiff1d(kept, np.concatenate([empty, *(index[1].get(x, empty) for x in exclude_labels)]))
+        return kept
+
+    def explain_examples(self, examples: Examples, k: int, *, method: str | None = None, among=None,
+                         exclude=None) -> Explained:
+        """One query of several examples, for and against (ExampleRetriever.explain_examples)."""
+        retriever = self._retriever(method)
+        if not isinstance(retriever, ExampleRetriever):
+            raise ValueError(f"method {retriever.name!r} answers one example per query")
+        k = check_k(k)
+        with self._lock:
+            return retriever.explain_examples(examples, k, among=among, exclude=exclude)
 
     def search(self, queries: Batch, k: int, *, method: str | None = None, exclude=None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (q, k), best first; `exclude` (q,) image ids to leave out (-1: none)."""

@@ -290,7 +290,7 @@ class IwanIndex:
         with self._lock:
             skip = self._edges.slots(skip)
             distances, slots, counts, nodes, offsets = self._nearest(
-                words, costs, skip[skip >= 0].reshape(1, -1), k, True
+                words, costs, skip[skip >= 0].reshape(1, -1), None, k, True
             )
             n = int(counts[0])
             ids = self._edges.ids[slots[0, :n]].tolist()
@@ -307,16 +307,18 @@ class IwanIndex:
         k: int,
         exclude: np.ndarray | None = None,
         paths: bool = False,
+        among: np.ndarray | None = None,
     ):
         """Batch search in the project's retriever protocol.
 
         Query r starts from words word_ids[r] (ids, -1 for none) with weights[r], both (q, m),
-        as an image's predictions are given. `exclude` (q,) names one database image id per query
-        to leave out of its results (-1: none). Returns (scores, ids), each (q, k): scores =
+        as an image's predictions are given. `exclude` (q,) or (q, e) names database image ids per
+        query to leave out of its results (-1: none). Returns (scores, ids), each (q, k): scores =
         -distance (higher is better), ids int64 database ids; rows with fewer hits are padded
         with id -1 and score -inf. A query with no usable word gets a row of padding. With
         `paths`, also each hit's path of node ids (`paths[r][c]`, () for padding), found by the
-        same search.
+        same search. `among` (ids, any order): the only images that may be results, for every
+        query (None: all); the others still bridge words on a path, as an excluded image does.
         """
         k = check_k(k)
         word_ids, weights = np.asarray(word_ids), np.asarray(weights, dtype=np.float64)
@@ -327,16 +329,23 @@ class IwanIndex:
             )
         q = len(word_ids)
         exclude = np.full(q, -1) if exclude is None else np.asarray(exclude)
-        if exclude.shape != (q,):
-            raise ValueError(f"exclude must have shape ({q},), one image id per query; got {exclude.shape}")
+        if exclude.ndim == 1:
+            exclude = exclude.reshape(-1, 1)
+        if exclude.ndim != 2 or len(exclude) != q:
+            raise ValueError(f"exclude must have shape ({q},) or ({q}, e), image ids per query; got {exclude.shape}")
         # As Query.from_weights: a word id -1, or a weight <= 0 or NaN, gives no start.
         usable = (word_ids >= 0) & (weights > 0)
         self._check_words(np.unique(word_ids[usable]).tolist())
         costs = np.divide(1.0, weights, out=np.full(weights.shape, np.inf), where=usable)
         words = np.where(usable, word_ids, -1).astype(np.int64)
         with self._lock:
-            skip = self._edges.slots(exclude.astype(np.int64)).reshape(q, 1)
-            distances, slots, counts, nodes, offsets = self._nearest(words, costs, skip, k, paths)
+            skip = self._edges.slots(exclude.astype(np.int64))
+            eligible = None
+            if among is not None:
+                eligible = np.zeros(self._edges.n_slots, np.uint8)
+                held = self._edges.slots(np.asarray(among, dtype=np.int64))
+                eligible[held[held >= 0]] = 1
+            distances, slots, counts, nodes, offsets = self._nearest(words, costs, skip, eligible, k, paths)
             found = slots >= 0
             ids = np.full(slots.shape, -1, np.int64)
             ids[found] = self._edges.ids[slots[found]]
@@ -349,14 +358,15 @@ class IwanIndex:
         ]
         return -distances, ids, hit_paths
 
-    def _nearest(self, words, costs, exclude_slots, k: int, want_paths: bool):
+    def _nearest(self, words, costs, exclude_slots, eligible, k: int, want_paths: bool):
         edges = self._edges
+        eligible = np.zeros(0, np.uint8) if eligible is None else eligible
         return nearest(
             self._word_ptr, self._word_next, self._word_weight,
             edges.row_words, edges.row_costs, edges.state, edges.ids,
             *edges.main, *edges.delta,
             self._word_dist, self._word_pred, self._word_done,
-            words, costs, exclude_slots, k, want_paths,
+            words, costs, exclude_slots, eligible, k, want_paths,
         )
 
     def path_labels(self, path: Sequence[int]) -> list[str]:

@@ -60,14 +60,16 @@ def nearest(
     row_words, row_costs, state, ids,
     main_ptr, main_slot, main_cost, delta_ptr, delta_slot, delta_cost,
     word_dist, word_pred, word_done,
-    query_words, query_costs, exclude, k, want_paths,
+    query_words, query_costs, exclude, eligible, k, want_paths,
 ):
     """The k nearest live images of each query (see the module doc).
 
     state: per slot, -1 dead, 0 live (during a search: i > 0, settled i-th). main_* and delta_*:
     the two levels of runs, each (ptr (n_words + 1), slot, cost). query_words /
     query_costs (q, m): start words (-1: none) and their costs. exclude (q, e): image slots left
-    out of each query's results (-1: none); they stay bridges. Returns distances (q, k), slots
+    out of each query's results (-1: none); they stay bridges. eligible (n_slots,) uint8: the
+    slots that may be results, the same for every query (length 0: all); the others stay bridges
+    too, and the early stop counts only eligible images. Returns distances (q, k), slots
     (q, k) (-1 padding), hit counts (q,), and when want_paths, the paths of all hits
     concatenated as node ids (word w: 1 + w, image slot s: 1 + n_words + ids[s]) with their
     offsets ((q * k) + 1, hit r, c at [r * k + c]).
@@ -160,7 +162,7 @@ def nearest(
                 settled_pred[n_settled] = w
                 n_settled += 1
                 state[s] = n_settled
-                kept = True
+                kept = len(eligible) == 0 or eligible[s] != 0
                 for j in range(exclude.shape[1]):
                     if exclude[r, j] == s:
                         kept = False

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from hashing.search import ExhaustiveCosineIndex
-from iwan.retrieval.hashes import code_reasons
-from iwan.retrieval.protocol import Batch, CorpusData, Explained
+from iwan.retrieval.hashes import code_reasons, filters, rocchio_query, with_examples
+from iwan.retrieval.protocol import Batch, CorpusData, Examples, Explained
 from iwan.retrieval.registry import Corpus, register_retriever, require_hash_model
 
 
@@ -42,6 +42,17 @@ class ExhaustiveRetriever:
         scores, ids = self.search(queries, k, exclude=exclude)
         codes = queries.codes if self.index.has_codes else None
         return Explained(scores, ids, code_reasons(scores, ids, codes, self.index.codes_of))
+
+
+    def explain_examples(self, examples: Examples, k: int, *, among: np.ndarray | None = None,
+                         exclude: np.ndarray | None = None) -> Explained:
+        """The cosine of every image to the Rocchio query (iwan.retrieval.hashes's module doc)."""
+        query = rocchio_query(examples, self.name, with_code=self.index.has_codes and examples.positive.codes is not None)
+        (embeddings,) = query.need("embeddings", method=self.name)
+        among, one = filters(self.index.ids, among, exclude)
+        scores, ids = self.index.search(embeddings, k, exclude=one, among=among)
+        reasons = code_reasons(scores, ids, query.codes, self.index.codes_of)
+        return Explained(scores, ids, with_examples(reasons, ids, examples.positive, self.index.embeddings_of))
 
 
 @register_retriever("exhaustive")

@@ -17,7 +17,7 @@ import numpy as np
 from hashing.search import check_k
 from iwan.config import DEFAULT_FUSION_RULE, FUSED_MEMBERS, FUSION_DEPTH_FACTOR, RRF_K0
 from iwan.retrieval.fusion import RULES, check_weights, fuse
-from iwan.retrieval.protocol import Batch, CorpusData, Explained, Retriever
+from iwan.retrieval.protocol import Batch, CorpusData, ExampleRetriever, Examples, Explained, Retriever
 from iwan.retrieval.registry import Corpus, get_retriever, register_retriever
 
 
@@ -68,7 +68,29 @@ class FusedRetriever:
 
     def explain(self, queries: Batch, k: int, *, exclude: np.ndarray | None = None) -> Explained:
         depth = self.depth_factor * check_k(k)
-        found = [member.explain(queries, depth, exclude=exclude) for member in self.members]
+        return self._fused([member.explain(queries, depth, exclude=exclude) for member in self.members], k)
+
+    def explain_examples(self, examples: Examples, k: int, *, among: np.ndarray | None = None,
+                         exclude: np.ndarray | None = None) -> Explained:
+        """Each member answers the examples in its own terms, `depth_factor` times deeper; the
+        rankings are fused as any others. A hit's `example` is that of the first member ranking it."""
+        depth = self.depth_factor * check_k(k)
+        found = []
+        for member in self.members:
+            if not isinstance(member, ExampleRetriever):
+                raise ValueError(f"the fused member {member.name!r} answers one example per query")
+            found.append(member.explain_examples(examples, depth, among=among, exclude=exclude))
+        fused = self._fused(found, k)
+        led: dict[int, int | None] = {}
+        for f in reversed(found):  # the first member's word stands
+            led.update({i: why.get("example") for i, why in zip(f.ids[0].tolist(), f.reasons[0]) if i >= 0})
+        for why, image_id in zip(fused.reasons[0], fused.ids[0].tolist()):
+            if image_id >= 0:
+                why["example"] = led.get(image_id)
+        return fused
+
+    def _fused(self, found: list[Explained], k: int) -> Explained:
+        """The members' explained rankings fused, each hit explained by what they found."""
         scores, ids = fuse([(f.scores, f.ids) for f in found], k, rule=self.rule, weights=self.weights, k0=self.k0)
         reasons = []
         for r, row_ids in enumerate(ids.tolist()):

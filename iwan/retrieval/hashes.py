@@ -2,15 +2,25 @@
 
 Built from the corpus images' embeddings and codes (a hash model's); wraps
 `hashing.search.HammingCosineIndex`, which holds rows by database id.
+
+A query of several examples (`explain_examples`, here and in `exhaustive`) is one Rocchio query:
+the mean of the positives' unit embeddings minus ROCCHIO_NEGATIVE_WEIGHT times the negatives',
+and its code bit by bit the same over the codes' bits as +1/-1 (a tie keeps the bit of the
+positive nearest the query embedding: where two positives' codes disagree, the Hamming shortlist
+is that positive's, and the cosine re-ranking then weighs both). A hit's `example` is the positive whose embedding is nearest to the hit's (cosine).
 """
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
-from hashing.search import HammingCosineIndex, hamming_distances
-from iwan.config import DEFAULT_SHORTLIST_FACTOR
-from iwan.retrieval.protocol import Batch, CorpusData, Explained
+from hashing import HASH_BITS
+from hashing.codes import pack_bits
+from hashing.search import HammingCosineIndex, check_k, hamming_distances
+from iwan.config import DEFAULT_SHORTLIST_FACTOR, ROCCHIO_NEGATIVE_WEIGHT
+from iwan.retrieval.protocol import Batch, CorpusData, Examples, Explained
 from iwan.retrieval.registry import Corpus, register_retriever, require_hash_model
 
 READS: tuple[str, ...] = ("embeddings", "codes")
@@ -42,6 +52,83 @@ class HashesRetriever:
         """Each hit's Hamming distance to the query's code and its cosine (the score)."""
         scores, ids = self.search(queries, k, exclude=exclude)
         return Explained(scores, ids, code_reasons(scores, ids, queries.codes, self.index.codes_of))
+
+
+    def explain_examples(self, examples: Examples, k: int, *, among: np.ndarray | None = None,
+                         exclude: np.ndarray | None = None) -> Explained:
+        """The Rocchio query's Hamming shortlist re-ranked by cosine (the module doc)."""
+        query = rocchio_query(examples, self.name, with_code=True)
+        embeddings, codes = query.need(*READS, method=self.name)
+        among, one = filters(self.index.ids, among, exclude)
+        scores, ids = self.index.search(embeddings, check_k(k), query_codes=codes, exclude=one, among=among)
+        reasons = code_reasons(scores, ids, query.codes, self.index.codes_of)
+        return Explained(scores, ids, with_examples(reasons, ids, examples.positive, self.index.embeddings_of))
+
+
+def rocchio_query(examples: Examples, method: str, *, with_code: bool) -> Batch:
+    """One query's embedding (and code) from the examples (the module doc); one positive and no
+    negative is that positive as it is."""
+    (positive,) = examples.positive.need("embeddings", method=method)
+    if len(positive) == 1 and not examples.has_negative:
+        return Batch(embeddings=positive, codes=examples.positive.codes if with_code else None)
+    vector = _unit(positive).mean(axis=0)
+    if examples.has_negative:
+        (negative,) = cast(Batch, examples.negative).need("embeddings", method=method)
+        vector = vector - ROCCHIO_NEGATIVE_WEIGHT * _unit(negative).mean(axis=0)
+    if not np.linalg.norm(vector) > 1e-6:
+        raise ValueError("the negative examples cancel the positive ones: give other examples")
+    code = None
+    if with_code:
+        (codes,) = examples.positive.need("codes", method=method)
+        votes = _signs(codes).mean(axis=0)
+        if examples.has_negative:
+            (against,) = cast(Batch, examples.negative).need("codes", method=method)
+            votes = votes - ROCCHIO_NEGATIVE_WEIGHT * _signs(against).mean(axis=0)
+        central = int(np.argmax(_unit(positive) @ vector))  # the positive nearest the query embedding
+        bits = np.where(votes == 0, _signs(codes[central:central + 1])[0] > 0, votes > 0)
+        code = pack_bits(bits[None, :].astype(np.uint8))
+    return Batch(embeddings=vector[None, :].astype(np.float32), codes=code)
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float64)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    if not (norms > 0).all():
+        raise ValueError("an example's embedding is zero: it points nowhere")
+    return vectors / norms
+
+
+def _signs(codes: np.ndarray) -> np.ndarray:
+    """(n, HASH_BITS) +1/-1 of each code's bits, most significant first (hashing.codes's order)."""
+    shifts = np.arange(HASH_BITS - 1, -1, -1, dtype=np.uint64)
+    bits = (np.asarray(codes, dtype=np.uint64)[:, None] >> shifts) & np.uint64(1)
+    return bits.astype(np.float64) * 2 - 1
+
+
+def filters(held: np.ndarray, among: np.ndarray | None,
+            exclude: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(among, exclude) for hashing.search: the ids a search may return (None: all `held`), and
+    the one id to leave out (a stored example, without a filter to fold it into: no copy of the ids)."""
+    if exclude is None or not len(exclude):
+        return among, None
+    if among is None and len(exclude) == 1:
+        return None, np.asarray(exclude, dtype=np.int64)
+    return np.setdiff1d(held if among is None else among, exclude), None
+
+
+def with_examples(reasons: list[list[dict]], ids: np.ndarray, positive: Batch, embeddings_of) -> list[list[dict]]:
+    """`reasons` with each hit's `example`: the positive whose embedding is nearest the hit's."""
+    if positive.embeddings is None:
+        return reasons
+    examples = _unit(positive.embeddings)
+    for row, row_ids in zip(reasons, ids):
+        found = row_ids >= 0
+        if not found.any():
+            continue
+        nearest = (embeddings_of(row_ids[found]) @ examples.T).argmax(axis=1).tolist()
+        for why, example in zip([r for r, ok in zip(row, found.tolist()) if ok], nearest):
+            why["example"] = int(example)
+    return reasons
 
 
 def code_reasons(scores: np.ndarray, ids: np.ndarray, query_codes: np.ndarray | None, codes_of) -> list[list[dict]]:

@@ -4,17 +4,30 @@ association network (iwan.network.index.IwanIndex, live: images are added and re
 Built from the norm set's associations and the corpus images' words (their predictor's top classes
 mapped onto the norms' words, with the probabilities as weights). Queries and added images are
 batches of word ids and weights.
+
+A query of several examples (`explain_examples`) is one multi-source search: the positives' words
+make one start, each word weighing the mean of its weights over the positives (0 where one lacks
+it), so words the examples agree on are cheap to start from; a hit's `example` is the positive
+that gives its path's first word the largest weight. Negative examples' words, combined alike,
+are a second search in the same call (one graph search per polarity); an image at distance d+
+from the positives and d- from the negatives ranks at d+ + max(0, d+ - d-): nearer to the
+negatives than to the positives, it is pushed down by the difference. The negatives reach the
+images among their nearest NEGATIVE_DEPTH_FACTOR * k (deeper while the k-th result could still
+change); farther ones are not pushed.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 
 from hashing.search import check_k
+from iwan.config import NEGATIVE_DEPTH_FACTOR
 from iwan.network.index import IwanIndex
-from iwan.retrieval.protocol import WORD_FIELDS, Batch, CorpusData, Explained
+from iwan.retrieval.protocol import WORD_FIELDS, Batch, CorpusData, Examples, Explained
 from iwan.retrieval.registry import Corpus, register_retriever, require_predictor
 
 
@@ -53,6 +66,89 @@ class IwanRetriever:
             for row_scores, row_ids, row_paths in zip(scores, ids, paths)
         ]
         return Explained(scores, ids, reasons)
+
+
+    def explain_examples(self, examples: Examples, k: int, *, among: np.ndarray | None = None,
+                         exclude: np.ndarray | None = None) -> Explained:
+        """The positives' words as one start, pushed away from the negatives' (the module doc)."""
+        k = check_k(k)
+        starts = [combined_start(examples.positive)]
+        if examples.has_negative:
+            starts.append(combined_start(cast(Batch, examples.negative)))
+        width = max(1, *(len(w) for w, _, _ in starts))
+        word_ids = np.full((len(starts), width), -1, np.int64)
+        weights = np.zeros((len(starts), width))
+        for r, (w, p, _) in enumerate(starts):
+            word_ids[r, :len(w)], weights[r, :len(w)] = w, p
+        skip = None if exclude is None else np.tile(np.asarray(exclude, np.int64).reshape(1, -1), (len(starts), 1))
+        depth = k if len(starts) == 1 else NEGATIVE_DEPTH_FACTOR * k
+        while True:
+            scores, ids, paths = self.index.search(word_ids, weights, depth, exclude=skip, paths=True, among=among)
+            ranked = self._ranked(scores, ids, paths, starts, k)
+            reached = int((ids[0] >= 0).sum())
+            # Images not ranked lie at least as far as the last one ranked, pushed or not: once the
+            # k-th is no farther, deeper would change nothing.
+            if len(starts) == 1 or reached < depth or not ranked or ranked[-1][0] <= -scores[0, reached - 1]:
+                break
+            depth *= NEGATIVE_DEPTH_FACTOR
+        out_scores = np.full((1, k), -np.inf)
+        out_ids = np.full((1, k), -1, np.int64)
+        reasons: list[dict] = [{} for _ in range(k)]
+        for c, (distance, image_id, why) in enumerate(ranked):
+            out_scores[0, c], out_ids[0, c], reasons[c] = -distance, image_id, why
+        return Explained(out_scores, out_ids, [reasons])
+
+    def _ranked(self, scores, ids, paths, starts, k: int) -> list[tuple[float, int, dict]]:
+        """(distance, id, reason) of the best k, nearest first, ties to the lower id."""
+        pushed = {}
+        if len(starts) > 1:
+            pushed = {i: (-s, p) for s, i, p in zip(scores[1].tolist(), ids[1].tolist(), paths[1]) if i >= 0}
+        ranked = []
+        for s, image_id, path in zip(scores[0].tolist(), ids[0].tolist(), paths[0]):
+            if image_id < 0:
+                break
+            distance = -s
+            why: dict = {"distance": distance, "path": self.index.path_labels(path),
+                         "example": example_of(starts[0], path)}
+            if image_id in pushed and pushed[image_id][0] < distance:
+                near, near_path = pushed[image_id]
+                why["penalty"] = distance - near
+                why["negative"] = {"example": example_of(starts[1], near_path), "distance": near,
+                                   "path": self.index.path_labels(near_path)}
+                distance += distance - near
+                why["distance"] = distance
+            ranked.append((distance, image_id, why))
+        ranked.sort(key=lambda hit: (hit[0], hit[1]))
+        return ranked[:k]
+
+
+def combined_start(examples: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(word ids, weights, example) of the examples' words as one start: each word weighs the mean
+    of its weights over the examples (a word given twice in one example keeps its larger weight),
+    and `example` is the example that gives it the largest weight (the first among equals)."""
+    word_ids, weights = examples.need(*WORD_FIELDS, method="iwan")
+    best: list[dict[int, float]] = []
+    for row_words, row_weights in zip(word_ids.tolist(), weights.tolist()):
+        own: dict[int, float] = {}
+        for w, p in zip(row_words, row_weights):
+            if w >= 0 and p > 0 and math.isfinite(p):
+                own[w] = max(own.get(w, 0.0), p)
+        best.append(own)
+    words = sorted({w for own in best for w in own})
+    total = np.array([sum(own.get(w, 0.0) for own in best) for w in words], dtype=np.float64)
+    leader = np.array([max(range(len(best)), key=lambda e: (best[e].get(w, 0.0), -e)) for w in words], dtype=np.int64)
+    if len(best) == 1:  # the weights as given, bit for bit
+        return np.array(words, np.int64), total, leader
+    return np.array(words, np.int64), total / len(best), leader
+
+
+def example_of(start: tuple[np.ndarray, np.ndarray, np.ndarray], path) -> int | None:
+    """The example whose word begins `path` (node ids: word w is 1 + w)."""
+    words, _, leader = start
+    if not len(path):
+        return None
+    at = int(np.searchsorted(words, path[0] - 1))
+    return int(leader[at]) if at < len(words) and words[at] == path[0] - 1 else None
 
 
 @register_retriever("iwan")

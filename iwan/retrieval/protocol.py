@@ -9,6 +9,11 @@ This module imports nothing of the project, so that a method can be written agai
 * `explain(queries, k, *, exclude=None) -> Explained` is the same search, with the reason for
   each hit as the method sees it (IWAN's word path, the hash methods' Hamming distance and
   cosine, a fusion's member ranks): the reasons come from that one search, never from another.
+* `explain_examples(examples, k, *, among=None, exclude=None) -> Explained` (an
+  `ExampleRetriever`) answers one query of several examples, `Examples(positive, negative)`, in
+  the method's own terms, as one row; `among` (ids) restricts the results to those images (a
+  filter applied before the top k is taken) and `exclude` (ids) leaves images out. Each hit's
+  reason names `example`, the row of `positive` that led to it.
 * A `Batch` carries what any method may need, queries and the images a method holds alike; each
   method reads its part (`reads`: IWAN the words, the hash methods the embeddings and codes).
 * Builders read the images they are built over through a `CorpusData`: arrays in memory, or a
@@ -82,6 +87,23 @@ class Explained:
     reasons: list[list[dict[str, Any]]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Examples:
+    """One query of several examples: results near the `positive` rows (at least one) and away
+    from the `negative` ones (None: none)."""
+
+    positive: Batch
+    negative: Batch | None = None
+
+    def __post_init__(self):
+        if not len(self.positive):
+            raise ValueError("a query of examples needs at least one positive example")
+
+    @property
+    def has_negative(self) -> bool:
+        return self.negative is not None and len(self.negative) > 0
+
+
 @runtime_checkable
 class Retriever(Protocol):
     @property
@@ -123,3 +145,13 @@ class CorpusData(Protocol):
     def unmapped_classes(self) -> Sequence[str]:
         """The predictor's classes that map to no word of the norms (reported, not searched)."""
 
+
+
+@runtime_checkable
+class ExampleRetriever(Retriever, Protocol):
+    """A method that answers queries of several examples, for and against."""
+
+    def explain_examples(self, examples: Examples, k: int, *, among: np.ndarray | None = None,
+                         exclude: np.ndarray | None = None) -> Explained:
+        """One row: the k best images for the examples, of `among` (ids; None: all) less `exclude`
+        (ids), each hit's reason with `example`, the positive row that led to it."""

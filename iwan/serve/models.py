@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from iwan.config import MAX_SEARCH_K, MAX_SEARCH_OFFSET, MAX_TEXT_QUERY_CHARS
+from iwan.config import (
+    MAX_EXAMPLES,
+    MAX_LABEL_CHARS,
+    MAX_LABEL_FILTERS,
+    MAX_SEARCH_K,
+    MAX_SEARCH_OFFSET,
+    MAX_TEXT_QUERY_CHARS,
+)
 
 MAX_IMAGE_ID = 2**31 - 1
 """Image ids are PostgreSQL integers; anything larger is refused before it reaches the database."""
@@ -14,24 +21,61 @@ MAX_IMAGE_ID = 2**31 - 1
 ImageId = Field(ge=0, le=MAX_IMAGE_ID)
 
 
-class SearchBody(BaseModel):
-    """A JSON search: by words (`text`) or by a stored image (`image_id`), exactly one of them."""
+class ExampleBody(BaseModel):
+    """An example of a search: a stored image (`image_id`) or words (`text`), exactly one of them."""
 
     model_config = ConfigDict(extra="forbid")
+
+    image_id: int | None = Field(default=None, ge=0, le=MAX_IMAGE_ID, description="A stored image.")
+    text: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_QUERY_CHARS,
+                             description='Words, plain ("cat dog") or weighted ("cat:0.8,dog:0.2").')
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ExampleBody:
+        if (self.text is None) == (self.image_id is None):
+            raise ValueError('an example is exactly one of {"image_id": N} or {"text": "..."}')
+        return self
+
+
+Label = Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS)]
+
+
+class SearchFilters(BaseModel):
+    """What cuts a search's results, in a JSON body and a multipart form alike."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str | None = Field(default=None, max_length=40, description="iwan, hashes, exhaustive or fused (default: the collection's).")
+    k: int | None = Field(default=None, ge=1, le=MAX_SEARCH_K, description="How many results (default 20).")
+    offset: int | None = Field(default=None, ge=0, le=MAX_SEARCH_OFFSET, description="Results to skip, for paging.")
+    min_score: float | None = Field(default=None, allow_inf_nan=False,
+                                    description="Only results scoring at least this (the results' `score`, higher is better).")
+    labels: list[Label] | None = Field(default=None, min_length=1, max_length=MAX_LABEL_FILTERS,
+                                       description="Only images with one of these labels (before the top k is taken).")
+    exclude_labels: list[Label] | None = Field(default=None, min_length=1, max_length=MAX_LABEL_FILTERS,
+                                               description="No image with one of these labels.")
+    collapse_duplicates: bool = Field(default=False, description="Near-identical results shown once, with their group's size.")
+
+
+class SearchBody(SearchFilters):
+    """A JSON search: by words (`text`), by a stored image (`image_id`), or by `positive` examples
+    and, optionally, `negative` ones: exactly one of `text`, `image_id` and `positive`."""
 
     text: str | None = Field(
         default=None, min_length=1, max_length=MAX_TEXT_QUERY_CHARS,
         description='Words, plain ("cat dog") or weighted ("cat:0.8,dog:0.2").',
     )
     image_id: int | None = Field(default=None, ge=0, le=MAX_IMAGE_ID, description="Search by a stored image (more like this).")
-    method: str | None = Field(default=None, max_length=40, description="iwan, hashes, exhaustive or fused (default: the collection's).")
-    k: int | None = Field(default=None, ge=1, le=MAX_SEARCH_K, description="How many results (default 20).")
-    offset: int | None = Field(default=None, ge=0, le=MAX_SEARCH_OFFSET, description="Results to skip, for paging.")
+    positive: list[ExampleBody] | None = Field(
+        default=None, min_length=1, max_length=MAX_EXAMPLES,
+        description="Examples to be near; a result's explanation.example is a position here.")
+    negative: list[ExampleBody] | None = Field(default=None, max_length=MAX_EXAMPLES, description="Examples to be far from.")
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchBody:
-        if (self.text is None) == (self.image_id is None):
-            raise ValueError("give exactly one of text or image_id (or upload an image as multipart form data)")
+        given = [self.text is not None, self.image_id is not None, self.positive is not None]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of text, image_id or positive (or upload an image as multipart form data)")
         return self
 
 
@@ -54,7 +98,9 @@ class Result(BaseModel):
     score: float | None
     thumbnail_url: str
     explanation: dict[str, Any]
-    """iwan: distance and path; hashes/exhaustive: hamming and cosine; fused: each member's rank."""
+    """example (the positive that led to it); iwan: distance and path (penalty and negative when a
+    negative example pushed it down); hashes/exhaustive: hamming and cosine; fused: each member's
+    rank; group_size and duplicates when duplicates are collapsed."""
 
 
 class Timing(BaseModel):
@@ -69,6 +115,8 @@ class SearchResponse(BaseModel):
     method: str
     query: QueryInfo
     results: list[Result]
+    passed: int
+    """How many results met min_score (all of them without one)."""
     timing_ms: Timing
 
 

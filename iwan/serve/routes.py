@@ -7,7 +7,7 @@ import hmac
 import logging
 import unicodedata
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import numpy as np
 from fastapi import (
@@ -27,12 +27,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DBAPIError
 from starlette.datastructures import UploadFile as FormFile
 
-from iwan.collections.pipeline import SearchRequest, check_text, finite
-from iwan.config import DEFAULT_K, MAX_SEARCH_K, MAX_SEARCH_OFFSET
+from iwan.collections.pipeline import Example, SearchRequest, check_text, finite
+from iwan.config import DEFAULT_K, MAX_EXAMPLES, MAX_LABEL_FILTERS, MAX_SEARCH_K, MAX_SEARCH_OFFSET
 from iwan.db.engine import DatabaseError
 from iwan.serve import models
 from iwan.serve.limits import JsonRefused, strict_json
@@ -155,19 +155,23 @@ async def list_served(service: ServiceDep) -> list[models.CollectionOut]:
     ]
 
 
-class SearchForm(BaseModel):
-    """The fields of a multipart search (the image travels beside them)."""
-
-    model_config = ConfigDict(extra="forbid")
-    method: str | None = Field(default=None, max_length=40)
-    k: int | None = Field(default=None, ge=1, le=MAX_SEARCH_K)
-    offset: int | None = Field(default=None, ge=0, le=MAX_SEARCH_OFFSET)
+SearchForm = models.SearchFilters
+"""The fields of a multipart search (the images travel beside them)."""
+FORM_LISTS = ("labels", "exclude_labels")
+"""Multipart fields that may repeat, one label each."""
+UPLOADED = ("image", "positive", "negative")
+"""Multipart parts holding examples: `image` one uploaded image; `positive` and `negative` an
+uploaded image each, or a JSON example ({"image_id": N} or {"text": "..."}), in their order."""
 
 
 def _search_body_doc() -> dict:
     form = SearchForm.model_json_schema()
-    form["properties"]["image"] = {"type": "string", "format": "binary", "description": "A query image"}
-    form["required"] = ["image"]
+    image = {"type": "string", "format": "binary"}
+    form["properties"]["image"] = {**image, "description": "A query image (the one-positive case)"}
+    for name in ("positive", "negative"):
+        form["properties"][name] = {"type": "array", "maxItems": MAX_EXAMPLES, "items": image, "description":
+                                    f"{name.capitalize()} examples: image files, or JSON examples "
+                                    '({"image_id": N} or {"text": "..."}) as text parts'}
     return {"requestBody": {"required": True, "content": {
         "application/json": {"schema": models.SearchBody.model_json_schema()},
         "multipart/form-data": {"schema": form},
@@ -189,38 +193,85 @@ async def search(
     k: Annotated[int | None, Query(ge=1, le=MAX_SEARCH_K)] = None,
     offset: Annotated[int | None, Query(ge=0, le=MAX_SEARCH_OFFSET)] = None,
 ) -> dict[str, Any]:
-    """Search by an uploaded image (multipart `image`), by words (JSON `text`) or by a stored image
-    (JSON `image_id`). `method`, `k`, `offset` may come as query parameters or body fields."""
+    """Search by an uploaded image (multipart `image`), by words (JSON `text`), by a stored image
+    (JSON `image_id`), or by `positive` and `negative` examples (JSON lists of {"image_id": N} or
+    {"text": "..."}; multipart parts of those names: image files or JSON examples). `min_score`,
+    `labels`, `exclude_labels` and `collapse_duplicates` cut the results. `method`, `k`, `offset`
+    may come as query parameters or body fields."""
     collection = service.collection(name)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    upload = None
+    uploaded = False
     if content_type == "application/json":
         try:
             payload = strict_json(await request.body())
         except JsonRefused as err:
             raise HTTPException(422, str(err)) from None
-        body = _validated(models.SearchBody, payload, "body")
+        body: models.SearchFilters = _validated(models.SearchBody, payload, "body")
+        with _answers():
+            examples = _json_examples(cast(models.SearchBody, body))
     elif content_type == "multipart/form-data":
-        async with request.form(max_files=1, max_fields=10) as form:
-            fields = {key: value for key, value in form.items() if key != "image"}
-            image = form.get("image")
-            if not isinstance(image, FormFile):
-                raise RequestValidationError([{"type": "missing", "loc": ("body", "image"),
-                                               "msg": "a multipart search needs an image file in the field 'image'"}])
-            body = _validated(SearchForm, fields, "body")
-            upload = (image.filename or "upload", await image.read())
+        async with request.form(max_files=1 + 2 * MAX_EXAMPLES, max_fields=20 + 2 * MAX_LABEL_FILTERS) as form:
+            with _answers():
+                body, examples = await _form_examples(form)
+        uploaded = any(e.image is not None for e in examples["positive"] + examples["negative"])
     else:
-        raise HTTPException(415, "send JSON ({\"text\": ...} or {\"image_id\": ...}) or multipart form data with an image")
+        raise HTTPException(415, "send JSON ({\"text\": ...}, {\"image_id\": ...} or {\"positive\": [...]}) or "
+                                 "multipart form data with an image")
     with _answers():
         query = SearchRequest(
-            image=upload[1] if upload else None, image_name=upload[0] if upload else "image",
-            text=getattr(body, "text", None), image_id=getattr(body, "image_id", None),
+            positive=examples["positive"], negative=examples["negative"],
             method=body.method or method, k=body.k or k or DEFAULT_K,
             offset=body.offset if body.offset is not None else (offset or 0),
+            min_score=body.min_score, labels=body.labels, exclude_labels=body.exclude_labels,
+            collapse_duplicates=body.collapse_duplicates,
         )
-    if upload is None:  # words or a stored image: well under a millisecond, cheaper than a thread hop
+    if not uploaded:  # words or stored images: well under a millisecond, cheaper than a thread hop
         return _search(service, collection, query)
     return await run_in_threadpool(_search, service, collection, query)
+
+
+def _json_examples(body: models.SearchBody) -> dict[str, list[Example]]:
+    if body.positive is None:
+        positive = [Example(text=body.text, image_id=body.image_id)]
+    else:
+        positive = [Example(text=e.text, image_id=e.image_id) for e in body.positive]
+    return {"positive": positive, "negative": [Example(text=e.text, image_id=e.image_id) for e in body.negative or []]}
+
+
+async def _form_examples(form) -> tuple[models.SearchFilters, dict[str, list[Example]]]:
+    """The form's fields and its examples, in the order they were sent."""
+    fields: dict[str, Any] = {}
+    examples: dict[str, list[Example]] = {"image": [], "positive": [], "negative": []}
+    for key, value in form.multi_items():
+        if key in UPLOADED:
+            if isinstance(value, FormFile):
+                examples[key].append(Example(image=await value.read(), image_name=_file_name(value.filename, 0)))
+            elif key == "image":
+                raise RequestValidationError([{"type": "value_error", "loc": ("body", "image"),
+                                               "msg": "the field 'image' holds an image file"}])
+            else:
+                try:
+                    payload = strict_json(value.encode())
+                except JsonRefused as err:
+                    raise HTTPException(422, f"{key}: {err}") from None
+                given = _validated(models.ExampleBody, payload, key)
+                examples[key].append(Example(text=given.text, image_id=given.image_id))
+        elif key in FORM_LISTS:
+            fields.setdefault(key, []).append(value)
+        elif key in fields:
+            raise RequestValidationError([{"type": "value_error", "loc": ("body", key), "msg": f"{key} is given twice"}])
+        else:
+            fields[key] = value
+    body = _validated(SearchForm, fields, "body")
+    if bool(examples["image"]) == bool(examples["positive"]) or len(examples["image"]) > 1:
+        raise RequestValidationError([{"type": "missing", "loc": ("body", "image"), "msg":
+                                       "a multipart search needs one image file in the field 'image', or "
+                                       "examples in the fields 'positive' (and 'negative')"}])
+    for key in ("positive", "negative"):
+        if len(examples[key]) > MAX_EXAMPLES:
+            raise RequestValidationError([{"type": "too_long", "loc": ("body", key),
+                                           "msg": f"{len(examples[key])} {key} examples: give at most {MAX_EXAMPLES}"}])
+    return body, {"positive": examples["image"] or examples["positive"], "negative": examples["negative"]}
 
 
 def _validated(model: type[BaseModel], payload, where: str):
