@@ -143,12 +143,13 @@ class SecurityHeaders:
 
 
 def server_config(app: FastAPI, host: str, port: int, *, log_level: str = "info", access_log: bool = False):
-    """The uvicorn configuration `iwan serve` runs under (and the tests' real servers): no
-    `server` banner, the app's lifespan required, five seconds to finish requests at shutdown."""
-    import uvicorn
+    """The uvicorn configuration `iwan serve` runs under (and the tests' real servers): the
+    connections limited by the app's settings (iwan.serve.connections), no `server` banner, the
+    app's lifespan required, five seconds to finish requests at shutdown."""
+    from iwan.serve.connections import ServerConfig
 
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log, lifespan="on",
-                          server_header=False, timeout_graceful_shutdown=5)
+    return ServerConfig(app, settings=app.state.service.settings, host=host, port=port, log_level=log_level,
+                        access_log=access_log, lifespan="on", server_header=False, timeout_graceful_shutdown=5)
 
 
 async def _invalid(request: Request, exc: Exception) -> Response:
