@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from iwan.config import LOOPBACK_HOSTS, MAX_BODY_BYTES, Settings
@@ -72,6 +73,7 @@ def create_app(
     app.state.service = service
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _refused)
+    app.add_exception_handler(ClientDisconnect, _gone)
     app.add_exception_handler(Exception, _failed)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -165,6 +167,13 @@ async def _refused(request: Request, exc: Exception) -> Response:
     if not is_body_allowed_for_status_code(exc.status_code):
         return Response(status_code=exc.status_code, headers=exc.headers)
     return JSONResponse({"detail": json_safe(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _gone(request: Request, exc: Exception) -> Response:
+    """The client left, or was cut off by a deadline (iwan.serve.connections), before its body
+    arrived: no one to answer and nothing that went wrong here, so no traceback in the log. The
+    status, nginx's "client closed request", is for the metrics; it is never sent."""
+    return Response(status_code=499)
 
 
 async def _failed(request: Request, exc: Exception) -> Response:
