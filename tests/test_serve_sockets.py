@@ -185,7 +185,8 @@ def test_too_many_header_fields_are_refused(engine, collection, module_home):
         for n in (MAX_HEADER_FIELDS + 1, 20_000):
             with connect(port) as sock:
                 answer = answer_to(sock, fields(n))
-            assert answer == b"" or answer.startswith(b"HTTP/1.1 431"), (n, answer[:300])
+            # The small request is read whole, so its answer arrives; the large one may be cut short by a reset.
+            assert answer.startswith(b"HTTP/1.1 431") or (n > MAX_HEADER_FIELDS + 1 and answer == b""), (n, answer[:300])
         with connect(port) as sock:
             assert answer_to(sock, fields(MAX_HEADER_FIELDS)).startswith(b"HTTP/1.1 200")
         healthy(port)
