@@ -86,6 +86,25 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 SERVE_PORT = 8000
 SERVE_TORCH_THREADS = 1  # per request; concurrent requests share the cores (2 cores: 14 vs 6 image queries/s at one client)
 MAX_BODY_BYTES = 10 * 1024 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+"""A request line and header block larger than this is answered 431 (it is never buffered whole)."""
+MAX_HEADER_FIELDS = 100
+"""A request with more header fields is answered 431 (Apache's LimitRequestFields)."""
+MIN_BODY_BYTES_PER_S = 1024
+"""After IWAN_BODY_TIMEOUT seconds a request body must keep arriving at this average rate, or the
+connection is closed: a body sent a byte a second is cut off, a slow but honest upload is not."""
+DEFAULT_HEADER_TIMEOUT_S = 30
+"""Seconds a connection has, from when it is ready for a request, to complete the request's
+headers (IWAN_HEADER_TIMEOUT), however they trickle in (slowloris)."""
+DEFAULT_BODY_TIMEOUT_S = 30
+"""Seconds a request body may take, plus a second for every MIN_BODY_BYTES_PER_S bytes received
+(IWAN_BODY_TIMEOUT)."""
+DEFAULT_IDLE_TIMEOUT_S = 5
+"""Seconds a connection may wait without sending a byte of a request (IWAN_IDLE_TIMEOUT): a new
+connection and a kept-alive one between requests."""
+DEFAULT_MAX_CONNECTIONS = 128
+"""Open connections `iwan serve` serves at once (IWAN_MAX_CONNECTIONS); one beyond is answered 503
+and closed at once, before anything of it is read."""
 MAX_SEARCH_K = 1000
 MAX_SEARCH_OFFSET = 10_000
 MAX_TEXT_QUERY_CHARS = 2000
@@ -146,6 +165,14 @@ class Settings:
     allowed_hosts: tuple[str, ...] = ()
     """Host names the service answers besides the loopback names and its bind address
     (IWAN_ALLOWED_HOSTS, comma-separated): the names it is reached by (DNS rebinding)."""
+    header_timeout: int = DEFAULT_HEADER_TIMEOUT_S
+    """Seconds a connection has to complete a request's headers (IWAN_HEADER_TIMEOUT)."""
+    body_timeout: int = DEFAULT_BODY_TIMEOUT_S
+    """Seconds a request body may take beyond one per MIN_BODY_BYTES_PER_S bytes (IWAN_BODY_TIMEOUT)."""
+    idle_timeout: int = DEFAULT_IDLE_TIMEOUT_S
+    """Seconds a connection may wait idle for a request (IWAN_IDLE_TIMEOUT)."""
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    """Connections the service serves at once (IWAN_MAX_CONNECTIONS)."""
 
     @property
     def pgdata(self) -> Path:
@@ -194,6 +221,10 @@ def settings(database_url: str | None = None) -> Settings:
         api_key=os.environ.get("IWAN_API_KEY") or None,
         cors_origins=_listed("IWAN_CORS_ORIGINS"),
         allowed_hosts=_listed("IWAN_ALLOWED_HOSTS"),
+        header_timeout=_positive_int("IWAN_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT_S, minimum=1),
+        body_timeout=_positive_int("IWAN_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT_S, minimum=1),
+        idle_timeout=_positive_int("IWAN_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT_S, minimum=1),
+        max_connections=_positive_int("IWAN_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, minimum=1),
     )
 
 

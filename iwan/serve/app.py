@@ -75,7 +75,7 @@ def create_app(
     app.state.service = service
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _refused)
-    app.add_exception_handler(ClientDisconnect, _hung_up)
+    app.add_exception_handler(ClientDisconnect, _gone)
     app.add_exception_handler(Exception, _failed)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -148,12 +148,13 @@ class SecurityHeaders:
 
 
 def server_config(app: FastAPI, host: str, port: int, *, log_level: str = "info", access_log: bool = False):
-    """The uvicorn configuration `iwan serve` runs under (and the tests' real servers): no
-    `server` banner, the app's lifespan required, five seconds to finish requests at shutdown."""
-    import uvicorn
+    """The uvicorn configuration `iwan serve` runs under (and the tests' real servers): the
+    connections limited by the app's settings (iwan.serve.connections), no `server` banner, the
+    app's lifespan required, five seconds to finish requests at shutdown."""
+    from iwan.serve.connections import ServerConfig
 
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log, lifespan="on",
-                          server_header=False, timeout_graceful_shutdown=5)
+    return ServerConfig(app, settings=app.state.service.settings, host=host, port=port, log_level=log_level,
+                        access_log=access_log, lifespan="on", server_header=False, timeout_graceful_shutdown=5)
 
 
 async def _invalid(request: Request, exc: Exception) -> Response:
@@ -171,11 +172,13 @@ async def _refused(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": json_safe(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
 
-async def _hung_up(request: Request, exc: Exception) -> Response:
-    """A client that went away before its body was read: nothing failed here, nobody reads the answer."""
+async def _gone(request: Request, exc: Exception) -> Response:
+    """The client left, or was cut off by a deadline (iwan.serve.connections), before its body
+    arrived: no one to answer and nothing that went wrong here, so no traceback in the log. The
+    status, nginx's "client closed request", is for the metrics; it is never sent."""
     log.info("iwan serve: the client disconnected before its request body was read (%s %s)",
              request.method, request.url.path)
-    return Response(status_code=400)
+    return Response(status_code=499)
 
 
 async def _failed(request: Request, exc: Exception) -> Response:
