@@ -67,6 +67,7 @@ START_TIMEOUT_S = 120
 REVIVE_INTERVAL_S = 2.0
 """The least time between two attempts of one process to start again a server that stopped: a
 server that cannot start (a full disk) is not retried by every request."""
+REAP_WAIT_S = 5.0
 # A socket path (sun_path) holds 107 bytes; leave room for PostgreSQL's ".lock" file beside it.
 MAX_SOCKET_PATH = 100
 HBA_HEADER = "# Written by iwan: every connection needs the password (scram-sha-256).\n"
@@ -163,6 +164,8 @@ def revive(pgdata: Path, socket_dir: Path | None = None) -> Server | None:
                 if _exiting.is_set():
                     return None
                 stopped = server_pid(pgdata) is None
+                if stopped:
+                    _wait_reaped(pgdata)
                 server = start(pgdata, socket_dir)
         except (OSError, subprocess.SubprocessError, EmbeddedServerError) as err:
             log.error("the embedded PostgreSQL in %s stopped and could not be started again: %s", pgdata, err)
@@ -171,6 +174,18 @@ def revive(pgdata: Path, socket_dir: Path | None = None) -> Server | None:
             log.warning("the embedded PostgreSQL in %s had stopped; started it again (pid %s)",
                         pgdata, server_pid(pgdata))
         return server
+
+
+def _wait_reaped(pgdata: Path) -> None:
+    """Wait (at most REAP_WAIT_S) until the process that postmaster.pid names is gone. A killed
+    postmaster stays a zombie until init reaps it, and PostgreSQL refuses to start while that
+    pid exists; the file is never removed by hand (it also guards the shared memory that the
+    dead server's last backends may still hold)."""
+    lines = _postmaster(pgdata)
+    pid = int(lines[0]) if lines and lines[0].strip().isdigit() else 0
+    deadline = time.monotonic() + REAP_WAIT_S
+    while pid > 0 and psutil.pid_exists(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 # --- the server's user and folders -------------------------------------------------------------
