@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from serving import cifar_collection, cifar_query, running
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -79,8 +81,7 @@ def result_ids(driver) -> list[str]:
     return driver.execute_script("return [...document.querySelectorAll('#results .result')].map(r => r.dataset.imageId);")
 
 
-def test_search_by_upload_then_by_result_then_by_words(browser, server, data, tmp_path):
-    from selenium.webdriver.common.by import By
+def test_search_by_upload_then_by_result_then_by_words(browser, server, data):
     from selenium.webdriver.support.ui import WebDriverWait
 
     wait = WebDriverWait(browser, 60, poll_frequency=0.1)
@@ -102,10 +103,10 @@ def test_search_by_upload_then_by_result_then_by_words(browser, server, data, tm
     wait.until(lambda d: len(result_ids(d)) == 40)
     assert result_ids(browser)[:20] == first and not set(result_ids(browser)[20:]) & set(first)
 
-    # a click on a result searches by it
+    # a click on a result's picture searches by it
     clicked = first[0]
-    browser.find_elements(By.CSS_SELECTOR, "#results .result")[0].click()
-    wait.until(lambda d: "more like this" in d.find_element(By.ID, "status").text)
+    browser.find_elements(By.CSS_SELECTOR, "#results .result .thumb")[0].click()
+    wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("20 results for image " + clicked))
     wait.until(lambda d: loaded_thumbnails(d) >= 10)
     second = result_ids(browser)
     assert second != first and clicked not in second
@@ -126,13 +127,113 @@ def test_search_by_upload_then_by_result_then_by_words(browser, server, data, tm
     resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name);")
     assert resources and all(r.startswith(server) for r in resources), resources
 
+
+def marks(driver) -> list[str]:
+    return [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#mark-list li span")]
+
+
+def mark(driver, image_id: str, like: bool) -> None:
+    which = ".mark-like" if like else ".mark-unlike"
+    driver.find_element(By.CSS_SELECTOR, f'#results .result[data-image-id="{image_id}"] {which}').click()
+
+
+def pressed(driver, image_id: str) -> tuple[str, str]:
+    card = driver.find_element(By.CSS_SELECTOR, f'#results .result[data-image-id="{image_id}"]')
+    return tuple(card.find_element(By.CSS_SELECTOR, b).get_attribute("aria-pressed") for b in (".mark-like", ".mark-unlike"))
+
+
+def search_words(driver, wait, text: str) -> list[str]:
+    words = driver.find_element(By.ID, "words")
+    words.clear()
+    words.send_keys(text)
+    driver.find_element(By.ID, "search-words").click()
+    wait.until(lambda d: d.find_element(By.ID, "status").text.startswith(f"20 results for words “{text}”")
+               and loaded_thumbnails(d) >= 10)
+    return result_ids(driver)
+
+
+def test_mark_results_more_and_less_like_then_refine(browser, server, data, tmp_path):
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(browser, 60, poll_frequency=0.1)
+    browser.get(server + "/")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#label-choices select"))
+    first = search_words(browser, wait, "cat")
+    assert not browser.find_element(By.ID, "marks").is_displayed()
+    assert browser.find_elements(By.CSS_SELECTOR, "#results .result .example") == []  # one example: nothing to name
+
+    labels = labels_of(browser)
+    liked = next(i for i in first[1:] if labels[i] == "cat")  # more cats, fewer dogs
+    unliked = next(i for i in first if labels[i] == "dog")
+    dropped = next(i for i in first if i not in (liked, unliked))
+    mark(browser, liked, like=True)
+    mark(browser, unliked, like=False)
+    mark(browser, dropped, like=True)
+    assert pressed(browser, liked) == ("true", "false") and pressed(browser, unliked) == ("false", "true")
+    assert marks(browser) == [f"more like image {liked} ({labels[liked]})", f"less like image {unliked} ({labels[unliked]})",
+                              f"more like image {dropped} ({labels[dropped]})"]
+    mark(browser, dropped, like=True)  # a second press takes the mark away
+    assert pressed(browser, dropped) == ("false", "false") and len(marks(browser)) == 2
+    mark(browser, dropped, like=False)
+    browser.find_element(By.CSS_SELECTOR, f'#mark-list li[data-image-id="{dropped}"] button').click()  # removed from the bar
+    assert pressed(browser, dropped) == ("false", "false") and len(marks(browser)) == 2
+    assert "marked-like" in browser.find_element(By.CSS_SELECTOR, f'.result[data-image-id="{liked}"]').get_attribute("class")
+
+    browser.find_element(By.ID, "refine").click()
+    wait.until(lambda d: "refined by 1 more-like and 1 less-like marks" in d.find_element(By.ID, "status").text
+               and loaded_thumbnails(d) >= 10)
+    refined = result_ids(browser)
+    assert len(refined) == 20 and refined != first and liked not in refined and unliked not in refined
+    whys = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#results .result .why")]
+    assert len(whys) == 20 and all(w.startswith("why: ") and "→" in w for w in whys), whys[:3]
+    assert any("pushed down " in w and f" by image {unliked} (dog): " in w for w in whys), whys[:3]
+    examples = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#results .result .example")]
+    assert len(examples) == 20, examples
+    assert set(examples) <= {"from words “cat”", f"from image {liked} ({labels[liked]})"}, examples
+    assert marks(browser) and browser.find_element(By.ID, "marks").is_displayed()  # the marks stay for the next refine
+    browser.execute_script("window.scrollTo(0, 0);")
     assert browser.save_screenshot(str(tmp_path / "page.png"))
     if os.environ.get("IWAN_UPDATE_SCREENSHOT"):  # the README's picture: docs/page.png
         shutil.copyfile(tmp_path / "page.png", SCREENSHOT)
 
+    # an uploaded image is sent again (its bytes kept) with the marks: a multipart search
+    browser.find_element(By.ID, "clear-marks").click()
+    browser.find_element(By.ID, "image-file").send_keys(str(cifar_query(data, "ship", 998)))
+    wait.until(lambda d: "image 0998.jpg by" in d.find_element(By.ID, "status").text and loaded_thumbnails(d) >= 10)
+    uploaded = result_ids(browser)
+    marked = f"from image {uploaded[2]} ({labels_of(browser)[uploaded[2]]})"
+    mark(browser, uploaded[2], like=True)
+    browser.find_element(By.ID, "refine").click()
+    wait.until(lambda d: "image 0998.jpg, refined by 1 more-like mark" in d.find_element(By.ID, "status").text
+               and loaded_thumbnails(d) >= 10)
+    assert result_ids(browser) != uploaded and uploaded[2] not in result_ids(browser)
+    examples = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#results .result .example")]
+    assert len(examples) == 20 and set(examples) <= {"from image 0998.jpg", marked}, examples
+    browser.find_element(By.ID, "clear-marks").click()
+
+    # label filters and the cut-off, applied to the search shown
+    search_words(browser, wait, "cat")
+    browser.find_element(By.CSS_SELECTOR, "#filters summary").click()
+    Select(browser.find_element(By.CSS_SELECTOR, '#label-choices select[data-label="ship"]')).select_by_visible_text("only")
+    wait.until(lambda d: "only ship" in d.find_element(By.ID, "filter-summary").text
+               and set(labels_of(d).values()) == {"ship"})
+    assert len(result_ids(browser)) == 20
+    scores = [float(e.text.split("score ")[1].split(" ")[0]) for e in browser.find_elements(By.CSS_SELECTOR, "#results .meta")]
+    cut = browser.find_element(By.ID, "min-score")
+    cut.send_keys(str(scores[4]), Keys.ENTER)
+    wait.until(lambda d: "met the minimum score" in d.find_element(By.ID, "status").text)
+    kept = result_ids(browser)
+    assert 5 <= len(kept) < 20 and set(labels_of(browser).values()) == {"ship"}
+    assert browser.find_element(By.ID, "filter-summary").text == f"only ship · score ≥ {scores[4]:g}"
+
+
+def labels_of(driver) -> dict[str, str]:
+    return driver.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('#results .result')]"
+        ".map(r => [r.dataset.imageId, r.querySelector('.label').textContent]));")
+
 
 def test_docs_page_loads_without_any_other_site(browser, server):
-    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(server + "/docs")
@@ -144,8 +245,6 @@ def test_docs_page_loads_without_any_other_site(browser, server):
 
 
 def test_the_add_form_appears_with_a_key(browser, server):
-    from selenium.webdriver.common.by import By
-
     browser.get(server + "/")
     form = browser.find_element(By.ID, "add-form")
     assert not form.is_displayed()
