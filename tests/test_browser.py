@@ -8,6 +8,8 @@ IWAN_UPDATE_SCREENSHOT=1 copies the page's screenshot to docs/page.png (the READ
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import os
 import shutil
 from pathlib import Path
@@ -22,6 +24,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOT = REPO / "docs" / "page.png"
+KEY = "browser-key"
 
 pytestmark = [pytest.mark.real_data("cifar10-jpg", "usf"), pytest.mark.usefixtures("in_module_home")]
 
@@ -58,14 +61,26 @@ def browser(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(module_database_url, module_home, data, one_torch_thread):
+    """The CIFAR-10 collection (words only), and `pics`, generated images with the tiny models and
+    a hash model (for near-duplicates); writes allowed with KEY."""
+    import livedata
+
+    from iwan.collections.live import LiveCollection, create_collection
+    from iwan.config import settings
     from iwan.serve import create_app
 
     engine = sa.create_engine(module_database_url)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("IWAN_HOME", str(module_home))
         collection = cifar_collection(engine, data, "cifar10-test", per_class=30)
-        with running(create_app(engine, [collection])) as url:
+        livedata.save_hash_model(module_home)
+        create_collection(engine, "pics", livedata.PREDICTOR, hash_model=livedata.HASH_MODEL)  # the real norms stay
+        pics = LiveCollection.open(engine, "pics", encoder=livedata.tiny_encoder())
+        pics.add_files([(f"warm{i}.png", livedata.png(i)) for i in range(3)], label="warm")
+        configured = dataclasses.replace(settings(), api_key=KEY)
+        with running(create_app(engine, [collection, pics], settings=configured)) as url:
             yield url
+    pics.close()
     collection.close()
     engine.dispose()
 
@@ -132,9 +147,13 @@ def marks(driver) -> list[str]:
     return [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#mark-list li span")]
 
 
-def mark(driver, image_id: str, like: bool) -> None:
+def mark(driver, image_id: str, like: bool, by_keyboard: bool = False) -> None:
     which = ".mark-like" if like else ".mark-unlike"
-    driver.find_element(By.CSS_SELECTOR, f'#results .result[data-image-id="{image_id}"] {which}').click()
+    button = driver.find_element(By.CSS_SELECTOR, f'#results .result[data-image-id="{image_id}"] {which}')
+    if by_keyboard:
+        button.send_keys(Keys.SPACE)  # focused, then pressed as a keyboard user would
+    else:
+        button.click()
 
 
 def pressed(driver, image_id: str) -> tuple[str, str]:
@@ -168,7 +187,7 @@ def test_mark_results_more_and_less_like_then_refine(browser, server, data, tmp_
     dropped = next(i for i in first if i not in (liked, unliked))
     mark(browser, liked, like=True)
     mark(browser, unliked, like=False)
-    mark(browser, dropped, like=True)
+    mark(browser, dropped, like=True, by_keyboard=True)
     assert pressed(browser, liked) == ("true", "false") and pressed(browser, unliked) == ("false", "true")
     assert marks(browser) == [f"more like image {liked} ({labels[liked]})", f"less like image {unliked} ({labels[unliked]})",
                               f"more like image {dropped} ({labels[dropped]})"]
@@ -209,22 +228,24 @@ def test_mark_results_more_and_less_like_then_refine(browser, server, data, tmp_
     assert result_ids(browser) != uploaded and uploaded[2] not in result_ids(browser)
     examples = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#results .result .example")]
     assert len(examples) == 20 and set(examples) <= {"from image 0998.jpg", marked}, examples
-    browser.find_element(By.ID, "clear-marks").click()
 
-    # label filters and the cut-off, applied to the search shown
-    search_words(browser, wait, "cat")
+    # label filters and the cut-off search the search shown again (here multipart: the upload and a mark)
     browser.find_element(By.CSS_SELECTOR, "#filters summary").click()
+    browser.execute_script("document.querySelector('#results .result').dataset.shownBefore = 'yes';")
     Select(browser.find_element(By.CSS_SELECTOR, '#label-choices select[data-label="ship"]')).select_by_visible_text("only")
-    wait.until(lambda d: "only ship" in d.find_element(By.ID, "filter-summary").text
-               and set(labels_of(d).values()) == {"ship"})
-    assert len(result_ids(browser)) == 20
+    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "[data-shown-before]") and loaded_thumbnails(d) >= 10)
+    assert browser.find_element(By.ID, "filter-summary").text == "only ship"
+    assert "image 0998.jpg, refined by 1 more-like mark" in browser.find_element(By.ID, "status").text
+    assert len(result_ids(browser)) == 20 and set(labels_of(browser).values()) == {"ship"}
+    ships = result_ids(browser)
     scores = [float(e.text.split("score ")[1].split(" ")[0]) for e in browser.find_elements(By.CSS_SELECTOR, "#results .meta")]
-    cut = browser.find_element(By.ID, "min-score")
-    cut.send_keys(str(scores[4]), Keys.ENTER)
+    cut = f"{scores[4] - 0.0006:.4f}"  # below the fifth score, shown rounded to 3 places
+    browser.find_element(By.ID, "min-score").send_keys(cut, Keys.ENTER)
     wait.until(lambda d: "met the minimum score" in d.find_element(By.ID, "status").text)
     kept = result_ids(browser)
-    assert 5 <= len(kept) < 20 and set(labels_of(browser).values()) == {"ship"}
-    assert browser.find_element(By.ID, "filter-summary").text == f"only ship · score ≥ {scores[4]:g}"
+    assert 5 <= len(kept) < 20 and kept == ships[:len(kept)], (kept, ships)
+    assert f"({len(kept)} on this page met the minimum score)" in browser.find_element(By.ID, "status").text
+    assert browser.find_element(By.ID, "filter-summary").text == f"only ship · score ≥ {float(cut):g}"
 
 
 def labels_of(driver) -> dict[str, str]:
@@ -244,10 +265,35 @@ def test_docs_page_loads_without_any_other_site(browser, server):
     assert all(r.startswith(server) for r in resources), resources
 
 
-def test_the_add_form_appears_with_a_key(browser, server):
+def test_the_add_form_appears_with_a_key_and_names_near_duplicates(browser, server, tmp_path):
+    import livedata
+    import numpy as np
+    from PIL import Image
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(browser, 60, poll_frequency=0.1)
     browser.get(server + "/")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#label-choices select"))
+    assert not browser.find_element(By.ID, "collapse-row").is_displayed()  # cifar10-test has no hash model
+    Select(browser.find_element(By.ID, "collection")).select_by_visible_text("pics")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#label-choices select[data-label="warm"]'))
+    browser.find_element(By.CSS_SELECTOR, "#filters summary").click()
+    assert browser.find_element(By.ID, "collapse-row").is_displayed()
     form = browser.find_element(By.ID, "add-form")
     assert not form.is_displayed()
     browser.find_element(By.CSS_SELECTOR, "#admin summary").click()
-    browser.find_element(By.ID, "api-key").send_keys("some-key")
+    browser.find_element(By.ID, "api-key").send_keys(KEY)
     assert form.is_displayed()
+
+    pixels = np.array(Image.open(io.BytesIO(livedata.png(1))))
+    pixels[0, 0] ^= 1  # one bit of one pixel: other bytes, the same picture
+    Image.fromarray(pixels).save(tmp_path / "again.png")
+    (tmp_path / "other.png").write_bytes(livedata.png(77))
+    browser.find_element(By.ID, "add-files").send_keys(f"{tmp_path / 'again.png'}\n{tmp_path / 'other.png'}")
+    browser.find_element(By.ID, "add-label").send_keys("warm")
+    browser.find_element(By.CSS_SELECTOR, "#add-form button[type=submit]").click()
+    wait.until(lambda d: d.find_element(By.ID, "add-status").text.startswith("Added 2"))
+    status = browser.find_element(By.ID, "add-status").text
+    assert "; near-duplicates: again.png (image " in status and "is nearly the same as image" in status, status
+    assert "other.png" not in status, status
+    wait.until(lambda d: "warm (5)" in d.find_element(By.ID, "label-choices").text)  # the labels are counted again
