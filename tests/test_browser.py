@@ -1,9 +1,11 @@
 """The web page in a real browser (Debian's chromium through Selenium) against a real server.
 
-Real data: CIFAR-10 test JPEGs, the USF norms and EfficientNet-Lite0's ImageNet weights. Skips
-with the reason without the data or without chromium and chromedriver (scripts/browser.sh
-installs them where it can; CI runs as root, has both, and runs this test).
-IWAN_UPDATE_SCREENSHOT=1 copies the page's screenshot to docs/page.png (the README's picture).
+Real data: CIFAR-10 test JPEGs, the USF norms and EfficientNet-Lite0's ImageNet weights (beside
+them a small collection of generated images with the tests' tiny models and a hash model, for
+what needs one: near-duplicates). Skips with the reason without the data or without chromium and
+chromedriver (scripts/browser.sh installs them where it can; CI runs as root, has both, and runs
+this test).
+IWAN_UPDATE_SCREENSHOT=1 copies the refined page's screenshot to docs/page.png (the README's picture).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -275,8 +278,15 @@ def test_the_add_form_appears_with_a_key_and_names_near_duplicates(browser, serv
     browser.get(server + "/")
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#label-choices select"))
     assert not browser.find_element(By.ID, "collapse-row").is_displayed()  # cifar10-test has no hash model
+    cifar = search_words(browser, wait, "cat")
+    mark(browser, cifar[0], like=True)
+    assert browser.find_element(By.ID, "marks").is_displayed()
     Select(browser.find_element(By.ID, "collection")).select_by_visible_text("pics")
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#label-choices select[data-label="warm"]'))
+    # the words are searched again in pics; the marks (images of cifar10-test) are gone
+    wait.until(lambda d: re.match(r"([1-3] results|No result) for words “cat”", d.find_element(By.ID, "status").text))
+    assert set(labels_of(browser).values()) <= {"warm"} and not set(result_ids(browser)) & set(cifar)
+    assert not browser.find_element(By.ID, "marks").is_displayed() and marks(browser) == []
     browser.find_element(By.CSS_SELECTOR, "#filters summary").click()
     assert browser.find_element(By.ID, "collapse-row").is_displayed()
     form = browser.find_element(By.ID, "add-form")

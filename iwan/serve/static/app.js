@@ -5,11 +5,12 @@ const $ = (id) => document.getElementById(id);
 const PAGE = 20;
 let collections = [];
 // An example: {kind: "text", value} | {kind: "id", value: image id, label} | {kind: "image", value: Blob, name}.
-let base = null; // the query typed, uploaded or clicked: the first positive example of every search
 // Marked results, in marking order: image id -> {like: true (more like this) | false, label, thumbnail}.
 const marks = new Map();
-// The search shown: {base, like: [examples], unlike: [examples], offset}; "More" and new filters replay it.
+// The search shown: {base, like: [examples], unlike: [examples], offset}, its base the query typed,
+// uploaded or clicked (the first positive example); "More", new filters and Refine start from it.
 let last = null;
+let asked = 0; // searches sent: only the answer to the latest is shown
 
 function show(status, isError) {
   $("status").textContent = status;
@@ -149,24 +150,31 @@ async function search(query, append) {
   const c = current();
   if (!c) return;
   show("Searching…");
+  const mine = ++asked;
+  const cutAt = filters().min_score;
   let response, body;
   try {
     response = await fetch(`/v1/collections/${encodeURIComponent(c.name)}/search`, requestFor(query));
     body = await response.json();
   } catch (err) {
-    show(`The server did not answer: ${err}`, true);
+    if (mine === asked) show(`The server did not answer: ${err}`, true);
     return;
   }
+  if (mine !== asked) return;
   if (!response.ok) {
     show(errorText(body, response), true);
     return;
   }
   last = query;
-  render(body, append);
+  render(body, append, cutAt !== undefined);
+}
+
+function plain(base) {
+  return { base, like: [], unlike: [], offset: 0 };
 }
 
 function positives(query) {
-  return [...(query.base ? [query.base] : []), ...query.like];
+  return [query.base, ...query.like];
 }
 
 function describe(e) {
@@ -176,7 +184,7 @@ function describe(e) {
 }
 
 function describeQuery(query) {
-  const parts = [query.base ? describe(query.base) : "the marks"];
+  const parts = [describe(query.base)];
   const counts = [];
   if (query.like.length) counts.push(`${query.like.length} more-like`);
   if (query.unlike.length) counts.push(`${query.unlike.length} less-like`);
@@ -185,14 +193,14 @@ function describeQuery(query) {
   return parts.join(", ");
 }
 
-function render(body, append) {
+function render(body, append, cut) {
   const grid = $("results");
   if (!append) grid.replaceChildren();
   for (const r of body.results) grid.append(card(r, positives(last)));
   const shown = grid.children.length;
-  const cut = filters().min_score !== undefined ? ` (${body.passed} on this page met the minimum score)` : "";
-  show(shown ? `${shown} results for ${describeQuery(last)} by ${body.method}${cut}`
-    : `No result for ${describeQuery(last)}${cut}`);
+  const passed = cut ? ` (${body.passed} on this page met the minimum score)` : "";
+  show(shown ? `${shown} results for ${describeQuery(last)} by ${body.method}${passed}`
+    : `No result for ${describeQuery(last)}${passed}`);
   const words = body.query.words.map((w) => `${w.word} (${w.weight.toFixed(2)})`).join(", ");
   const unknown = body.query.unknown.length ? ` · not in the norms: ${body.query.unknown.join(", ")}` : "";
   $("query-words").textContent = words ? `query words: ${words}${unknown}` : unknown;
@@ -237,8 +245,7 @@ function card(r, examples) {
   img.alt = r.label || `image ${r.image_id}`;
   thumb.append(img);
   thumb.addEventListener("click", () => {
-    base = { kind: "id", value: r.image_id, label: r.label };
-    search({ base, like: [], unlike: [], offset: 0 }, false);
+    search(plain({ kind: "id", value: r.image_id, label: r.label }), false);
   });
   item.append(thumb, line("label", r.label || `image ${r.image_id}`),
     line("meta", `#${r.rank} · score ${r.score === null ? "–" : r.score.toFixed(3)} · id ${r.image_id}`));
@@ -298,24 +305,21 @@ function renderMarks() {
     entry.append(img, text, remove);
     list.append(entry);
   }
-  $("marks").hidden = marks.size === 0;
-  // Refining needs something to be near: the current query or a more-like mark.
-  $("refine").disabled = !base && ![...marks.values()].some((m) => m.like);
+  $("marks").hidden = marks.size === 0; // marks come from results, so there is a query to refine
   for (const item of document.querySelectorAll("#results .result")) paintMark(item);
 }
 
 function refine() {
   const marked = (like) => [...marks].filter(([, m]) => m.like === like)
     .map(([id, m]) => ({ kind: "id", value: id, label: m.label }));
-  search({ base, like: marked(true), unlike: marked(false), offset: 0 }, false);
+  if (last) search({ base: last.base, like: marked(true), unlike: marked(false), offset: 0 }, false);
 }
 
 async function searchFile(file) {
   if (!file) return;
   // The bytes are kept: a refined search sends the uploaded image again as an example.
   const kept = new Blob([await file.arrayBuffer()], { type: file.type });
-  base = { kind: "image", value: kept, name: file.name || "upload" };
-  search({ base, like: [], unlike: [], offset: 0 }, false);
+  search(plain({ kind: "image", value: kept, name: file.name || "upload" }), false);
 }
 
 function again() {
@@ -327,16 +331,17 @@ $("text-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const text = $("words").value.trim();
   if (!text) return;
-  base = { kind: "text", value: text };
-  search({ base, like: [], unlike: [], offset: 0 }, false);
+  search(plain({ kind: "text", value: text }), false);
 });
 $("image-file").addEventListener("change", (e) => searchFile(e.target.files[0]));
 $("collection").addEventListener("change", async () => {
-  base = null;
+  const shown = last;
   last = null;
   $("results").replaceChildren();
   $("more").hidden = true;
   await chooseCollection(false);
+  // Words and an uploaded image mean the same in another collection; a stored image's id does not.
+  if (shown && shown.base.kind !== "id") search(plain(shown.base), false);
 });
 $("method").addEventListener("change", again);
 $("label-choices").addEventListener("change", again);
