@@ -4,8 +4,10 @@ store in one process, also when the worker node is killed during the run."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -17,14 +19,13 @@ import sqlalchemy as sa
 from conftest import _fresh_database
 from livedata import HASH_MODEL, PREDICTOR, load_norms, png, save_hash_model, tiny_encoder, tiny_predictor
 from PIL import Image
-
-pytest.importorskip("ray", reason="Ray is not installed: pip install 'iwan[ray]' (README \"Ingestion on Ray\")")
-
 from raycluster import REPO, LocalCluster
 
 from iwan.collections import distributed
 from iwan.config import settings as current_settings
 
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="Ray is not installed: pip install 'iwan[ray]' (README \"Ingestion on Ray\")")
 TINY = distributed.PredictorSpec(PREDICTOR, backend="torch", pretrained=False, image_size=32, precision="fp32")
 TABLES = {
     "images": "id, dataset, split, position, fine_label, coarse_label, path",
@@ -39,6 +40,8 @@ TABLES = {
 
 @pytest.fixture(scope="module")
 def cluster():
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("Ray is not installed: pip install 'iwan[ray]' (README \"Ingestion on Ray\")")
     with LocalCluster(workers=1) as local:
         yield local
 
@@ -88,6 +91,7 @@ def predict_on_ray(engine, address: str, root: Path, batch_size: int):
         return distributed.predict_split(engine, cluster, TINY, listing, batch_size, progress=False, settings=settings)
 
 
+@needs_ray
 def test_predict_on_ray_stores_what_one_process_stores(cluster, engine, other_database, tmp_path, one_torch_thread):
     root = image_folder(tmp_path / "images", per_class=20)
     predict_here(other_database, root, batch_size=16)
@@ -101,6 +105,7 @@ def test_predict_on_ray_stores_what_one_process_stores(cluster, engine, other_da
     assert (again.predicted, again.skipped) == (0, 60) and rows(engine) == here_rows
 
 
+@needs_ray
 def test_images_add_on_ray_stores_what_one_process_stores(cluster, engine, other_database, tmp_path, monkeypatch,
                                                           one_torch_thread):
     from iwan.collections import ingest
@@ -142,6 +147,7 @@ print(json.dumps(summary.as_dict()))
 """
 
 
+@needs_ray
 def test_a_worker_node_killed_during_predict_leaves_a_complete_equal_result(cluster, engine, other_database, tmp_path,
                                                                             one_torch_thread):
     root = image_folder(tmp_path / "images", per_class=60)
@@ -169,3 +175,48 @@ def test_a_worker_node_killed_during_predict_leaves_a_complete_equal_result(clus
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["images"] == 180 and summary["predicted"] + summary["skipped"] == 180
     assert rows(engine) == rows(other_database)
+
+
+SINGLE = r"""
+import sys
+from iwan.cli import main
+sys.argv = ["iwan", "predict", "--dataset", "imagefolder:" + sys.argv[1], "--split", "split", "--limit", "3", "--json"]
+try:
+    main()
+finally:
+    print("ray imported" if "ray" in sys.modules else "no ray", file=sys.stderr)
+"""
+
+
+def test_without_an_address_predict_runs_here_and_never_imports_ray(database_url, engine, tmp_path):
+    root = image_folder(tmp_path / "images", per_class=1)
+    env = {k: v for k, v in os.environ.items() if k != "IWAN_RAY_ADDRESS"}
+    run = subprocess.run([sys.executable, "-c", SINGLE, str(root)], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, env={**env, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout)["predicted"] == 3
+    assert run.stderr.strip().splitlines()[-1] == "no ray"
+    with engine.connect() as conn:
+        assert conn.scalar(sa.text("SELECT count(DISTINCT image_id) FROM predictions")) == 3
+
+
+def test_an_address_where_no_cluster_runs_is_one_line_saying_so(database_url, tmp_path):
+    from click.testing import CliRunner
+
+    from iwan.cli import cli
+
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("Ray is not installed")
+    root = image_folder(tmp_path / "images", per_class=1)
+    result = CliRunner().invoke(cli, ["predict", "--dataset", f"imagefolder:{root}", "--split", "split",
+                                      "--ray", f"127.0.0.1:{_closed_port()}"])
+    assert result.exit_code != 0
+    assert "cannot join the Ray cluster" in result.output and "ray start --head" in result.output
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

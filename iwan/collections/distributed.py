@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import logging
 import pickle
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,10 @@ from iwan.vision.encoder import Encoded
 from iwan.vision.features import CHUNK_SIZE
 
 RAY_MISSING = "Ray is not installed here: install the extra, pip install 'iwan[ray]' (see README \"Ingestion on Ray\")"
+
+
+PROBE_TIMEOUT_S = 5.0
+"""Seconds to wait for the head's port to answer before ray.init is tried."""
 
 
 class ClusterError(RuntimeError):
@@ -84,6 +89,7 @@ class Cluster:
             import ray
         except ImportError:
             raise ClusterError(RAY_MISSING) from None
+        self._probe()
         try:
             ray.init(address=self.address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, ValueError, RuntimeError) as err:
@@ -101,6 +107,19 @@ class Cluster:
             raise ClusterError(f"the Ray cluster at {self.address!r} has no CPUs for workers: start nodes with --num-cpus")
         self.workers = min(self.workers or cpus, cpus)
         return self
+
+    def _probe(self) -> None:
+        """Fail at once where nothing listens at the address (ray.init waits minutes, then exits)."""
+        host, _, port = self.address.rpartition(":")
+        if self.address == "auto":
+            return
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=PROBE_TIMEOUT_S).close()
+        except (OSError, ValueError) as err:
+            raise ClusterError(
+                f"cannot join the Ray cluster at {self.address!r} ({err}): start it with `ray start --head`, or "
+                "give its head's host:port with --ray / IWAN_RAY_ADDRESS"
+            ) from None
 
     def __exit__(self, *exc) -> None:
         import ray
