@@ -19,7 +19,6 @@ import collections
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
+from served import iwan_serve
 
 REPO = Path(__file__).resolve().parent.parent
 GOALS = {"rise_mib": 1024.0, "answer_max_s": 60.0, "ok_share": 0.25, "text_max_ms": 1000.0}
@@ -45,14 +45,6 @@ def tree_rss(pid: int) -> dict[str, int]:
         with contextlib.suppress(psutil.NoSuchProcess):
             found[f"{process.name()} {process.pid}"] = process.memory_info().rss
     return found
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -80,24 +72,7 @@ def main() -> None:
         sys.exit(f"bench_abuse: no collection {args.collection!r}; there are {', '.join(c.name for c in found)}")
     images = list(worst_images(configured.max_image_pixels).items())
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "iwan", "serve", "--port", str(port), "--collection", info.name,
-                               "--log-level", "warning"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            if server.poll() is not None:
-                sys.exit(f"bench_abuse: iwan serve exited: {server.stderr.read() if server.stderr else ''}")
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                sys.exit("bench_abuse: not ready after 600 s")
-            time.sleep(0.05)
+    with iwan_serve(info.name, "bench_abuse") as (server, url, _):
         search = f"{url}/v1/collections/{info.name}/search"
         with httpx.Client(timeout=120) as client:  # warm: the models load on the first image query
             from livedata import png
@@ -155,12 +130,6 @@ def main() -> None:
         done.set()
         for thread in helpers:
             thread.join()
-    finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
     statuses = collections.Counter(str(status) for _, status, _ in answers)
     seconds = np.array([s for _, _, s in answers])

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from served import iwan_serve
 
 REPO = Path(__file__).resolve().parent.parent
 WORDS = ("cat", "dog", "car", "truck", "ship", "airplane", "horse", "bird", "frog", "deer", "cat:0.7,dog:0.3")
@@ -128,14 +129,6 @@ def resident_mib(pid: int) -> float:
     return float("nan")
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def cli_reference(image: bytes, runs: int) -> dict:
     """`iwan search --image` as a user runs it: a whole process per query (the saved IWAN index)."""
     with tempfile.NamedTemporaryFile(suffix=".jpg") as f:
@@ -178,25 +171,7 @@ def main() -> None:
         sys.exit(f"bench_service: no collection {args.collection!r}; there are {', '.join(c.name for c in collections)}")
     name = info.name
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    started = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "iwan", "serve", "--port", str(port), "--collection", name,
-                               "--log-level", "warning"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        while True:
-            if server.poll() is not None:
-                sys.exit(f"bench_service: iwan serve exited: {server.stderr.read()}")
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.perf_counter() - started > 600:
-                sys.exit("bench_service: not ready after 600 s")
-            time.sleep(0.05)
-        ready_s = time.perf_counter() - started
+    with iwan_serve(name, "bench_service") as (server, url, ready_s):
         print(f"ready in {ready_s:.2f} s: {name} ({info.size:,} images; methods {', '.join(info.methods)})", file=sys.stderr)
 
         images = query_images(200)
@@ -220,12 +195,6 @@ def main() -> None:
                                                       list(WORDS), clients, args.text_total, counter), 1)
             print(f"{clients} clients: image {qps[f'image_{clients}']}/s, text {qps[f'text_{clients}']}/s", file=sys.stderr)
         rss = resident_mib(server.pid)
-    finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
     cli = cli_reference(images[0], args.cli_runs)
     print(f"reference, iwan search --image as a process: {cli}", file=sys.stderr)

@@ -223,6 +223,16 @@ def engine(database_url):
 
 
 @pytest.fixture(scope="module")
+def module_engine(module_database_url):
+    """An engine on the module's database (modules name it `engine` for their module-scoped fixtures)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(module_database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
 def one_torch_thread():
     """Small batches run as fast on one thread, and a busy shared CPU stalls two (measured 3x)."""
     import torch

@@ -32,6 +32,20 @@ def make_collection(engine, home, name: str, images: list[tuple[str, bytes]], la
     return collection
 
 
+@contextmanager
+def blob_collection(engine, home, name: str, n: int = 4, label: str = "blob"):
+    """A collection of `n` generated PNGs with one label, in IWAN_HOME=`home`, closed after use."""
+    import pytest
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IWAN_HOME", str(home))
+        live = make_collection(engine, home, name, [(f"img{i}.png", livedata.png(i)) for i in range(n)], label=label)
+    try:
+        yield live
+    finally:
+        live.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

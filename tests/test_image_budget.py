@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from hostile_images import flat_png, flat_webp
 from livedata import png
 from PIL import Image
-from serving import make_collection
+from serving import blob_collection
 
 from iwan.config import settings
 from iwan.serve import create_app
@@ -109,19 +108,14 @@ def test_the_budget_makes_work_wait_then_refuses_it():
 
 
 @pytest.fixture(scope="module")
-def engine(module_database_url):
-    engine = sa.create_engine(module_database_url)
-    yield engine
-    engine.dispose()
+def engine(module_engine):
+    return module_engine
 
 
 @pytest.fixture(scope="module")
 def collection(engine, module_home, one_torch_thread):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("IWAN_HOME", str(module_home))
-        live = make_collection(engine, module_home, "budget", [(f"img{i}.png", png(i)) for i in range(4)], label="blob")
-    yield live
-    live.close()
+    with blob_collection(engine, module_home, "budget", 4) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.testclient import TestClient
 from livedata import png
 from PIL import Image
-from serving import make_collection, running
+from serving import blob_collection, running
 
 from iwan.config import settings
 from iwan.serve import create_app
@@ -35,19 +35,14 @@ pytestmark = pytest.mark.usefixtures("in_module_home")
 
 
 @pytest.fixture(scope="module")
-def engine(module_database_url):
-    engine = sa.create_engine(module_database_url)
-    yield engine
-    engine.dispose()
+def engine(module_engine):
+    return module_engine
 
 
 @pytest.fixture(scope="module")
 def collection(engine, module_home, one_torch_thread):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("IWAN_HOME", str(module_home))
-        live = make_collection(engine, module_home, "pics", [(f"img{i}.png", png(i)) for i in range(6)], label="blob")
-    yield live
-    live.close()
+    with blob_collection(engine, module_home, "pics", 6) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")

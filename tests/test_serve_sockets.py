@@ -13,9 +13,7 @@ import time
 
 import httpx
 import pytest
-import sqlalchemy as sa
-from livedata import png
-from serving import make_collection, running
+from serving import blob_collection, running
 
 from iwan.config import MAX_HEADER_BYTES, MAX_HEADER_FIELDS, settings
 from iwan.serve import create_app
@@ -30,19 +28,14 @@ SEARCH = b"POST /v1/collections/pics/search HTTP/1.1\r\n" + HEAD + b"Content-Typ
 
 
 @pytest.fixture(scope="module")
-def engine(module_database_url):
-    engine = sa.create_engine(module_database_url)
-    yield engine
-    engine.dispose()
+def engine(module_engine):
+    return module_engine
 
 
 @pytest.fixture(scope="module")
 def collection(engine, module_home, one_torch_thread):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("IWAN_HOME", str(module_home))
-        live = make_collection(engine, module_home, "pics", [(f"img{i}.png", png(i)) for i in range(4)], label="blob")
-    yield live
-    live.close()
+    with blob_collection(engine, module_home, "pics", 4) as live:
+        yield live
 
 
 @contextlib.contextmanager
