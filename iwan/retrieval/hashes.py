@@ -146,7 +146,9 @@ def filters(held: np.ndarray, among: np.ndarray | None,
         return among, None
     if among is None and len(exclude) == 1:
         return None, np.asarray(exclude, dtype=np.int64)
-    return np.setdiff1d(held if among is None else among, exclude), None
+    # A mask over the ids, not setdiff1d: that sorts (hashes) all of them, for a handful of examples.
+    base = held if among is None else np.asarray(among, dtype=np.int64)
+    return base[np.isin(base, exclude, invert=True)], None
 
 
 def with_examples(reasons: list[list[dict]], ids: np.ndarray, positive: Batch, embeddings_of) -> list[list[dict]]:
