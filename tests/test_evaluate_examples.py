@@ -84,6 +84,10 @@ def test_one_example_scores_as_the_one_image_evaluation(toy_database, tmp_path):
     report = (tmp_path / "examples" / "report.md").read_text()
     assert "## mAP@20" in report and "| IWAN | 1 |" in report
     assert (tmp_path / "examples" / "examples.png").stat().st_size > 10_000
+    # A rerun resumes from the cached rankings: the same figures, timings included.
+    assert len(list((tmp_path / "examples" / "cache").glob("*.npz"))) == len(measured["runs"])
+    again = run_examples(toy_database, evaluation, tmp_path / "examples", [3], [1], progress=False)
+    assert again["runs"] == measured["runs"]
 
 
 def test_examples_the_corpus_holds_are_no_hits_and_not_relevant(toy_database, tmp_path):  # noqa: F811
@@ -117,3 +121,12 @@ def test_the_cli_measures_examples_and_refuses_negatives_alone(toy_database, dat
     assert {(r["method"], r["examples"], r["negatives"]) for r in answer["runs"]} == {
         (m, n, k) for m in ("IWAN", "hashes (Hamming + cosine)") for n in (1, 2) for k in (0, 1)}
     assert (out / "metrics.csv").read_text().startswith("method,examples,negatives,metric,k,value")
+
+
+def test_the_cli_names_a_local_cifar100_copy_as_its_loader_registers_it():
+    # `--examples` reads the store only, by the data set's registered name: a copy of CIFAR-100
+    # at a path is registered as cifar100 (`iwan predict --dataset cifar100:PATH`).
+    from iwan.datasets.loaders import registered_name
+
+    assert registered_name("cifar100:/data/cifar100-train-sample") == "cifar100"
+    assert registered_name("cifar10") == "cifar10"

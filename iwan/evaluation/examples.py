@@ -19,8 +19,10 @@ n = 1 without negatives is the one-image search, scored as `iwan evaluate` score
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +30,12 @@ from sqlalchemy.engine import Engine
 from tqdm import tqdm
 
 from iwan.evaluation import metrics
-from iwan.evaluation.runs import EvaluationSpec, Workload, build_methods, score, workload
+from iwan.evaluation.runs import EvaluationSpec, Workload, build_methods, cached_ranking, score, stored_digest, workload
 from iwan.retrieval.protocol import Batch, ExampleRetriever, Examples
 
+EXAMPLES_FORMAT = "examples/1"
+"""Part of every cached ranking's key (OUT/cache, as `iwan evaluate` caches its rankings): a
+rerun resumes with the rankings it had made."""
 CONFUSION_K = 20
 """How deep the one-example search is read for each class's most confused class."""
 CHUNK = 250
@@ -131,6 +136,7 @@ def run_examples(engine: Engine, spec: EvaluationSpec, out: Path, ns: Sequence[i
         raise ValueError(f"the cut-offs reach k={k}: the most confused class is read at k={CONFUSION_K}; add it to --k")
     positives = draw_positives(labels, ns[-1], seed)
     sizes = np.bincount(labels)[labels]
+    stored = stored_digest(engine, spec)
     runs: list[dict] = []
     confused: dict[str, dict[str, str | None]] = {}
     names = work.queries.class_names
@@ -146,7 +152,10 @@ def run_examples(engine: Engine, spec: EvaluationSpec, out: Path, ns: Sequence[i
                 drawn = draw_negatives(labels, classes[labels], ms[-1], seed + 1)[:, :m]  # type: ignore[index]
             for n in ns:
                 chosen = positives[:, :n]
-                ranking, seconds = search(retriever, queries, work, chosen, drawn, k, f"{label} n={n} m={m}", progress)
+                key = f"{spec.key(method, stored)}-{fusion_info.get('iwan_weight') if method == 'fused' else ''}-" \
+                      f"{EXAMPLES_FORMAT}-n{n}-m{m}-seed{seed}"
+                ranking, seconds = cached_ranking(out / "cache", hashlib.sha256(key.encode()).hexdigest()[:16], partial(
+                    search, retriever, queries, work, chosen, drawn, k, f"{label} n={n} m={m}", progress))
                 left_out = ((chosen >= 0) & work.query_in_corpus[np.maximum(chosen, 0)]).sum(axis=1)
                 runs.append({"method": label, "examples": n, "negatives": m,
                              "metrics": score(work, ranking, spec.ks, left_out),

@@ -216,7 +216,8 @@ def score(work: Workload, ranking: Ranking, ks: Sequence[int],
     return {name: {k: float(v) for k, v in zip(ks, values)} for name, values in table.items()}
 
 
-def _cached(cache: Path, key: str, compute: Callable[[], tuple[Ranking, float]]) -> tuple[Ranking, float]:
+def cached_ranking(cache: Path, key: str, compute: Callable[[], tuple[Ranking, float]]) -> tuple[Ranking, float]:
+    """The ranking and its search seconds saved as cache/KEY.npz, else `compute`d and saved (whole or not at all)."""
     path = cache / f"{key}.npz"
     if path.is_file():
         with np.load(path) as saved:
@@ -405,7 +406,7 @@ def run(
     stored = stored_digest(engine, spec)
     for method, ranker in rankers.items():
         key = spec.key(method, stored) + ("-" + str(fusion_info.get("iwan_weight")) if method == "fused" else "")
-        ranking, seconds = _cached(cache, key, partial(_run_batch, ranker, labels[method], n, k_max, progress))
+        ranking, seconds = cached_ranking(cache, key, partial(_run_batch, ranker, labels[method], n, k_max, progress))
         rankings[method] = ranking
         results["metrics"][labels[method]] = score(work, ranking, spec.ks)
         latency = metrics.latency_summary(_single_latency(ranker, n, k_max))

@@ -137,35 +137,38 @@ class IwanRetriever:
     def _ranked(self, found, pushed, starts, k: int) -> list[tuple[float, int, dict]]:
         """(distance, id, reason) of the best k, nearest first, ties to the lower id; `found` and
         `pushed` are the positives' and negatives' (scores, ids, paths) rows (paths None: no
-        reasons)."""
-        near_negative = {}
-        if pushed is not None:
-            n_scores, n_ids, n_paths = pushed
-            n_paths = n_paths if n_paths is not None else [None] * len(n_ids)
-            near_negative = {i: (-s, p) for s, i, p in zip(n_scores.tolist(), n_ids.tolist(), n_paths) if i >= 0}
+        reasons). Ranked over arrays, explained for the k kept only."""
         scores, ids, paths = found
-        explain = paths is not None
-        ranked = []
-        for c, (s, image_id) in enumerate(zip(scores.tolist(), ids.tolist())):
-            if image_id < 0:
-                break
-            distance = -s
+        n = int((ids >= 0).sum())  # hits first, then padding
+        hit_ids, distance = ids[:n], -scores[:n]
+        near = np.full(n, np.inf)
+        near_row = np.full(n, -1, np.int64)
+        if pushed is not None:
+            n_scores, n_ids, _ = pushed
+            rows = np.flatnonzero(n_ids >= 0)
+            rows = rows[np.argsort(n_ids[rows], kind="stable")]
+            at = np.minimum(np.searchsorted(n_ids[rows], hit_ids), max(len(rows) - 1, 0))
+            reached = (n_ids[rows[at]] == hit_ids) if len(rows) else np.zeros(n, bool)
+            near_row[reached] = rows[at[reached]]
+            near[reached] = -n_scores[near_row[reached]]
+        penalised = near < distance
+        # distance + (distance - near), as float64 adds it one hit at a time
+        ranked_distance = np.where(penalised, distance + (distance - near), distance)
+        kept = np.lexsort((hit_ids, ranked_distance))[:k]
+        out = []
+        for c in kept.tolist():
             why: dict = {}
-            if explain:
-                why = {"distance": distance, "path": self.index.path_labels(paths[c]),
+            if paths is not None:
+                why = {"distance": float(distance[c]), "path": self.index.path_labels(paths[c]),
                        "example": example_of(starts[0], paths[c])}
-            if image_id in near_negative and near_negative[image_id][0] < distance:
-                near, near_path = near_negative[image_id]
-                if explain:
-                    why["penalty"] = distance - near
-                    why["negative"] = {"example": example_of(starts[1], near_path), "distance": near,
+                if penalised[c]:
+                    near_path = pushed[2][near_row[c]]
+                    why["penalty"] = float(distance[c] - near[c])
+                    why["negative"] = {"example": example_of(starts[1], near_path), "distance": float(near[c]),
                                        "path": self.index.path_labels(near_path)}
-                distance += distance - near
-                if explain:
-                    why["distance"] = distance
-            ranked.append((distance, image_id, why))
-        ranked.sort(key=lambda hit: (hit[0], hit[1]))
-        return ranked[:k]
+                    why["distance"] = float(ranked_distance[c])
+            out.append((float(ranked_distance[c]), int(hit_ids[c]), why))
+        return out
 
 
 def combined_start(examples: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
