@@ -173,6 +173,9 @@ class Settings:
     """Seconds a connection may wait idle for a request (IWAN_IDLE_TIMEOUT)."""
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     """Connections the service serves at once (IWAN_MAX_CONNECTIONS)."""
+    ray_address: str | None = None
+    """The Ray cluster `iwan predict` and `iwan images add` run on (IWAN_RAY_ADDRESS, `--ray`);
+    None runs them in this process."""
 
     @property
     def pgdata(self) -> Path:
@@ -225,6 +228,7 @@ def settings(database_url: str | None = None) -> Settings:
         body_timeout=_positive_int("IWAN_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT_S, minimum=1),
         idle_timeout=_positive_int("IWAN_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT_S, minimum=1),
         max_connections=_positive_int("IWAN_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, minimum=1),
+        ray_address=os.environ.get("IWAN_RAY_ADDRESS") or None,
     )
 
 

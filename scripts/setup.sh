@@ -11,6 +11,6 @@ stamp=.venv/.iwan-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     # torch and torchvision pinned in the same command: anything else pulls several GB of CUDA wheels.
-    .venv/bin/python -m pip install -q torch==2.13.0 torchvision==0.28.0 -e ".[dev,bench]"
+    .venv/bin/python -m pip install -q torch==2.13.0 torchvision==0.28.0 -e ".[dev,bench,ray]"
     echo "$want" > "$stamp"
 fi

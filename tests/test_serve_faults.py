@@ -1,30 +1,37 @@
 """Faults: PostgreSQL unreachable (searches answer from memory, writes 503 + Retry-After, nothing
-lost once it is back), and two `iwan serve` processes on one database converging."""
+lost once it is back), an embedded PostgreSQL that stops under a running server (started again,
+nothing lost), and two `iwan serve` processes on one database converging."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 import sqlalchemy as sa
+from conftest import private_folder
 from fastapi.testclient import TestClient
 from livedata import REPO, png
-from serving import free_port, make_collection
+from serving import free_port, make_collection, running
 
 from iwan.config import settings
+from iwan.db import embedded, migrate
+from iwan.db.engine import make_engine
 from iwan.serve import create_app
 
 KEY = "fault-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 CONVERGE_SECONDS = 20
 """Generous for a loaded CI machine; the follower applies a change well within a second."""
-
-
+BACK_SECONDS = 15
+"""How soon an embedded server that stopped must serve writes again (it takes about a second;
+the README promises seconds)."""
 
 
 def set_connections(url: str, allowed: bool) -> None:
@@ -82,6 +89,61 @@ def test_database_down_searches_answer_and_writes_wait(database_url, home, one_t
     finally:
         collection.close()
         engine.dispose()
+
+
+def add(url: str, seed: int) -> httpx.Response:
+    return httpx.post(f"{url}/v1/collections/pics/images", files=[("images", (f"n{seed}.png", png(seed), "image/png"))],
+                      headers=AUTH, timeout=60)
+
+
+def stored_images(engine) -> int:
+    with engine.connect() as conn:
+        return conn.scalar(sa.text("SELECT count(*) FROM images"))
+
+
+@pytest.mark.parametrize("deep", [False, True], ids=["socket-in-pgdata", "long-path-private-socket-dir"])
+def test_an_embedded_server_that_stops_is_started_again(deep, monkeypatch, one_torch_thread):
+    """A clean stop (pg_ctl stop, as an operator would) and a crash (kill -9 of the postmaster)
+    under a running server: writes succeed again within seconds, nothing written before is lost,
+    and the server keeps its address (its socket's folder)."""
+    home = private_folder("iwan-test-") / ("l" * 90 if deep else "") / "home"
+    monkeypatch.setenv("IWAN_HOME", str(home))
+    served = dataclasses.replace(settings(), api_key=KEY)
+    pgdata = served.pgdata
+    engine = make_engine(settings=served)
+    try:
+        migrate.upgrade(engine)
+        collection = make_collection(engine, home, "pics", [(f"img{i}.png", png(i)) for i in range(3)])
+        app = create_app(engine, [collection], settings=served)
+        socket_dir = Path(engine.url.query["host"])
+        assert (socket_dir == pgdata) is not deep
+        with running(app) as url:
+            assert add(url, 60).status_code == 201
+
+            first = embedded.server_pid(pgdata)
+            embedded._run_as(embedded._server_user(),
+                             [embedded._pg("pg_ctl"), "-D", str(pgdata.resolve()), "-w", "-m", "fast", "stop"])
+            assert embedded.server_pid(pgdata) is None
+            stopped = time.monotonic()
+            assert eventually(lambda: add(url, 61).status_code == 201, BACK_SECONDS), "writes never came back"
+            assert time.monotonic() - stopped < BACK_SECONDS
+            assert embedded.server_pid(pgdata) not in (None, first)
+            assert stored_images(engine) == 5
+
+            # A crash, and no request meanwhile: the collection's follower finds the server gone.
+            second = embedded.server_pid(pgdata)
+            os.kill(second, signal.SIGKILL)
+            assert eventually(lambda: embedded.server_pid(pgdata) not in (None, second), BACK_SECONDS), \
+                "the killed server was not started again"
+            assert eventually(lambda: add(url, 62).status_code == 201, BACK_SECONDS)
+            assert stored_images(engine) == 6
+            assert httpx.get(f"{url}/v1/collections").json()[0]["size"] == 6
+            assert (pgdata / "postmaster.pid").read_text().splitlines()[4] == str(socket_dir)
+            assert eventually(lambda: collection.following, BACK_SECONDS), "the follower did not reconnect"
+        collection.close()
+    finally:
+        engine.dispose()
+        embedded.stop(pgdata)
 
 
 class Server:

@@ -18,23 +18,45 @@ def images() -> None:
 @click.argument("name")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--label", help="A label recorded with every image added.")
+@click.option("--ray", "ray_address", metavar="ADDRESS",
+              help="Decode and encode on the Ray cluster at ADDRESS (its head's host:port) [default: IWAN_RAY_ADDRESS].")
 @click.option("--json", "as_json", is_flag=True)
 @pass_context
-def add(ctx: CliContext, name, paths, label, as_json) -> None:
+def add(ctx: CliContext, name, paths, label, ray_address, as_json) -> None:
     """Add image files (or every file under folders) to collection NAME.
 
     Each is decoded, predicted with the collection's predictor, encoded with its hash model and
     stored with its bytes; every batch commits whole or not at all. Files that are not images
     are skipped with the reason; the same bytes are stored once."""
-    from tqdm import tqdm
-
     from iwan.collections import ingest as uploads
     from iwan.db import collections as store
-    from iwan.vision.encoder import Encoder
 
     engine = ctx.engine()
     collection = store.get(engine, name)
     files = list(uploads.expand_paths(paths))
+    address = ray_address or ctx.settings.ray_address
+    if address:
+        from iwan.collections import distributed
+
+        try:
+            with distributed.Cluster(address) as cluster:
+                report = distributed.add_paths(engine, cluster, name, files, distributed.PredictorSpec(collection.predictor),
+                                               label, progress=not as_json, settings=ctx.settings)
+        except distributed.ClusterError as err:
+            raise click.ClickException(str(err)) from None
+    else:
+        report = _add_here(ctx, name, collection, files, label, as_json)
+    _show(report, name, as_json)
+
+
+def _add_here(ctx: CliContext, name, collection, files, label, as_json):
+    """The files added in this process, batch after batch."""
+    from tqdm import tqdm
+
+    from iwan.collections import ingest as uploads
+    from iwan.vision.encoder import Encoder
+
+    engine = ctx.engine()
     encoder = Encoder(collection.predictor, collection.hash_model, settings=ctx.settings)
     report = uploads.AddReport()
     with tqdm(total=len(files), desc=f"add to {name}", unit="file", disable=as_json or len(files) < 2) as bar:
@@ -51,6 +73,10 @@ def add(ctx: CliContext, name, paths, label, as_json) -> None:
             report.skipped += part.skipped
             report.near_duplicates += part.near_duplicates
             bar.update(len(chunk))
+    return report
+
+
+def _show(report, name: str, as_json: bool) -> None:
     if as_json:
         emit_json(report.as_dict())
         return

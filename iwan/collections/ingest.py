@@ -25,7 +25,7 @@ from iwan.config import Settings
 from iwan.db import collections as store
 from iwan.db.engine import DatabaseError
 from iwan.vision.decode import DecodePolicy, MemoryBudget, decode_image
-from iwan.vision.encoder import Encoder
+from iwan.vision.encoder import Encoded, Encoder
 
 BATCH_SIZE = 256
 """Files decoded, predicted and committed together: one transaction each."""
@@ -169,50 +169,82 @@ def add_files(
 def _add_batch(engine: Engine, name: str, collection: store.Collection, files: list[tuple[str, bytes]], encoder: Encoder,
                label: str | None, report: AddReport, policy: DecodePolicy, budget: MemoryBudget | None,
                image_dir: Path) -> None:
-    from iwan.db.codes import write_codes
-    from iwan.db.predictions import write_predictions
+    fresh = decode_batch(files, policy, budget, report)
+    if not fresh:
+        return
+    encoded = encoder.encode([cast(np.ndarray, item.pixels) for item in fresh], budget)
+    store_batch(engine, name, collection, [(item, files[item.index][1]) for item in fresh], encoded,
+                encoder.predictor_name, label, report, image_dir)
 
+
+@dataclass(frozen=True)
+class DecodedFile:
+    """A file of a batch that decoded, the first with its bytes."""
+
+    index: int
+    """Its place in the batch's files."""
+    file_name: str
+    sha256: str
+    media_type: str
+    size: int
+    pixels: np.ndarray | None
+    """uint8 (H, W, 3); None once encoded (what a cluster's worker hands back)."""
+
+
+def decode_batch(files: list[tuple[str, bytes]], policy: DecodePolicy, budget: MemoryBudget | None,
+                 report: AddReport) -> list[DecodedFile]:
+    """The files of a batch that decode under `policy`, each bytes once, in order; the others
+    are reported as skipped with the reason."""
     decoded = []
-    for file_name, data in files:
+    for index, (file_name, data) in enumerate(files):
         try:
             image = decode_image(data, file_name, policy, budget)
         except ValueError as err:  # the file is named in the report already
             report.skipped.append((file_name, str(err).removeprefix(f"{file_name}: ")))
             continue
-        decoded.append((file_name, data, image.pixels, image.media_type, hashlib.sha256(data).hexdigest()))
-    fresh = _first_of_each(decoded, report)
-    if not fresh:
-        return
-    encoded = encoder.encode([item[2] for item in fresh], budget)
+        decoded.append(DecodedFile(index, file_name, hashlib.sha256(data).hexdigest(), image.media_type, len(data),
+                                   image.pixels))
+    return _first_of_each(decoded, report)
+
+
+def store_batch(engine: Engine, name: str, collection: store.Collection, fresh: list[tuple[DecodedFile, bytes]],
+                encoded: Encoded, predictor_name: str, label: str | None, report: AddReport, image_dir: Path) -> None:
+    """Store a decoded and encoded batch in one transaction: the files' bytes in `image_dir`, new
+    images with ids ascending in batch order, their predictions and codes, memberships and one
+    change; bytes the collection holds already are reported as skipped."""
+    from iwan.db.codes import write_codes
+    from iwan.db.predictions import write_predictions
+
     like = None
     if encoded.codes is not None:
         like = near_duplicates(engine, collection, cast(np.ndarray, encoded.embeddings), encoded.codes)
     with engine.begin() as conn:
-        store.lock_files(conn, [item[4] for item in fresh], shared=True)
-        for _, data, _, _, sha in fresh:
-            write_file(sha, data, image_dir)
+        store.lock_files(conn, [item.sha256 for item, _ in fresh], shared=True)
+        for item, data in fresh:
+            write_file(item.sha256, data, image_dir)
         store.lock(conn, name)
-        known = store.existing_files(conn, collection.id, [item[4] for item in fresh])
-        keep = [i for i, item in enumerate(fresh) if item[4] not in known]
-        for item in fresh:
-            if item[4] in known:
-                report.skipped.append((item[0], f"the same bytes are already image {known[item[4]]} of {name!r}"))
+        known = store.existing_files(conn, collection.id, [item.sha256 for item, _ in fresh])
+        keep = [i for i, (item, _) in enumerate(fresh) if item.sha256 not in known]
+        for item, _ in fresh:
+            if item.sha256 in known:
+                report.skipped.append((item.file_name, f"the same bytes are already image {known[item.sha256]} of {name!r}"))
         if not keep:
             return
-        rows = [fresh[i] for i in keep]
+        rows = [fresh[i][0] for i in keep]
         ids = store.insert_uploads(conn, collection.id, [
-            {"sha256": sha, "media_type": media_type, "size": len(data), "file_name": file_name, "label": label}
-            for file_name, data, _, media_type, sha in rows
+            {"sha256": item.sha256, "media_type": item.media_type, "size": item.size, "file_name": item.file_name,
+             "label": label}
+            for item in rows
         ])
-        write_predictions(conn, encoder.predictor_name, ids, encoded.class_indices[keep], encoded.probabilities[keep])
+        write_predictions(conn, predictor_name, ids, encoded.class_indices[keep], encoded.probabilities[keep])
         if encoded.codes is not None:
             # The encoder is the collection's: codes, with their embeddings, come only from its hash model.
             hash_model, embeddings = cast(str, collection.hash_model), cast(np.ndarray, encoded.embeddings)
             write_codes(conn, hash_model, ids, embeddings[keep], encoded.codes[keep])
         report.seqs.append(store.log_change(conn, collection.id, "add", ids))
-    report.added += [(int(i), item[0]) for i, item in zip(ids, rows)]
+    report.added += [(int(i), item.file_name) for i, item in zip(ids, rows)]
     if like is not None:
-        report.near_duplicates += [(item[0], int(i), cast(int, like[j])) for i, item, j in zip(ids, rows, keep)
+        report.near_duplicates += [(item.file_name, int(i), cast(int, like[j])) for i, item, j in zip(ids, rows, keep)
                                    if like[j] is not None]
 
 
@@ -245,15 +277,15 @@ def near_duplicates(engine: Engine, collection: store.Collection, embeddings: np
     return out
 
 
-def _first_of_each(decoded: list, report: AddReport) -> list:
+def _first_of_each(decoded: list[DecodedFile], report: AddReport) -> list[DecodedFile]:
     """The files of a batch with distinct bytes; later copies are reported as skipped."""
     first: dict[str, str] = {}
     fresh = []
     for item in decoded:
-        if item[4] in first:
-            report.skipped.append((item[0], f"the same bytes as {first[item[4]]}, added once"))
+        if item.sha256 in first:
+            report.skipped.append((item.file_name, f"the same bytes as {first[item.sha256]}, added once"))
         else:
-            first[item[4]] = item[0]
+            first[item.sha256] = item.file_name
             fresh.append(item)
     return fresh
 

@@ -348,6 +348,22 @@ class LiveCollection:
         `exclude_labels`; None when neither filter is given (every image)."""
         if labels is None and exclude_labels is None:
             return None
+        members, by_label = self._by_label()
+        empty = np.zeros(0, dtype=np.int64)
+        kept = members.ids if labels is None else np.unique(np.concatenate([empty, *(by_label.get(x, empty) for x in labels)]))
+        if exclude_labels:
+            kept = np.setdiff1d(kept, np.concatenate([empty, *(by_label.get(x, empty) for x in exclude_labels)]))
+        return kept
+
+    def label_counts(self) -> list[tuple[str, int]]:
+        """(label, how many images carry it) of every label the collection's images have, the most
+        frequent first (then by label); images without a label are not counted."""
+        _, by_label = self._by_label()
+        counts = [(label, len(ids)) for label, ids in by_label.items() if label is not None]
+        return sorted(counts, key=lambda item: (-item[1], item[0]))
+
+    def _by_label(self) -> tuple[_Members, dict[str | None, np.ndarray]]:
+        """The members and each label's ascending image ids, built once per change of the members."""
         with self._lock:
             members = self._members
             index = self._label_index
@@ -357,11 +373,7 @@ class LiveCollection:
                     by_label.setdefault(label, []).append(image_id)
                 index = (members, {label: np.array(ids, dtype=np.int64) for label, ids in by_label.items()})
                 self._label_index = index
-        empty = np.zeros(0, dtype=np.int64)
-        kept = members.ids if labels is None else np.unique(np.concatenate([empty, *(index[1].get(x, empty) for x in labels)]))
-        if exclude_labels:
-            kept = np.setdiff1d(kept, np.concatenate([empty, *(index[1].get(x, empty) for x in exclude_labels)]))
-        return kept
+            return index
 
     def explain_examples(self, examples: Examples, k: int, *, method: str | None = None, among=None,
                          exclude=None) -> Explained:

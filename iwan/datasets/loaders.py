@@ -77,6 +77,54 @@ def load_dataset(spec: str, split: str, limit: int | None = None, *, settings: S
     return _take(dataset, limit)
 
 
+@dataclass(frozen=True)
+class ImageListing:
+    """A split's images as a list, for workers elsewhere to decode: the files of an image folder
+    (not decoded here), or the pixels of a data set without files (the CIFAR pickles); with
+    their labels, as `iwan.db.images.register` reads them."""
+
+    name: str
+    split: str
+    fine_labels: np.ndarray
+    coarse_labels: np.ndarray | None
+    class_names: list[str]
+    coarse_class_names: list[str] | None
+    paths: list[Path] | None
+    """The image files, in the data set's order; None when `images` holds the pixels."""
+    images: np.ndarray | None
+    """uint8 (N, H, W, 3) of a data set without files; None for an image folder."""
+
+    def __len__(self) -> int:
+        return len(self.fine_labels)
+
+
+def list_dataset(spec: str, split: str, limit: int | None = None, *, settings: Settings) -> ImageListing:
+    """The split that `spec` names as `load_dataset` reads it (same order, labels, name), without
+    decoding its files: an image folder (or CIFAR-10 as JPEGs) lists its files, the CIFAR
+    pickles give their pixels."""
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit={limit} must be >= 0 (or None for the whole split)")
+    kind, _, arg = spec.partition(":")
+    folder = None
+    if kind == "imagefolder" and arg:
+        path = Path(arg).expanduser()
+        if not path.is_dir():
+            raise DatasetNotFoundError(f"image folder {path} does not exist: pass a folder of class folders")
+        folder, name = _image_folder_split(path, split), registered_name(f"imagefolder:{path}")
+    elif kind == "cifar10" and not arg:
+        _check_cifar_split(split)
+        root = settings.data_dir
+        if not (root / "cifar-10-batches-py").is_dir() and (root / CIFAR10_JPEGS).is_dir():
+            folder, name = _image_folder_split(root / CIFAR10_JPEGS, split), "cifar10"
+    if folder is None:
+        dataset = load_dataset(spec, split, limit, settings=settings)
+        return ImageListing(dataset.name, dataset.split, dataset.fine_labels, dataset.coarse_labels,
+                            dataset.class_names, dataset.coarse_class_names, None, dataset.images)
+    classes, files, labels = _list_images(folder)
+    n = len(files) if limit is None else min(limit, len(files))
+    return ImageListing(name, split, labels[:n], None, classes, None, files[:n], None)
+
+
 def registered_name(spec: str) -> str:
     """The name a data set is registered under in the database.
 

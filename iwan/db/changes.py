@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 import psycopg
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from iwan.db.collections import CHANNEL
@@ -30,9 +31,19 @@ WAKE_SECONDS = 0.25
 """How often the listening loop checks whether it should stop."""
 
 
-def libpq_url(engine: Engine) -> str:
-    """The engine's database as a URL psycopg connects to directly (password included)."""
-    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+def listening_connection(engine: Engine) -> psycopg.Connection:
+    """A connection of its own for LISTEN (autocommit, out of the engine's pool), made as the
+    engine makes its connections: through its connect step, which starts an embedded server
+    again that stopped, and with its timeout."""
+    pooled = engine.raw_connection()
+    conn = pooled.driver_connection
+    if not isinstance(conn, psycopg.Connection):
+        pooled.close()
+        raise TypeError(f"following changes needs the psycopg driver, not {engine.dialect.driver}")
+    pooled.detach()
+    conn.rollback()
+    conn.autocommit = True
+    return conn
 
 
 class Follower(threading.Thread):
@@ -40,7 +51,7 @@ class Follower(threading.Thread):
 
     def __init__(self, engine: Engine, collection_id: int, catch_up: Callable[[], object], poll_seconds: float = POLL_SECONDS):
         super().__init__(name=f"iwan-follower-{collection_id}", daemon=True)
-        self.url = libpq_url(engine)
+        self.engine = engine
         self.collection_id = collection_id
         self.catch_up = catch_up
         self.poll_seconds = poll_seconds
@@ -58,13 +69,13 @@ class Follower(threading.Thread):
         failures = 0
         while not self._halt.is_set():
             try:
-                with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
+                with listening_connection(self.engine) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self._safe_catch_up()
                     self.connected.set()
                     failures = 0
                     self._listen(conn)
-            except psycopg.OperationalError as err:
+            except (psycopg.OperationalError, sa.exc.OperationalError) as err:
                 if self._halt.is_set():
                     break
                 if self.connected.is_set():

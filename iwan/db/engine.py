@@ -35,8 +35,8 @@ class DatabaseError(RuntimeError):
 
 
 @cache
-def _embedded_uri(pgdata: Path, connect_timeout: int = DEFAULT_CONNECT_TIMEOUT_S) -> str:
-    """Start (or join) the embedded PostgreSQL at `pgdata` and ensure the iwan database exists.
+def _embedded_server(pgdata: Path, connect_timeout: int = DEFAULT_CONNECT_TIMEOUT_S) -> embedded.Server:
+    """Start (or join) the embedded PostgreSQL of `pgdata` and ensure the iwan database exists.
 
     The server stops when the last process using it exits; its data stays for later runs. The
     cluster's lock makes concurrent first runs wait for each other instead of racing.
@@ -56,7 +56,40 @@ def _embedded_uri(pgdata: Path, connect_timeout: int = DEFAULT_CONNECT_TIMEOUT_S
             admin.dispose()
     except embedded.EmbeddedServerError as err:
         raise DatabaseError(str(err)) from None
-    return server.url(EMBEDDED_DATABASE)
+    return server
+
+
+def _embedded_uri(pgdata: Path, connect_timeout: int = DEFAULT_CONNECT_TIMEOUT_S) -> str:
+    """The URL of the iwan database on the embedded PostgreSQL of `pgdata`, started as needed."""
+    return _embedded_server(pgdata, connect_timeout).url(EMBEDDED_DATABASE)
+
+
+def _cluster(settings: Settings) -> Path:
+    """The embedded cluster's name: `pgdata` in the resolved home, itself not resolved (as root it
+    may link to where the server's user can reach the data; the secret lies beside the name)."""
+    return settings.pgdata.parent.resolve() / settings.pgdata.name
+
+
+class _Reviving:
+    """The embedded server's connect step (SQLAlchemy's do_connect): a connection that fails
+    because the server stopped (stopped by hand, crashed, killed) starts it again through
+    embedded.revive and is tried once more; the server's socket folder is followed if it moved."""
+
+    def __init__(self, pgdata: Path, server: embedded.Server):
+        self.pgdata = pgdata
+        self.socket_dir = server.socket_dir
+
+    def __call__(self, dialect, record, cargs: list, cparams: dict):
+        cparams["host"] = str(self.socket_dir)
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except dialect.loaded_dbapi.OperationalError:
+            server = embedded.revive(self.pgdata, self.socket_dir)
+            if server is None:
+                raise
+            self.socket_dir = server.socket_dir
+            cparams["host"] = str(server.socket_dir)
+            return dialect.connect(*cargs, **cparams)
 
 
 def _sqlalchemy_url(url: str) -> str:
@@ -77,7 +110,7 @@ def database_url(url: str | None = None, *, settings: Settings | None = None) ->
     configured = url or settings.database_url
     if configured:
         return _sqlalchemy_url(configured)
-    return _embedded_uri(settings.pgdata.resolve(), settings.connect_timeout)
+    return _embedded_uri(_cluster(settings), settings.connect_timeout)
 
 
 def safe_url(text: str) -> str:
@@ -94,11 +127,17 @@ def _connect_args(connect_timeout: int) -> dict:
 def make_engine(url: str | None = None, *, settings: Settings | None = None) -> Engine:
     """An engine on `url`, else the settings' database (an external PostgreSQL, or the embedded
     server under their home); connection failures become DatabaseError. Given no settings, they
-    are read from the environment (IWAN_DATABASE_URL, else the embedded server): an entry point."""
+    are read from the environment (IWAN_DATABASE_URL, else the embedded server): an entry point.
+
+    A dropped connection is replaced on its next use (pool_pre_ping): an external server that
+    restarted is reconnected to; an embedded one that stopped is started again first."""
     settings = settings or config.settings()
     resolved = database_url(url, settings=settings)
     try:
         engine = sa.create_engine(resolved, pool_pre_ping=True, connect_args=_connect_args(settings.connect_timeout))
+        if not (url or settings.database_url):
+            cluster = _cluster(settings)
+            sa.event.listen(engine, "do_connect", _Reviving(cluster, _embedded_server(cluster, settings.connect_timeout)))
         with engine.connect():
             pass
     except (sa.exc.DBAPIError, sa.exc.ArgumentError, ValueError) as err:

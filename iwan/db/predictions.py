@@ -116,12 +116,34 @@ def replace_predictions(engine: Engine, model: str, ids: np.ndarray, indices: np
 
 def write_predictions(conn: sa.Connection, model: str, ids: np.ndarray, indices: np.ndarray, probabilities: np.ndarray) -> None:
     """Insert the top classes of these images inside the caller's transaction."""
+    _copy_predictions(conn, "predictions", model, ids, indices, probabilities)
+
+
+def merge_predictions(conn: sa.Connection, model: str, ids: np.ndarray, indices: np.ndarray,
+                      probabilities: np.ndarray) -> int:
+    """Insert the top classes of those of these images that have none of `model` yet, inside the
+    caller's transaction; the number of images written. A batch written twice (a retried task of
+    a cluster's worker, two runs at once) leaves the rows of the first: COPY into a temporary
+    table, then one INSERT ... ON CONFLICT DO NOTHING."""
+    conn.execute(sa.text(
+        "CREATE TEMP TABLE IF NOT EXISTS staged_predictions (LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    ))
+    _copy_predictions(conn, "staged_predictions", model, ids, indices, probabilities)
+    written = conn.execute(sa.text(
+        "INSERT INTO predictions SELECT * FROM staged_predictions ON CONFLICT (model, image_id, rank) DO NOTHING"
+    )).rowcount
+    return written // max(1, min(STORED_PREDICTIONS, indices.shape[1]))
+
+
+def _copy_predictions(conn: sa.Connection, table: str, model: str, ids: np.ndarray, indices: np.ndarray,
+                      probabilities: np.ndarray) -> None:
     top = min(STORED_PREDICTIONS, indices.shape[1])
     # An open connection of the psycopg dialect always holds its DBAPI connection (None only once closed).
     driver = cast("psycopg.Connection[Any]", conn.connection.driver_connection)
     cursor = driver.cursor()
-    with cursor.copy("COPY predictions (model, image_id, rank, class_index, probability) FROM STDIN") as copy:
-        for image_id, row_indices, row_probabilities in zip(ids.tolist(), indices[:, :top].tolist(), probabilities[:, :top].tolist()):
+    with cursor.copy(f"COPY {table} (model, image_id, rank, class_index, probability) FROM STDIN") as copy:
+        for image_id, row_indices, row_probabilities in zip(np.asarray(ids).tolist(), indices[:, :top].tolist(),
+                                                            probabilities[:, :top].tolist()):
             for rank, (class_index, probability) in enumerate(zip(row_indices, row_probabilities)):
                 copy.write_row((model, image_id, rank, class_index, probability))
 

@@ -129,6 +129,18 @@ class CollectionOut(BaseModel):
     default_method: str
 
 
+class LabelCount(BaseModel):
+    label: str
+    count: int
+
+
+class LabelsOut(BaseModel):
+    labels: list[LabelCount]
+    """The most frequent first, at most `limit` of them."""
+    distinct: int
+    """How many labels the collection has in all."""
+
+
 class WordProbability(BaseModel):
     word: str
     probability: float
@@ -153,9 +165,20 @@ class Skipped(BaseModel):
     reason: str
 
 
+class NearDuplicate(BaseModel):
+    file: str
+    image_id: int
+    """The image stored from `file`."""
+    of: int
+    """The image the collection already held that it nearly duplicates."""
+
+
 class AddResponse(BaseModel):
     added: list[Added]
     skipped: list[Skipped]
+    near_duplicates: list[NearDuplicate]
+    """Added images whose code and embedding are near-identical to an image held before (as
+    collapse_duplicates compares them); empty for a collection without a hash model."""
 
 
 class Status(BaseModel):

@@ -44,6 +44,8 @@ router = APIRouter()
 THUMBNAIL_PIXELS = 256
 MAX_LABEL_CHARS = 200
 MAX_FILES = 1000
+DEFAULT_LABELS_LISTED = 1000
+MAX_LABELS_LISTED = 10_000
 
 PAGE_POLICY = (
     "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
@@ -153,6 +155,20 @@ async def list_served(service: ServiceDep) -> list[models.CollectionOut]:
                              methods=list(c.methods), default_method=c.default_method)
         for c in sorted(service.collections.values(), key=lambda c: c.name)
     ]
+
+
+@router.get("/v1/collections/{name}/labels", response_model=models.LabelsOut, tags=["search"], responses={**UNKNOWN})
+def collection_labels(
+    name: CollectionName,
+    service: ServiceDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_LABELS_LISTED, description="How many labels at most")] = DEFAULT_LABELS_LISTED,
+) -> models.LabelsOut:
+    """The labels of the collection's images with how many carry each, the most frequent first:
+    what a search's `labels` and `exclude_labels` choose from. (A thread: the first call after a
+    change counts the labels of every image.)"""
+    counts = service.collection(name).label_counts()
+    return models.LabelsOut(labels=[models.LabelCount(label=label, count=n) for label, n in counts[:limit]],
+                            distinct=len(counts))
 
 
 SearchForm = models.SearchFilters
@@ -390,6 +406,7 @@ def _add(service: Service, collection, files: list[tuple[str, bytes]], label: st
     return models.AddResponse(
         added=[models.Added(image_id=int(i), file=f) for i, f in report.added],
         skipped=skipped + [models.Skipped(file=f, reason=r) for f, r in report.skipped],
+        near_duplicates=[models.NearDuplicate(file=f, image_id=int(i), of=int(o)) for f, i, o in report.near_duplicates],
     )
 
 

@@ -231,12 +231,12 @@ class _OnnxRunner:
     device = torch.device("cpu")
     """Where the inputs are prepared; ONNX Runtime copies them to its own device."""
 
-    def __init__(self, path: Path, device: torch.device | None):
+    def __init__(self, path: Path, device: torch.device | None, threads: int | None = None):
         import onnxruntime as ort
 
         has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
         options = ort.SessionOptions()
-        options.intra_op_num_threads = len(os.sched_getaffinity(0))
+        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle threads sleep instead of spinning: on a shared CPU spinning burns others' time
@@ -388,6 +388,7 @@ def load_predictor(
     interpolation: str | None = None,
     image_size: int | None = None,
     precision: str | None = None,
+    threads: int | None = None,
     *,
     settings: Settings | None = None,
 ) -> Predictor:
@@ -398,7 +399,9 @@ def load_predictor(
     backend): bf16 by default on CPUs that compute it natively (fast, but it moves ~8% of
     top-1 classes on 32 px CIFAR), fp32 elsewhere; the onnx backend is always fp32. `settings`:
     where ResNet-50's pretrained weights are kept and come from, and where ONNX graphs are
-    exported; read from the environment when not given.
+    exported; read from the environment when not given. `threads` (onnx backend): the threads
+    a pass uses, by default one per CPU this process may run on (a cluster's one-CPU worker
+    gives 1, so that its passes do not crowd out its neighbours').
     """
     settings = settings or config.settings()
     arch = ARCHITECTURES.get(name)
@@ -431,6 +434,6 @@ def load_predictor(
         if precision not in (None, "fp32"):
             raise ValueError(f"precision {precision!r} needs backend torch: the onnx backend runs fp32")
         graph_key = f"{arch.name}|{weights_id}|{image_size}"
-        runner = _OnnxRunner(_onnx_model(arch, graph_key, build, image_size, settings.model_dir), device)
+        runner = _OnnxRunner(_onnx_model(arch, graph_key, build, image_size, settings.model_dir), device, threads)
     key = f"{arch.name}|{weights_id}|{image_size}|{interpolation}|{backend}|{runner.precision}"
     return Predictor(arch, runner, interpolation, image_size, key)

@@ -1,0 +1,222 @@
+"""Ingestion on a real local Ray cluster (a head and one worker node, separate processes started
+here): what `iwan predict` and `iwan images add` store through Ray equals, row by row, what they
+store in one process, also when the worker node is killed during the run."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from conftest import _fresh_database
+from livedata import HASH_MODEL, PREDICTOR, load_norms, png, save_hash_model, tiny_encoder, tiny_predictor
+from PIL import Image
+from raycluster import REPO, LocalCluster
+
+from iwan.collections import distributed
+from iwan.config import settings as current_settings
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="Ray is not installed: pip install 'iwan[ray]' (README \"Ingestion on Ray\")")
+TINY = distributed.PredictorSpec(PREDICTOR, backend="torch", pretrained=False, image_size=32, precision="fp32")
+TABLES = {
+    "images": "id, dataset, split, position, fine_label, coarse_label, path",
+    "dataset_classes": "dataset, granularity, label, name",
+    "classifier_classes": "model, class_index, name",
+    "predictions": "model, image_id, rank, class_index, probability",
+    "hash_codes": "model, image_id, code::text, embedding::text",
+    "image_files": "image_id, sha256, media_type, size, file_name, label",
+    "collection_images": "image_id",
+}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("Ray is not installed: pip install 'iwan[ray]' (README \"Ingestion on Ray\")")
+    with LocalCluster(workers=1) as local:
+        yield local
+
+
+@pytest.fixture
+def other_database(_template_database):
+    """A second fresh database: the single-process run's, beside the Ray run's."""
+    with _fresh_database(_template_database) as url:
+        engine = sa.create_engine(url)
+        yield engine
+        engine.dispose()
+
+
+def rows(engine) -> dict[str, list]:
+    with engine.connect() as conn:
+        return {table: conn.execute(sa.text(
+            f"SELECT {columns} FROM {table} ORDER BY {', '.join(map(str, range(1, columns.count(',') + 2)))}"
+        )).all() for table, columns in TABLES.items()}
+
+
+def image_folder(root: Path, per_class: int) -> Path:
+    """Three classes of distinct 32 px JPEGs."""
+    for label in range(3):
+        folder = root / "split" / f"class{label}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.asarray(Image.open(io.BytesIO(png(label * 1000 + i))))
+            Image.fromarray(pixels).save(folder / f"{i:04d}.jpg", quality=90)
+    return root
+
+
+def predict_here(engine, root: Path, batch_size: int) -> None:
+    from iwan.datasets.loaders import load_dataset
+    from iwan.db.predictions import predict_split
+
+    settings = current_settings()
+    dataset = load_dataset(f"imagefolder:{root}", "split", settings=settings)
+    predict_split(engine, tiny_predictor(), dataset, batch_size=batch_size, progress=False, cache_dir=settings.cache_dir)
+
+
+def predict_on_ray(engine, address: str, root: Path, batch_size: int):
+    from iwan.datasets.loaders import list_dataset
+
+    settings = current_settings()
+    listing = list_dataset(f"imagefolder:{root}", "split", settings=settings)
+    with distributed.Cluster(address) as cluster:
+        return distributed.predict_split(engine, cluster, TINY, listing, batch_size, progress=False, settings=settings)
+
+
+@needs_ray
+def test_predict_on_ray_stores_what_one_process_stores(cluster, engine, other_database, tmp_path, one_torch_thread):
+    root = image_folder(tmp_path / "images", per_class=20)
+    predict_here(other_database, root, batch_size=16)
+    summary = predict_on_ray(engine, cluster.address, root, batch_size=16)
+    assert (summary.images, summary.predicted, summary.skipped) == (60, 60, 0)
+    ray_rows, here_rows = rows(engine), rows(other_database)
+    assert len(ray_rows["predictions"]) == 60 * 10
+    assert ray_rows == here_rows
+    # A rerun finds everything done and writes nothing twice.
+    again = predict_on_ray(engine, cluster.address, root, batch_size=16)
+    assert (again.predicted, again.skipped) == (0, 60) and rows(engine) == here_rows
+
+
+@needs_ray
+def test_images_add_on_ray_stores_what_one_process_stores(cluster, engine, other_database, tmp_path, monkeypatch,
+                                                          one_torch_thread):
+    from iwan.collections import ingest
+    from iwan.collections.live import create_collection
+
+    monkeypatch.setenv("IWAN_HOME", str(tmp_path / "home"))
+    save_hash_model(tmp_path / "home")
+    files = tmp_path / "files"
+    files.mkdir()
+    for seed in range(12):
+        (files / f"{seed:02d}.png").write_bytes(png(seed))
+    (files / "03-copy.png").write_bytes(png(3))
+    (files / "notes.txt").write_text("not an image")
+    paths = sorted(files.iterdir())
+    settings = current_settings()
+    for db in (engine, other_database):
+        load_norms(db, tmp_path)
+        create_collection(db, "photos", PREDICTOR, hash_model=HASH_MODEL)
+    here = ingest.add_files(other_database, "photos", [(str(p), p.read_bytes()) for p in paths], tiny_encoder(),
+                            "holiday", settings=settings)
+    with distributed.Cluster(cluster.address) as joined:
+        on_ray = distributed.add_paths(engine, joined, "photos", paths, TINY, "holiday", progress=False,
+                                       settings=settings)
+    assert on_ray.as_dict() == here.as_dict()
+    assert len(on_ray.added) == 12 and len(on_ray.skipped) == 2
+    ray_rows = rows(engine)
+    assert len(ray_rows["hash_codes"]) == 12
+    assert ray_rows == rows(other_database)
+
+
+DRIVER = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import test_ray_ingest as t
+from pathlib import Path
+import sqlalchemy as sa
+summary = t.predict_on_ray(sa.create_engine(sys.argv[2]), sys.argv[3], Path(sys.argv[4]), 1)
+print(json.dumps(summary.as_dict()))
+"""
+
+
+@needs_ray
+def test_a_worker_node_killed_during_predict_leaves_a_complete_equal_result(cluster, engine, other_database, tmp_path,
+                                                                            one_torch_thread):
+    root = image_folder(tmp_path / "images", per_class=60)
+    predict_here(other_database, root, batch_size=1)
+    url = engine.url.render_as_string(hide_password=False)
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(Path(__file__).parent), url, cluster.address, str(root)],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        with engine.connect() as conn:
+            while time.monotonic() < deadline and driver.poll() is None:
+                written = conn.scalar(sa.text("SELECT count(DISTINCT image_id) FROM predictions"))
+                conn.commit()
+                if written >= 20:
+                    break
+                time.sleep(0.05)
+        assert driver.poll() is None, f"the run ended before the kill: {driver.communicate()}"
+        assert written < 180, "the run was too far along to test the kill"
+        cluster.kill_worker(0)
+        out, err = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["images"] == 180 and summary["predicted"] + summary["skipped"] == 180
+    assert rows(engine) == rows(other_database)
+
+
+SINGLE = r"""
+import sys
+from iwan.cli import main
+sys.argv = ["iwan", "predict", "--dataset", "imagefolder:" + sys.argv[1], "--split", "split", "--limit", "3", "--json"]
+try:
+    main()
+finally:
+    print("ray imported" if "ray" in sys.modules else "no ray", file=sys.stderr)
+"""
+
+
+def test_without_an_address_predict_runs_here_and_never_imports_ray(database_url, engine, tmp_path):
+    root = image_folder(tmp_path / "images", per_class=1)
+    env = {k: v for k, v in os.environ.items() if k != "IWAN_RAY_ADDRESS"}
+    run = subprocess.run([sys.executable, "-c", SINGLE, str(root)], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, env={**env, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout)["predicted"] == 3
+    assert run.stderr.strip().splitlines()[-1] == "no ray"
+    with engine.connect() as conn:
+        assert conn.scalar(sa.text("SELECT count(DISTINCT image_id) FROM predictions")) == 3
+
+
+def test_an_address_where_no_cluster_runs_is_one_line_saying_so(database_url, tmp_path):
+    from click.testing import CliRunner
+
+    from iwan.cli import cli
+
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("Ray is not installed")
+    root = image_folder(tmp_path / "images", per_class=1)
+    result = CliRunner().invoke(cli, ["predict", "--dataset", f"imagefolder:{root}", "--split", "split",
+                                      "--ray", f"127.0.0.1:{_closed_port()}"])
+    assert result.exit_code != 0
+    assert "cannot join the Ray cluster" in result.output and "ray start --head" in result.output
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
