@@ -56,6 +56,10 @@ if [ "$profile" = local ]; then
     iwan search --words "cat:0.8,dog:0.2" --k 5
     iwan evaluate --dataset cifar10 --corpus train --queries test --predictor efficientnet-lite0 \
         --hash-model cifar10-hash --out "$results/cifar10-efficientnet-lite0"
+    # Queries of several examples (README "Queries of several examples, measured"): each test
+    # image with n-1 others of its class, n = 1, 3, 5, and 0 to 3 negatives of the most confused class.
+    iwan evaluate --dataset cifar10 --corpus train --queries test --predictor efficientnet-lite0 \
+        --hash-model cifar10-hash --examples 1,3,5 --negatives 1,2,3 --out "$results/cifar10-examples"
     # IWAN again, on the class words of the hash network's classification head.
     iwan evaluate --dataset cifar10 --corpus train --queries test --predictor cifar10-hash \
         --hash-model cifar10-hash --out "$results/cifar10-hash-words"
@@ -64,6 +68,8 @@ if [ "$profile" = local ]; then
     iwan predict --dataset "$sample" --split train --predictor efficientnet-lite0 --backend onnx
     iwan evaluate --dataset "$sample" --corpus train --queries train --methods iwan \
         --predictor efficientnet-lite0 --k 1,5,10,15,20 --out "$results/cifar100-sample-efficientnet-lite0"
+    iwan evaluate --dataset "$sample" --corpus train --queries train --methods iwan \
+        --predictor efficientnet-lite0 --examples 1,3,5 --negatives 1,2,3 --out "$results/cifar100-sample-examples"
     # The collection that `iwan serve` serves: CIFAR-10 train, live (images added and removed).
     if ! iwan collection show cifar10 --json >/dev/null 2>&1; then
         iwan collection create cifar10 --dataset cifar10 --split train \
@@ -78,6 +84,8 @@ else
     iwan index build --dataset cifar100 --split train --predictor resnet50
     iwan evaluate --dataset cifar100 --corpus train --queries test --predictor resnet50 \
         --hash-model cifar100-hash --out "$results/cifar100-resnet50"
+    iwan evaluate --dataset cifar100 --corpus train --queries test --predictor resnet50 \
+        --hash-model cifar100-hash --examples 1,3,5 --negatives 1,2,3 --out "$results/cifar100-examples"
     if ! iwan collection show cifar100 --json >/dev/null 2>&1; then
         iwan collection create cifar100 --dataset cifar100 --split train \
             --predictor resnet50 --hash-model cifar100-hash --json

@@ -50,23 +50,48 @@ def _int_list(ctx, param, value: str) -> tuple[int, ...]:
               help="Class hierarchy (parent-child pairs); default data/<dataset>/parent-child.txt.")
 @click.option("--sweep/--no-sweep", default=True, show_default=True, help="IWAN at topIWK 1..10 too.")
 @click.option("--gallery/--no-gallery", default=True, show_default=True, help="A picture of example queries.")
+@click.option("--examples", "example_counts", callback=_int_list, default="",
+              help="Queries of several examples instead: each query image with n-1 others of its class, for each n "
+                   "listed (e.g. 1,3,5; 1 is always measured); README \"Queries of several examples, measured\".")
+@click.option("--negatives", "negative_counts", callback=_int_list, default="",
+              help="With --examples: also with m negative examples of the most confused class, for each m listed.")
+@click.option("--seed", type=int, default=0, show_default=True, help="With --examples: the seed of the examples drawn.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Report folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @pass_context
 def evaluate(ctx: CliContext, spec, corpus_split, query_split, methods, ks, limit_queries, limit_corpus, predictor,
-             old_model, hash_model, top_iwk, top_wwk, strength, fusion, hierarchy, sweep, gallery, out, as_json) -> None:
-    """Score every method by mAP@k, mHP@k (the original's mAHP@k), Barz mAHP@k and time."""
-    from iwan.datasets.loaders import load_dataset
+             old_model, hash_model, top_iwk, top_wwk, strength, fusion, hierarchy, sweep, gallery, example_counts,
+             negative_counts, seed, out, as_json) -> None:
+    """Score every method by mAP@k, mHP@k (the original's mAHP@k), Barz mAHP@k and time; with
+    --examples, on queries of several examples."""
+    from iwan.datasets.loaders import load_dataset, registered_name
     from iwan.evaluation.runs import EvaluationSpec, run
 
     predictor = predictor or old_model or DEFAULT_PREDICTOR
-    corpus = load_dataset(spec, corpus_split, limit=limit_corpus, settings=ctx.settings)
+    if negative_counts and not example_counts:
+        raise click.UsageError("--negatives needs --examples (the numbers of positive examples measured)")
+    if any(n < 1 for n in example_counts) or any(m < 0 for m in negative_counts):
+        raise click.BadParameter("--examples counts must be >= 1 and --negatives counts >= 0")
+    # Queries of examples read only what the store holds (no gallery): the images are not loaded.
+    corpus = None if example_counts else load_dataset(spec, corpus_split, limit=limit_corpus, settings=ctx.settings)
     evaluation = EvaluationSpec(
-        dataset=corpus.name, corpus_split=corpus_split, query_split=query_split,
-        methods=tuple(m.strip() for m in methods.split(",") if m.strip()), ks=ks,
+        dataset=corpus.name if corpus is not None else registered_name(spec), corpus_split=corpus_split,
+        query_split=query_split, methods=tuple(m.strip() for m in methods.split(",") if m.strip()), ks=ks,
         limit_queries=limit_queries, limit_corpus=limit_corpus, predictor=predictor, hash_model=hash_model,
         top_iwk=top_iwk, top_wwk=top_wwk, strength=strength, fusion=fusion, hierarchy=hierarchy, sweep=sweep,
     )
+    if corpus is None:
+        from iwan.evaluation.examples import run_examples
+
+        measured = run_examples(ctx.engine(), evaluation, out, example_counts, negative_counts, seed,
+                                progress=not as_json)
+        if as_json:
+            emit_json(measured)
+            return
+        click.echo(f"report written to {out / 'report.md'}")
+        for note in measured["notes"]:
+            click.echo(note)
+        return
     images = None
     if gallery:
         queries = corpus if query_split == corpus_split else load_dataset(spec, query_split, limit=limit_queries,

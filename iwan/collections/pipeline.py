@@ -290,7 +290,8 @@ def stack(batches: list[Batch]) -> Batch:
         elif name in ("word_ids", "weights"):
             width = max(p.shape[1] for p in parts)
             fill = -1 if name == "word_ids" else 0.0
-            out[name] = np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=fill) for p in parts])
+            out[name] = np.concatenate([p if p.shape[1] == width else
+                                        np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=fill) for p in parts])
         else:
             out[name] = np.concatenate(parts)
     return Batch(**out)

@@ -130,11 +130,14 @@ def registered_name(spec: str) -> str:
 
     An image folder is named by its resolved path: two folders that share a last name
     (`/a/imgs`, `/b/imgs`) are different data sets, and `imagefolder:./imgs` is the same data
-    set wherever it is run from. Other specs name themselves.
+    set wherever it is run from. CIFAR-100 from a local copy (`cifar100:PATH`) is CIFAR-100, as
+    its loader names it. Other specs name themselves.
     """
     kind, _, arg = spec.partition(":")
     if kind == "imagefolder" and arg:
         return f"imagefolder:{Path(arg).expanduser().resolve()}"
+    if kind == "cifar100":
+        return kind
     return spec
 
 

@@ -8,7 +8,8 @@ read from the same ranking of length >= max(ks), and an int gives that axis sque
 A query must never count among its own results. When the corpus holds the queries, search with
 k + 1, strip the query with `remove_query_ids`, and pass `query_in_corpus=True` where a metric
 needs the corpus, so that R (the number of relevant corpus items) and the ideal ranking of
-hierarchical precision leave the query out as well.
+hierarchical precision leave the query out as well. A query that leaves several items of its
+class out (a query of examples held by the corpus) passes their count per query instead.
 """
 
 from __future__ import annotations
@@ -74,8 +75,7 @@ def relevant_counts(
 ) -> np.ndarray:
     """R per query: corpus items sharing the query's label, less the query itself when it is one."""
     query_labels = _check_query_labels(query_labels, len(histogram))
-    in_corpus = np.broadcast_to(np.asarray(query_in_corpus, dtype=bool), query_labels.shape)
-    r = histogram[query_labels] - in_corpus
+    r = histogram[query_labels] - _left_out(query_in_corpus, query_labels)
     if (r < 0).any():
         raise ValueError(
             "a query flagged as in the corpus has a label with no corpus items: pass "
@@ -355,15 +355,14 @@ def _hp_cumulative(
     top = np.asarray(retrieved_labels, dtype=np.int64)[:, :kmax]
     if top.max(initial=-1) >= n_classes:
         raise ValueError(f"retrieved label {top.max()} is outside the {n_classes} classes")
-    in_corpus = np.broadcast_to(np.asarray(query_in_corpus, dtype=bool), query_labels.shape)
-    relevant_counts(query_labels, histogram, in_corpus)
+    left_out = _left_out(query_in_corpus, query_labels)
+    relevant_counts(query_labels, histogram, left_out)
 
     gains = np.where(top >= 0, similarity[query_labels[:, None], np.maximum(top, 0)], 0.0)
     ideal = np.empty((len(query_labels), kmax))
-    for flag in (False, True):
-        rows = in_corpus == flag
-        if rows.any():
-            ideal[rows] = _ideal_cumulative(similarity, histogram, kmax, flag)[query_labels[rows]]
+    for count in np.unique(left_out).tolist():
+        rows = left_out == count
+        ideal[rows] = _ideal_cumulative(similarity, histogram, kmax, count)[query_labels[rows]]
     gained = np.cumsum(gains, axis=1)
     if (gained > ideal + 1e-9 * np.maximum(ideal, 1.0)).any():
         raise ValueError(
@@ -374,16 +373,16 @@ def _hp_cumulative(
 
 
 def _ideal_cumulative(
-    similarity: np.ndarray, histogram: np.ndarray, kmax: int, exclude_self: bool
+    similarity: np.ndarray, histogram: np.ndarray, kmax: int, left_out: int
 ) -> np.ndarray:
-    """Per query class, the best cumulative similarity at ranks 1..kmax, from class counts.
+    """Per query class, the best cumulative similarity at ranks 1..kmax, from class counts, with
+    `left_out` corpus items of the query's own class out of reach.
 
     Sorting classes rather than corpus items keeps this O(C^2) whatever the corpus size.
     """
     n_classes = len(histogram)
     counts = np.tile(histogram, (n_classes, 1))
-    if exclude_self:
-        counts[np.diag_indices(n_classes)] = np.maximum(histogram - 1, 0)
+    counts[np.diag_indices(n_classes)] = np.maximum(histogram - left_out, 0)
     order = np.argsort(-similarity, axis=1, kind="stable")
     sorted_sims = np.take_along_axis(similarity, order, axis=1)
     ends = np.cumsum(np.take_along_axis(counts, order, axis=1), axis=1)
@@ -396,6 +395,15 @@ def _ideal_cumulative(
     # Ranks past the end of the corpus (group == n_classes) add nothing.
     padded = np.hstack([sorted_sims, np.zeros((n_classes, 1))])
     return np.cumsum(np.take_along_axis(padded, group, axis=1), axis=1)
+
+
+def _left_out(query_in_corpus: bool | np.ndarray, query_labels: np.ndarray) -> np.ndarray:
+    """Per query, how many corpus items of its class it leaves out: 1 where `query_in_corpus` is
+    True, or the counts it gives (a query of examples leaves each example the corpus holds out)."""
+    given = np.asarray(query_in_corpus)
+    if given.dtype != bool and (not np.issubdtype(given.dtype, np.integer) or (given < 0).any()):
+        raise ValueError("query_in_corpus must be booleans or counts >= 0 of the items each query leaves out")
+    return np.broadcast_to(given.astype(np.int64), query_labels.shape)
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:

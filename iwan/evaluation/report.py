@@ -283,6 +283,83 @@ def plot_query_gallery(
     return _save(fig, path)
 
 
+def write_examples_report(results: Mapping, out: Path | str) -> dict[str, Path]:
+    """The report of queries of several examples (iwan.evaluation.examples): `report.md` (a table
+    per metric: methods by number of examples, then by number of negatives), `metrics.csv`,
+    `results.json` and `examples.png` (each metric against the number of examples, per method)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = results["runs"]
+    meta = results["metadata"]
+    ns, ms = meta["examples"], meta["negatives"]
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    value = {(r["method"], r["examples"], r["negatives"]): r["metrics"] for r in runs}
+    shown = [(metric, k) for metric, k in (("mAP", 20), ("Barz mAHP", 250), ("P", 20))
+             if k in runs[0]["metrics"].get(metric, {})]
+    figure = plot_examples(methods, ns, ms, value, shown, out / "examples.png")
+    lines = [f"# Queries of several examples: {meta['dataset']}", "", "## Setup", "", "| setting | value |",
+             "| --- | --- |"]
+    lines += [f"| {_cell(key)} | {_cell(v)} |" for key, v in _flatten(meta) if not key.startswith("most_confused")]
+    lines.append("")
+    if results.get("notes"):
+        lines += ["## Findings", ""] + [f"- {note}" for note in results["notes"]] + [""]
+    lines += ["Metric values are percentages, averaged over the queries; n is the number of positive examples, "
+              "m the number of negative ones.", ""]
+    for metric, k in shown:
+        lines += [f"## {metric}@{k}", "", "| method | m | " + " | ".join(f"n={n}" for n in ns) + " |",
+                  "| --- | ---: |" + " ---: |" * len(ns)]
+        for method in methods:
+            for m in ms:
+                lines.append(f"| {_cell(method)} | {m} | "
+                             + " | ".join(_percent(value[(method, n, m)][metric][k]) for n in ns) + " |")
+        lines.append("")
+    lines += ["## Search time (ms per query, in batches)", "", "| method | m | " + " | ".join(f"n={n}" for n in ns) + " |",
+              "| --- | ---: |" + " ---: |" * len(ns)]
+    times = {(r["method"], r["examples"], r["negatives"]): r["batch_ms_per_query"] for r in runs}
+    for method in methods:
+        for m in ms:
+            lines.append(f"| {_cell(method)} | {m} | " + " | ".join(f"{times[(method, n, m)]:.3f}" for n in ns) + " |")
+    lines.append("")
+    confused = meta.get("most_confused_class") or {}
+    if confused:
+        classes = list(next(iter(confused.values())))
+        lines += ["## Most confused class (the negatives' class), by the one-example search", "",
+                  "| class | " + " | ".join(_cell(m) for m in confused) + " |", "| --- |" + " --- |" * len(confused)]
+        lines += [f"| {_cell(c)} | " + " | ".join(_cell(confused[m][c]) for m in confused) + " |" for c in classes]
+        lines.append("")
+    lines += ["## Figures", "", f"![metrics against the number of examples]({figure.name})", ""]
+    paths = {"report": out / "report.md", "csv": out / "metrics.csv", "json": out / "results.json", "figure": figure}
+    paths["report"].write_text("\n".join(lines))
+    with paths["csv"].open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", "examples", "negatives", "metric", "k", "value"])
+        writer.writerows((r["method"], r["examples"], r["negatives"], metric, k, repr(v))
+                         for r in runs for metric, by_k in r["metrics"].items() for k, v in by_k.items())
+    _write_json(results, paths["json"])
+    return paths
+
+
+def plot_examples(methods: Sequence[str], ns: Sequence[int], ms: Sequence[int], value: Mapping,
+                  shown: Sequence[tuple[str, int]], path: Path | str) -> Path:
+    """One panel per (metric, k): the metric against the number of positive examples, a line per
+    method (solid without negatives, dashed with the most negatives measured)."""
+    fig = Figure(figsize=(4.5 * len(shown), 4.2))
+    axes = np.atleast_1d(fig.subplots(1, len(shown)))
+    colours = {method: f"C{i}" for i, method in enumerate(methods)}
+    for ax, (metric, k) in zip(axes, shown, strict=True):
+        for method in methods:
+            for m, style in ((0, "-"), *(((ms[-1], "--"),) if ms[-1] else ())):
+                ax.plot(ns, [value[(method, n, m)][metric][k] for n in ns], style, marker="o", color=colours[method],
+                        label=method if m == 0 else f"{method}, {m} negatives")
+        ax.set(title=f"{metric}@{k}", xlabel="positive examples (n)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Queries of several examples")
+    return _save(fig, path)
+
+
 def _check_results(results: Mapping) -> None:
     metrics = results.get("metrics") if isinstance(results, Mapping) else None
     if not isinstance(metrics, Mapping) or not metrics:

@@ -191,15 +191,18 @@ class Methods:
         return self.data.images(image_ids, fields=self.reads())
 
 
-def score(work: Workload, ranking: Ranking, ks: Sequence[int]) -> dict[str, dict[int, float]]:
-    """Every metric of one method at every cut-off, as the report expects."""
+def score(work: Workload, ranking: Ranking, ks: Sequence[int],
+          left_out: np.ndarray | None = None) -> dict[str, dict[int, float]]:
+    """Every metric of one method at every cut-off, as the report expects; `left_out` (q,): how
+    many corpus images of its class each query leaves out of its results (default: itself, where
+    it is in the corpus; a query of examples: each example the corpus holds)."""
     _, ids = ranking
     ks = sorted(ks)
     labels = metrics.labels_of(ids, work.corpus.fine_labels)
     query_labels = work.queries.fine_labels
     n_classes = work.similarity.shape[0]
     histogram = metrics.label_histogram(work.corpus.fine_labels, n_classes)
-    in_corpus = work.query_in_corpus
+    in_corpus = work.query_in_corpus if left_out is None else left_out
     relevant = metrics.relevant_counts(query_labels, histogram, query_in_corpus=in_corpus)
     hier = (labels, query_labels, work.similarity, histogram, ks)
     table = {
@@ -213,7 +216,8 @@ def score(work: Workload, ranking: Ranking, ks: Sequence[int]) -> dict[str, dict
     return {name: {k: float(v) for k, v in zip(ks, values)} for name, values in table.items()}
 
 
-def _cached(cache: Path, key: str, compute: Callable[[], tuple[Ranking, float]]) -> tuple[Ranking, float]:
+def cached_ranking(cache: Path, key: str, compute: Callable[[], tuple[Ranking, float]]) -> tuple[Ranking, float]:
+    """The ranking and its search seconds saved as cache/KEY.npz, else `compute`d and saved (whole or not at all)."""
     path = cache / f"{key}.npz"
     if path.is_file():
         with np.load(path) as saved:
@@ -336,22 +340,9 @@ def _subset(work: Workload, rows: np.ndarray) -> Workload:
     return Workload(work.corpus, queries, work.exclude[rows], work.similarity)
 
 
-def run(
-    engine: Engine,
-    spec: EvaluationSpec,
-    out: Path,
-    progress: bool = True,
-    gallery_images: tuple[np.ndarray, np.ndarray] | None = None,
-    metadata: dict | None = None,
-) -> dict:
-    """Evaluate every method of `spec`, write the report into `out`, return the results.
-
-    `gallery_images` = (corpus images, query images) in index order, for the picture of queries.
-    """
-    from iwan.evaluation.report import write_report
-
-    work = workload(engine, spec)
-    n, k_max = len(work.queries.ids), max(spec.ks)
+def build_methods(engine: Engine, spec: EvaluationSpec, work: Workload) -> tuple[Methods, dict]:
+    """Every method of `spec` built over the corpus (a fused one with its members, its weight
+    chosen on validation images for the weighted rule), and what the fusion report says."""
     built = [m for m in spec.methods if m != "fused"]
     if "fused" in spec.methods:
         built += [m for m in FUSED_MEMBERS if m not in built]
@@ -368,6 +359,26 @@ def run(
             "fused", methods.corpus, methods.data, members=[methods.retrievers[m] for m in FUSED_MEMBERS],
             fusion=spec.fusion, weights=weights,
         )
+    return methods, fusion_info
+
+
+def run(
+    engine: Engine,
+    spec: EvaluationSpec,
+    out: Path,
+    progress: bool = True,
+    gallery_images: tuple[np.ndarray, np.ndarray] | None = None,
+    metadata: dict | None = None,
+) -> dict:
+    """Evaluate every method of `spec`, write the report into `out`, return the results.
+
+    `gallery_images` = (corpus images, query images) in index order, for the picture of queries.
+    """
+    from iwan.evaluation.report import write_report
+
+    work = workload(engine, spec)
+    n, k_max = len(work.queries.ids), max(spec.ks)
+    methods, fusion_info = build_methods(engine, spec, work)
     queries = methods.queries(work.queries.ids)
     rankers = {m: Ranker(methods.retrievers[m], work, queries, work.exclude_ids) for m in spec.methods if m != "fused"}
     if "fused" in spec.methods:
@@ -395,7 +406,7 @@ def run(
     stored = stored_digest(engine, spec)
     for method, ranker in rankers.items():
         key = spec.key(method, stored) + ("-" + str(fusion_info.get("iwan_weight")) if method == "fused" else "")
-        ranking, seconds = _cached(cache, key, partial(_run_batch, ranker, labels[method], n, k_max, progress))
+        ranking, seconds = cached_ranking(cache, key, partial(_run_batch, ranker, labels[method], n, k_max, progress))
         rankings[method] = ranking
         results["metrics"][labels[method]] = score(work, ranking, spec.ks)
         latency = metrics.latency_summary(_single_latency(ranker, n, k_max))

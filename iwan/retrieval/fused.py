@@ -89,6 +89,17 @@ class FusedRetriever:
                 why["example"] = led.get(image_id)
         return fused
 
+    def search_examples(self, queries: Sequence[Examples], k: int, *,
+                        exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`explain_examples`'s scores and ids for many queries at once, without the reasons."""
+        depth = self.depth_factor * check_k(k)
+        rankings = []
+        for member in self.members:
+            if not isinstance(member, ExampleRetriever):
+                raise ValueError(f"the fused member {member.name!r} answers one example per query")
+            rankings.append(member.search_examples(queries, depth, exclude=exclude))
+        return fuse(rankings, k, rule=self.rule, weights=self.weights, k0=self.k0)
+
     def _fused(self, found: list[Explained], k: int) -> Explained:
         """The members' explained rankings fused, each hit explained by what they found."""
         scores, ids = fuse([(f.scores, f.ids) for f in found], k, rule=self.rule, weights=self.weights, k0=self.k0)

@@ -12,13 +12,14 @@ is that positive's, and the cosine re-ranking then weighs both). A hit's `exampl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import cast
 
 import numpy as np
 
 from hashing import HASH_BITS
 from hashing.codes import pack_bits
-from hashing.search import HammingCosineIndex, check_k, hamming_distances
+from hashing.search import HammingCosineIndex, check_k, empty_results, hamming_distances
 from iwan.config import DEFAULT_SHORTLIST_FACTOR, ROCCHIO_NEGATIVE_WEIGHT
 from iwan.retrieval.protocol import Batch, CorpusData, Examples, Explained
 from iwan.retrieval.registry import Corpus, register_retriever, require_hash_model
@@ -65,6 +66,15 @@ class HashesRetriever:
         return Explained(scores, ids, with_examples(reasons, ids, examples.positive, self.index.embeddings_of))
 
 
+    def search_examples(self, queries: Sequence[Examples], k: int, *,
+                        exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`explain_examples`'s scores and ids for many queries at once, without the reasons."""
+        def search(embeddings, codes, one, among):
+            return self.index.search(embeddings, k, query_codes=codes, exclude=one, among=among)
+
+        return rocchio_search(queries, check_k(k), exclude, self.name, self.index.ids, search, with_code=True)
+
+
 def rocchio_query(examples: Examples, method: str, *, with_code: bool) -> Batch:
     """One query's embedding (and code) from the examples (the module doc); one positive and no
     negative is that positive as it is."""
@@ -90,6 +100,29 @@ def rocchio_query(examples: Examples, method: str, *, with_code: bool) -> Batch:
     return Batch(embeddings=vector[None, :].astype(np.float32), codes=code)
 
 
+def rocchio_search(queries: Sequence[Examples], k: int, exclude: np.ndarray | None, method: str, held: np.ndarray,
+                   search, *, with_code: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Many queries' Rocchio queries searched as `explain_examples` searches one:
+    `search(embeddings, codes, exclude, among)` once for the rows that leave out at most one id
+    (`exclude` (q, e) ids, -1 none), and once per row that leaves out more (as an `among`)."""
+    built = [rocchio_query(e, method, with_code=with_code) for e in queries]
+    embeddings = np.concatenate([cast(np.ndarray, b.embeddings) for b in built])
+    codes = np.concatenate([cast(np.ndarray, b.codes) for b in built]) if with_code else None
+    q = len(built)
+    skips = ([np.empty(0, np.int64)] * q if exclude is None
+             else [row[row >= 0] for row in np.asarray(exclude, np.int64).reshape(q, -1)])
+    scores, ids = empty_results(q, k)
+    simple = np.array([r for r, skip in enumerate(skips) if len(skip) <= 1], dtype=np.int64)
+    if len(simple):
+        one = np.array([skips[r][0] if len(skips[r]) else -1 for r in simple], dtype=np.int64)
+        scores[simple], ids[simple] = search(embeddings[simple], None if codes is None else codes[simple], one, None)
+    for r in sorted(set(range(q)) - set(simple.tolist())):
+        among, _ = filters(held, None, skips[r])
+        scores[r], ids[r] = (a[0] for a in search(embeddings[r:r + 1], None if codes is None else codes[r:r + 1],
+                                                 None, among))
+    return scores, ids
+
+
 def _unit(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float64)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -113,7 +146,9 @@ def filters(held: np.ndarray, among: np.ndarray | None,
         return among, None
     if among is None and len(exclude) == 1:
         return None, np.asarray(exclude, dtype=np.int64)
-    return np.setdiff1d(held if among is None else among, exclude), None
+    # A mask over the ids, not setdiff1d: that sorts (hashes) all of them, for a handful of examples.
+    base = held if among is None else np.asarray(among, dtype=np.int64)
+    return base[np.isin(base, exclude, invert=True)], None
 
 
 def with_examples(reasons: list[list[dict]], ids: np.ndarray, positive: Batch, embeddings_of) -> list[list[dict]]:

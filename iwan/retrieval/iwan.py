@@ -72,25 +72,8 @@ class IwanRetriever:
                          exclude: np.ndarray | None = None) -> Explained:
         """The positives' words as one start, pushed away from the negatives' (the module doc)."""
         k = check_k(k)
-        starts = [combined_start(examples.positive)]
-        if examples.has_negative:
-            starts.append(combined_start(cast(Batch, examples.negative)))
-        width = max(1, *(len(w) for w, _, _ in starts))
-        word_ids = np.full((len(starts), width), -1, np.int64)
-        weights = np.zeros((len(starts), width))
-        for r, (w, p, _) in enumerate(starts):
-            word_ids[r, :len(w)], weights[r, :len(w)] = w, p
-        skip = None if exclude is None else np.tile(np.asarray(exclude, np.int64).reshape(1, -1), (len(starts), 1))
-        depth = k if len(starts) == 1 else NEGATIVE_DEPTH_FACTOR * k
-        while True:
-            scores, ids, paths = self.index.search(word_ids, weights, depth, exclude=skip, paths=True, among=among)
-            ranked = self._ranked(scores, ids, paths, starts, k)
-            reached = int((ids[0] >= 0).sum())
-            # Images not ranked lie at least as far as the last one ranked, pushed or not: once the
-            # k-th is no farther, deeper would change nothing.
-            if len(starts) == 1 or reached < depth or not ranked or ranked[-1][0] <= -scores[0, reached - 1]:
-                break
-            depth *= NEGATIVE_DEPTH_FACTOR
+        skip = None if exclude is None else np.asarray(exclude, np.int64).reshape(1, -1)
+        (ranked,) = self._answer([examples], k, among, skip, paths=True)
         out_scores = np.full((1, k), -np.inf)
         out_ids = np.full((1, k), -1, np.int64)
         reasons: list[dict] = [{} for _ in range(k)]
@@ -98,28 +81,94 @@ class IwanRetriever:
             out_scores[0, c], out_ids[0, c], reasons[c] = -distance, image_id, why
         return Explained(out_scores, out_ids, [reasons])
 
-    def _ranked(self, scores, ids, paths, starts, k: int) -> list[tuple[float, int, dict]]:
-        """(distance, id, reason) of the best k, nearest first, ties to the lower id."""
-        pushed = {}
-        if len(starts) > 1:
-            pushed = {i: (-s, p) for s, i, p in zip(scores[1].tolist(), ids[1].tolist(), paths[1]) if i >= 0}
-        ranked = []
-        for s, image_id, path in zip(scores[0].tolist(), ids[0].tolist(), paths[0]):
-            if image_id < 0:
-                break
-            distance = -s
-            why: dict = {"distance": distance, "path": self.index.path_labels(path),
-                         "example": example_of(starts[0], path)}
-            if image_id in pushed and pushed[image_id][0] < distance:
-                near, near_path = pushed[image_id]
-                why["penalty"] = distance - near
-                why["negative"] = {"example": example_of(starts[1], near_path), "distance": near,
-                                   "path": self.index.path_labels(near_path)}
-                distance += distance - near
-                why["distance"] = distance
-            ranked.append((distance, image_id, why))
-        ranked.sort(key=lambda hit: (hit[0], hit[1]))
-        return ranked[:k]
+    def search_examples(self, queries: Sequence[Examples], k: int, *,
+                        exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`explain_examples`'s scores and ids for many queries at once, without the reasons:
+        every query's start in one graph search (the negatives' in another), no paths."""
+        k = check_k(k)
+        skip = None if exclude is None else np.asarray(exclude, np.int64).reshape(len(queries), -1)
+        scores = np.full((len(queries), k), -np.inf)
+        ids = np.full((len(queries), k), -1, np.int64)
+        for r, ranked in enumerate(self._answer(queries, k, None, skip, paths=False)):
+            for c, (distance, image_id, _) in enumerate(ranked):
+                scores[r, c], ids[r, c] = -distance, image_id
+        return scores, ids
+
+    def _answer(self, queries: Sequence[Examples], k: int, among: np.ndarray | None, exclude: np.ndarray | None,
+                paths: bool) -> list[list[tuple[float, int, dict]]]:
+        """Each query's ranked (distance, id, reason) (reasons only with `paths`). The starts of
+        the queries searched at one depth go to the graph together: a query with negatives at
+        NEGATIVE_DEPTH_FACTOR * k, deeper while its k-th result could still change."""
+        starts = [(combined_start(e.positive), combined_start(cast(Batch, e.negative)) if e.has_negative else None)
+                  for e in queries]
+        depths = [k if negative is None else NEGATIVE_DEPTH_FACTOR * k for _, negative in starts]
+        answers: list[list[tuple[float, int, dict]]] = [[] for _ in queries]
+        pending = set(range(len(queries)))
+        while pending:
+            depth = min(depths[r] for r in pending)
+            batch = sorted(r for r in pending if depths[r] == depth)
+            rows = [(r, polarity) for r in batch for polarity in (0, 1) if starts[r][polarity] is not None]
+            width = max(1, *(len(cast(tuple, starts[r][p])[0]) for r, p in rows))
+            word_ids = np.full((len(rows), width), -1, np.int64)
+            weights = np.zeros((len(rows), width))
+            for row, (r, p) in enumerate(rows):
+                w, weight, _ = cast(tuple, starts[r][p])
+                word_ids[row, :len(w)], weights[row, :len(w)] = w, weight
+            skip = None if exclude is None else exclude[[r for r, _ in rows]]
+            found = self.index.search(word_ids, weights, depth, exclude=skip, paths=paths, among=among)
+            scores, ids = found[0], found[1]
+            hit_paths = found[2] if paths else [None] * len(rows)
+            at = {(r, p): row for row, (r, p) in enumerate(rows)}
+            for r in batch:
+                pos = at[(r, 0)]
+                neg = at.get((r, 1))
+                pushed = None if neg is None else (scores[neg], ids[neg], hit_paths[neg])
+                ranked = self._ranked((scores[pos], ids[pos], hit_paths[pos]), pushed, starts[r], k)
+                reached = int((ids[pos] >= 0).sum())
+                # Images not ranked lie at least as far as the last one ranked, pushed or not: once
+                # the k-th is no farther, deeper would change nothing.
+                if neg is None or reached < depth or not ranked or ranked[-1][0] <= -scores[pos, reached - 1]:
+                    answers[r] = ranked
+                    pending.remove(r)
+                else:
+                    depths[r] = depth * NEGATIVE_DEPTH_FACTOR
+        return answers
+
+    def _ranked(self, found, pushed, starts, k: int) -> list[tuple[float, int, dict]]:
+        """(distance, id, reason) of the best k, nearest first, ties to the lower id; `found` and
+        `pushed` are the positives' and negatives' (scores, ids, paths) rows (paths None: no
+        reasons). Ranked over arrays, explained for the k kept only."""
+        scores, ids, paths = found
+        n = int((ids >= 0).sum())  # hits first, then padding
+        hit_ids, distance = ids[:n], -scores[:n]
+        near = np.full(n, np.inf)
+        near_row = np.full(n, -1, np.int64)
+        if pushed is not None:
+            n_scores, n_ids, _ = pushed
+            rows = np.flatnonzero(n_ids >= 0)
+            rows = rows[np.argsort(n_ids[rows], kind="stable")]
+            at = np.minimum(np.searchsorted(n_ids[rows], hit_ids), max(len(rows) - 1, 0))
+            reached = (n_ids[rows[at]] == hit_ids) if len(rows) else np.zeros(n, bool)
+            near_row[reached] = rows[at[reached]]
+            near[reached] = -n_scores[near_row[reached]]
+        penalised = near < distance
+        # distance + (distance - near), as float64 adds it one hit at a time
+        ranked_distance = np.where(penalised, distance + (distance - near), distance)
+        kept = np.lexsort((hit_ids, ranked_distance))[:k]
+        out = []
+        for c in kept.tolist():
+            why: dict = {}
+            if paths is not None:
+                why = {"distance": float(distance[c]), "path": self.index.path_labels(paths[c]),
+                       "example": example_of(starts[0], paths[c])}
+                if penalised[c]:
+                    near_path = pushed[2][near_row[c]]
+                    why["penalty"] = float(distance[c] - near[c])
+                    why["negative"] = {"example": example_of(starts[1], near_path), "distance": float(near[c]),
+                                       "path": self.index.path_labels(near_path)}
+                    why["distance"] = float(ranked_distance[c])
+            out.append((float(ranked_distance[c]), int(hit_ids[c]), why))
+        return out
 
 
 def combined_start(examples: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

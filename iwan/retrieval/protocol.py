@@ -13,7 +13,9 @@ This module imports nothing of the project, so that a method can be written agai
   `ExampleRetriever`) answers one query of several examples, `Examples(positive, negative)`, in
   the method's own terms, as one row; `among` (ids) restricts the results to those images (a
   filter applied before the top k is taken) and `exclude` (ids) leaves images out. Each hit's
-  reason names `example`, the row of `positive` that led to it.
+  reason names `example`, the row of `positive` that led to it. `search_examples(queries, k, *,
+  exclude=None)` ranks many such queries at once, as `explain_examples` ranks each, without the
+  reasons (an evaluation's batch).
 * A `Batch` carries what any method may need, queries and the images a method holds alike; each
   method reads its part (`reads`: IWAN the words, the hash methods the embeddings and codes).
 * Builders read the images they are built over through a `CorpusData`: arrays in memory, or a
@@ -155,3 +157,9 @@ class ExampleRetriever(Retriever, Protocol):
                          exclude: np.ndarray | None = None) -> Explained:
         """One row: the k best images for the examples, of `among` (ids; None: all) less `exclude`
         (ids), each hit's reason with `example`, the positive row that led to it."""
+
+    def search_examples(self, queries: Sequence[Examples], k: int, *,
+                        exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), each (q, k): row r what `explain_examples(queries[r], k, exclude=...)`
+        ranks, for many queries at once and without the reasons (evaluations); `exclude` (q, e)
+        holds each query's ids to leave out (-1: none)."""
