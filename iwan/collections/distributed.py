@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import pickle
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -133,16 +132,17 @@ class Cluster:
 
         if not tasks:
             return
-        # Tasks and results travel pickled (Ray's own wire format): a column of bytes keeps
-        # Ray Data from converting the arrays inside them to Arrow and back.
-        data = ray.data.from_items([{"task": pickle.dumps(task)} for task in tasks], override_num_blocks=len(tasks))
+        # Tasks and results are Python objects in their rows: Ray Data keeps such a column as one
+        # opaque object per row (its own serialisation between trusted nodes), so the arrays inside
+        # are never converted to Arrow and back, and nothing here unpickles bytes itself.
+        data = ray.data.from_items([{"task": task} for task in tasks], override_num_blocks=len(tasks))
         results = data.map_batches(
             actor, fn_constructor_kwargs=arguments, batch_size=1, num_cpus=1,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=self.workers),
         )
         try:
             for row in results.iter_rows():
-                yield pickle.loads(row["result"])
+                yield row["result"]
         except ray.exceptions.RayError as err:
             cause = err.cause if isinstance(err, ray.exceptions.RayTaskError) else err
             raise ClusterError(
@@ -183,13 +183,13 @@ class _Predicting:
         self.engine = make_engine(database_url, settings=settings)
         register_classes(self.engine, self.predictor.name, self.predictor.categories)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[bytes]]:
-        task = cast(_PredictTask, pickle.loads(batch["task"][0]))
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        task = cast(_PredictTask, batch["task"][0])
         pixels = task.pixels if task.pixels is not None else _decode(cast(list[str], task.paths), self.max_pixels)
         predicted = self.predictor.predict(pixels, top=STORED_PREDICTIONS, features=True)
         with self.engine.begin() as conn:
             written = merge_predictions(conn, self.predictor.name, task.ids, predicted.indices, predicted.probabilities)
-        return {"result": [pickle.dumps((len(task.ids), written))]}
+        return {"result": [(len(task.ids), written)]}
 
 
 def _decode(paths: list[str], max_pixels: int) -> np.ndarray:
@@ -274,8 +274,8 @@ class _Encoding:
         register_classes(engine, spec.name, self.encoder.categories)
         engine.dispose()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[bytes]]:
-        paths = cast(list[str], pickle.loads(batch["task"][0]))
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        paths = cast(list[str], list(batch["task"][0]))
         report = ingest.AddReport()
         readable, places = [], []
         for place, path in enumerate(paths):
@@ -287,7 +287,7 @@ class _Encoding:
         fresh = ingest.decode_batch(readable, self.policy, None, report)
         encoded = self.encoder.encode([cast(np.ndarray, item.pixels) for item in fresh]) if fresh else None
         light = [dataclasses.replace(item, index=places[item.index], pixels=None) for item in fresh]
-        return {"result": [pickle.dumps(_Encoded(report.skipped, light, encoded))]}
+        return {"result": [_Encoded(report.skipped, light, encoded)]}
 
 
 def add_paths(engine: Engine, cluster: Cluster, name: str, paths: list[Path], spec: PredictorSpec,
