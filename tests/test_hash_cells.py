@@ -169,6 +169,9 @@ def test_growth_rebuilds_the_cells_and_empty_searches_pad():
         index.add(None, embeddings[start : start + 20], codes[start : start + 20])
     assert index.n_cells > 8
     assert index.nbytes < 400 * (4 + 4 + 8 + 8 + 4 + 4) + index.n_cells * 64
+    index.remove(index.ids)  # emptied, it starts again: even embeddings of another dimension
+    index.add(np.array([3, 1]), np.eye(6)[:2], codes[:2])
+    assert index.n_cells == 1 and index.search(np.eye(6)[1:2], 3)[1].tolist() == [[1, 3, -1]]
 
 
 def test_bad_arguments_say_what_to_do():
