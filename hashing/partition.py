@@ -5,10 +5,12 @@ spherical k-means trained on a sample and applied to all its rows, and each part
 build costs n x FANOUT x d per level whatever the number of cells (log_FANOUT(n / cell_rows)
 levels). A cell's centroid is the normalised mean of its rows.
 
-The rows are not first grouped by hash code (Hamming buckets as the first level): measured on
-benchmarks/bench_scale.py's class-clustered codes at 200,000 images, that lowered recall@100 at
-equal work from 0.89 to 0.68 (patience 3), since a code holds a share of a class taken across all
-of the class's embedding clusters, so every cluster was cut into one piece per code.
+The rows are not first grouped by hash code (Hamming buckets as the first level): measured at
+200,000 of benchmarks/bench_hashing.py's embeddings (1,000 clusters) with class codes of
+benchmarks/bench_scale.py's shape (10 classes of 100 clusters each), grouping first lowered
+recall@100 at equal work from 0.89 to 0.68 (patience 3), since a code holds a share of a class
+taken across all of the class's embedding clusters, so every cluster was cut into one piece per
+code.
 """
 
 from __future__ import annotations
