@@ -178,6 +178,7 @@ def test_corpus_options_reach_the_builder_of_their_method(toy):
     corpus = replace(corpus_of(ids["train"]), options={"hashes": {"shortlist_factor": 5}, "fused": {"fusion": "weighted"}})
     assert get_retriever("hashes", corpus, StoreData(engine, corpus)).index.shortlist_factor == 5
     assert get_retriever("hashes", corpus, StoreData(engine, corpus), shortlist_factor=3).index.shortlist_factor == 3
+    assert get_retriever("hashes", corpus, StoreData(engine, corpus), patience=21).index.patience == 21
     assert get_retriever("fused", corpus, StoreData(engine, corpus)).rule == "weighted"
 
 

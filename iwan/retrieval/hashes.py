@@ -19,7 +19,7 @@ from typing import cast
 import numpy as np
 
 from hashing import HASH_BITS
-from hashing.cells import CellCosineIndex
+from hashing.cells import DEFAULT_PATIENCE, CellCosineIndex
 from hashing.codes import pack_bits
 from hashing.search import check_k, hamming_distances
 from iwan.config import DEFAULT_SHORTLIST_FACTOR, ROCCHIO_NEGATIVE_WEIGHT
@@ -163,9 +163,12 @@ def hamming_to(codes: np.ndarray, code) -> np.ndarray:
 
 
 @register_retriever("hashes")
-def build(corpus: Corpus, data: CorpusData, *, shortlist_factor: int = DEFAULT_SHORTLIST_FACTOR) -> HashesRetriever:
+def build(corpus: Corpus, data: CorpusData, *, shortlist_factor: int = DEFAULT_SHORTLIST_FACTOR,
+          patience: int = DEFAULT_PATIENCE) -> HashesRetriever:
+    """`patience`: cells in a row that leave the top k unchanged before a search stops (more:
+    higher recall, slower; hashing.cells)."""
     require_hash_model(corpus, "hashes")
-    index = CellCosineIndex(shortlist_factor=shortlist_factor)
+    index = CellCosineIndex(shortlist_factor=shortlist_factor, patience=patience)
     if len(corpus.image_ids):
         embeddings, codes = data.images(corpus.image_ids, READS).need(*READS, method="hashes")
         index.add(corpus.image_ids, embeddings, codes)
