@@ -131,11 +131,12 @@ class CellCosineIndex:
                 "pass one code per embedding"
             )
         unit = _unit_rows(embeddings, "embeddings", self._vectors.shape[1] if self.ntotal else None)
+        merged_ids, order = merge_ids(self._ids, ids, len(unit), "CellCosineIndex")
         if not len(unit):
             return
         vectors, scales = quantize(unit)
         n_old = self.ntotal
-        self._ids, order = merge_ids(self._ids, ids, len(unit), "CellCosineIndex")
+        self._ids = merged_ids
         self._codes = _merged(self._codes, codes, order)
         position = np.arange(self.ntotal, dtype=np.int64)  # of each concatenated (old, new) id in _ids
         if order is not None:
@@ -152,8 +153,9 @@ class CellCosineIndex:
             self._cos_radius = np.ones(self.n_cells, dtype=np.float32)
             self._widen(self._cell_of_row(), None)
             return
-        new_cells = nearest_cells(unit_new := dequantize(vectors[n_old:], scales[n_old:]), self._centroids)
-        self._widen(new_cells, unit_new)
+        unit = dequantize(vectors[n_old:], scales[n_old:])  # what the rows now stand for
+        new_cells = nearest_cells(unit, self._centroids)
+        self._widen(new_cells, unit)
         cells = np.concatenate([self._cell_of_row(), new_cells])
         self._vectors, self._scales, self._rank = vectors, scales, ranks
         self._arrange(cells, self._centroids)

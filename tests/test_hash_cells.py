@@ -191,5 +191,7 @@ def test_bad_arguments_say_what_to_do():
         index.search(np.ones((1, 4)), 1)
     with pytest.raises(ValueError, match="id 2 is already held"):
         index.add(np.array([2]), np.eye(3)[:1], np.zeros(1, dtype=np.uint64))
+    with pytest.raises(ValueError, match="0 rows but 1 ids"):
+        index.add(np.array([7]), np.zeros((0, 3)), np.zeros(0, dtype=np.uint64))
     with pytest.raises(LookupError, match="id 9 is not held"):
         index.embeddings_of(np.array([9]))
