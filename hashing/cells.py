@@ -16,8 +16,7 @@ streams them (a gather by row numbers was 15x slower), the int8 embedding (100,
 hashing.quantized), its scale (4) and its id's rank (4: ties and results); per cell a float32
 centroid and its radius (under 0.5 bytes per row at CELL_ROWS).
 
-Search: each query's cosine with every centroid (one matrix product for a batch), then cells in
-that order, every row of a cell scored exactly against the int8 rows, into a top-k heap. Two stops:
+Search: each query's cosine with every centroid, then cells in that order, every row of a cell scored exactly against the int8 rows, into a top-k heap. Two stops:
 - exact: the k-th best score exceeds what any row of an unvisited cell could reach (the query's
   angle to a centroid less the cell's radius, the widest angle between the centroid and its rows);
   on small or tight data this ends the search with the exhaustive answer.
@@ -63,8 +62,6 @@ DEFAULT_PATIENCE = 13
 REBUILD_GROWTH = 2
 HEAD_CELLS = 64
 """Cells put in order up front; the rest are ordered only if a search gets past them."""
-QUERY_BLOCK = 256
-"""Queries whose centroid cosines are computed in one matrix product."""
 
 
 class CellCosineIndex:
@@ -217,15 +214,11 @@ class CellCosineIndex:
             return scores, ranks, visited
         eligible = np.zeros(0, dtype=bool) if among is None else _eligible(self._ids, among)[self._rank]
         exclude_rows = np.where(exclude >= 0, self._row_of[np.maximum(exclude, 0)].astype(np.int64), -1)
-        slack = np.float32(_score_margin(queries.shape[1]))
-        for start in range(0, len(queries), QUERY_BLOCK):
-            block = slice(start, start + QUERY_BLOCK)
-            alphas = queries[block] @ self._centroids.T
-            _search_kernel(
-                alphas, queries[block], self._cos_radius, self._sin_radius, slack, self._cell_start,
-                self._vectors, self._scales, self._rank, k, self.shortlist_factor * k, patience,
-                HEAD_CELLS, eligible, exclude_rows[block], scores[block], ranks[block], visited[block],
-            )
+        _search_kernel(
+            self._centroids, queries, self._cos_radius, self._sin_radius, np.float32(_score_margin(queries.shape[1])),
+            self._cell_start, self._vectors, self._scales, self._rank, k, self.shortlist_factor * k, patience,
+            HEAD_CELLS, eligible, exclude_rows, scores, ranks, visited,
+        )
         return scores, _held_ids(self._ids, ranks), visited
 
     def _arrange(self, cell_of_row: np.ndarray, centroids: np.ndarray) -> None:

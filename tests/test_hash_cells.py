@@ -148,7 +148,7 @@ def test_a_batch_gives_what_single_searches_give():
     embeddings, codes = clustered(rng, 20_000)
     index = CellCosineIndex(cell_rows=128)
     index.add(None, embeddings, codes)
-    queries = clustered(np.random.default_rng(10), 300)[0]  # more than one block of queries
+    queries = clustered(np.random.default_rng(10), 300)[0]
     exclude = np.where(rng.random(300) < 0.3, rng.integers(0, 20_000, 300), -1)
     scores, found = index.search(queries, 25, exclude=exclude)
     for i in range(0, 300, 7):
