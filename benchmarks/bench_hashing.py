@@ -50,15 +50,22 @@ THREADED = {"cdist", "faiss_binary", "faiss_flat"}  # timed on default threads a
 
 def synthetic(n: int, rng: np.random.Generator, projection: np.ndarray, centres: np.ndarray):
     """(n, DIM) unit float32 embeddings around random cluster centres, and their uint64 codes."""
+    embeddings, _ = clustered_embeddings(n, rng, centres)
+    codes = pack_bits((embeddings @ projection > 0).astype(np.uint8))
+    return embeddings, codes
+
+
+def clustered_embeddings(n: int, rng: np.random.Generator, centres: np.ndarray):
+    """(n, DIM) unit float32 embeddings around random cluster centres, and (n,) each one's cluster."""
     embeddings = np.empty((n, DIM), dtype=np.float32)
+    clusters = rng.integers(0, len(centres), n)
     step = 100_000
     for start in range(0, n, step):
         stop = min(start + step, n)
-        rows = centres[rng.integers(0, len(centres), stop - start)]
+        rows = centres[clusters[start:stop]]
         rows = rows + NOISE * rng.standard_normal(rows.shape, dtype=np.float32)
         embeddings[start:stop] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
-    codes = pack_bits((embeddings @ projection > 0).astype(np.uint8))
-    return embeddings, codes
+    return embeddings, clusters
 
 
 def single_ms(fn, n_queries: int, limit: int) -> tuple[float, float]:

@@ -13,6 +13,7 @@ from test_evaluate import CLASSES, fake_split, load_class_words, predictions_for
 from hashing.codes import pack_bits
 from hashing.embeddings import class_embeddings
 from hashing.hierarchy import load_hierarchy
+from hashing.search import HammingCosineIndex
 from iwan.datasets.hierarchies import shipped_hierarchy
 from iwan.db import images as image_store
 from iwan.db.codes import store_codes
@@ -122,13 +123,29 @@ def test_added_and_removed_images_answer_as_a_fresh_build(toy, method):
             live.add(np.array([10_000]), Batch(image_ids=np.array([10_000])))
 
 
-@pytest.mark.parametrize("pg, memory", [("hashes-pg", "hashes"), ("exhaustive-pg", "exhaustive")])
+class FixedShortlist:
+    """hashes-pg's retrieval in memory: hashing.search's fixed Hamming shortlist, re-ranked by cosine
+    (the in-memory `hashes` method searches cells instead: hashing.cells)."""
+
+    def __init__(self, corpus: Corpus, data: StoreData) -> None:
+        self.index = HammingCosineIndex()
+        self.index.add(corpus.image_ids, *data.images(corpus.image_ids, ("embeddings", "codes")).need(
+            "embeddings", "codes", method="hashes"))
+
+    def search(self, queries: Batch, k: int, *, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        embeddings, codes = queries.need("embeddings", "codes", method="hashes")
+        return self.index.search(embeddings, k, query_codes=codes, exclude=exclude)
+
+
+@pytest.mark.parametrize("pg, memory", [("hashes-pg", FixedShortlist), ("exhaustive-pg", "exhaustive")])
 def test_postgres_methods_equal_the_in_memory_ones(toy, pg, memory):
     engine, ids = toy
     # A corpus that is not every stored row of the hash model. (The class embeddings have cosines
     # that are equal in exact arithmetic and round apart differently in float32 and float64.)
     corpus = replace(corpus_of(ids["train"][::2]), hash_model="toy-prototypes")
-    in_db, in_memory = get_retriever(pg, corpus, StoreData(engine, corpus)), get_retriever(memory, corpus, StoreData(engine, corpus))
+    in_db = get_retriever(pg, corpus, StoreData(engine, corpus))
+    data = StoreData(engine, corpus)
+    in_memory = get_retriever(memory, corpus, data) if isinstance(memory, str) else memory(corpus, data)
     queries = StoreData(engine, corpus).images(np.concatenate([ids["test"], ids["train"][:6]]))
     exclude = np.concatenate([np.full(20, -1), ids["train"][:6]])
     for k in (3, 12, 40):
@@ -161,6 +178,7 @@ def test_corpus_options_reach_the_builder_of_their_method(toy):
     corpus = replace(corpus_of(ids["train"]), options={"hashes": {"shortlist_factor": 5}, "fused": {"fusion": "weighted"}})
     assert get_retriever("hashes", corpus, StoreData(engine, corpus)).index.shortlist_factor == 5
     assert get_retriever("hashes", corpus, StoreData(engine, corpus), shortlist_factor=3).index.shortlist_factor == 3
+    assert get_retriever("hashes", corpus, StoreData(engine, corpus), patience=21).index.patience == 21
     assert get_retriever("fused", corpus, StoreData(engine, corpus)).rule == "weighted"
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from test_evaluate import spec, toy_database  # noqa: F401  (the fixture)
 
-from hashing.search import ExhaustiveCosineIndex, HammingCosineIndex
+from hashing.cells import CellCosineIndex
+from hashing.search import ExhaustiveCosineIndex
 from iwan.db.codes import load_codes
 from iwan.db.norms import association_arrays
 from iwan.db.predictions import load_predictions
@@ -39,7 +40,7 @@ def direct_rankings(engine, evaluation, k):
                         top_wwk=evaluation.top_wwk, strength=evaluation.strength)
     iwan = IwanIndex(graph)  # ids 0..n-1: corpus positions
     embeddings, codes = load_codes(engine, evaluation.hash_model, work.corpus.ids)
-    exhaustive, hashes = ExhaustiveCosineIndex(), HammingCosineIndex()
+    exhaustive, hashes = ExhaustiveCosineIndex(), CellCosineIndex()
     exhaustive.add(None, embeddings)
     hashes.add(None, embeddings, codes)
 
@@ -48,11 +49,11 @@ def direct_rankings(engine, evaluation, k):
         words = class_words(mapping.word_ids, predicted.class_indices)
         at = {int(i): p for p, i in enumerate(predicted.ids)}
         rows = [at[int(i)] for i in query_ids]
-        q_embeddings, q_codes = load_codes(engine, evaluation.hash_model, query_ids)
+        q_embeddings, _ = load_codes(engine, evaluation.hash_model, query_ids)
         return {
             "iwan": iwan.search(words[rows], predicted.probabilities[rows], depth, exclude=exclude),
             "exhaustive": exhaustive.search(q_embeddings, depth, exclude=exclude),
-            "hashes": hashes.search(q_embeddings, depth, query_codes=q_codes, exclude=exclude),
+            "hashes": hashes.search(q_embeddings, depth, exclude=exclude),
         }
 
     rankings = searches(query_split, work.queries.ids, work.exclude, k)

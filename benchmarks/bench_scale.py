@@ -1,0 +1,294 @@
+"""The semantic-hash method at scale: bytes per image, build time, latency and recall@100 against
+exhaustive cosine, on two kinds of codes, with FAISS's binary indexes and HNSW beside it.
+
+Usage: python benchmarks/bench_scale.py --sizes N[,N...] [--queries Q] [--no-faiss]
+
+Two kinds of data, each unit 100-dimensional embeddings made by benchmarks/bench_hashing.py's
+generator (centres with components N(0, 1), noise 0.6 per component) and 48-bit codes:
+  random     embeddings around 1,000 cluster centres, codes the sign of a random projection of
+             them (bench_hashing.py's data).
+  clustered  codes that cluster by class, as the real semantic codes do: 100 classes, embeddings
+             the class centre plus noise; each class a root code and three codes 1-2 bits from it,
+             holding 45%, 20%, 15% and 10% of the class's images, and a tail of 10% whose codes are
+             the root with 1-4 random bits flipped (codes held by one or two images). The shape of
+             the codes is the real one: the 1-epoch tiny-hash model's CIFAR-10 collection (5,000
+             images) has 1,120 distinct codes, the largest holding 21% of the images and the four
+             largest 45%, the large codes 1-3 bits apart. Within a class the code says nothing about
+             the embedding (a Hamming bucket is no hint of which of its images are nearest).
+Per size and kind, `hashes` (hashing.cells.CellCosineIndex at its defaults): bytes per image, build
+seconds, single-query p50/p99 ms for k = 20, 100 and 250, ms per query single (mean) and in one
+batch call (the median of 3), rows scored per query, recall@100 against ExhaustiveCosineIndex (float32). `int8`: the
+agreement of the exhaustive top 100 over int8 embeddings (per-row and one global scale) with the
+float32 one. On random codes, recall-time curves (single-query p50, recall@100) of `hashes` over
+its patience and of FAISS's IndexBinaryFlat, IndexBinaryMultiHash and IndexBinaryIVF (a Hamming
+shortlist of S codes, re-ranked by float32 cosine as the old fixed shortlist was), and IndexHNSWFlat
+on the embeddings, all on one thread in the same run; `at_recall` gives each method's fastest
+point reaching each recall. The last line is one JSON object: {"sizes": {"<N>": {...}}, "load_average"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's hashing, not an installed one
+
+from bench_hashing import CLUSTERS, DIM, clustered_embeddings
+
+from hashing.cells import DEFAULT_PATIENCE, CellCosineIndex
+from hashing.codes import pack_bits
+from hashing.quantized import dequantize, quantize
+from hashing.search import ExhaustiveCosineIndex
+from iwan.config import HASH_BITS
+
+CLASSES = 100
+CODE_SHARES = (0.45, 0.2, 0.15, 0.1)  # the root code, then three near codes; the rest is the tail
+TAIL_FLIPS = 4
+RECALL_K = 100
+LATENCY_KS = (20, 100, 250)
+PATIENCES = (1, 2, 3, 5, 8, 13, 21)
+SHORTLISTS = (200, 1000, 5000, 20000)
+MULTIHASH_FLIPS = (0, 1, 2)
+IVF_PROBES = (1, 4, 16, 64)
+HNSW_EFS = (16, 64, 128, 256, 512)
+TARGET_RECALLS = (0.3, 0.5, 0.7, 0.9, 0.95)
+BATCH_REPEATS = 3  # the median batch, so one burst of other processes' load weighs less
+
+
+def class_codes(classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The `clustered` kind's codes (the module doc) for images of the given classes."""
+    roots = rng.integers(0, 1 << HASH_BITS, CLASSES, dtype=np.uint64)
+    near = np.array([[_flip(r, rng, int(rng.integers(1, 3))) for _ in CODE_SHARES[1:]] for r in roots])
+    choices = np.concatenate([roots[:, None], near], axis=1)  # (classes, 4)
+    pick = rng.choice(len(CODE_SHARES) + 1, size=len(classes), p=[*CODE_SHARES, 1 - sum(CODE_SHARES)])
+    codes = choices[classes, np.minimum(pick, len(CODE_SHARES) - 1)]
+    tail = np.flatnonzero(pick == len(CODE_SHARES))
+    flips = rng.integers(1, TAIL_FLIPS + 1, len(tail))
+    masks = np.zeros(len(tail), dtype=np.uint64)
+    for bit in range(TAIL_FLIPS):
+        chosen = rng.integers(0, HASH_BITS, len(tail)).astype(np.uint64)
+        masks ^= np.where(bit < flips, np.uint64(1) << chosen, np.uint64(0))
+    codes[tail] = roots[classes[tail]] ^ masks
+    return codes
+
+
+def _flip(code: np.uint64, rng: np.random.Generator, bits: int) -> np.uint64:
+    for b in rng.choice(HASH_BITS, bits, replace=False):
+        code ^= np.uint64(1) << np.uint64(b)
+    return code
+
+
+def recall(found, truth: np.ndarray) -> float:
+    """The mean share of each truth row found in the same row of `found` (ids, -1 padding)."""
+    return float(np.mean([len(np.intersect1d(f[f >= 0], t)) / len(t) for f, t in zip(found, truth)]))
+
+
+def single_times(fn, n: int) -> list[float]:
+    """ms of fn(i) for each of n queries."""
+    out = []
+    for i in range(n):
+        started = time.perf_counter()
+        fn(i)
+        out.append(1e3 * (time.perf_counter() - started))
+    return out
+
+
+def p(times: list[float], q: float) -> float:
+    return float(np.percentile(times, q))
+
+
+def bench_hashes(embeddings, codes, queries, truth, singles: int) -> dict:
+    started = time.perf_counter()
+    index = CellCosineIndex()
+    index.add(None, embeddings, codes)
+    build_s = time.perf_counter() - started
+    index.search(queries[:2], RECALL_K)  # compiles the kernel (numba caches it on disk)
+    r: dict = {"bytes_per_image": index.nbytes / len(embeddings), "build_s": build_s, "cells": index.n_cells}
+    for k in LATENCY_KS:
+        times = single_times(lambda i, k=k: index.search(queries[i : i + 1], k), singles)
+        r[f"k{k}"] = {"p50_ms": p(times, 50), "p99_ms": p(times, 99), "single_mean_ms": statistics.fmean(times)}
+        batches = []
+        for _ in range(BATCH_REPEATS):
+            started = time.perf_counter()
+            index.search(queries[:singles], k)
+            batches.append(1e3 * (time.perf_counter() - started) / singles)
+        r[f"k{k}"]["batch_ms_per_query"] = statistics.median(batches)
+    _, ids, visited = index.search_counting(queries, RECALL_K)
+    r["recall_at_100"] = recall(ids, truth)
+    r["rows_scored_p50"] = float(np.median(visited))
+    r["p50_ms"], r["p99_ms"] = r[f"k{RECALL_K}"]["p50_ms"], r[f"k{RECALL_K}"]["p99_ms"]
+    r["curve"] = []
+    for patience in PATIENCES:
+        _, ids, visited = index.search_counting(queries, RECALL_K, patience=patience)
+        times = single_times(lambda i, pt=patience: index.search(queries[i : i + 1], RECALL_K, patience=pt), singles)
+        r["curve"].append({"patience": patience, "recall": recall(ids, truth), "p50_ms": p(times, 50),
+                           "rows_scored_p50": float(np.median(visited))})
+    return r
+
+
+def exact_top(embeddings: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """The exhaustive float32 top 100 of each query (ExhaustiveCosineIndex, the exact reference)."""
+    exhaustive = ExhaustiveCosineIndex()
+    exhaustive.add(None, embeddings)
+    return exhaustive.search(queries, RECALL_K)[1]
+
+
+def int8_agreement(embeddings: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict:
+    """Top-100 agreement of exhaustive cosine over int8 embeddings with the float32 top 100."""
+    rows, scales = quantize(embeddings)
+    per_row = ExhaustiveCosineIndex()
+    per_row.add(None, dequantize(rows, scales))
+    peak = float(np.abs(embeddings).max())
+    global_scale = ExhaustiveCosineIndex()
+    global_scale.add(None, np.rint(embeddings * (127 / peak)).astype(np.int8).astype(np.float32))
+    return {"per_row_scale": recall(per_row.search(queries, RECALL_K)[1], truth),
+            "global_scale": recall(global_scale.search(queries, RECALL_K)[1], truth)}
+
+
+def faiss_curves(embeddings, codes, queries, query_codes, truth, singles: int) -> dict:
+    """Recall-time points of FAISS's binary indexes (shortlist + float32 re-rank) and HNSW."""
+    import faiss  # the benchmark-only extra (pip install iwan[bench])
+
+    faiss.omp_set_num_threads(1)  # hashes is single-threaded: compare like with like
+    as_bytes = lambda c: np.ascontiguousarray(c.view(np.uint8).reshape(len(c), 8)[:, :6])  # noqa: E731
+    base, probe = as_bytes(codes), as_bytes(query_codes)
+
+    def rerank(i, candidates):
+        candidates = candidates[candidates >= 0]
+        scores = embeddings[candidates] @ queries[i]
+        return candidates[np.argsort(-scores, kind="stable")[:RECALL_K]]
+
+    def curve(index, settings, set_param, shortlists=SHORTLISTS):
+        points = []
+        for setting in settings:
+            set_param(setting)
+            for s in shortlists:
+                run = lambda i, s=s: rerank(i, index.search(probe[i : i + 1], s)[1][0])  # noqa: E731
+                times = single_times(run, singles)
+                found = [run(i) for i in range(len(queries))]
+                points.append({"setting": setting, "shortlist": s, "recall": recall(found, truth), "p50_ms": p(times, 50)})
+        return points
+
+    out: dict = {}
+    started = time.perf_counter()
+    flat = faiss.IndexBinaryFlat(HASH_BITS)
+    flat.add(base)
+    out["faiss_binary_flat"] = {"build_s": time.perf_counter() - started,
+                                "curve": curve(flat, [None], lambda _: None)}
+    started = time.perf_counter()
+    multi = faiss.IndexBinaryMultiHash(HASH_BITS, 3, 16)
+    multi.add(base)
+    out["faiss_binary_multihash"] = {"build_s": time.perf_counter() - started,
+                                     "curve": curve(multi, MULTIHASH_FLIPS, lambda f: setattr(multi, "nflip", f))}
+    started = time.perf_counter()
+    quantizer = faiss.IndexBinaryFlat(HASH_BITS)
+    ivf = faiss.IndexBinaryIVF(quantizer, HASH_BITS, 1024)
+    ivf.train(base[:: max(1, len(base) // 100_000)])
+    ivf.add(base)
+    out["faiss_binary_ivf"] = {"build_s": time.perf_counter() - started,
+                               "curve": curve(ivf, IVF_PROBES, lambda n: setattr(ivf, "nprobe", n))}
+    started = time.perf_counter()
+    hnsw = faiss.IndexHNSWFlat(DIM, 16, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = 40
+    faiss.omp_set_num_threads(2)  # the build only: it is not what is compared
+    hnsw.add(embeddings)
+    faiss.omp_set_num_threads(1)
+    points = []
+    for ef in HNSW_EFS:
+        hnsw.hnsw.efSearch = max(ef, RECALL_K)
+        times = single_times(lambda i: hnsw.search(queries[i : i + 1], RECALL_K), singles)
+        points.append({"setting": ef, "recall": recall(hnsw.search(queries, RECALL_K)[1], truth), "p50_ms": p(times, 50)})
+    out["faiss_hnsw_flat"] = {"build_s": time.perf_counter() - started, "curve": points}
+    return out
+
+
+def at_recall(curves: dict[str, list[dict]]) -> dict:
+    """Each method's fastest p50 among its points reaching each target recall (None: none does)."""
+    return {
+        str(target): {
+            name: min((pt["p50_ms"] for pt in points if pt["recall"] >= target), default=None)
+            for name, points in curves.items()
+        }
+        for target in TARGET_RECALLS
+    }
+
+
+def bench(n: int, n_queries: int, singles: int, seed: int, with_faiss: bool) -> dict:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((CLUSTERS, DIM), dtype=np.float32)
+    projection = rng.standard_normal((DIM, HASH_BITS), dtype=np.float32)
+    embeddings, _ = clustered_embeddings(n, rng, centres)
+    queries, _ = clustered_embeddings(n_queries, rng, centres)
+    random_codes = pack_bits((embeddings @ projection > 0).astype(np.uint8))
+    random_query_codes = pack_bits((queries @ projection > 0).astype(np.uint8))
+    class_centres = rng.standard_normal((CLASSES, DIM), dtype=np.float32)
+    class_embeddings, classes = clustered_embeddings(n, rng, class_centres)
+    class_queries, _ = clustered_embeddings(n_queries, rng, class_centres)
+    started = time.perf_counter()
+    truth = exact_top(embeddings, queries)
+    r: dict = {"n": n, "queries": n_queries, "exhaustive_ms_per_query": 1e3 * (time.perf_counter() - started) / n_queries}
+    r["int8_agreement"] = int8_agreement(embeddings, queries, truth)
+    r["clustered"] = bench_hashes(class_embeddings, class_codes(classes, rng), class_queries,
+                                  exact_top(class_embeddings, class_queries), singles)
+    r["random"] = bench_hashes(embeddings, random_codes, queries, truth, singles)
+    r["bytes_per_image"] = {"hashes": r["clustered"]["bytes_per_image"], "total": r["clustered"]["bytes_per_image"]}
+    if with_faiss:
+        r["random"]["faiss"] = faiss_curves(embeddings, random_codes, queries, random_query_codes, truth, singles)
+        curves = {"hashes": r["random"]["curve"]} | {name: v["curve"] for name, v in r["random"]["faiss"].items()}
+        r["random"]["at_recall"] = at_recall(curves)
+    return r
+
+
+def rounded(value):
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    return value
+
+
+def print_table(results: dict) -> None:
+    for n, r in results.items():
+        print(f"n={int(n):,}: exhaustive {r['exhaustive_ms_per_query']:.1f} ms/query; int8 top-100 agreement "
+              f"per-row {r['int8_agreement']['per_row_scale']:.4f}, global {r['int8_agreement']['global_scale']:.4f}")
+        for kind in ("clustered", "random"):
+            h = r[kind]
+            print(f"  {kind:<9} {h['bytes_per_image']:.1f} B/image, build {h['build_s']:.1f} s, {h['cells']} cells, "
+                  f"recall@100 {h['recall_at_100']:.3f} (patience {DEFAULT_PATIENCE}), rows scored {h['rows_scored_p50']:.0f}")
+            for k in LATENCY_KS:
+                t = h[f"k{k}"]
+                print(f"    k={k:<4} p50 {t['p50_ms']:.3f} ms  p99 {t['p99_ms']:.3f} ms  single mean "
+                      f"{t['single_mean_ms']:.3f} ms  batch {t['batch_ms_per_query']:.3f} ms/query")
+            print("    curve: " + ", ".join(f"p{c['patience']} {c['recall']:.3f}@{c['p50_ms']:.2f}ms" for c in h["curve"]))
+        if "at_recall" in r["random"]:
+            print("  random codes, fastest single-query p50 (ms) reaching each recall@100:")
+            for target, row in r["random"]["at_recall"].items():
+                print(f"    {target:>5}: " + ", ".join(f"{m} {'-' if v is None else f'{v:.3f}'}" for m, v in row.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000000", help="comma-separated corpus sizes")
+    parser.add_argument("--queries", type=int, default=200, help="queries for recall (and the batch)")
+    parser.add_argument("--singles", type=int, default=100, help="single queries timed per point")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-faiss", action="store_true", help="skip the FAISS and HNSW curves")
+    args = parser.parse_args()
+    sizes = [int(s.replace("_", "")) for s in args.sizes.split(",")]
+    results = {str(n): rounded(bench(n, args.queries, min(args.singles, args.queries), args.seed, not args.no_faiss))
+               for n in sizes}
+    print_table(results)
+    print(json.dumps({"sizes": results, "load_average": [round(x, 2) for x in os.getloadavg()]}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""hashing.cells: the cell index against brute force over its own int8 embeddings (exact where
+every cell is visited or the bound stops the search), its recall on class-clustered data, the int8
+agreement with float32, filters, removals, re-additions and batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_hash_search import cosines64, prototype_corpus, unpadded
+
+from hashing.cells import CellCosineIndex
+from hashing.quantized import dequantize, quantize
+from hashing.search import ExhaustiveCosineIndex
+
+EVERY_CELL = 10**9  # a patience no search reaches: only the exact stop or the last cell ends it
+
+
+def clustered(rng, n, dim=32, clusters=60, noise=0.5):
+    """Unit rows around random centres, codes by class (cluster mod 6: a few codes hold many rows)."""
+    centres = rng.normal(size=(clusters, dim))
+    labels = rng.integers(0, clusters, n)
+    rows = centres[labels] + noise * rng.normal(size=(n, dim))
+    codes = rng.integers(0, 2**48, 6, dtype=np.uint64)[labels % 6]
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32), codes
+
+
+def brute_force(index, held_ids, queries, k, among=None, exclude=None):
+    """Ids by (-cosine, id) over the index's own int8 embeddings (embeddings_of), in float64."""
+    cos = cosines64(index.embeddings_of(held_ids), queries)
+    out = []
+    for i in range(len(queries)):
+        keep = np.ones(len(held_ids), dtype=bool)
+        if among is not None:
+            keep &= np.isin(held_ids, among)
+        if exclude is not None:
+            keep &= held_ids != exclude[i]
+        rows = np.flatnonzero(keep)
+        out.append(held_ids[rows[np.lexsort((held_ids[rows], -cos[i, rows]))][:k]].tolist())
+    return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_visiting_every_cell_gives_the_exhaustive_answer_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 600))
+    embeddings, codes = prototype_corpus(rng, n, 48, dim=8)
+    ids = np.sort(rng.choice(5 * n, size=n, replace=False))
+    index = CellCosineIndex(cell_rows=int(rng.integers(4, 64)), patience=EVERY_CELL)
+    order = rng.permutation(n)  # arrival order is not id order
+    half = n // 2
+    index.add(ids[order[:half]], embeddings[order[:half]], codes[order[:half]])
+    index.add(ids[order[half:]], embeddings[order[half:]], codes[order[half:]])
+    queries, _ = prototype_corpus(rng, 7, 48, n_prototypes=7, dim=8)
+    k = int(rng.integers(1, 40))
+    exclude = np.where(rng.random(7) < 0.5, ids[rng.integers(0, n, 7)], -1)
+    scores, found = index.search(queries, k, exclude=exclude)
+    expected = brute_force(index, ids, queries, k, exclude=exclude)
+    assert unpadded(found) == expected
+    cos = cosines64(index.embeddings_of(ids), queries)
+    for i, row in enumerate(expected):
+        np.testing.assert_allclose(scores[i, : len(row)], cos[i, np.searchsorted(ids, row)], atol=1e-5)
+        assert np.isneginf(scores[i, len(row):]).all() and (found[i, len(row):] == -1).all()
+    np.testing.assert_array_equal(index.codes_of(ids[::3]), codes[::3])
+
+
+def test_the_bound_stops_early_and_stays_exact_on_tight_cells():
+    # Copies of a few far-apart prototypes: each cell's radius is 0, so once the top k is full of
+    # the query's own prototype no other cell can reach it: the search stops without patience.
+    rng = np.random.default_rng(4)
+    embeddings, codes = prototype_corpus(rng, 4000, 48, n_prototypes=40, dim=64)
+    index = CellCosineIndex(cell_rows=50, patience=EVERY_CELL)
+    index.add(None, embeddings, codes)
+    assert index.n_cells >= 40  # identical rows do not split: one cell per prototype
+    queries = embeddings[:5] + 0.01 * rng.normal(size=(5, 64)).astype(np.float32)
+    _, found, visited = index.search_counting(queries, 20)
+    assert (visited < 400).all()
+    assert unpadded(found) == brute_force(index, index.ids, queries, 20)
+
+
+def test_recall_at_100_on_class_clustered_codes_scores_a_fraction():
+    rng = np.random.default_rng(0)
+    embeddings, codes = clustered(rng, 30_000)
+    queries, _ = clustered(np.random.default_rng(1), 60)
+    index = CellCosineIndex(cell_rows=256)
+    index.add(None, embeddings, codes)
+    exhaustive = ExhaustiveCosineIndex()
+    exhaustive.add(None, embeddings)
+    truth = exhaustive.search(queries, 100)[1]
+    _, found, visited = index.search_counting(queries, 100)
+    recall = np.mean([len(np.intersect1d(f, t)) / 100 for f, t in zip(found, truth)])
+    assert recall >= 0.95
+    assert np.median(visited) < len(embeddings) / 3
+
+
+def test_int8_rows_keep_the_float32_top_100():
+    rng = np.random.default_rng(2)
+    embeddings, _ = clustered(rng, 20_000, dim=100, clusters=200, noise=0.6)
+    queries, _ = clustered(np.random.default_rng(3), 40, dim=100, clusters=200, noise=0.6)
+    rows, scales = quantize(embeddings)
+    assert rows.dtype == np.int8 and np.abs(rows).max(axis=1).min() == 127
+    approximations = dequantize(rows, scales)
+    np.testing.assert_allclose(np.linalg.norm(approximations, axis=1), 1, atol=1e-5)
+    assert np.abs(approximations - embeddings).max() < 0.01
+    exact, approximate = ExhaustiveCosineIndex(), ExhaustiveCosineIndex()
+    exact.add(None, embeddings)
+    approximate.add(None, approximations)
+    a, b = exact.search(queries, 100)[1], approximate.search(queries, 100)[1]
+    assert np.mean([len(np.intersect1d(x, y)) / 100 for x, y in zip(a, b)]) >= 0.99
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_filters_removals_and_additions_after_removals(seed):
+    rng = np.random.default_rng(seed)
+    embeddings, codes = clustered(rng, 3000, dim=16)
+    all_ids = np.sort(rng.choice(100_000, size=3000, replace=False))
+    index = CellCosineIndex(cell_rows=32, patience=EVERY_CELL)
+    held = np.zeros(3000, dtype=bool)
+    replaced = embeddings.copy()
+    for step in range(5):
+        new = np.flatnonzero(~held & (rng.random(3000) < 0.5))
+        rng.shuffle(new)
+        if step >= 2:  # ids removed earlier come back with other embeddings
+            replaced[new] = clustered(rng, len(new), dim=16)[0]
+        index.add(all_ids[new], replaced[new], codes[new])
+        held[new] = True
+        gone = np.flatnonzero(held & (rng.random(3000) < 0.2))
+        index.remove(all_ids[gone])
+        held[gone] = False
+    ids = all_ids[held]
+    np.testing.assert_array_equal(index.ids, ids)
+    np.testing.assert_allclose(index.embeddings_of(ids), replaced[held], atol=0.01)
+    queries = clustered(rng, 6, dim=16)[0]
+    among = rng.choice(ids, size=len(ids) // 7, replace=False)
+    exclude = np.array([among[0], -1, ids[0], 7, among[3], -1])
+    for k in (1, 10, 60):
+        _, found = index.search(queries, k, among=among, exclude=exclude)
+        assert unpadded(found) == brute_force(index, ids, queries, k, among=among, exclude=exclude)
+    few = among[:5]  # fewer eligible than k: every one of them, then padding
+    _, found = index.search(queries, 8, among=few, exclude=exclude)
+    assert unpadded(found) == brute_force(index, ids, queries, 8, among=few, exclude=exclude)
+    assert (found[:, 5:] == -1).all() and (found[1, :5] >= 0).all()
+    with pytest.raises(ValueError, match=r"1 ids are not held"):
+        index.remove(np.array([ids[0], 100_001]))
+
+
+def test_a_batch_gives_what_single_searches_give():
+    rng = np.random.default_rng(9)
+    embeddings, codes = clustered(rng, 20_000)
+    index = CellCosineIndex(cell_rows=128)
+    index.add(None, embeddings, codes)
+    queries = clustered(np.random.default_rng(10), 300)[0]
+    exclude = np.where(rng.random(300) < 0.3, rng.integers(0, 20_000, 300), -1)
+    scores, found = index.search(queries, 25, exclude=exclude)
+    for i in range(0, 300, 7):
+        one_scores, one = index.search(queries[i : i + 1], 25, exclude=exclude[i : i + 1])
+        np.testing.assert_array_equal(one[0], found[i])
+        np.testing.assert_array_equal(one_scores[0], scores[i])
+
+
+def test_growth_rebuilds_the_cells_and_empty_searches_pad():
+    index = CellCosineIndex(cell_rows=16)
+    scores, found = index.search(np.ones((2, 4)), 3)
+    assert (found == -1).all() and np.isneginf(scores).all()
+    rng = np.random.default_rng(5)
+    embeddings, codes = clustered(rng, 400, dim=4)
+    index.add(None, embeddings[:20], codes[:20])
+    assert index.n_cells == 1  # too few rows to split
+    for start in range(20, 400, 20):
+        index.add(None, embeddings[start : start + 20], codes[start : start + 20])
+    assert index.n_cells > 8
+    assert index.nbytes < 400 * (4 + 4 + 8 + 8 + 4 + 4) + index.n_cells * 64
+    index.remove(index.ids)  # emptied, it starts again: even embeddings of another dimension
+    index.add(np.array([3, 1]), np.eye(6)[:2], codes[:2])
+    assert index.n_cells == 1 and index.search(np.eye(6)[1:2], 3)[1].tolist() == [[1, 3, -1]]
+
+
+def test_bad_arguments_say_what_to_do():
+    index = CellCosineIndex()
+    with pytest.raises(ValueError, match="3 embeddings but 2 codes"):
+        index.add(None, np.eye(3), np.zeros(2, dtype=np.uint64))
+    with pytest.raises(ValueError, match="1-D uint64"):
+        index.add(None, np.eye(3), np.zeros(3, dtype=np.int64))
+    with pytest.raises(ValueError, match=r"embeddings\[1\] has norm 0"):
+        index.add(None, np.array([[1.0, 0], [0, 0]]), np.zeros(2, dtype=np.uint64))
+    with pytest.raises(ValueError, match="patience must be >= 1"):
+        CellCosineIndex(patience=0)
+    index.add(None, np.eye(3), np.zeros(3, dtype=np.uint64))
+    with pytest.raises(ValueError, match="patience must be >= 1"):
+        index.search(np.eye(3)[:1], 1, patience=0)
+    with pytest.raises(ValueError, match=r"shape \(n, 3\)"):
+        index.search(np.ones((1, 4)), 1)
+    with pytest.raises(ValueError, match="id 2 is already held"):
+        index.add(np.array([2]), np.eye(3)[:1], np.zeros(1, dtype=np.uint64))
+    with pytest.raises(ValueError, match="0 rows but 1 ids"):
+        index.add(np.array([7]), np.zeros((0, 3)), np.zeros(0, dtype=np.uint64))
+    with pytest.raises(LookupError, match="id 9 is not held"):
+        index.embeddings_of(np.array([9]))
