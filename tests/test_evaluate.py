@@ -108,7 +108,7 @@ def one_code(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         (only_the_true_class, one_code, "IWAN", 0.1),
         # The reverse: the hashes rank ideally (mHP 1) and IWAN tells nothing; any weight below
         # 1 gives the hashes' ranking, and the first grid weight is 0.0.
-        (all_airplanes, true_codes, "hashes (Hamming + cosine)", 0.0),
+        (all_airplanes, true_codes, "hashes (cosine in cells)", 0.0),
     ],
 )
 def test_fusion_weight_follows_the_informative_retriever(engine, tmp_path, predictions, codes, winner, weight):
@@ -142,9 +142,9 @@ def test_codes_round_trip_through_postgres(toy_database):
 def test_standard_protocol_scores_and_report(toy_database, tmp_path):
     results = run(toy_database, spec(), tmp_path, progress=False)
     metrics = results["metrics"]
-    assert set(metrics) == {"IWAN", "exhaustive cosine", "hashes (Hamming + cosine)", "fused (weighted)"}
+    assert set(metrics) == {"IWAN", "exhaustive cosine", "hashes (cosine in cells)", "fused (weighted)"}
     # Every image sits exactly on its class embedding: both cosine searches are perfect.
-    for method in ("exhaustive cosine", "hashes (Hamming + cosine)"):
+    for method in ("exhaustive cosine", "hashes (cosine in cells)"):
         assert metrics[method]["mAP"][6] == pytest.approx(1.0)
         assert metrics[method]["mHP (original mAHP)"][6] == pytest.approx(1.0)
     # IWAN's first hit shares the query's top word, which is its true class.
@@ -160,7 +160,7 @@ def test_standard_protocol_scores_and_report(toy_database, tmp_path):
     for name in ("report.md", "metrics.csv", "results.json"):
         assert (tmp_path / name).stat().st_size > 100
     assert json.loads((tmp_path / "results.json").read_text())["metadata"]["query_size"] == 20
-    assert "hashes (Hamming + cosine)" in (tmp_path / "report.md").read_text()
+    assert "hashes (cosine in cells)" in (tmp_path / "report.md").read_text()
 
 
 def test_original_protocol_leaves_each_query_out(toy_database, tmp_path):

@@ -15,7 +15,7 @@ from iwan.evaluation.examples import draw_negatives, draw_positives, example_que
 from iwan.evaluation.runs import build_methods, run, workload
 
 KS = (1, 5, 20)
-LABELS = "IWAN", "exhaustive cosine", "hashes (Hamming + cosine)", "fused (weighted)"
+LABELS = "IWAN", "exhaustive cosine", "hashes (cosine in cells)", "fused (weighted)"
 
 
 def test_positives_are_the_query_and_others_of_its_class_nested_and_padded():
@@ -119,7 +119,7 @@ def test_the_cli_measures_examples_and_refuses_negatives_alone(toy_database, dat
     assert done.exit_code == 0, done.output
     answer = json.loads(done.output)
     assert {(r["method"], r["examples"], r["negatives"]) for r in answer["runs"]} == {
-        (m, n, k) for m in ("IWAN", "hashes (Hamming + cosine)") for n in (1, 2) for k in (0, 1)}
+        (m, n, k) for m in ("IWAN", "hashes (cosine in cells)") for n in (1, 2) for k in (0, 1)}
     assert (out / "metrics.csv").read_text().startswith("method,examples,negatives,metric,k,value")
 
 

@@ -99,7 +99,7 @@ def test_registry_evaluation_ranks_as_the_indexes_do(toy_database, tmp_path, que
     for method, label, evaluated, out, result in [
         ("iwan", "IWAN", evaluation, tmp_path / "weighted", results),
         ("exhaustive", "exhaustive cosine", evaluation, tmp_path / "weighted", results),
-        ("hashes", "hashes (Hamming + cosine)", evaluation, tmp_path / "weighted", results),
+        ("hashes", "hashes (cosine in cells)", evaluation, tmp_path / "weighted", results),
         ("fused-weighted", "fused (weighted)", evaluation, tmp_path / "weighted", results),
         ("fused-rrf", "fused (rrf)", rrf, tmp_path / "rrf", rrf_results),
     ]:

@@ -1,4 +1,4 @@
-"""The comparative evaluation: IWAN, exhaustive cosine, Hamming + cosine, and their fusion.
+"""The comparative evaluation: IWAN, exhaustive cosine, the hash method (cosine over k-means cells), and their fusion.
 
 Every method is built by name through the retriever registry (iwan.retrieval) over the corpus
 split and answers the same query batch (the stored predictions, embeddings and codes of the query
@@ -41,7 +41,7 @@ from iwan.retrieval import Batch, Corpus, Retriever, fusion, get_retriever, retr
 
 log = logging.getLogger(__name__)
 
-LABELS = {"iwan": "IWAN", "exhaustive": "exhaustive cosine", "hashes": "hashes (Hamming + cosine)"}
+LABELS = {"iwan": "IWAN", "exhaustive": "exhaustive cosine", "hashes": "hashes (cosine in cells)"}
 """How the report names a method (a method not listed is named as registered)."""
 CACHE_FORMAT = "retrievers/1"
 """Part of every cached ranking's key: rankings made before the retriever registry are remade."""
