@@ -48,6 +48,7 @@ from hashing.search import (
     _rows_of,
     _score_margin,
     _unit_rows,
+    check_codes,
     check_k,
     empty_results,
     kept_rows,
@@ -121,7 +122,7 @@ class CellCosineIndex:
     def add(self, ids: np.ndarray | None, embeddings: np.ndarray, codes: np.ndarray) -> None:
         """Take in (n,) ids, none of them held (None: continuing from the highest id held), with
         their (n, d) embeddings and (n,) uint64 codes (see hashing.codes)."""
-        codes = self._check_codes(codes, "codes")
+        codes = check_codes(codes, self.n_bits, "CellCosineIndex: codes")
         if len(codes) != len(embeddings):
             raise ValueError(
                 f"CellCosineIndex.add: {len(embeddings)} embeddings but {len(codes)} codes; "
@@ -251,21 +252,6 @@ class CellCosineIndex:
         np.minimum.at(widest, cells, cos)
         self._cos_radius = np.minimum(self._cos_radius, np.clip(widest, -1.0, 1.0))
         self._sin_radius = np.sqrt(np.maximum(0.0, 1.0 - self._cos_radius.astype(np.float64) ** 2)).astype(np.float32)
-
-    def _check_codes(self, codes: np.ndarray, what: str) -> np.ndarray:
-        codes = np.asarray(codes)
-        if codes.ndim != 1 or codes.dtype != np.uint64:
-            raise ValueError(
-                f"CellCosineIndex: {what} must be a 1-D uint64 array (hashing.codes.pack_bits), "
-                f"got {codes.dtype} of shape {codes.shape}"
-            )
-        if self.n_bits < 64 and codes.size and (codes >> np.uint64(self.n_bits)).any():
-            bad = int(np.flatnonzero(codes >> np.uint64(self.n_bits))[0])
-            raise ValueError(
-                f"CellCosineIndex: {what}[{bad}] = {int(codes[bad]):#x} has bits above the index's "
-                f"{self.n_bits}; build the index with the codes' n_bits"
-            )
-        return codes
 
 
 def _merged(existing: np.ndarray, new: np.ndarray, order: np.ndarray | None) -> np.ndarray:

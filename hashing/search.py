@@ -164,7 +164,7 @@ class HammingCosineIndex:
     def add(self, ids: np.ndarray | None, embeddings: np.ndarray, codes: np.ndarray) -> None:
         """Take in (n,) ids, none of them held (None: continuing from the highest id held), with
         their (n, d) embeddings and (n,) uint64 codes (see hashing.codes)."""
-        codes = self._check_codes(codes, "codes")
+        codes = check_codes(codes, self.n_bits, f"{type(self).__name__}: codes")
         if len(codes) != len(embeddings):
             raise ValueError(
                 f"HammingCosineIndex.add: {len(embeddings)} embeddings but {len(codes)} codes; "
@@ -205,7 +205,7 @@ class HammingCosineIndex:
         if shortlist < k:
             raise ValueError(f"HammingCosineIndex.search: shortlist ({shortlist}) must be >= k ({k})")
         queries = _unit_rows(query_embeddings, "query_embeddings", self._embeddings.shape[1] if self.ntotal else None)
-        query_codes = self._check_codes(query_codes, "query_codes")
+        query_codes = check_codes(query_codes, self.n_bits, f"{type(self).__name__}: query_codes")
         if len(query_codes) != len(queries):
             raise ValueError(
                 f"HammingCosineIndex.search: {len(queries)} query embeddings but {len(query_codes)} "
@@ -249,20 +249,18 @@ class HammingCosineIndex:
         nearest = ids[np.argsort(distances[ids], kind="stable")[:n_take]]
         return np.sort(nearest)
 
-    def _check_codes(self, codes: np.ndarray, what: str) -> np.ndarray:
-        codes = np.asarray(codes)
-        if codes.ndim != 1 or codes.dtype != np.uint64:
-            raise ValueError(
-                f"HammingCosineIndex: {what} must be a 1-D uint64 array (hashing.codes.pack_bits), "
-                f"got {codes.dtype} of shape {codes.shape}"
-            )
-        if self.n_bits < 64 and codes.size and (codes >> np.uint64(self.n_bits)).any():
-            bad = int(np.flatnonzero(codes >> np.uint64(self.n_bits))[0])
-            raise ValueError(
-                f"HammingCosineIndex: {what}[{bad}] = {int(codes[bad]):#x} has bits above the index's "
-                f"{self.n_bits}; build the index with the codes' n_bits"
-            )
-        return codes
+
+def check_codes(codes: np.ndarray, n_bits: int, what: str) -> np.ndarray:
+    """`codes` as a 1-D uint64 array of `n_bits`-bit codes; a ValueError naming `what` otherwise."""
+    codes = np.asarray(codes)
+    if codes.ndim != 1 or codes.dtype != np.uint64:
+        raise ValueError(f"{what} must be a 1-D uint64 array (hashing.codes.pack_bits), got {codes.dtype} of shape "
+                         f"{codes.shape}")
+    if n_bits < 64 and codes.size and (codes >> np.uint64(n_bits)).any():
+        bad = int(np.flatnonzero(codes >> np.uint64(n_bits))[0])
+        raise ValueError(f"{what}[{bad}] = {int(codes[bad]):#x} has bits above the index's {n_bits}; build the index "
+                         "with the codes' n_bits")
+    return codes
 
 
 def hamming_distances(codes: np.ndarray, query_codes: np.ndarray) -> np.ndarray:
