@@ -19,7 +19,7 @@ from iwan.db import migrate
 from iwan.db.engine import DatabaseError
 
 _numbers = itertools.count()
-HEAD = "0005"
+HEAD = "0006"
 PASSWORD = "managed-secret"
 
 

@@ -31,7 +31,7 @@ TABLES = {
     "images": "id, dataset, split, position, fine_label, coarse_label, path",
     "dataset_classes": "dataset, granularity, label, name",
     "classifier_classes": "model, class_index, name",
-    "predictions": "model, image_id, rank, class_index, probability",
+    "predictions": "model, image_id, class_indices, probabilities",
     "hash_codes": "model, image_id, code::text, embedding::text",
     "image_files": "image_id, sha256, media_type, size, file_name, label",
     "collection_images": "image_id",
@@ -98,7 +98,7 @@ def test_predict_on_ray_stores_what_one_process_stores(cluster, engine, other_da
     summary = predict_on_ray(engine, cluster.address, root, batch_size=16)
     assert (summary.images, summary.predicted, summary.skipped) == (60, 60, 0)
     ray_rows, here_rows = rows(engine), rows(other_database)
-    assert len(ray_rows["predictions"]) == 60 * 10
+    assert len(ray_rows["predictions"]) == 60  # one row per image, its ten classes as arrays
     assert ray_rows == here_rows
     # A rerun finds everything done and writes nothing twice.
     again = predict_on_ray(engine, cluster.address, root, batch_size=16)

@@ -44,7 +44,7 @@ def create(ctx: CliContext, name, dataset, split, predictor, old_predictor, hash
         click.echo("iwan: --model is deprecated; use --predictor", err=True)
         predictor = old_predictor
     info = create_collection(ctx.engine(), name, predictor, dataset=dataset, split=split, hash_model=hash_model,
-                             settings=ctx.settings, top_iwk=top_iwk, top_wwk=top_wwk, strength=strength, source=source)
+                             settings=ctx.settings, progress=not as_json, top_iwk=top_iwk, top_wwk=top_wwk, strength=strength, source=source)
     if as_json:
         emit_json(info.as_dict())
         return

@@ -125,6 +125,52 @@ def _load_members(engine: Engine, collection: store.Collection, ids: np.ndarray)
     return _Members(ids, predicted.class_indices, predicted.probabilities, embeddings, codes, labels)
 
 
+def _stream_members(engine: Engine, collection: store.Collection, progress: bool = False) -> tuple[_Members, int]:
+    """Every member's data and the last change it includes, read in one database snapshot
+    (REPEATABLE READ) by binary COPY in chunks into arrays allocated once: a collection of 10M
+    images costs its arrays, no Python object per image (iwan.db.binary)."""
+    from tqdm import tqdm
+
+    from iwan.db.codes import iter_member_codes
+    from iwan.db.predictions import iter_member_predictions
+
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+        seq = store.last_seq(conn, collection.id)
+        ids, label_codes, names = store.member_labels(conn, collection.id)
+        n = len(ids)
+        passes = 2 if collection.hash_model else 1
+        with tqdm(total=n * passes, desc=f"collection {collection.name}", unit="img", disable=not progress) as bar:
+            class_indices = np.empty((n, collection.top_iwk), dtype=np.int64)
+            probabilities = np.empty((n, collection.top_iwk), dtype=np.float32)
+            at = 0
+            for chunk in iter_member_predictions(conn, collection.predictor, collection.top_iwk, collection.id):
+                class_indices[at : at + len(chunk.ids)] = chunk.class_indices
+                probabilities[at : at + len(chunk.ids)] = chunk.probabilities
+                at += len(chunk.ids)
+                bar.update(len(chunk.ids))
+            unpredicted = np.flatnonzero(class_indices[:, 0] < 0) if n else np.zeros(0, np.int64)
+            if len(unpredicted):
+                raise LookupError(
+                    f"{len(unpredicted)} images have no {collection.predictor} predictions (first: image id "
+                    f"{ids[unpredicted[0]]}): run `iwan predict --predictor {collection.predictor}` for their split"
+                )
+            embeddings = codes = None
+            if collection.hash_model:
+                codes = np.empty(n, dtype=np.uint64)
+                at = 0
+                for coded in iter_member_codes(conn, collection.hash_model, collection.id):
+                    if embeddings is None:
+                        embeddings = np.empty((n, coded.embeddings.shape[1]), dtype=np.float32)
+                    embeddings[at : at + len(coded.ids)] = coded.embeddings
+                    codes[at : at + len(coded.ids)] = coded.codes
+                    at += len(coded.ids)
+                    bar.update(len(coded.ids))
+                if embeddings is None:  # the width comes with the first image
+                    embeddings = np.zeros((0, 0), dtype=np.float32)
+    labels = np.array([*names, None], dtype=object)[label_codes]
+    return _Members(ids, class_indices, probabilities, embeddings, codes, labels), seq
+
+
 def _vocabulary(engine: Engine, collection: store.Collection) -> tuple[list[str], np.ndarray]:
     """The norms' words and the predictor's class -> word id mapping, as `iwan index build` makes them."""
     from iwan.db.norms import association_arrays
@@ -229,10 +275,7 @@ class LiveCollection:
         collection = store.get(engine, name)
         loaded = _read_snapshot(snapshot_path(name, settings), collection)
         if loaded is None:
-            with engine.connect() as conn:
-                seq = store.last_seq(conn, collection.id)
-                ids = store.member_ids(conn, collection.id)
-            members = _load_members(engine, collection, ids)
+            members, seq = _stream_members(engine, collection)
             words, class_word_ids = _vocabulary(engine, collection)
         else:
             members, words, class_word_ids, seq = loaded
@@ -558,10 +601,11 @@ def _read_snapshot(path: Path, collection: store.Collection):
 
 
 def create_collection(engine: Engine, name: str, predictor: str, *, dataset: str | None = None, split: str | None = None,
-                      hash_model: str | None = None, settings: Settings | None = None, **options) -> CollectionInfo:
+                      hash_model: str | None = None, settings: Settings | None = None, progress: bool = False,
+                      **options) -> CollectionInfo:
     """Create a collection and save its first snapshot (so that the first open is fast) where
-    `settings` say (read from the environment when not given); `options`: top_iwk, top_wwk,
-    strength, source."""
+    `settings` say (read from the environment when not given), with a progress bar if asked;
+    `options`: top_iwk, top_wwk, strength, source."""
     from iwan.vision.predictors import ARCHITECTURES
 
     settings = settings or config.settings()
@@ -569,15 +613,13 @@ def create_collection(engine: Engine, name: str, predictor: str, *, dataset: str
         raise ValueError(f"predictor {predictor!r} is unknown: use one of {', '.join(ARCHITECTURES)}")
     collection = store.create(engine, name, predictor, dataset=dataset, split=split, hash_model=hash_model, **options)
     try:
-        with engine.connect() as conn:
-            ids = store.member_ids(conn, collection.id)
-        members = _load_members(engine, collection, ids)
+        members, seq = _stream_members(engine, collection, progress)
         words, class_word_ids = _vocabulary(engine, collection)
     except Exception:
         store.drop(engine, name)
         raise
-    _write_snapshot(snapshot_path(name, settings), collection, members, words, class_word_ids, 0)
-    return _info(collection, len(ids))
+    _write_snapshot(snapshot_path(name, settings), collection, members, words, class_word_ids, seq)
+    return _info(collection, len(members.ids))
 
 
 def drop_collection(engine: Engine, name: str, *, settings: Settings | None = None) -> None:

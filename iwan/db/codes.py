@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from hashing.codes import from_bit_strings, to_bit_strings
 from iwan.config import HASH_BITS
+from iwan.db import binary
 
 if TYPE_CHECKING:
     import psycopg
@@ -33,15 +35,37 @@ def store_codes(engine: Engine, model: str, image_ids: np.ndarray, embeddings: n
     return len(image_ids)
 
 
+COPY_BATCH = 16384
+"""Rows per binary COPY block (a few MiB with 100-dimensional embeddings)."""
+
+
+def _fields(model: str, dim: int) -> list[binary.Field]:
+    return [binary.Field("model", "bytes", len(model.encode())), binary.Field("image_id", "int8"),
+            binary.Field("code", "bit", HASH_BITS), binary.Field("embedding", "vector", dim)]
+
+
 def write_codes(conn: sa.Connection, model: str, image_ids: np.ndarray, embeddings: np.ndarray, codes: np.ndarray) -> None:
-    """Insert codes and embeddings of images that have none of `model`, inside the caller's transaction."""
-    bits = to_bit_strings(np.asarray(codes, dtype=np.uint64), HASH_BITS)
+    """Insert codes and embeddings of images that have none of `model`, inside the caller's
+    transaction, in one binary COPY (iwan.db.binary)."""
+    image_ids = np.asarray(image_ids, dtype=np.int64)
+    embeddings = np.asarray(embeddings, dtype=np.float32).reshape(len(image_ids), -1)
+    codes = np.asarray(codes, dtype=np.uint64)
+    if not np.isfinite(embeddings).all():
+        raise ValueError(f"hash codes of {model}: an embedding holds NaN or infinity; PostgreSQL's vector refuses them")
+    fields = _fields(model, embeddings.shape[1])
     # An open connection of the psycopg dialect always holds its DBAPI connection (None only once closed).
     driver = cast("psycopg.Connection[Any]", conn.connection.driver_connection)
-    cursor = driver.cursor()
-    with cursor.copy("COPY hash_codes (model, image_id, code, embedding) FROM STDIN") as copy:
-        for image_id, code, vector in zip(np.asarray(image_ids).tolist(), bits, np.asarray(embeddings, dtype=np.float32)):
-            copy.write_row((model, image_id, code, vector_literal(vector)))
+    with driver.cursor().copy("COPY hash_codes (model, image_id, code, embedding) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.write(binary.HEADER)
+        for start in range(0, len(image_ids), COPY_BATCH):
+            stop = start + COPY_BATCH
+            rows = binary.empty_rows(fields, len(image_ids[start:stop]))
+            rows["model"] = model.encode()
+            rows["image_id"] = image_ids[start:stop]
+            rows["code"]["value"] = binary.bits_to_bytes(codes[start:stop], HASH_BITS)
+            rows["embedding"]["value"] = embeddings[start:stop]
+            copy.write(rows.tobytes())
+        copy.write(binary.TRAILER)
 
 
 def vector_literal(vector: np.ndarray) -> str:
@@ -53,24 +77,73 @@ def load_codes(engine: Engine, model: str, image_ids: np.ndarray) -> tuple[np.nd
     """(embeddings float32 (n, d), codes uint64 (n,)) of `model` for `image_ids`, in their order."""
     image_ids = np.asarray(image_ids, dtype=np.int64)
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT image_id, code::text, embedding::real[] FROM hash_codes "
-                "WHERE model = :m AND image_id = ANY(:ids)"
-            ),
-            {"m": model, "ids": image_ids.tolist()},
-        ).all()
-    found = {row[0]: row for row in rows}
-    missing = [int(i) for i in image_ids if int(i) not in found]
-    if missing:
+        dim = embedding_dim(conn, model)
+        driver = cast("psycopg.Connection[Any]", conn.connection.driver_connection)
+        row = driver.execute(f"SELECT {_PAGE_COLUMNS.format(id='h.image_id')} FROM hash_codes h "
+                             "WHERE h.model = %(m)s AND h.image_id = ANY(%(ids)s)",
+                             {"m": model, "ids": image_ids.tolist()}).fetchone()
+    found = _chunk(row, dim) if row is not None and row[0] is not None else None
+    held = found.ids if found is not None else np.zeros(0, dtype=np.int64)
+    at = np.minimum(np.searchsorted(held, image_ids), max(len(held) - 1, 0))
+    missing = np.flatnonzero(held[at] != image_ids) if len(held) else np.arange(len(image_ids))
+    if len(missing):
         raise LookupError(
-            f"{len(missing)} images have no hash codes of model {model!r} (first image id {missing[0]}): "
+            f"{len(missing)} images have no hash codes of model {model!r} (first image id {image_ids[missing[0]]}): "
             f"run `iwan hash encode` for their split with that model"
         )
-    ordered = [found[int(i)] for i in image_ids]
-    embeddings = np.array([row[2] for row in ordered], dtype=np.float32).reshape(len(ordered), -1)
-    codes = from_bit_strings([row[1] for row in ordered], HASH_BITS)
-    return embeddings, codes
+    if found is None:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.uint64)
+    return found.embeddings[at], found.codes[at]
+
+
+@dataclass(frozen=True)
+class CodeChunk:
+    ids: np.ndarray  # (n,) int64 image ids
+    embeddings: np.ndarray  # (n, d) float32
+    codes: np.ndarray  # (n,) uint64 (hashing.codes' bit order)
+
+
+def embedding_dim(conn: sa.Connection, model: str) -> int:
+    """The width of `model`'s stored embeddings (0 without any)."""
+    return int(conn.scalar(sa.text("SELECT vector_dims(embedding) FROM hash_codes WHERE model = :m LIMIT 1"),
+                           {"m": model}) or 0)
+
+
+PAGE_ROWS = 16384
+"""Images per page read (about 7 MiB with 100-dimensional embeddings)."""
+
+_PAGE_COLUMNS = ("array_send(array_agg({id} ORDER BY {id})), array_send(array_agg(h.code ORDER BY {id})), "
+                 "array_send(array_agg(h.embedding ORDER BY {id}))")
+
+
+def iter_member_codes(conn: sa.Connection, model: str, collection_id: int,
+                      page_rows: int = PAGE_ROWS) -> Iterator[CodeChunk]:
+    """The codes and embeddings of `model` of every image of a collection, ids ascending, a page
+    at a time (read as iwan.db.predictions reads). An image without a code is an error naming it."""
+    dim = embedding_dim(conn, model)
+    query = (
+        "WITH page AS MATERIALIZED (SELECT image_id FROM collection_images WHERE collection_id = %(c)s "
+        "AND image_id > %(after)s ORDER BY image_id LIMIT %(rows)s) "
+        f"SELECT {_PAGE_COLUMNS.format(id='page.image_id')}, "
+        "array_send(array_agg(page.image_id) FILTER (WHERE h.image_id IS NULL)) FROM page "
+        "LEFT JOIN hash_codes h ON h.model = %(m)s AND h.image_id = page.image_id AND h.image_id > %(after)s "
+        "AND h.image_id <= (SELECT max(image_id) FROM page)"
+    )
+    for row in binary.iter_pages(conn, query, {"c": collection_id, "m": model}, page_rows):
+        if row[3] is not None:
+            missing = binary.parse_array(row[3], "int8")
+            raise LookupError(
+                f"{len(missing):,} images of the collection have no hash codes of model {model!r} (first image id "
+                f"{int(missing.min())}): run `iwan hash encode` for their split with that model"
+            )
+        yield _chunk(row, dim)
+
+
+def _chunk(row: tuple, dim: int) -> CodeChunk:
+    """A page's (ids, codes, embeddings) arrays, ids first (already parsed, or bytes)."""
+    ids = row[0] if isinstance(row[0], np.ndarray) else binary.parse_array(row[0], "int8")
+    return CodeChunk(ids.astype(np.int64), binary.parse_array(row[2], "vector", dim).astype(np.float32),
+                     binary.bytes_to_bits(binary.parse_array(row[1], "bit", HASH_BITS), HASH_BITS))
 
 
 def codes_digest(engine: Engine, model: str) -> str | None:

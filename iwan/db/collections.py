@@ -14,12 +14,17 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from iwan.config import DEFAULT_STRENGTH, DEFAULT_TOP_IWK, DEFAULT_TOP_WWK, MAX_TOP_IWK, USF_SOURCE
+from iwan.db import binary
+
+if TYPE_CHECKING:
+    import psycopg
 
 CHANNEL = "iwan_changes"
 """The NOTIFY channel; the payload is "<collection id>:<seq>"."""
@@ -116,7 +121,7 @@ def _check_split(conn: sa.Connection, dataset: str, split: str, predictor: str, 
     counts = conn.execute(
         sa.text(
             "SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.model = :p "
-            "AND p.image_id = i.id AND p.rank = 0)), count(*) FILTER (WHERE CAST(:h AS text) IS NOT NULL AND NOT EXISTS "
+            "AND p.image_id = i.id)), count(*) FILTER (WHERE CAST(:h AS text) IS NOT NULL AND NOT EXISTS "
             "(SELECT 1 FROM hash_codes c WHERE c.model = :h AND c.image_id = i.id)) "
             "FROM images i WHERE i.dataset = :d AND i.split = :s"
         ),
@@ -204,7 +209,7 @@ def member_ids(conn: sa.Connection, collection_id: int, among: np.ndarray | None
     ids = conn.scalars(
         sa.text(
             "SELECT image_id FROM collection_images WHERE collection_id = :c "
-            "AND (CAST(:among AS integer[]) IS NULL OR image_id = ANY(:among)) ORDER BY image_id"
+            "AND (CAST(:among AS bigint[]) IS NULL OR image_id = ANY(:among)) ORDER BY image_id"
         ),
         {"c": collection_id, "among": None if among is None else np.asarray(among).tolist()},
     ).all()
@@ -224,6 +229,30 @@ def labels_of(conn: sa.Connection, image_ids: np.ndarray) -> list[str | None]:
     ).all()
     found: dict[int, str | None] = dict(rows)
     return [found.get(int(i)) for i in image_ids]
+
+
+def member_labels(conn: sa.Connection, collection_id: int, page_rows: int = 1 << 18) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(ids ascending, label codes, label names) of every image of a collection, as `labels_of`
+    defines labels: code i is names[i], -1 none. Read a page at a time as binary arrays
+    (iwan.db.binary.iter_pages), so that 10M members cost two arrays and the distinct names, not a
+    Python string per image."""
+    label = ("coalesce(f.label, d.name) FROM {members} JOIN images i ON i.id = m.image_id "
+             "LEFT JOIN image_files f ON f.image_id = i.id LEFT JOIN dataset_classes d ON d.dataset = i.dataset "
+             "AND d.granularity = 'fine' AND d.label = i.fine_label")
+    driver = cast("psycopg.Connection[Any]", conn.connection.driver_connection)
+    distinct = f"SELECT DISTINCT {label.format(members='collection_images m')} WHERE m.collection_id = %(c)s"
+    names = sorted(row[0] for row in driver.execute(distinct, {"c": collection_id}) if row[0] is not None)
+    page = ("(SELECT image_id FROM collection_images WHERE collection_id = %(c)s AND image_id > %(after)s "
+            "ORDER BY image_id LIMIT %(rows)s) m")
+    query = (f"SELECT array_send(array_agg(m.image_id ORDER BY m.image_id)), array_send(array_agg("
+             f"CAST(coalesce(n.ord - 1, -1) AS integer) ORDER BY m.image_id)) FROM (SELECT m.image_id, "
+             f"{label.format(members=page)}) AS m(image_id, label) LEFT JOIN unnest(CAST(%(names)s AS text[])) "
+             "WITH ORDINALITY AS n(name, ord) ON n.name = m.label")
+    pages = list(binary.iter_pages(conn, query, {"c": collection_id, "names": names}, page_rows))
+    if not pages:
+        return np.zeros(0, np.int64), np.zeros(0, np.int32), names
+    return (np.concatenate([ids for ids, _ in pages]),
+            np.concatenate([binary.parse_array(codes, "int4") for _, codes in pages]).astype(np.int32), names)
 
 
 # --- changes ------------------------------------------------------------------------------------
@@ -280,14 +309,14 @@ def insert_uploads(conn: sa.Connection, collection_id: int, files: list[dict]) -
     conn.execute(
         sa.text(
             "INSERT INTO images (id, dataset, split, position, fine_label) "
-            "SELECT id, :d, :d, id, -1 FROM unnest(CAST(:ids AS integer[])) AS t(id)"
+            "SELECT id, :d, :d, id, -1 FROM unnest(CAST(:ids AS bigint[])) AS t(id)"
         ),
         {"d": UPLOAD_DATASET, "ids": ids.tolist()},
     )
     conn.execute(
         sa.text(
             "INSERT INTO image_files (image_id, collection_id, sha256, media_type, size, file_name, label) "
-            "SELECT * FROM unnest(CAST(:ids AS integer[]), CAST(:cs AS integer[]), CAST(:shas AS text[]), "
+            "SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:cs AS integer[]), CAST(:shas AS text[]), "
             "CAST(:types AS text[]), CAST(:sizes AS integer[]), CAST(:names AS text[]), CAST(:labels AS text[]))"
         ),
         {
@@ -297,7 +326,7 @@ def insert_uploads(conn: sa.Connection, collection_id: int, files: list[dict]) -
         },
     )
     conn.execute(
-        sa.text("INSERT INTO collection_images (collection_id, image_id) SELECT :c, unnest(CAST(:ids AS integer[]))"),
+        sa.text("INSERT INTO collection_images (collection_id, image_id) SELECT :c, unnest(CAST(:ids AS bigint[]))"),
         {"c": collection_id, "ids": ids.tolist()},
     )
     return ids
@@ -322,7 +351,7 @@ def add_registered(conn: sa.Connection, collection: Collection, image_ids: np.nd
         )
     found = conn.execute(
         sa.text(
-            "SELECT i.id, EXISTS (SELECT 1 FROM predictions p WHERE p.model = :p AND p.image_id = i.id AND p.rank = 0), "
+            "SELECT i.id, EXISTS (SELECT 1 FROM predictions p WHERE p.model = :p AND p.image_id = i.id), "
             "CAST(:h AS text) IS NULL OR EXISTS (SELECT 1 FROM hash_codes h WHERE h.model = :h AND h.image_id = i.id) "
             "FROM images i WHERE i.id = ANY(:ids)"
         ),
@@ -338,7 +367,7 @@ def add_registered(conn: sa.Connection, collection: Collection, image_ids: np.nd
         if not encoded:
             raise LookupError(f"image {image_id} has no codes of hash model {collection.hash_model!r}: run `iwan hash encode` for its split")
     conn.execute(
-        sa.text("INSERT INTO collection_images (collection_id, image_id) SELECT :c, unnest(CAST(:ids AS integer[]))"),
+        sa.text("INSERT INTO collection_images (collection_id, image_id) SELECT :c, unnest(CAST(:ids AS bigint[]))"),
         {"c": collection.id, "ids": ids.tolist()},
     )
     return ids

@@ -42,10 +42,10 @@ more for an excluded id), so an HNSW scan returns fewer than k rows only for k >
 _QUERIES = """
 WITH q AS MATERIALIZED (
     SELECT ord, CAST(code AS bit({bits})) AS code, CAST(vector AS vector({dim})) AS vector, exclude
-    FROM unnest(CAST(:codes AS text[]), CAST(:vectors AS text[]), CAST(:exclude AS integer[]))
+    FROM unnest(CAST(:codes AS text[]), CAST(:vectors AS text[]), CAST(:exclude AS bigint[]))
         WITH ORDINALITY AS u(code, vector, exclude, ord)
 ), corpus AS MATERIALIZED (
-    SELECT unnest(CAST(:corpus AS integer[])) AS image_id
+    SELECT unnest(CAST(:corpus AS bigint[])) AS image_id
 )
 """
 _IN_CORPUS = "AND h.image_id IN (SELECT image_id FROM corpus)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -11,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from iwan.config import STORED_PREDICTIONS
+from iwan.db import binary
 from iwan.db import images as image_store
 from iwan.vision.features import iter_chunks
 
@@ -39,7 +41,7 @@ predictions for images that may have some already take in turn (`iwan predict` r
 def done_image_ids(bind: Engine | sa.Connection, model: str, ids: np.ndarray) -> np.ndarray:
     """Which of `ids` already have predictions of `model` (`bind`: an engine, or a connection
     whose transaction it reads in)."""
-    query = sa.text("SELECT DISTINCT image_id FROM predictions WHERE model = :m AND image_id = ANY(:ids)")
+    query = sa.text("SELECT image_id FROM predictions WHERE model = :m AND image_id = ANY(:ids)")
     params = {"m": model, "ids": np.asarray(ids).tolist()}
     if isinstance(bind, sa.Connection):
         return np.asarray(bind.scalars(query, params).all(), dtype=np.int64)
@@ -115,7 +117,8 @@ def replace_predictions(engine: Engine, model: str, ids: np.ndarray, indices: np
 
 
 def write_predictions(conn: sa.Connection, model: str, ids: np.ndarray, indices: np.ndarray, probabilities: np.ndarray) -> None:
-    """Insert the top classes of these images inside the caller's transaction."""
+    """Insert the top classes of these images inside the caller's transaction: one row per image,
+    in one binary COPY."""
     _copy_predictions(conn, "predictions", model, ids, indices, probabilities)
 
 
@@ -129,23 +132,47 @@ def merge_predictions(conn: sa.Connection, model: str, ids: np.ndarray, indices:
         "CREATE TEMP TABLE IF NOT EXISTS staged_predictions (LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
     ))
     _copy_predictions(conn, "staged_predictions", model, ids, indices, probabilities)
-    written = conn.execute(sa.text(
-        "INSERT INTO predictions SELECT * FROM staged_predictions ON CONFLICT (model, image_id, rank) DO NOTHING"
+    return conn.execute(sa.text(
+        "INSERT INTO predictions SELECT * FROM staged_predictions ON CONFLICT (model, image_id) DO NOTHING"
     )).rowcount
-    return written // max(1, min(STORED_PREDICTIONS, indices.shape[1]))
+
+
+COPY_BATCH = 65536
+"""Rows per binary COPY block: a few MiB, so that a 10M-image write never holds its whole encoding."""
+
+
+def _fields(model: str, top: int) -> list[binary.Field]:
+    return [binary.Field("model", "bytes", len(model.encode())), binary.Field("image_id", "int8"),
+            binary.Field("class_indices", "int2[]", top), binary.Field("probabilities", "float4[]", top)]
 
 
 def _copy_predictions(conn: sa.Connection, table: str, model: str, ids: np.ndarray, indices: np.ndarray,
                       probabilities: np.ndarray) -> None:
+    ids, indices, probabilities = np.asarray(ids, dtype=np.int64), np.asarray(indices), np.asarray(probabilities)
     top = min(STORED_PREDICTIONS, indices.shape[1])
+    if not (len(ids) == len(indices) == len(probabilities)) or probabilities.shape[1] < top:
+        raise ValueError(
+            f"predictions: {len(ids)} ids, {indices.shape} class indices and {probabilities.shape} probabilities; "
+            "give one row of each per image"
+        )
+    if indices.size and (indices[:, :top].min() < 0 or indices[:, :top].max() > np.iinfo(np.int16).max):
+        raise ValueError(f"predictions of {model}: class indices must be 0..{np.iinfo(np.int16).max}")
+    fields = _fields(model, top)
     # An open connection of the psycopg dialect always holds its DBAPI connection (None only once closed).
     driver = cast("psycopg.Connection[Any]", conn.connection.driver_connection)
-    cursor = driver.cursor()
-    with cursor.copy(f"COPY {table} (model, image_id, rank, class_index, probability) FROM STDIN") as copy:
-        for image_id, row_indices, row_probabilities in zip(np.asarray(ids).tolist(), indices[:, :top].tolist(),
-                                                            probabilities[:, :top].tolist()):
-            for rank, (class_index, probability) in enumerate(zip(row_indices, row_probabilities)):
-                copy.write_row((model, image_id, rank, class_index, probability))
+    with driver.cursor().copy(
+        f"COPY {table} (model, image_id, class_indices, probabilities) FROM STDIN (FORMAT BINARY)"
+    ) as copy:
+        copy.write(binary.HEADER)
+        for start in range(0, len(ids), COPY_BATCH):
+            stop = start + COPY_BATCH
+            rows = binary.empty_rows(fields, len(ids[start:stop]))
+            rows["model"] = model.encode()
+            rows["image_id"] = ids[start:stop]
+            rows["class_indices"]["items"]["value"] = indices[start:stop, :top]
+            rows["probabilities"]["items"]["value"] = probabilities[start:stop, :top]
+            copy.write(rows.tobytes())
+        copy.write(binary.TRAILER)
 
 
 @dataclass(frozen=True)
@@ -185,27 +212,77 @@ def _stored(engine: Engine, model: str, ids: np.ndarray, top: int) -> tuple[Spli
     """The stored predictions of `ids`, and the rows of those that have none.
 
     A classifier with fewer classes than `top` leaves the lower ranks empty (-1, probability 0)."""
+    class_indices = np.full((len(ids), top), -1, dtype=np.int64)
+    probabilities = np.zeros((len(ids), top), dtype=np.float32)
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT image_id, rank, class_index, probability FROM predictions "
-                "WHERE model = :m AND image_id = ANY(:ids) AND rank < :top"
-            ),
-            {"m": model, "ids": ids.tolist(), "top": top},
-        ).all()
+        driver = cast("psycopg.Connection[Any]", conn.connection.driver_connection)
+        row = driver.execute(f"SELECT {_PAGE_COLUMNS.format(id='p.image_id')} FROM predictions p "
+                             "WHERE p.model = %(m)s AND p.image_id = ANY(%(ids)s)",
+                             {"m": model, "ids": ids.tolist(), "top": top}).fetchone()
+    if row is not None and row[0] is not None:
+        chunk = _chunk(binary.parse_array(row[0], "int8").astype(np.int64), row[1], row[2], top)
+        # Ids follow registration order, which need not be index order: look them up through a sort.
+        order = np.argsort(ids)
+        rows = order[np.searchsorted(ids, chunk.ids, sorter=order)]
+        class_indices[rows], probabilities[rows] = chunk.class_indices, chunk.probabilities
     categories = classifier_categories(engine, model)
-    class_indices, probabilities = _by_image(ids, rows, top)
     missing = np.flatnonzero(class_indices[:, 0] < 0)
     return SplitPredictions(ids, class_indices, probabilities, list(categories)), missing
+
+
+@dataclass(frozen=True)
+class PredictionChunk:
+    ids: np.ndarray  # (n,) int64 image ids
+    class_indices: np.ndarray  # (n, top) int16, -1 for a rank the model did not fill (or an image without predictions)
+    probabilities: np.ndarray  # (n, top) float32, 0 for such a rank
+
+
+PAGE_ROWS = 65536
+"""Images per page read: a few MiB of arrays."""
+
+# Padded in the query to exactly `top` ranks, so that the rows aggregate into one (n, top) array.
+_PAGE_COLUMNS = (
+    "array_send(array_agg({id} ORDER BY {id})), "
+    "array_send(array_agg((coalesce(p.class_indices, '{{}}') || array_fill(CAST(-1 AS smallint), ARRAY[%(top)s]))"
+    "[1:%(top)s] ORDER BY {id})), "
+    "array_send(array_agg((coalesce(p.probabilities, '{{}}') || array_fill(CAST(0 AS real), ARRAY[%(top)s]))"
+    "[1:%(top)s] ORDER BY {id}))"
+)
+
+
+def iter_member_predictions(conn: sa.Connection, model: str, top: int, collection_id: int,
+                            page_rows: int = PAGE_ROWS) -> Iterator[PredictionChunk]:
+    """The top `top` predictions of `model` of every image of a collection, ids ascending, a page
+    of at most `page_rows` images at a time, each page one result of binary arrays parsed by numpy
+    (iwan.db.binary.iter_pages): a collection of 10M images costs neither a Python object nor a
+    message per image. An image without predictions comes with class index -1 in every rank."""
+    query = (
+        "WITH page AS MATERIALIZED (SELECT image_id FROM collection_images WHERE collection_id = %(c)s "
+        "AND image_id > %(after)s ORDER BY image_id LIMIT %(rows)s) "
+        f"SELECT {_PAGE_COLUMNS.format(id='page.image_id')} FROM page LEFT JOIN predictions p ON p.model = %(m)s "
+        # The range lets PostgreSQL read the page's rows of the primary key in order, not probe each.
+        "AND p.image_id = page.image_id AND p.image_id > %(after)s AND p.image_id <= (SELECT max(image_id) FROM page)"
+    )
+    for ids, class_indices, probabilities in binary.iter_pages(conn, query, {"c": collection_id, "m": model, "top": top},
+                                                               page_rows):
+        yield _chunk(ids, class_indices, probabilities, top)
+
+
+def _chunk(ids: np.ndarray, class_indices: bytes, probabilities: bytes, top: int) -> PredictionChunk:
+    return PredictionChunk(ids, binary.parse_array(class_indices, "int2").reshape(len(ids), top).astype(np.int16),
+                           binary.parse_array(probabilities, "float4").reshape(len(ids), top).astype(np.float32))
 
 
 def predictions_digest(engine: Engine, model: str) -> str | None:
     """An md5 of every stored prediction of `model` (None without any), to tell when they change."""
     with engine.connect() as conn:
         return conn.scalar(
+            # The text of the rows as they were one per rank, so that a digest survives migration 0006.
             sa.text(
-                "SELECT md5(string_agg(concat_ws(':', image_id, rank, class_index, probability), ',' "
-                "ORDER BY image_id, rank)) FROM predictions WHERE model = :m"
+                "SELECT md5(string_agg(concat_ws(':', p.image_id, t.ord - 1, t.class_index, t.probability), ',' "
+                "ORDER BY p.image_id, t.ord)) FROM predictions p, "
+                "unnest(p.class_indices, p.probabilities) WITH ORDINALITY AS t(class_index, probability, ord) "
+                "WHERE p.model = :m"
             ),
             {"m": model},
         )
@@ -219,17 +296,3 @@ def classifier_categories(engine: Engine, model: str) -> list[str]:
                 sa.text("SELECT name FROM classifier_classes WHERE model = :m ORDER BY class_index"), {"m": model}
             ).all()
         )
-
-
-def _by_image(ids: np.ndarray, rows, top: int) -> tuple[np.ndarray, np.ndarray]:
-    """(image_id, rank, class_index, probability) rows as (len(ids), top) arrays in the order of ids."""
-    table = np.array(rows, dtype=np.float64).reshape(-1, 4)
-    # Ids follow registration order, which need not be index order: look them up through a sort.
-    order = np.argsort(ids)
-    position = order[np.searchsorted(ids, table[:, 0].astype(np.int64), sorter=order)]
-    class_indices = np.full((len(ids), top), -1, dtype=np.int64)
-    probabilities = np.zeros((len(ids), top), dtype=np.float32)
-    ranks = table[:, 1].astype(np.int64)
-    class_indices[position, ranks] = table[:, 2]
-    probabilities[position, ranks] = table[:, 3]
-    return class_indices, probabilities
