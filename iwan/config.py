@@ -174,7 +174,7 @@ class Settings:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     """Connections the service serves at once (IWAN_MAX_CONNECTIONS)."""
     ray_address: str | None = None
-    """The Ray cluster `iwan predict` and `iwan images add` run on (IWAN_RAY_ADDRESS, `--ray`);
+    """The Ray cluster `iwan predict`, `iwan images add` and `iwan hash encode` run on (IWAN_RAY_ADDRESS, `--ray`);
     None runs them in this process."""
 
     @property

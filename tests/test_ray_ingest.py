@@ -1,6 +1,6 @@
 """Ingestion on a real local Ray cluster (a head and one worker node, separate processes started
-here): what `iwan predict` and `iwan images add` store through Ray equals, row by row, what they
-store in one process, also when the worker node is killed during the run."""
+here): what `iwan predict`, `iwan images add` and `iwan hash encode` store through Ray equals,
+row by row, what they store in one process, also when a worker node is killed during the run."""
 
 from __future__ import annotations
 
@@ -177,6 +177,146 @@ def test_a_worker_node_killed_during_predict_leaves_a_complete_equal_result(clus
     assert rows(engine) == rows(other_database)
 
 
+def encode_here(engine, checkpoint: Path, root: Path, batch_size: int):
+    from iwan.collections.encode import encode_split
+    from iwan.datasets.loaders import load_dataset
+
+    settings = current_settings()
+    dataset = load_dataset(f"imagefolder:{root}", "split", settings=settings)
+    return encode_split(engine, checkpoint, dataset, HASH_MODEL, backend="torch", progress=False, batch_size=batch_size,
+                        settings=settings)
+
+
+def encode_on_ray(engine, address: str, checkpoint: Path, root: Path, batch_size: int):
+    from iwan.datasets.loaders import list_dataset
+
+    settings = current_settings()
+    listing = list_dataset(f"imagefolder:{root}", "split", settings=settings)
+    with distributed.Cluster(address) as cluster:
+        return distributed.encode_split(engine, cluster, checkpoint, listing, HASH_MODEL, backend="torch",
+                                        batch_size=batch_size, progress=False, settings=settings)
+
+
+@needs_ray
+def test_hash_encode_on_ray_stores_what_one_process_stores(cluster, engine, other_database, tmp_path, one_torch_thread):
+    from click.testing import CliRunner
+
+    from iwan.cli import cli
+    from iwan.datasets.loaders import list_dataset
+    from iwan.db import images as image_store
+
+    root = image_folder(tmp_path / "images", per_class=20)
+    # An untrained small-cnn with a classification head: codes, embeddings and the head's predictions.
+    checkpoint = save_hash_model(tmp_path / "home")
+    here = encode_here(other_database, checkpoint, root, batch_size=8)
+    url = engine.url.render_as_string(hide_password=False)
+    result = CliRunner().invoke(cli, ["hash", "encode", "--dataset", f"imagefolder:{root}", "--split", "split",
+                                      "--checkpoint", str(checkpoint), "--name", HASH_MODEL, "--backend", "torch",
+                                      "--batch-size", "8", "--ray", cluster.address, "--json"],
+                                env={"IWAN_DATABASE_URL": url})
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == here.as_dict()
+    assert here.images == 60 and here.predictions_stored and here.distinct_codes > 1
+    ray_rows, here_rows = rows(engine), rows(other_database)
+    assert len(ray_rows["hash_codes"]) == 60 and len(ray_rows["predictions"]) == 60
+    assert ray_rows == here_rows
+    # Slices run again (as Ray retries a task whose worker died after writing) write nothing.
+    listing = list_dataset(f"imagefolder:{root}", "split", settings=current_settings())
+    ids = image_store.register(engine, listing).ids
+    retried = [distributed._EncodeTask(ids[start : start + 8], start, [str(p) for p in listing.paths[start : start + 8]], None)
+               for start in (0, 24, 56)]
+    arguments = {"checkpoint": str(checkpoint), "backend": "torch", "model": HASH_MODEL, "settings": current_settings(),
+                 "database_url": url}
+    with distributed.Cluster(cluster.address) as joined:
+        assert [(images, written) for images, written, _ in joined.run(retried, distributed._Hashing, arguments)] == [
+            (8, 0), (8, 0), (4, 0)]
+    assert rows(engine) == here_rows
+    # A second encode replaces the rows, as in one process: the same rows, none twice.
+    again = encode_on_ray(engine, cluster.address, checkpoint, root, batch_size=16)
+    assert again.as_dict() == here.as_dict() and rows(engine) == here_rows
+
+
+def test_merge_codes_writes_only_the_images_without_codes(engine, tmp_path):
+    from iwan.datasets.loaders import load_dataset
+    from iwan.db import images as image_store
+    from iwan.db.codes import load_codes, merge_codes
+
+    root = image_folder(tmp_path / "images", per_class=2)
+    ids = image_store.register(engine, load_dataset(f"imagefolder:{root}", "split")).ids
+    rng = np.random.default_rng(0)
+    embeddings, codes = rng.normal(size=(6, 5)).astype(np.float32), rng.integers(0, 1 << 48, 6).astype(np.uint64)
+    with engine.begin() as conn:
+        assert merge_codes(conn, "m", ids[:4], embeddings[:4], codes[:4]) == 4
+    with engine.begin() as conn:
+        # A retried batch overlapping the first: only the two new images are written, the first rows stay.
+        assert merge_codes(conn, "m", ids[2:], embeddings[2:] + 1, codes[2:]) == 2
+    stored_embeddings, stored_codes = load_codes(engine, "m", ids)
+    np.testing.assert_array_equal(stored_codes, codes)
+    np.testing.assert_array_equal(stored_embeddings[:4], embeddings[:4])
+    np.testing.assert_array_equal(stored_embeddings[4:], embeddings[4:] + 1)
+
+
+def test_a_workers_features_are_those_of_the_feature_cache(tmp_path, one_torch_thread):
+    from iwan.collections.encode import slices
+    from iwan.datasets.loaders import load_dataset
+    from iwan.vision.features import extract
+
+    root = image_folder(tmp_path / "images", per_class=34)
+    dataset = load_dataset(f"imagefolder:{root}", "split")
+    predictor = tiny_predictor()
+    cached = extract(predictor, dataset, progress=False, cache_dir=tmp_path / "cache").features.astype(np.float32)
+    # Slices of 40 cross the predictor's 64-image batches (the worker cuts them where the cache
+    # does; this predictor's rows do not depend on their batch, so that cut is not what fails here).
+    cuts = slices(len(dataset), 40)
+    assert cuts == [(0, 40), (40, 80), (80, 102)]
+    computed = np.concatenate([distributed._features(predictor, dataset.images[a:b], a) for a, b in cuts])
+    np.testing.assert_array_equal(computed, cached)
+
+
+ENCODE_DRIVER = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import test_ray_ingest as t
+from pathlib import Path
+import sqlalchemy as sa
+summary = t.encode_on_ray(sa.create_engine(sys.argv[2]), sys.argv[3], Path(sys.argv[4]), Path(sys.argv[5]), 1)
+print(json.dumps(summary.as_dict()))
+"""
+
+
+@needs_ray
+def test_a_worker_node_killed_during_hash_encode_leaves_a_complete_equal_result(cluster, engine, other_database,
+                                                                                tmp_path, one_torch_thread):
+    root = image_folder(tmp_path / "images", per_class=40)
+    checkpoint = save_hash_model(tmp_path / "home")
+    encode_here(other_database, checkpoint, root, batch_size=1)
+    # A node of its own to kill (an earlier test may have killed the first).
+    cluster.start_worker()
+    url = engine.url.render_as_string(hide_password=False)
+    driver = subprocess.Popen([sys.executable, "-c", ENCODE_DRIVER, str(Path(__file__).parent), url, cluster.address,
+                               str(checkpoint), str(root)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        deadline = time.monotonic() + 90
+        with engine.connect() as conn:
+            while time.monotonic() < deadline and driver.poll() is None:
+                written = conn.scalar(sa.text("SELECT count(*) FROM hash_codes"))
+                conn.commit()
+                if written >= 20:
+                    break
+                time.sleep(0.05)
+        assert driver.poll() is None, f"the run ended before the kill: {driver.communicate()}"
+        assert written < 120, "the run was too far along to test the kill"
+        cluster.kill_worker(len(cluster.worker_ports) - 1)
+        out, err = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, err[-3000:]
+    assert json.loads(out.strip().splitlines()[-1])["images"] == 120
+    assert rows(engine) == rows(other_database)
+
+
 SINGLE = r"""
 import sys
 from iwan.cli import main
@@ -198,6 +338,31 @@ def test_without_an_address_predict_runs_here_and_never_imports_ray(database_url
     assert run.stderr.strip().splitlines()[-1] == "no ray"
     with engine.connect() as conn:
         assert conn.scalar(sa.text("SELECT count(DISTINCT image_id) FROM predictions")) == 3
+
+
+ENCODE_HERE = r"""
+import sys
+from iwan.cli import main
+sys.argv = ["iwan", "hash", "encode", "--dataset", "imagefolder:" + sys.argv[1], "--split", "split", "--checkpoint",
+            sys.argv[2], "--name", "tiny-hash", "--backend", "torch", "--json"]
+try:
+    main()
+finally:
+    print("ray imported" if "ray" in sys.modules else "no ray", file=sys.stderr)
+"""
+
+
+def test_without_an_address_hash_encode_runs_here_and_never_imports_ray(database_url, engine, tmp_path):
+    root = image_folder(tmp_path / "images", per_class=1)
+    checkpoint = save_hash_model(tmp_path / "home")
+    env = {k: v for k, v in os.environ.items() if k != "IWAN_RAY_ADDRESS"}
+    run = subprocess.run([sys.executable, "-c", ENCODE_HERE, str(root), str(checkpoint)], cwd=REPO, capture_output=True,
+                         text=True, timeout=300, env={**env, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout)["images"] == 3
+    assert run.stderr.strip().splitlines()[-1] == "no ray"
+    with engine.connect() as conn:
+        assert conn.scalar(sa.text("SELECT count(*) FROM hash_codes")) == 3
 
 
 def test_an_address_where_no_cluster_runs_is_one_line_saying_so(database_url, tmp_path):

@@ -19,17 +19,36 @@ from iwan.config import BACKENDS
 @click.option("--name", "model_name", required=True, help="The hash model's name: its codes are stored under it.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="onnx", show_default=True,
               help="How backbone features are computed when the network uses cached ones.")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="Images per network pass (and per task on Ray) [default: 1024].")
+@click.option("--ray", "ray_address", metavar="ADDRESS",
+              help="Encode on the Ray cluster at ADDRESS (its head's host:port) [default: IWAN_RAY_ADDRESS].")
 @click.option("--json", "as_json", is_flag=True)
 @pass_context
-def encode(ctx: CliContext, spec, split, limit, checkpoint, model_name, backend, as_json) -> None:
+def encode(ctx: CliContext, spec, split, limit, checkpoint, model_name, backend, batch_size, ray_address,
+           as_json) -> None:
     """Binarise the hash layer (48-bit codes) and store codes and embeddings in PostgreSQL."""
-    import iwan.vision.backbones  # noqa: F401 - registers the ImageNet backbones that checkpoints may name
-    from iwan.collections.encode import encode_split
-    from iwan.datasets.loaders import load_dataset
+    settings = ctx.settings
+    address = ray_address or settings.ray_address
+    if address:
+        from iwan.collections import distributed
+        from iwan.datasets.loaders import list_dataset
 
-    dataset = load_dataset(spec, split, limit=limit, settings=ctx.settings)
-    summary = encode_split(ctx.engine(), checkpoint, dataset, model_name, backend=backend, progress=not as_json,
-                           settings=ctx.settings)
+        listing = list_dataset(spec, split, limit=limit, settings=settings)
+        try:
+            with distributed.Cluster(address) as cluster:
+                summary = distributed.encode_split(ctx.engine(), cluster, checkpoint, listing, model_name,
+                                                   backend=backend, batch_size=batch_size, progress=not as_json,
+                                                   settings=settings)
+        except distributed.ClusterError as err:
+            raise click.ClickException(str(err)) from None
+    else:
+        from iwan.collections.encode import encode_split
+        from iwan.datasets.loaders import load_dataset
+
+        dataset = load_dataset(spec, split, limit=limit, settings=settings)
+        summary = encode_split(ctx.engine(), checkpoint, dataset, model_name, backend=backend, progress=not as_json,
+                               batch_size=batch_size, settings=settings)
     if as_json:
         emit_json(summary.as_dict())
     else:

@@ -1,5 +1,5 @@
-"""Ingestion on a Ray cluster: `iwan predict` and `iwan images add` with `--ray ADDRESS`
-(Settings.ray_address).
+"""Ingestion on a Ray cluster: `iwan predict`, `iwan images add` and `iwan hash encode` with
+`--ray ADDRESS` (Settings.ray_address).
 
 Ray Data takes the work as a list of tasks, each a fixed slice of the image list (a predictor
 batch of a split, a batch of files to add), and runs them in a pool of actors, one per CPU of
@@ -11,7 +11,10 @@ node (one machine, or a shared file system).
 Image ids never depend on the order in which tasks finish: a split's images are registered by
 the driver before any task runs (ids in the data set's order) and its workers write predictions
 keyed by those ids with `merge_predictions` (COPY, then INSERT ... ON CONFLICT DO NOTHING), so a
-retried task or a worker that died half-way writes nothing twice. Files added to a collection
+retried task or a worker that died half-way writes nothing twice. `iwan hash encode` does the
+same with the hash network's codes and embeddings (`merge_codes`) and its head's predictions,
+over the same slices as in one process, after the driver has deleted the model's earlier rows
+of the split (an encode replaces them). Files added to a collection
 are decoded and encoded by the workers, and stored by the driver in the files' order, batch
 after batch, as `add_files` stores them (a rerun skips bytes the collection holds). Ray retries
 the tasks of a worker that dies on other workers.
@@ -28,9 +31,10 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from tqdm import tqdm
 
@@ -43,6 +47,9 @@ from iwan.db.predictions import PredictSummary, done_image_ids, merge_prediction
 from iwan.vision.decode import DecodePolicy
 from iwan.vision.encoder import Encoded
 from iwan.vision.features import CHUNK_SIZE
+
+if TYPE_CHECKING:
+    from iwan.collections.encode import EncodeSummary
 
 RAY_MISSING = "Ray is not installed here: install the extra, pip install 'iwan[ray]' (see README \"Ingestion on Ray\")"
 
@@ -244,6 +251,121 @@ def predict_split(engine: Engine, cluster: Cluster, spec: PredictorSpec, listing
 def _url(engine: Engine) -> str:
     """The database URL the workers connect to: the driver's own (the embedded server's too)."""
     return engine.url.render_as_string(hide_password=False)
+
+
+# --- iwan hash encode ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _EncodeTask:
+    ids: np.ndarray
+    start: int
+    """The slice's first place in the split (where its feature-cache chunk begins follows)."""
+    paths: list[str] | None
+    pixels: np.ndarray | None
+
+
+class _Hashing:
+    """A worker of `encode_split`: loads the hash network (and the predictor whose features a
+    precomputed backbone eats) once, then decodes, encodes and writes one slice per call."""
+
+    def __init__(self, checkpoint: str, backend: str, model: str, settings: Settings, database_url: str):
+        from hashing.net import load_checkpoint
+        from iwan.db.engine import make_engine
+
+        threads = _threads()
+        self.net = load_checkpoint(checkpoint).net
+        features = self.net.config.features
+        self.predictor = PredictorSpec(features, backend=backend).load(settings, threads=threads) if features else None
+        self.model = model
+        self.max_pixels = settings.max_image_pixels
+        self.engine = make_engine(database_url, settings=settings)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        from iwan.collections.encode import encode_inputs
+        from iwan.db.codes import merge_codes
+
+        task = cast(_EncodeTask, batch["task"][0])
+        pixels = task.pixels if task.pixels is not None else _decode(cast(list[str], task.paths), self.max_pixels)
+        inputs = pixels if self.predictor is None else _features(self.predictor, pixels, task.start)
+        encoded = encode_inputs(self.net, inputs)
+        with self.engine.begin() as conn:
+            written = merge_codes(conn, self.model, task.ids, encoded.embeddings, encoded.codes)
+            if encoded.class_indices is not None:
+                merge_predictions(conn, self.model, task.ids, encoded.class_indices, cast(np.ndarray, encoded.probabilities))
+        return {"result": [(len(task.ids), written, np.unique(encoded.codes))]}
+
+
+def _features(predictor, pixels: np.ndarray, start: int) -> np.ndarray:
+    """A slice's features as the feature cache computes them (iwan.vision.features): predictor
+    batches of DEFAULT_BATCH_SIZE counted from the chunk's start, kept as float16."""
+    from iwan.config import DEFAULT_BATCH_SIZE
+
+    stop = start + len(pixels)
+    chunk = start - start % CHUNK_SIZE
+    edges = [start, *(b for b in range(chunk, stop, DEFAULT_BATCH_SIZE) if b > start), stop]
+    parts = [predictor.predict(pixels[a - start : b - start], top=STORED_PREDICTIONS, features=True).features
+             for a, b in zip(edges, edges[1:])]
+    return np.concatenate(parts).astype(np.float16).astype(np.float32)
+
+
+def encode_split(engine: Engine, cluster: Cluster, checkpoint: Path, listing: ImageListing, model_name: str,
+                 backend: str = "onnx", batch_size: int | None = None, progress: bool = True, *,
+                 settings: Settings) -> EncodeSummary:
+    """`iwan.collections.encode.encode_split` on the cluster: the split's images are registered
+    here (ids in the data set's order) and the model's earlier rows of them deleted; the workers
+    encode the same slices as one process does and write each by id (`merge_codes`,
+    `merge_predictions`), so a retried slice writes nothing twice."""
+    from hashing.inference import EVAL_BATCH_SIZE
+    from hashing.net import load_checkpoint
+    from iwan.collections.encode import EncodeSummary, class_names, slices
+    from iwan.db.codes import images_without_codes
+
+    loaded = load_checkpoint(checkpoint)  # a bad checkpoint fails here, before any work
+    config = loaded.net.config
+    registered = image_store.register(engine, listing)
+    _forget(engine, model_name, registered.ids, config.classification)
+    if config.classification:
+        register_classes(engine, model_name, class_names(loaded.class_names, listing.class_names))
+    tasks = []
+    for start, stop in slices(len(listing), batch_size or EVAL_BATCH_SIZE):
+        paths = None if listing.paths is None else [str(p) for p in listing.paths[start:stop]]
+        pixels = None if listing.images is None else listing.images[start:stop]
+        tasks.append(_EncodeTask(registered.ids[start:stop], start, paths, pixels))
+    distinct: list[np.ndarray] = []
+    desc = f"encode {listing.name} {listing.split} on {cluster.workers} Ray workers"
+    with tqdm(total=len(listing), desc=desc, unit="img", disable=not progress, smoothing=0.1) as bar:
+        arguments = {"checkpoint": str(Path(checkpoint).resolve()), "backend": backend, "model": model_name,
+                     "settings": settings, "database_url": _url(engine)}
+        for images, _, codes in cluster.run(tasks, _Hashing, arguments):
+            distinct.append(codes)
+            bar.update(images)
+    missing = len(images_without_codes(engine, model_name, registered.ids))
+    if config.classification:
+        missing = max(missing, len(registered.ids) - len(done_image_ids(engine, model_name, registered.ids)))
+    if missing:
+        raise ClusterError(
+            f"{missing} images of {listing.name}/{listing.split} have no {model_name} codes or predictions after the "
+            "run on the cluster: run the command again"
+        )
+    return EncodeSummary(model=model_name, dataset=listing.name, split=listing.split, images=len(registered.ids),
+                         embedding_dim=config.embedding_dim,
+                         distinct_codes=len(np.unique(np.concatenate(distinct))) if distinct else 0,
+                         predictions_stored=config.classification)
+
+
+def _forget(engine: Engine, model: str, ids: np.ndarray, predictions: bool) -> None:
+    """Delete the codes (and the head's predictions) of `model` for these images: an encode
+    replaces them, as `store_codes` and `replace_predictions` do in one process."""
+    from iwan.db.predictions import lock_predictions
+
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM hash_codes WHERE model = :m AND image_id = ANY(:ids)"),
+                     {"m": model, "ids": ids.tolist()})
+        if predictions:
+            lock_predictions(conn, model)
+            conn.execute(sa.text("DELETE FROM predictions WHERE model = :m AND image_id = ANY(:ids)"),
+                         {"m": model, "ids": ids.tolist()})
 
 
 # --- iwan images add -----------------------------------------------------------------------

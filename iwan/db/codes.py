@@ -47,6 +47,11 @@ def _fields(model: str, dim: int) -> list[binary.Field]:
 def write_codes(conn: sa.Connection, model: str, image_ids: np.ndarray, embeddings: np.ndarray, codes: np.ndarray) -> None:
     """Insert codes and embeddings of images that have none of `model`, inside the caller's
     transaction, in one binary COPY (iwan.db.binary)."""
+    _copy_codes(conn, "hash_codes", model, image_ids, embeddings, codes)
+
+
+def _copy_codes(conn: sa.Connection, table: str, model: str, image_ids: np.ndarray, embeddings: np.ndarray,
+                codes: np.ndarray) -> None:
     image_ids = np.asarray(image_ids, dtype=np.int64)
     embeddings = np.asarray(embeddings, dtype=np.float32).reshape(len(image_ids), -1)
     codes = np.asarray(codes, dtype=np.uint64)
@@ -55,7 +60,7 @@ def write_codes(conn: sa.Connection, model: str, image_ids: np.ndarray, embeddin
     fields = _fields(model, embeddings.shape[1])
     # An open connection of the psycopg dialect always holds its DBAPI connection (None only once closed).
     driver = cast("psycopg.Connection[Any]", conn.connection.driver_connection)
-    with driver.cursor().copy("COPY hash_codes (model, image_id, code, embedding) FROM STDIN (FORMAT BINARY)") as copy:
+    with driver.cursor().copy(f"COPY {table} (model, image_id, code, embedding) FROM STDIN (FORMAT BINARY)") as copy:
         copy.write(binary.HEADER)
         for start in range(0, len(image_ids), COPY_BATCH):
             stop = start + COPY_BATCH
@@ -66,6 +71,21 @@ def write_codes(conn: sa.Connection, model: str, image_ids: np.ndarray, embeddin
             rows["embedding"]["value"] = embeddings[start:stop]
             copy.write(rows.tobytes())
         copy.write(binary.TRAILER)
+
+
+def merge_codes(conn: sa.Connection, model: str, image_ids: np.ndarray, embeddings: np.ndarray, codes: np.ndarray) -> int:
+    """Insert the codes and embeddings of those of these images that have none of `model` yet,
+    inside the caller's transaction; the number of images written. A batch written twice (a
+    retried task of a cluster's worker) leaves the rows of the first: COPY into a temporary
+    table, then one INSERT ... ON CONFLICT DO NOTHING (as iwan.db.predictions.merge_predictions)."""
+    conn.execute(sa.text(
+        "CREATE TEMP TABLE IF NOT EXISTS staged_hash_codes (LIKE hash_codes INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    ))
+    _copy_codes(conn, "staged_hash_codes", model, image_ids, embeddings, codes)
+    return conn.execute(sa.text(
+        "INSERT INTO hash_codes (model, image_id, code, embedding) SELECT model, image_id, code, embedding "
+        "FROM staged_hash_codes ON CONFLICT (model, image_id) DO NOTHING"
+    )).rowcount
 
 
 def vector_literal(vector: np.ndarray) -> str:
