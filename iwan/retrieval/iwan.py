@@ -167,7 +167,7 @@ class IwanRetriever:
         from_graph = np.concatenate([np.zeros(n, np.int64), np.ones(len(p_ids), np.int64)])
         # Per image its lesser distance (the graph's first among equals), then nearest first.
         first = np.lexsort((from_graph, distance, every_id))
-        first = first[np.r_[True, every_id[first][1:] != every_id[first][:-1]]]
+        first = first[np.r_[True, every_id[first][1:] != every_id[first][:-1]][:len(first)]]
         kept = first[np.lexsort((every_id[first], distance[first]))][:depth]
         out_scores = np.full(depth, -np.inf)
         out_ids = np.full(depth, -1, np.int64)
