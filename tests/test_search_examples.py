@@ -245,13 +245,16 @@ def test_parallel_distances_follow_additions_removals_exclusions_and_filters():
     index.add(np.array([5, 6]), np.array([[0, 1], [1, 2]]), np.array([[0.5, 0.5], [0.2, 0.2]]))
     index.remove(np.array([2]))
     words, weights = np.array([0, 1]), np.array([0.5, 0.45])
+    index.add(np.array([7]), np.array([[0, 1]]), np.array([[0.3, 0.1]]))
     distances, ids, paths = parallel_nearest(index, words, weights, 10)
     image_5 = 1 / (1 / (2 + 2) + 1 / (1 / 0.45 + 2))  # in the delta: reached as the main block's images are
-    assert ids.tolist() == [5, 1, 3, 6] and distances[0] == pytest.approx(image_5)  # 2 removed: neither hit nor path
+    # Only images holding both words (2 removed: neither hit nor path); the others are the graph's.
+    assert ids.tolist() == [5, 7] and distances[0] == pytest.approx(image_5)
     assert [index.path_labels(p) for p in paths[0]] == [["A", "image 5"], ["B", "image 5"]]
-    assert parallel_nearest(index, words, weights, 10, exclude=np.array([5, -1]))[1].tolist() == [1, 3, 6]
-    assert parallel_nearest(index, words, weights, 2, among=np.array([6, 3, 4]))[1].tolist() == [3, 6]
+    assert parallel_nearest(index, words, weights, 10, exclude=np.array([5, -1]))[1].tolist() == [7]
+    assert parallel_nearest(index, words, weights, 1, among=np.array([7, 3]))[1].tolist() == [7]
     examples = Examples(words_batch({0: 0.5, 1: 0.5}, {0: 0.5, 1: 0.4}))
+    assert retriever.explain_examples(examples, 6).ids[0].tolist() == [5, 1, 7, 3, 6, -1]
     assert retriever.explain_examples(examples, 2, among=np.array([6, 3]), exclude=np.array([3])).ids[0].tolist() == [6, -1]
 
 

@@ -13,11 +13,11 @@ examples ranks an image by the lesser of its shortest-path distance and its **pa
 distance**: its direct word paths from the start (start word, then the image, each of length
 1/weight + 1/probability) taken together as parallel resistors, 1 / sum(1 / length). An image
 holding several of the examples' words is near them all at once; one path alone is its own
-length, as in a single search. (Shortest paths alone rank only the most confident images of the
-start's cheapest word first, whatever the image's other words: with the examples' words taken
-together, mAP@20 of three CIFAR-10 examples is 13 points higher; README "Queries of several
-examples, measured".) A hit's `example` is the positive that gives its path's first word the
-largest weight; a hit found by parallel paths names them all in `paths`, strongest first.
+length, as in a single search. (Shortest paths alone rank the most confident images of the
+start's cheapest word first, whatever the image's other words; README "Queries of several
+examples, measured" has the figures.) A hit's `example` is the positive that gives its path's
+first word the largest weight; a hit found by parallel paths names them all in `paths`,
+strongest first.
 
 Negative examples' words, combined alike, are a second search in the same call (one graph
 search per polarity); an image at distance d+ from the positives and d- from the negatives ranks
@@ -244,15 +244,17 @@ def combined_start(examples: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 def parallel_nearest(index: IwanIndex, words: np.ndarray, weights: np.ndarray, k: int,
                      exclude: np.ndarray | None = None,
                      among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[tuple]]:
-    """The k images nearest the start (word ids, weights) by parallel distance (the module doc),
-    nearest first, ties to the lower id: (distances, ids, paths), each hit's paths its direct
-    ones as (word node, image node), shortest first. Only images holding a start word are
-    reached; `exclude` (ids, -1 none) are no results, and with `among` (ids) only those are.
+    """The k images holding several start words (word ids, weights) nearest it by parallel
+    distance (the module doc), nearest first, ties to the lower id: (distances, ids, paths), each
+    hit's paths its direct ones as (word node, image node), shortest first. An image holding one
+    start word is left to the graph search, which finds its one path or a shorter one. `exclude`
+    (ids, -1 none) are no results, and with `among` (ids) only those are.
 
-    Every image holding a start word is scored, by all its words (its row): a start of hub words
-    reads a good part of the corpus (CIFAR-10's 50,000 images: a median 25,000 word-image edges
-    for three examples). A threshold algorithm over the runs (cheapest images first) stops no
-    earlier: the nearest images hold several words at middling probabilities, deep in each run."""
+    Every image holding a start word is read, those holding several scored by all their words (their
+    row): a start of hub words reads a good part of the corpus (CIFAR-10's 50,000 images: a
+    median 25,000 word-image edges for three examples). A threshold algorithm over the runs
+    (cheapest images first) stops no earlier: the nearest images hold several words at middling
+    probabilities, deep in each run."""
     words = np.asarray(words, np.int64)
     weights = np.asarray(weights, np.float64)
     usable = (words >= 0) & (weights > 0) & np.isfinite(weights)
@@ -261,10 +263,10 @@ def parallel_nearest(index: IwanIndex, words: np.ndarray, weights: np.ndarray, k
     chosen = np.flatnonzero(np.isfinite(start_cost[:-1])).tolist()
     with index._lock:  # the index's per-word runs (main block and delta) and rows, as its search reads them
         edges = index._edges
-        held = np.zeros(edges.n_slots, bool)
-        for ptr, slot, _ in (edges.main, edges.delta):
-            for w in chosen:
-                held[slot[ptr[w]:ptr[w + 1]]] = True
+        # An image holding one start word is its one path, which the graph search finds as short
+        # or shorter: only images holding several are scored.
+        read = [slot[ptr[w]:ptr[w + 1]] for ptr, slot, _ in (edges.main, edges.delta) for w in chosen]
+        held = np.bincount(np.concatenate(read) if read else np.zeros(0, np.int32), minlength=edges.n_slots) > 1
         held &= edges.state[:edges.n_slots] >= 0
         if exclude is not None:
             skip = edges.slots(np.asarray(exclude, np.int64))
