@@ -293,9 +293,9 @@ def parallel_nearest(index: IwanIndex, words: np.ndarray, weights: np.ndarray, k
     image_node = 1 + len(index.words)
     paths = []
     for c in best.tolist():
-        held = np.flatnonzero(np.isfinite(length[c]))
-        held = held[np.lexsort((row_words[c][held], length[c][held]))]
-        paths.append(tuple((1 + int(row_words[c][j]), image_node + int(hit_ids[c])) for j in held.tolist()))
+        own = np.flatnonzero(np.isfinite(length[c]))
+        own = own[np.lexsort((row_words[c][own], length[c][own]))]
+        paths.append(tuple((1 + int(row_words[c][j]), image_node + int(hit_ids[c])) for j in own.tolist()))
     return distance[best], hit_ids[best], paths
 
 
