@@ -175,6 +175,89 @@ def test_images_filtered_out_still_bridge_words_in_iwan():
     assert index.path_labels(paths[0][0]) == ["A", "image 1", "B", "image 2"]
 
 
+def words_batch(*rows: dict[int, float]):
+    """A Batch of examples, each {word id: weight}."""
+    from iwan.retrieval.protocol import Batch
+
+    width = max(len(r) for r in rows)
+    word_ids = np.full((len(rows), width), -1, np.int64)
+    weights = np.zeros((len(rows), width))
+    for e, row in enumerate(rows):
+        word_ids[e, :len(row)], weights[e, :len(row)] = list(row), list(row.values())
+    return Batch(word_ids=word_ids, weights=weights)
+
+
+def test_the_examples_start_weighs_each_word_by_its_mean_times_the_share_holding_it():
+    from iwan.retrieval.iwan import combined_start
+
+    words, weights, leader = combined_start(words_batch({0: 0.6, 1: 0.2}, {0: 0.2, 2: 0.4}))
+    # A: both hold it, mean 0.4; B and C: one of two, mean 0.1 and 0.2, halved.
+    assert words.tolist() == [0, 1, 2] and weights.tolist() == pytest.approx([0.4, 0.05, 0.1])
+    assert leader.tolist() == [0, 0, 1]
+    one = words_batch({3: 0.7, 1: 0.1})
+    assert combined_start(one)[1].tolist() == [0.1, 0.7]  # one example: its weights, bit for bit
+
+
+def parallel_toy():
+    """Words A, B, C, D; no word-word edges. Image 1 holds A surely, image 2 A and B both at 0.4,
+    image 3 B and C, image 4 D only (reached by no start below)."""
+    from iwan.network.graph import IwanGraph
+    from iwan.network.index import IwanIndex
+    from iwan.retrieval.iwan import IwanRetriever
+
+    probabilities = np.array([[0.9, 0.0], [0.4, 0.4], [0.3, 0.5], [0.9, 0.0]])
+    words = np.array([[0, -1], [0, 1], [1, 2], [3, -1]])
+    graph = IwanGraph(["A", "B", "C", "D"], np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0),
+                      words, np.where(words >= 0, 1 / np.where(words >= 0, probabilities, 1), np.inf), 1, "fsg",
+                      np.array([1, 2, 3, 4]))
+    return IwanRetriever(IwanIndex(graph))
+
+
+def test_several_examples_rank_an_image_by_all_its_word_paths_together():
+    from iwan.retrieval.protocol import Examples
+
+    retriever = parallel_toy()
+    examples = Examples(words_batch({0: 0.5, 1: 0.5}, {0: 0.5, 1: 0.4}))  # start A 0.5, B 0.45
+    found = retriever.explain_examples(examples, 3)
+    # Shortest paths alone rank image 1 first (2 + 1/0.9 = 3.11 against 2 + 2.5 = 4.5 for image
+    # 2); image 2 holds both words: its two paths, 4.5 and 1/0.45 + 2.5, in parallel are 2.37.
+    a, b = 2 + 2.5, 1 / 0.45 + 2.5
+    assert found.ids[0].tolist() == [2, 1, 3]
+    assert -found.scores[0, 0] == pytest.approx(1 / (1 / a + 1 / b))
+    assert -found.scores[0, 1] == 2 + 1 / 0.9  # one path alone: its length, as a single search sums it
+    why = found.reasons[0][0]
+    assert why["path"] == ["A", "image 2"] and why["paths"] == [["A", "image 2"], ["B", "image 2"]]
+    assert why["example"] == 0 and why["distance"] == pytest.approx(-found.scores[0, 0])
+    assert "paths" not in found.reasons[0][1]
+    # One example alone is the single search: image 1 first, by its shortest path.
+    single = retriever.explain_examples(Examples(words_batch({0: 0.5, 1: 0.5})), 3)
+    plain = retriever.explain(words_batch({0: 0.5, 1: 0.5}), 3)
+    assert single.ids[0].tolist() == plain.ids[0].tolist() == [1, 2, 3]
+    assert single.scores[0].tolist() == plain.scores[0].tolist()
+
+
+def test_parallel_distances_follow_additions_removals_exclusions_and_filters():
+    from iwan.retrieval.iwan import parallel_nearest
+    from iwan.retrieval.protocol import Examples
+
+    retriever = parallel_toy()
+    index = retriever.index
+    index.add(np.array([5, 6]), np.array([[0, 1], [1, 2]]), np.array([[0.5, 0.5], [0.2, 0.2]]))
+    index.remove(np.array([2]))
+    words, weights = np.array([0, 1]), np.array([0.5, 0.45])
+    index.add(np.array([7]), np.array([[0, 1]]), np.array([[0.3, 0.1]]))
+    distances, ids, paths = parallel_nearest(index, words, weights, 10)
+    image_5 = 1 / (1 / (2 + 2) + 1 / (1 / 0.45 + 2))  # in the delta: reached as the main block's images are
+    # Only images holding both words (2 removed: neither hit nor path); the others are the graph's.
+    assert ids.tolist() == [5, 7] and distances[0] == pytest.approx(image_5)
+    assert [index.path_labels(p) for p in paths[0]] == [["A", "image 5"], ["B", "image 5"]]
+    assert parallel_nearest(index, words, weights, 10, exclude=np.array([5, -1]))[1].tolist() == [7]
+    assert parallel_nearest(index, words, weights, 1, among=np.array([7, 3]))[1].tolist() == [7]
+    examples = Examples(words_batch({0: 0.5, 1: 0.5}, {0: 0.5, 1: 0.4}))
+    assert retriever.explain_examples(examples, 6).ids[0].tolist() == [5, 1, 7, 3, 6, -1]
+    assert retriever.explain_examples(examples, 2, among=np.array([6, 3]), exclude=np.array([3])).ids[0].tolist() == [6, -1]
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_min_score_cuts_the_tail_and_says_how_many_passed(toy, method):
     query = stored(by_class(toy, "cat")[0])

@@ -33,7 +33,7 @@ from iwan.evaluation import metrics
 from iwan.evaluation.runs import EvaluationSpec, Workload, build_methods, cached_ranking, score, stored_digest, workload
 from iwan.retrieval.protocol import Batch, ExampleRetriever, Examples
 
-EXAMPLES_FORMAT = "examples/1"
+EXAMPLES_FORMAT = "examples/2"
 """Part of every cached ranking's key (OUT/cache, as `iwan evaluate` caches its rankings): a
 rerun resumes with the rankings it had made."""
 CONFUSION_K = 20

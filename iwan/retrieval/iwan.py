@@ -5,15 +5,27 @@ Built from the norm set's associations and the corpus images' words (their predi
 mapped onto the norms' words, with the probabilities as weights). Queries and added images are
 batches of word ids and weights.
 
-A query of several examples (`explain_examples`) is one multi-source search: the positives' words
-make one start, each word weighing the mean of its weights over the positives (0 where one lacks
-it), so words the examples agree on are cheap to start from; a hit's `example` is the positive
-that gives its path's first word the largest weight. Negative examples' words, combined alike,
-are a second search in the same call (one graph search per polarity); an image at distance d+
-from the positives and d- from the negatives ranks at d+ + max(0, d+ - d-): nearer to the
-negatives than to the positives, it is pushed down by the difference. The negatives reach the
-images among their nearest NEGATIVE_DEPTH_FACTOR * k (deeper while the k-th result could still
-change); farther ones are not pushed.
+A query of several examples (`explain_examples`) starts from the positives' words together,
+each word weighing the mean of its weights over the positives (0 where one lacks it) times the
+share of the positives that hold it: words the examples agree on are cheap to start from, a word
+only one of five examples holds costs five times its mean's cost. A start made of several
+examples ranks an image by the lesser of its shortest-path distance and its **parallel
+distance**: its direct word paths from the start (start word, then the image, each of length
+1/weight + 1/probability) taken together as parallel resistors, 1 / sum(1 / length). An image
+holding several of the examples' words is near them all at once; one path alone is its own
+length, as in a single search. (Shortest paths alone rank the most confident images of the
+start's cheapest word first, whatever the image's other words; README "Queries of several
+examples, measured" has the figures.) A hit's `example` is the positive that gives its path's
+first word the largest weight; a hit found by parallel paths names them all in `paths`,
+strongest first.
+
+Negative examples' words, combined alike, are a second search in the same call (one graph
+search per polarity); an image at distance d+ from the positives and d- from the negatives ranks
+at d+ + max(0, d+ - d-): nearer to the negatives than to the positives, it is pushed down by the
+difference. The negatives reach the images among their nearest NEGATIVE_DEPTH_FACTOR * k (deeper
+while the k-th result could still change); farther ones are not pushed. A start of one example
+(either polarity) is searched as a single query is, by shortest paths only: one example alone
+answers exactly as the one-image search.
 """
 
 from __future__ import annotations
@@ -101,6 +113,7 @@ class IwanRetriever:
         NEGATIVE_DEPTH_FACTOR * k, deeper while its k-th result could still change."""
         starts = [(combined_start(e.positive), combined_start(cast(Batch, e.negative)) if e.has_negative else None)
                   for e in queries]
+        several = [(len(e.positive) > 1, e.has_negative and len(cast(Batch, e.negative)) > 1) for e in queries]
         depths = [k if negative is None else NEGATIVE_DEPTH_FACTOR * k for _, negative in starts]
         answers: list[list[tuple[float, int, dict]]] = [[] for _ in queries]
         pending = set(range(len(queries)))
@@ -118,6 +131,11 @@ class IwanRetriever:
             found = self.index.search(word_ids, weights, depth, exclude=skip, paths=paths, among=among)
             scores, ids = found[0], found[1]
             hit_paths = found[2] if paths else [None] * len(rows)
+            for row, (r, p) in enumerate(rows):
+                if several[r][p]:
+                    scores[row], ids[row], hit_paths[row] = self._with_parallel(
+                        cast(tuple, starts[r][p]), (scores[row], ids[row], hit_paths[row]), depth,
+                        None if skip is None else skip[row], among)
             at = {(r, p): row for row, (r, p) in enumerate(rows)}
             for r in batch:
                 pos = at[(r, 0)]
@@ -133,6 +151,39 @@ class IwanRetriever:
                 else:
                     depths[r] = depth * NEGATIVE_DEPTH_FACTOR
         return answers
+
+    def _with_parallel(self, start, found, depth: int, exclude: np.ndarray | None,
+                       among: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, list | None]:
+        """One row of the graph's (scores, ids, paths) at `depth` merged with the start's nearest
+        by parallel distance: the best `depth` by the lesser of the two distances (the graph's on
+        a tie), ties to the lower id. A parallel hit's path is its direct paths, shortest first
+        (`parallel_nearest`); paths None: none asked."""
+        scores, ids, paths = found
+        words, weights, _ = start
+        p_distance, p_ids, p_paths = parallel_nearest(self.index, words, weights, depth, exclude, among)
+        n = int((ids >= 0).sum())
+        every_id = np.concatenate([ids[:n], p_ids])
+        distance = np.concatenate([-scores[:n], p_distance])
+        from_graph = np.concatenate([np.zeros(n, np.int64), np.ones(len(p_ids), np.int64)])
+        # Per image its lesser distance (the graph's first among equals), then nearest first.
+        first = np.lexsort((from_graph, distance, every_id))
+        first = first[np.r_[True, every_id[first][1:] != every_id[first][:-1]][:len(first)]]
+        kept = first[np.lexsort((every_id[first], distance[first]))][:depth]
+        out_scores = np.full(depth, -np.inf)
+        out_ids = np.full(depth, -1, np.int64)
+        out_scores[:len(kept)], out_ids[:len(kept)] = -distance[kept], every_id[kept]
+        if paths is None:
+            return out_scores, out_ids, None
+        out_paths = [paths[c] if c < n else p_paths[c - n] for c in kept.tolist()]
+        return out_scores, out_ids, out_paths + [()] * (depth - len(kept))
+
+    def _why(self, start, path) -> dict:
+        """A hit's path (its shortest direct one, for a parallel hit: then `paths`, all of them)
+        and the example that led to it."""
+        if path and isinstance(path[0], tuple):
+            return {"path": self.index.path_labels(path[0]), "paths": [self.index.path_labels(p) for p in path],
+                    "example": example_of(start, path[0])}
+        return {"path": self.index.path_labels(path), "example": example_of(start, path)}
 
     def _ranked(self, found, pushed, starts, k: int) -> list[tuple[float, int, dict]]:
         """(distance, id, reason) of the best k, nearest first, ties to the lower id; `found` and
@@ -159,13 +210,10 @@ class IwanRetriever:
         for c in kept.tolist():
             why: dict = {}
             if paths is not None:
-                why = {"distance": float(distance[c]), "path": self.index.path_labels(paths[c]),
-                       "example": example_of(starts[0], paths[c])}
+                why = {"distance": float(distance[c]), **self._why(starts[0], paths[c])}
                 if penalised[c]:
-                    near_path = pushed[2][near_row[c]]
                     why["penalty"] = float(distance[c] - near[c])
-                    why["negative"] = {"example": example_of(starts[1], near_path), "distance": float(near[c]),
-                                       "path": self.index.path_labels(near_path)}
+                    why["negative"] = {"distance": float(near[c]), **self._why(starts[1], pushed[2][near_row[c]])}
                     why["distance"] = float(ranked_distance[c])
             out.append((float(ranked_distance[c]), int(hit_ids[c]), why))
         return out
@@ -173,8 +221,9 @@ class IwanRetriever:
 
 def combined_start(examples: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(word ids, weights, example) of the examples' words as one start: each word weighs the mean
-    of its weights over the examples (a word given twice in one example keeps its larger weight),
-    and `example` is the example that gives it the largest weight (the first among equals)."""
+    of its weights over the examples times the share of the examples holding it (a word given
+    twice in one example keeps its larger weight), and `example` is the example that gives it the
+    largest weight (the first among equals)."""
     word_ids, weights = examples.need(*WORD_FIELDS, method="iwan")
     best: list[dict[int, float]] = []
     for row_words, row_weights in zip(word_ids.tolist(), weights.tolist()):
@@ -188,7 +237,66 @@ def combined_start(examples: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     leader = np.array([max(range(len(best)), key=lambda e: (best[e].get(w, 0.0), -e)) for w in words], dtype=np.int64)
     if len(best) == 1:  # the weights as given, bit for bit
         return np.array(words, np.int64), total, leader
-    return np.array(words, np.int64), total / len(best), leader
+    share = np.array([sum(w in own for own in best) for w in words], dtype=np.float64) / len(best)
+    return np.array(words, np.int64), total / len(best) * share, leader
+
+
+def parallel_nearest(index: IwanIndex, words: np.ndarray, weights: np.ndarray, k: int,
+                     exclude: np.ndarray | None = None,
+                     among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[tuple]]:
+    """The k images holding several start words (word ids, weights) nearest it by parallel
+    distance (the module doc), nearest first, ties to the lower id: (distances, ids, paths), each
+    hit's paths its direct ones as (word node, image node), shortest first. An image holding one
+    start word is left to the graph search, which finds its one path or a shorter one. `exclude`
+    (ids, -1 none) are no results, and with `among` (ids) only those are.
+
+    Every image holding a start word is read, those holding several scored by all their words (their
+    row): a start of hub words reads a good part of the corpus (CIFAR-10's 50,000 images: a
+    median 25,000 word-image edges for three examples). A threshold algorithm over the runs
+    (cheapest images first) stops no earlier: the nearest images hold several words at middling
+    probabilities, deep in each run."""
+    words = np.asarray(words, np.int64)
+    weights = np.asarray(weights, np.float64)
+    usable = (words >= 0) & (weights > 0) & np.isfinite(weights)
+    start_cost = np.full(len(index.words) + 1, np.inf)  # the last: word -1, no start
+    np.minimum.at(start_cost, words[usable], 1.0 / weights[usable])
+    chosen = np.flatnonzero(np.isfinite(start_cost[:-1])).tolist()
+    with index._lock:  # the index's per-word runs (main block and delta) and rows, as its search reads them
+        edges = index._edges
+        # An image holding one start word is its one path, which the graph search finds as short
+        # or shorter: only images holding several are scored.
+        read = [slot[ptr[w]:ptr[w + 1]] for ptr, slot, _ in (edges.main, edges.delta) for w in chosen]
+        held = np.bincount(np.concatenate(read) if read else np.zeros(0, np.int32), minlength=edges.n_slots) > 1
+        held &= edges.state[:edges.n_slots] >= 0
+        if exclude is not None:
+            skip = edges.slots(np.asarray(exclude, np.int64))
+            held[skip[skip >= 0]] = False
+        if among is not None:
+            eligible = np.zeros(edges.n_slots, bool)
+            keep = edges.slots(np.asarray(among, np.int64))
+            eligible[keep[keep >= 0]] = True
+            held &= eligible
+        candidates = np.flatnonzero(held)
+        row_words = edges.row_words[candidates].astype(np.int64)
+        length = start_cost[row_words] + edges.row_costs[candidates]
+        hit_ids = edges.ids[candidates]
+    inverse = 1.0 / length  # a word the start lacks: an infinite length, 0
+    # One path alone is its own length, bit for bit (as the graph search sums it).
+    distance = np.where((inverse > 0).sum(axis=1) == 1, length.min(axis=1), 1.0 / inverse.sum(axis=1))
+    if len(distance) > k:
+        near = np.argpartition(distance, k - 1)[:k]
+        cut = distance[near].max()
+        near = np.flatnonzero(distance <= cut)  # every image tied with the k-th, then cut by id
+    else:
+        near = np.arange(len(distance))
+    best = near[np.lexsort((hit_ids[near], distance[near]))][:k]
+    image_node = 1 + len(index.words)
+    paths = []
+    for c in best.tolist():
+        own = np.flatnonzero(np.isfinite(length[c]))
+        own = own[np.lexsort((row_words[c][own], length[c][own]))]
+        paths.append(tuple((1 + int(row_words[c][j]), image_node + int(hit_ids[c])) for j in own.tolist()))
+    return distance[best], hit_ids[best], paths
 
 
 def example_of(start: tuple[np.ndarray, np.ndarray, np.ndarray], path) -> int | None:
