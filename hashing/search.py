@@ -15,9 +15,12 @@ a search returns k of them whenever k are held.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from hashing import DEFAULT_SHORTLIST_FACTOR, HASH_BITS
+from hashing.arrays import read_arrays, replacing_folder, write_arrays
 
 SCORE_BLOCK_CELLS = 1 << 24
 """Exhaustive search scores blocks of queries whose (queries x corpus) float32 matrix has at most
@@ -32,6 +35,8 @@ SAMPLE_MIN = 4096
 """...and at least this many codes."""
 CUT_SLACK = 8
 """An estimated cut gathering more than this many times the shortlist is refined on what it gathered."""
+
+EXHAUSTIVE_FORMAT = "exhaustive-cosine/1"
 
 _EXCLUDED = np.uint8(255)  # a Hamming distance above any real one, so excluded ids never qualify
 
@@ -100,6 +105,45 @@ class ExhaustiveCosineIndex:
         if self._codes is None:
             raise LookupError("ExhaustiveCosineIndex: the rows were added without codes")
         return self._codes[_rows_of(self._ids, ids, "ExhaustiveCosineIndex")]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every array the index holds."""
+        return self._embeddings.nbytes + self._ids.nbytes + (0 if self._codes is None else self._codes.nbytes)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the index into folder `path` atomically (hashing.arrays); `load` reads it back."""
+        path = Path(path)
+        arrays, meta = self.to_arrays()
+        with replacing_folder(path) as folder:
+            write_arrays(folder, arrays, meta)
+        return path
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
+        """(arrays, meta) of the index as it is now, for hashing.arrays.write_arrays: its own
+        arrays, which changes replace and never rewrite (so this is cheap)."""
+        arrays: dict[str, np.ndarray] = {"ids": self._ids, "embeddings": self._embeddings}
+        if self._codes is not None:
+            arrays["codes"] = self._codes
+        return arrays, {"format": EXHAUSTIVE_FORMAT}
+
+    @classmethod
+    def load(cls, path: str | Path) -> ExhaustiveCosineIndex:
+        """An index `save` wrote; ValueError naming the folder if it is damaged or of another kind."""
+        path = Path(path)
+        arrays, meta = read_arrays(path, {"ids": ("int64", 1), "embeddings": ("float32", 2), "codes": ("uint64", 1)},
+                                   optional=("codes",))
+        if meta.get("format") != EXHAUSTIVE_FORMAT:
+            raise ValueError(f"{path}: not an exhaustive index of format {EXHAUSTIVE_FORMAT} (found {meta.get('format')})")
+        ids, embeddings, codes = arrays["ids"], arrays["embeddings"], arrays.get("codes")
+        if len(embeddings) != len(ids) or (codes is not None and len(codes) != len(ids)):
+            raise ValueError(f"{path}: {len(ids)} ids but {len(embeddings)} embeddings"
+                             f"{'' if codes is None else f' and {len(codes)} codes'}")
+        if len(ids) and (ids[0] < 0 or (np.diff(ids) <= 0).any()):
+            raise ValueError(f"{path}: the ids are not ascending database ids")
+        index = cls()
+        index._ids, index._embeddings, index._codes = ids, embeddings, codes
+        return index
 
     def search(
         self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None, among: np.ndarray | None = None

@@ -80,7 +80,8 @@ def test_random_additions_and_removals_answer_as_a_fresh_build(engine, live):
 
     # Closing saves a snapshot with the last change; opening it answers the same, with no rebuild.
     live.close()
-    assert snapshot_path("live", live.settings).is_file()
+    saved = snapshot_path("live", live.settings)
+    assert all((saved / method / "meta.json").is_file() for method in ("iwan", "exhaustive", "hashes"))
     again = LiveCollection.open(engine, "live", follow=False, encoder=live.encoder)
     assert again.seq == live.seq and np.array_equal(again.image_ids, live.image_ids)
     assert again.labels(again.image_ids) == live.labels(live.image_ids) == ["pet"] * live.size
@@ -105,12 +106,14 @@ def test_a_snapshot_behind_the_log_catches_up_and_a_foreign_one_is_ignored(engin
     live.remove([brief])
     assert behind.catch_up() == 2 and np.array_equal(behind.image_ids, live.image_ids) and brief not in behind.image_ids
 
-    snapshot_path("live", live.settings).write_bytes(b"garbage")
-    rebuilt = LiveCollection.open(engine, "live", follow=False, encoder=live.encoder)
-    assert np.array_equal(rebuilt.image_ids, live.image_ids)
     queries = live.stored_queries(live.image_ids)
-    for method in live.methods:
-        np.testing.assert_array_equal(rebuilt.search(queries, 3, method=method)[1], live.search(queries, 3, method=method)[1])
+    for damage in ("main_slot.npy", "meta.json"):
+        (snapshot_path("live", live.settings) / "iwan" / damage).write_bytes(b"garbage")
+        rebuilt = LiveCollection.open(engine, "live", follow=False, encoder=live.encoder)
+        assert np.array_equal(rebuilt.image_ids, live.image_ids)
+        for method in live.methods:
+            np.testing.assert_array_equal(rebuilt.search(queries, 3, method=method)[1],
+                                          live.search(queries, 3, method=method)[1])
 
 
 def test_queries_and_explanations(engine, live):

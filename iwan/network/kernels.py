@@ -275,3 +275,38 @@ def merge_runs(ptr_a, slot_a, cost_a, ptr_b, slot_b, cost_b):
             o += 1
     ptr[n_words] = o
     return ptr, slot, cost
+
+
+@numba.njit(nogil=True, cache=True)
+def sorted_runs(n_words, row_words, row_costs, first_slot):
+    """The runs of rows (words, costs) (n, width) at slots first_slot.., as (ptr, slot, cost),
+    sorted by (word, cost, slot): a counting sort by word (slots ascend in it), then each word's
+    run sorted by cost, stably. Beside the runs themselves it needs only one run's worth of
+    scratch, where a lexsort of every edge needs several arrays of that size."""
+    n, width = row_words.shape
+    ptr = np.zeros(n_words + 1, np.int64)
+    for s in range(n):
+        for j in range(width):
+            w = row_words[s, j]
+            if w >= 0:
+                ptr[w + 1] += 1
+    for w in range(n_words):
+        ptr[w + 1] += ptr[w]
+    slot = np.empty(ptr[n_words], np.int32)
+    cost = np.empty(ptr[n_words], np.float64)
+    fill = ptr[:n_words].copy()
+    for s in range(n):
+        for j in range(width):
+            w = row_words[s, j]
+            if w >= 0:
+                o = fill[w]
+                slot[o] = first_slot + s
+                cost[o] = row_costs[s, j]
+                fill[w] = o + 1
+    for w in range(n_words):
+        a, b = ptr[w], ptr[w + 1]
+        if b - a > 1:
+            order = np.argsort(cost[a:b], kind="mergesort")
+            cost[a:b] = cost[a:b][order]
+            slot[a:b] = slot[a:b][order]
+    return ptr, slot, cost
