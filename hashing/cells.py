@@ -49,6 +49,7 @@ from hashing.search import (
     _held_ids,
     _positions,
     _rows_of,
+    _same,
     _score_margin,
     _unit_rows,
     check_codes,
@@ -116,6 +117,11 @@ class CellCosineIndex:
     def ids(self) -> np.ndarray:
         """The ids held, ascending."""
         return self._ids
+
+    @property
+    def codes(self) -> np.ndarray:
+        """The codes of the ids held, in id order."""
+        return self._codes
 
     @property
     def n_cells(self) -> int:
@@ -232,6 +238,14 @@ class CellCosineIndex:
         self._vectors, self._scales = self._vectors[stays], self._scales[stays]
         self._rank = position[self._rank[stays]].astype(np.uint32)
         self._arrange(cells, self._centroids)
+
+    def share(self, ids: np.ndarray, codes: np.ndarray | None = None) -> None:
+        """Hold `ids` (and `codes`) in place of equal arrays of the index's own (ValueError if
+        they differ), so that a holder of several indexes over the same images keeps one copy.
+        Safe since the index never writes into these arrays (changes replace them)."""
+        self._ids = _same(self._ids, ids, "ids")
+        if codes is not None:
+            self._codes = _same(self._codes, codes, "codes")
 
     def embeddings_of(self, ids: np.ndarray) -> np.ndarray:
         """The unit float32 vectors the int8 embeddings of held ids stand for (their cosines are

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from livedata import HASH_MODEL, PREDICTOR, png, tiny_collection, tiny_encoder
 
+from iwan.collections import live as live_module
 from iwan.collections.live import LiveCollection, snapshot_path
 from iwan.network.index import Query
 from iwan.network.reference import networkx_search
@@ -38,7 +39,7 @@ def assert_same_answers(live: LiveCollection, reference: dict, queries: Batch, k
         np.testing.assert_array_equal(scores, want_scores, err_msg=method)
 
 
-def test_random_additions_and_removals_answer_as_a_fresh_build(engine, live):
+def test_random_additions_and_removals_answer_as_a_fresh_build(engine, live, monkeypatch):
     rng = np.random.default_rng(7)
     seed = 0
     probes = live.image_queries([decode_image(png(s), "probe", DecodePolicy()).pixels for s in (900, 901)])
@@ -82,7 +83,12 @@ def test_random_additions_and_removals_answer_as_a_fresh_build(engine, live):
     live.close()
     saved = snapshot_path("live", live.settings)
     assert all((saved / method / "meta.json").is_file() for method in ("iwan", "exhaustive", "hashes"))
+    built: list[str] = []
+    real_get = live_module.get_retriever
+    monkeypatch.setattr(live_module, "get_retriever", lambda method, *a, **k: built.append(method) or real_get(method, *a, **k))
     again = LiveCollection.open(engine, "live", follow=False, encoder=live.encoder)
+    assert built == ["fused"], "the held methods come from the snapshot, built"
+    monkeypatch.undo()
     assert again.seq == live.seq and np.array_equal(again.image_ids, live.image_ids)
     assert again.labels(again.image_ids) == live.labels(live.image_ids) == ["pet"] * live.size
     assert_same_answers(again, fresh_build(engine, live), stored, k=6)

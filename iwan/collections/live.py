@@ -44,6 +44,7 @@ from iwan.vision.decode import DecodePolicy, MemoryBudget
 from iwan.vision.encoder import Encoder
 
 if TYPE_CHECKING:
+    from iwan.retrieval.exhaustive import ExhaustiveRetriever
     from iwan.retrieval.hashes import HashesRetriever
     from iwan.retrieval.iwan import IwanRetriever
 
@@ -100,10 +101,9 @@ class _Members:
 
     As loaded from the database (and for queries) every field is what the store gives. As the
     collection holds them (`held`), only what no retriever keeps: ids, class indices (int16),
-    probabilities (float32), the embeddings as the hash model gave them (the exhaustive index
-    keeps them normalised, which would change a stored query's scores in the last bit), and
-    labels as int32 codes into the collection's table of distinct labels; the codes are read
-    from the `hashes` index, which keeps them."""
+    probabilities (float32) and labels as int32 codes into the collection's table of distinct
+    labels. A stored query reads its embedding from the `exhaustive` index (which keeps the rows
+    as given, bit for bit) and its code from the `hashes` index."""
 
     ids: np.ndarray
     class_indices: np.ndarray
@@ -138,7 +138,7 @@ class _Members:
                     table.append(label)
                 codes[row] = positions[label]
         return _Members(self.ids, self.class_indices.astype(np.int16, copy=False),
-                        self.probabilities.astype(np.float32, copy=False), self.embeddings, None, None, codes)
+                        self.probabilities.astype(np.float32, copy=False), None, None, None, codes)
 
     @property
     def nbytes(self) -> int:
@@ -270,6 +270,16 @@ class LiveCollection:
             else:
                 self.retrievers[method] = get_retriever(method, corpus, data)
         self._members = members.held(self._label_table, self._label_positions)
+        self._share_arrays()
+
+    def _share_arrays(self) -> None:
+        """One copy of the ids (and codes) the members and the held indexes all hold, equal."""
+        ids = self._members.ids
+        cast("IwanRetriever", self.retrievers["iwan"]).index.share_ids(ids)
+        if self.hash_model:
+            hashes = cast("HashesRetriever", self.retrievers["hashes"]).index
+            hashes.share(ids)
+            cast("ExhaustiveRetriever", self.retrievers["exhaustive"]).index.share(ids, hashes.codes)
 
     # --- opening and closing -----------------------------------------------------------------------
 
@@ -469,13 +479,14 @@ class LiveCollection:
     def _batch(self, members: _Members, with_ids: bool = False) -> Batch:
         from iwan.network.saved import class_words
 
-        codes = members.codes
-        if codes is None and members.label_codes is not None and "hashes" in self.retrievers:
-            codes = cast("HashesRetriever", self.retrievers["hashes"]).index.codes_of(members.ids)  # kept there
+        embeddings, codes = members.embeddings, members.codes
+        if embeddings is None and members.label_codes is not None and self.hash_model:  # held: the indexes keep them
+            embeddings = cast("ExhaustiveRetriever", self.retrievers["exhaustive"]).index.rows_of(members.ids)
+            codes = cast("HashesRetriever", self.retrievers["hashes"]).index.codes_of(members.ids)
         return Batch(
             word_ids=class_words(self.class_word_ids, members.class_indices),
             weights=members.probabilities.astype(np.float64),
-            embeddings=members.embeddings,
+            embeddings=embeddings,
             codes=codes,
             image_ids=members.ids if with_ids else None,
         )
@@ -606,10 +617,8 @@ def _write_snapshot(path: Path, collection: store.Collection, members: _Members,
     arrays = {"ids": held.ids, "class_indices": held.class_indices, "probabilities": held.probabilities,
               "label_codes": cast(np.ndarray, held.label_codes), "labels": np.array(table, dtype=str),
               "words": np.array(words, dtype=str), "class_word_ids": np.asarray(class_word_ids, dtype=np.int64)}
-    if members.embeddings is not None:
-        arrays["embeddings"] = members.embeddings
-    if not built and members.codes is not None:
-        arrays["codes"] = members.codes
+    if not built and members.embeddings is not None and members.codes is not None:
+        arrays["embeddings"], arrays["codes"] = members.embeddings, members.codes
     meta = {"format": SNAPSHOT_FORMAT, "collection_id": collection.id, "created_at": collection.created_at.isoformat(),
             "seq": seq, "methods": sorted(built or {})}
     with replacing_folder(path) as folder:
@@ -645,8 +654,8 @@ def _checked_snapshot(path: Path, collection: store.Collection, arrays: dict[str
     ids = arrays["ids"]
     n = len(ids)
     hashed = bool(collection.hash_model)
-    for name in ("class_indices", "probabilities", "label_codes", *(("embeddings",) if hashed else ())):
-        if name not in arrays or len(arrays[name]) != n:
+    for name in ("class_indices", "probabilities", "label_codes"):
+        if len(arrays[name]) != n:
             raise ValueError(f"{name} does not hold one row per image id")
     if arrays["class_indices"].shape != arrays["probabilities"].shape:
         raise ValueError("class indices and probabilities differ in shape")
@@ -666,10 +675,11 @@ def _checked_snapshot(path: Path, collection: store.Collection, arrays: dict[str
         for method, retriever in retrievers.items():
             if not np.array_equal(cast(SavedRetriever, retriever).index.ids, ids):
                 raise ValueError(f"the {method} index does not hold the snapshot's images")
-    elif hashed and ("codes" not in arrays or len(arrays["codes"]) != n):
-        raise ValueError("it holds neither built methods nor the images' codes")
-    members = _Members(ids, arrays["class_indices"], arrays["probabilities"], arrays.get("embeddings"),
-                       None if retrievers else arrays.get("codes"), None, codes)
+    elif hashed and not all(name in arrays and len(arrays[name]) == n for name in ("embeddings", "codes")):
+        raise ValueError("it holds neither built methods nor the images' embeddings and codes")
+    members = _Members(ids, arrays["class_indices"], arrays["probabilities"],
+                       None if retrievers else arrays.get("embeddings"), None if retrievers else arrays.get("codes"),
+                       None, codes)
     return _Snapshot(members, arrays["words"].tolist(), arrays["class_word_ids"], int(meta["seq"]), labels, retrievers)
 
 

@@ -224,6 +224,17 @@ class IwanIndex:
         with self._lock:
             return self._edges.live_rows()[0]
 
+    def share_ids(self, ids: np.ndarray) -> None:
+        """Hold `ids` in place of an equal array of the index's own, so that a holder of several
+        indexes over the same images keeps one copy; nothing when the index's array differs
+        (removed images not compacted yet, spare capacity). Safe since the index writes into its
+        ids only past their end (additions; here there is no room: they move to a new array)."""
+        with self._lock:
+            edges = self._edges
+            own = edges.ids
+            if len(own) == edges.n_slots and own.dtype == ids.dtype and np.array_equal(own, ids):
+                edges.ids = ids
+
     @property
     def ids(self) -> np.ndarray:
         """`image_ids`, by the name the hashing indexes use."""
