@@ -264,12 +264,16 @@ from pathlib import Path
 from iwan.collections import live
 from iwan.db.collections import Collection
 collection = Collection(**json.loads(sys.argv[2]) | {"created_at": datetime.fromisoformat(json.loads(sys.argv[2])["created_at"])})
+mmap = sys.argv[3] == "mmap"
 started = time.perf_counter()
-snapshot = live._read_snapshot(Path(sys.argv[1]), collection)
+snapshot = live._read_snapshot(Path(sys.argv[1]), collection, mmap=mmap)
 seconds = time.perf_counter() - started
 assert snapshot is not None and snapshot.retrievers is not None, "the snapshot did not load"
 peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
-print(json.dumps({"open_s": seconds, "peak_rss_bytes": 1024 * peak}))
+exhaustive = snapshot.retrievers["exhaustive"].index
+started = time.perf_counter()
+exhaustive.search(exhaustive.rows_of(exhaustive.ids[:1]), 10)  # reads every row
+print(json.dumps({"open_s": seconds, "peak_rss_bytes": 1024 * peak, "first_exhaustive_s": time.perf_counter() - started}))
 """
 
 
@@ -357,15 +361,18 @@ def bench_collection(n: int, rng: np.random.Generator, embeddings: np.ndarray, c
     del retrievers, exhaustive, cells, held, members, chunks
     gc.collect()
     described = json.dumps(collection.as_dict() | {"created_at": collection.created_at.isoformat()})
-    opened = subprocess.run([sys.executable, "-c", OPEN_SCRIPT, str(path), described], check=True, capture_output=True,
-                            text=True, env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
-    result = json.loads(opened.stdout.strip().splitlines()[-1])
+    result, mapped = (json.loads(subprocess.run(
+        [sys.executable, "-c", OPEN_SCRIPT, str(path), described, how], check=True, capture_output=True, text=True,
+        env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}).stdout.strip().splitlines()[-1])
+        for how in ("read", "mmap"))
     return {
         "bytes_per_image_before": {k: v / n for k, v in before.items()} | {"total": sum(before.values()) / n},
         "bytes_per_image": {k: v / n for k, v in after.items()} | {"total": sum(after.values()) / n},
         "snapshot_bytes_per_image": snapshot_bytes / n,
         "iwan_streamed_build_s": iwan_build, "save_s": save_s,
         "open_s": result["open_s"], "open_peak_rss_bytes_per_image": result["peak_rss_bytes"] / n,
+        "first_exhaustive_search_s": result["first_exhaustive_s"],
+        "open_mmap_s": mapped["open_s"], "first_exhaustive_search_after_mmap_s": mapped["first_exhaustive_s"],
     }
 
 
@@ -385,8 +392,9 @@ def print_table(results: dict) -> None:
         print(f"n={int(n):,} collection: bytes per image " + ", ".join(f"{k} {v:.1f}" for k, v in c["bytes_per_image"].items())
               + " (before: " + ", ".join(f"{k} {v:.1f}" for k, v in c["bytes_per_image_before"].items()) + ")")
         print(f"  snapshot {c['snapshot_bytes_per_image']:.1f} B/image, saved in {c['save_s']:.1f} s, opened in "
-              f"{c['open_s']:.2f} s (peak {c['open_peak_rss_bytes_per_image']:.0f} B/image); IWAN streamed build "
-              f"{c['iwan_streamed_build_s']:.1f} s")
+              f"{c['open_s']:.2f} s (peak {c['open_peak_rss_bytes_per_image']:.0f} B/image, first exhaustive search "
+              f"{c['first_exhaustive_search_s']:.2f} s), mapped {c['open_mmap_s']:.2f} s (first exhaustive search "
+              f"{c['first_exhaustive_search_after_mmap_s']:.2f} s); IWAN streamed build {c['iwan_streamed_build_s']:.1f} s")
         if "clustered" not in r:
             continue
         print(f"n={int(n):,}: exhaustive {r['exhaustive_ms_per_query']:.1f} ms/query; int8 top-100 agreement "

@@ -34,11 +34,13 @@ def write_arrays(folder: Path, arrays: Mapping[str, np.ndarray], meta: Mapping) 
     (folder / META_FILE).write_text(json.dumps(dict(meta)))
 
 
-def read_arrays(folder: Path, expected: Mapping[str, tuple[str, int]], *, optional: tuple[str, ...] = ()
-                ) -> tuple[dict[str, np.ndarray], dict]:
+def read_arrays(folder: Path, expected: Mapping[str, tuple[str, int]], *, optional: tuple[str, ...] = (),
+                mmap: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """(arrays, meta) of a folder `write_arrays` wrote; `expected`: name -> (dtype kind or dtype
     name, ndim), e.g. ("int64", 1), ("U", 1) for text. ValueError naming the folder and what is
-    wrong for anything missing, unreadable or of another type; `optional` names may be absent."""
+    wrong for anything missing, unreadable or of another type; `optional` names may be absent.
+    `mmap`: the arrays are read-only maps of the files (np.load's mmap_mode "r"), read from disk
+    as they are used instead of all at once: for holders that never write into them."""
     def damaged(why: str) -> ValueError:
         return ValueError(f"{folder}: {why}")
 
@@ -56,7 +58,7 @@ def read_arrays(folder: Path, expected: Mapping[str, tuple[str, int]], *, option
         if name in optional and not path.exists():
             continue
         try:
-            array = np.load(path, allow_pickle=False)
+            array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
         # Untrusted bytes: whatever numpy raises on them is "unreadable", never a crash.
         except Exception as error:  # noqa: BLE001
             raise damaged(f"{name}.npy is missing or unreadable ({type(error).__name__}: {error})") from None

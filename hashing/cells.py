@@ -151,11 +151,12 @@ class CellCosineIndex:
         return {name: getattr(self, f"_{name}") for name in _ARRAYS}, meta
 
     @classmethod
-    def load(cls, path: str | Path) -> CellCosineIndex:
+    def load(cls, path: str | Path, *, mmap: bool = False) -> CellCosineIndex:
         """An index `save` wrote; ValueError naming the folder if it is damaged, inconsistent or of
-        another kind."""
+        another kind. `mmap`: its arrays map the files (hashing.arrays; the index never writes
+        into its arrays)."""
         path = Path(path)
-        arrays, meta = read_arrays(path, _ARRAYS)
+        arrays, meta = read_arrays(path, _ARRAYS, mmap=mmap)
         if meta.get("format") != CELLS_FORMAT:
             raise ValueError(f"{path}: not a cell index of format {CELLS_FORMAT} (found {meta.get('format')})")
         try:

@@ -151,11 +151,12 @@ class ExhaustiveCosineIndex:
         return arrays, {"format": EXHAUSTIVE_FORMAT}
 
     @classmethod
-    def load(cls, path: str | Path) -> ExhaustiveCosineIndex:
-        """An index `save` wrote; ValueError naming the folder if it is damaged or of another kind."""
+    def load(cls, path: str | Path, *, mmap: bool = False) -> ExhaustiveCosineIndex:
+        """An index `save` wrote; ValueError naming the folder if it is damaged or of another kind.
+        `mmap`: its arrays map the files (hashing.arrays; the index never writes into its arrays)."""
         path = Path(path)
         arrays, meta = read_arrays(path, {"ids": ("int64", 1), "rows": ("float32", 2), "norms": ("float32", 1),
-                                          "codes": ("uint64", 1)}, optional=("codes",))
+                                          "codes": ("uint64", 1)}, optional=("codes",), mmap=mmap)
         if meta.get("format") != EXHAUSTIVE_FORMAT:
             raise ValueError(f"{path}: not an exhaustive index of format {EXHAUSTIVE_FORMAT} (found {meta.get('format')})")
         ids, rows, norms, codes = arrays["ids"], arrays["rows"], arrays["norms"], arrays.get("codes")

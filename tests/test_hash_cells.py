@@ -197,7 +197,8 @@ def test_bad_arguments_say_what_to_do():
         index.embeddings_of(np.array([9]))
 
 
-def test_a_saved_index_loads_without_a_build_and_answers_the_same(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mmap", [False, True], ids=["read", "mapped"])
+def test_a_saved_index_loads_without_a_build_and_answers_the_same(tmp_path, monkeypatch, mmap):
     rng = np.random.default_rng(21)
     rows, codes = clustered(rng, 6000)
     index = CellCosineIndex(cell_rows=64, patience=3)
@@ -205,7 +206,7 @@ def test_a_saved_index_loads_without_a_build_and_answers_the_same(tmp_path, monk
     index.remove(np.arange(0, 300) * 2)
     path = index.save(tmp_path / "cells")
     monkeypatch.setattr("hashing.cells.partition", lambda *a, **k: pytest.fail("a load must not partition"))
-    loaded = CellCosineIndex.load(path)
+    loaded = CellCosineIndex.load(path, mmap=mmap)
     queries, _ = clustered(rng, 50)
     for k in (1, 10, 100):
         got, want = loaded.search_counting(queries, k), index.search_counting(queries, k)
@@ -213,6 +214,12 @@ def test_a_saved_index_loads_without_a_build_and_answers_the_same(tmp_path, monk
             np.testing.assert_array_equal(a, b)
     assert (loaded.n_cells, loaded.patience, loaded.cell_rows) == (index.n_cells, 3, 64)
     np.testing.assert_array_equal(loaded.codes_of([600, 602]), index.codes_of([600, 602]))
+    more, more_codes = clustered(rng, 200)
+    for changed in (index, loaded):  # changes replace the (mapped) arrays, never write into them
+        changed.add(np.arange(200) * 2 + 20_001, more, more_codes)
+        changed.remove(np.arange(300, 400) * 2)
+    for a, b in zip(loaded.search(queries, 30), index.search(queries, 30)):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("damage", ["rank", "cell_start", "vectors", "format"])

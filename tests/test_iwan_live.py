@@ -412,7 +412,8 @@ def test_a_streamed_build_equals_the_build_over_whole_arrays():
         IwanIndex.from_chunks(words_only, backwards, width=4)
 
 
-def test_a_built_index_saved_and_loaded_answers_as_before_and_stays_live(tmp_path):
+@pytest.mark.parametrize("mmap", [False, True], ids=["read", "mapped"])
+def test_a_built_index_saved_and_loaded_answers_as_before_and_stays_live(tmp_path, mmap):
     rng = np.random.default_rng(12)
     associations = random_associations(rng, dyadic=True)
     n_words = len(associations.words)
@@ -422,7 +423,7 @@ def test_a_built_index_saved_and_loaded_answers_as_before_and_stays_live(tmp_pat
     more, more_p = random_images(rng, 20, n_words, 3, dyadic=True)
     index.add(np.arange(1000, 1020), more, more_p)  # a delta level
     path = index.save_built(tmp_path / "built")
-    loaded = IwanIndex.load_built(path)
+    loaded = IwanIndex.load_built(path, mmap=mmap)
     query_words, weights = random_images(rng, 30, n_words, 2, dyadic=True)
     for k in (1, 10, 400):
         got, want = loaded.search(query_words, weights, k, paths=True), index.search(query_words, weights, k, paths=True)

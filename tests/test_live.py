@@ -11,6 +11,7 @@ from iwan.collections import live as live_module
 from iwan.collections.live import LiveCollection, snapshot_path
 from iwan.network.index import Query
 from iwan.network.reference import networkx_search
+from iwan.network.saved import class_words
 from iwan.retrieval import Batch, Corpus, get_retriever
 from iwan.retrieval.stored import StoreData
 from iwan.vision.decode import DecodePolicy, decode_image
@@ -64,6 +65,15 @@ def test_random_additions_and_removals_answer_as_a_fresh_build(engine, live, mon
 
     assert len(np.unique(live.stored_queries(live.image_ids).codes)) > 1, "the hash answers must not be trivial"
 
+    # A stored query is what the database holds for the image, bit for bit, though the collection
+    # keeps no embeddings or codes of its own (the indexes' are read back).
+    whole, rows = live.stored_queries(live.image_ids), live_module._load_members(engine, live.collection, live.image_ids)
+    assert live._members.embeddings is None and live._members.codes is None
+    np.testing.assert_array_equal(whole.embeddings, rows.embeddings)
+    np.testing.assert_array_equal(whole.codes, rows.codes)
+    np.testing.assert_array_equal(whole.weights, rows.probabilities.astype(np.float64))
+    np.testing.assert_array_equal(whole.word_ids, class_words(live.class_word_ids, rows.class_indices))
+
     # IWAN also equals the networkx reference over the graph of the images held now.
     graph = live.retrievers["iwan"].index.to_graph()
     reference = graph.to_networkx()
@@ -94,6 +104,13 @@ def test_random_additions_and_removals_answer_as_a_fresh_build(engine, live, mon
     assert_same_answers(again, fresh_build(engine, live), stored, k=6)
     for method in again.methods:
         np.testing.assert_array_equal(again.search(stored, 6, method=method)[1], live.search(stored, 6, method=method)[1])
+
+    # Opened with its indexes mapped from the snapshot files: changes leave the files alone.
+    mapped = LiveCollection.open(engine, "live", follow=False, encoder=live.encoder, mmap=True)
+    mapped.add_files([("after.png", png(777))], label="pet")  # changes leave the mapped files alone
+    mapped.remove(mapped.image_ids[:2])
+    assert_same_answers(mapped, fresh_build(engine, mapped), mapped.stored_queries(mapped.image_ids), k=6)
+    mapped.close()
 
 
 def test_a_snapshot_behind_the_log_catches_up_and_a_foreign_one_is_ignored(engine, live):

@@ -285,14 +285,16 @@ class LiveCollection:
 
     @classmethod
     def open(cls, engine: Engine, name: str, *, settings: Settings | None = None, follow: bool = True,
-             encoder: Encoder | None = None) -> LiveCollection:
+             encoder: Encoder | None = None, mmap: bool = False) -> LiveCollection:
         """The collection warm: snapshot (or the database), then the changes after it; LookupError if unknown.
 
         `settings`: where its snapshot, uploaded files and models live and the largest upload,
-        kept by the collection for everything it does; read from the environment when not given."""
+        kept by the collection for everything it does; read from the environment when not given.
+        `mmap`: the indexes' arrays map the snapshot's files (read from disk as searches use them,
+        so that opening a large collection reads little; the first searches then wait for the disk)."""
         settings = settings or config.settings()
         collection = store.get(engine, name)
-        loaded = _read_snapshot(snapshot_path(name, settings), collection)
+        loaded = _read_snapshot(snapshot_path(name, settings), collection, mmap=mmap)
         if loaded is None:
             with engine.connect() as conn:
                 seq = store.last_seq(conn, collection.id)
@@ -628,9 +630,9 @@ def _write_snapshot(path: Path, collection: store.Collection, members: _Members,
     return path
 
 
-def _read_snapshot(path: Path, collection: store.Collection) -> _Snapshot | None:
+def _read_snapshot(path: Path, collection: store.Collection, *, mmap: bool = False) -> _Snapshot | None:
     """The snapshot of this very collection at `path`, checked, else None (with a warning when
-    there is a snapshot that does not fit)."""
+    there is a snapshot that does not fit); `mmap`: the indexes' arrays map its files."""
     if not path.is_dir():
         return None
     started = time.perf_counter()
@@ -640,7 +642,7 @@ def _read_snapshot(path: Path, collection: store.Collection) -> _Snapshot | None
                 or meta.get("created_at") != collection.created_at.isoformat():
             log.warning("%s is a snapshot of another collection or format: rebuilding from the database", path)
             return None
-        snapshot = _checked_snapshot(path, collection, arrays, meta)
+        snapshot = _checked_snapshot(path, collection, arrays, meta, mmap)
     except (OSError, ValueError, KeyError, TypeError) as err:
         log.warning("%s is unreadable (%s): rebuilding from the database", path, err)
         return None
@@ -649,7 +651,8 @@ def _read_snapshot(path: Path, collection: store.Collection) -> _Snapshot | None
     return snapshot
 
 
-def _checked_snapshot(path: Path, collection: store.Collection, arrays: dict[str, np.ndarray], meta: dict) -> _Snapshot:
+def _checked_snapshot(path: Path, collection: store.Collection, arrays: dict[str, np.ndarray], meta: dict,
+                      mmap: bool) -> _Snapshot:
     """The snapshot from its read arrays; ValueError saying what does not fit the collection."""
     ids = arrays["ids"]
     n = len(ids)
@@ -671,7 +674,7 @@ def _checked_snapshot(path: Path, collection: store.Collection, arrays: dict[str
     if saved:
         if sorted(saved) != sorted(methods):
             raise ValueError(f"it holds methods {saved}, the collection has {list(methods)}")
-        retrievers = {m: _retriever_types()[m].load(path / m) for m in methods}
+        retrievers = {m: _retriever_types()[m].load(path / m, mmap=mmap) for m in methods}
         for method, retriever in retrievers.items():
             if not np.array_equal(cast(SavedRetriever, retriever).index.ids, ids):
                 raise ValueError(f"the {method} index does not hold the snapshot's images")

@@ -60,7 +60,7 @@ _SAVED_ARRAYS = (*_GRAPH_ARRAYS, "image_ids", "max_id")
 BUILT_FORMAT = "iwan-built-index/1"
 _BUILT_ARRAYS = {  # what `save_built` writes: name -> (dtype, ndim)
     "words": ("U", 1), "edge_a": ("i", 1), "edge_b": ("i", 1), "edge_weight": ("float64", 1),
-    "ids": ("int64", 1), "state": ("int32", 1), "row_words": ("int32", 2), "row_costs": ("float64", 2),
+    "ids": ("int64", 1), "state": ("int32", 1), "row_words": ("i", 2), "row_costs": ("float64", 2),
     **{f"{level}_{part}": kind for level in ("main", "delta")
        for part, kind in (("ptr", ("int64", 1)), ("slot", ("int32", 1)), ("cost", ("float64", 1)))},
 }
@@ -274,7 +274,7 @@ class IwanIndex:
                 )
             if ids[0] < 0:
                 raise ValueError(f"image id {ids[0]} is negative: database ids are >= 0")
-            self._edges.append(ids, words.astype(np.int32), costs)
+            self._edges.append(ids, words.astype(self._edges.row_words.dtype), costs)
 
     def remove(self, image_ids: np.ndarray) -> None:
         """Remove images by database id; ValueError naming any id not held (and nothing removed)."""
@@ -466,11 +466,13 @@ class IwanIndex:
         return arrays, meta
 
     @classmethod
-    def load_built(cls, path: str | Path) -> IwanIndex:
+    def load_built(cls, path: str | Path, *, mmap: bool = False) -> IwanIndex:
         """An index `save_built` wrote; ValueError naming the folder if it is damaged, inconsistent
-        or of another kind."""
+        or of another kind. `mmap`: its arrays map the files (hashing.arrays) but the removal
+        marks, which searches write (the rows grow into new arrays: the maps are never written)."""
         path = Path(path)
-        arrays, meta = read_arrays(path, _BUILT_ARRAYS)
+        arrays, meta = read_arrays(path, _BUILT_ARRAYS, mmap=mmap)
+        arrays["state"] = np.array(arrays["state"])
         if meta.get("format") != BUILT_FORMAT:
             raise ValueError(f"{path}: not a built IWAN index of format {BUILT_FORMAT} (found {meta.get('format')})")
         try:

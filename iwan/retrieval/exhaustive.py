@@ -34,9 +34,9 @@ class ExhaustiveRetriever:
         return self.index.to_arrays()
 
     @classmethod
-    def load(cls, folder: Path) -> ExhaustiveRetriever:
-        """The retriever of an index saved in `folder` (ExhaustiveCosineIndex.load)."""
-        return cls(ExhaustiveCosineIndex.load(folder))
+    def load(cls, folder: Path, *, mmap: bool = False) -> ExhaustiveRetriever:
+        """The retriever of an index saved in `folder` (ExhaustiveCosineIndex.load; `mmap`: its arrays map the files)."""
+        return cls(ExhaustiveCosineIndex.load(folder, mmap=mmap))
 
     def add(self, image_ids: np.ndarray, images: Batch) -> None:
         (embeddings,) = images.need("embeddings", method=self.name)

@@ -47,9 +47,9 @@ class HashesRetriever:
         return self.index.to_arrays()
 
     @classmethod
-    def load(cls, folder: Path) -> HashesRetriever:
-        """The retriever of an index saved in `folder` (CellCosineIndex.load)."""
-        return cls(CellCosineIndex.load(folder))
+    def load(cls, folder: Path, *, mmap: bool = False) -> HashesRetriever:
+        """The retriever of an index saved in `folder` (CellCosineIndex.load; `mmap`: its arrays map the files)."""
+        return cls(CellCosineIndex.load(folder, mmap=mmap))
 
     def add(self, image_ids: np.ndarray, images: Batch) -> None:
         embeddings, codes = images.need(*READS, method=self.name)

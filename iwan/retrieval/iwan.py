@@ -50,9 +50,9 @@ class IwanRetriever:
         return self.index.to_arrays()
 
     @classmethod
-    def load(cls, folder: Path) -> IwanRetriever:
-        """The retriever of a built index saved in `folder` (IwanIndex.load_built)."""
-        return cls(IwanIndex.load_built(folder))
+    def load(cls, folder: Path, *, mmap: bool = False) -> IwanRetriever:
+        """The retriever of an index saved in `folder` (IwanIndex.load_built; `mmap`: its arrays map the files)."""
+        return cls(IwanIndex.load_built(folder, mmap=mmap))
 
     def add(self, image_ids: np.ndarray, images: Batch) -> None:
         word_ids, weights = images.need(*WORD_FIELDS, method=self.name)
