@@ -343,8 +343,12 @@ def bench_collection(n: int, rng: np.random.Generator, embeddings: np.ndarray, c
     table: list[str] = []
     held = members.held(table, {})
     indexes = {m: int(r.index.nbytes) for m, r in retrievers.items()}
-    # Before this change the exhaustive index held unit rows (no norms) and nothing was shared.
-    before = {"members": members_bytes(members), **indexes, "exhaustive": indexes["exhaustive"] - 4 * n}
+    # Before issue 18's item 3 the exhaustive index held unit rows (no norms), IWAN's rows int32
+    # word ids and its runs a float64 cost per edge, and nothing was shared.
+    edges = retrievers["iwan"].index._edges
+    iwan_before = indexes["iwan"] + 8 * (len(edges.main[1]) + len(edges.delta[1])) + \
+        edges.row_words.size * (4 - edges.row_words.itemsize)
+    before = {"members": members_bytes(members), **indexes, "iwan": iwan_before, "exhaustive": indexes["exhaustive"] - 4 * n}
     retrievers["iwan"].index.share_ids(held.ids)  # as a LiveCollection shares them
     cells.share(held.ids)
     exhaustive.share(held.ids, cells.codes)

@@ -30,8 +30,9 @@ DELTA_MIN_EDGES = 4096
 max(DELTA_MIN_EDGES, DELTA_SQRT_FACTOR * sqrt(main edges)) edges."""
 DELTA_SQRT_FACTOR = 8
 
-Runs = tuple[np.ndarray, np.ndarray, np.ndarray]
-"""Per-word runs: ptr (n_words + 1) int64, slot int32 and cost float64, sorted by (word, cost, slot)."""
+Runs = tuple[np.ndarray, np.ndarray]
+"""Per-word runs: ptr (n_words + 1) int64 and slot int32, sorted by (word, cost, slot); a slot's
+cost is read from its row (iwan.network.kernels.edge_cost), not kept twice."""
 
 
 class ImageEdges:
@@ -115,8 +116,8 @@ class ImageEdges:
         return {
             "ids": self.ids[:used], "state": self.state[:used], "row_words": self.row_words[:used],
             "row_costs": self.row_costs[:used],
-            "main_ptr": self.main[0], "main_slot": self.main[1], "main_cost": self.main[2],
-            "delta_ptr": self.delta[0], "delta_slot": self.delta[1], "delta_cost": self.delta[2],
+            "main_ptr": self.main[0], "main_slot": self.main[1],
+            "delta_ptr": self.delta[0], "delta_slot": self.delta[1],
         }
 
     @classmethod
@@ -137,15 +138,15 @@ class ImageEdges:
             raise ValueError(f"image word ids outside -1..{n_words - 1}")
         runs = []
         for level in ("main", "delta"):
-            ptr, slot, cost = (arrays[f"{level}_{part}"] for part in ("ptr", "slot", "cost"))
+            ptr, slot = arrays[f"{level}_ptr"], arrays[f"{level}_slot"]
             if ptr.shape != (n_words + 1,) or ptr[0] != 0 or ptr[-1] != len(slot) or (np.diff(ptr) < 0).any() \
-                    or cost.shape != slot.shape or (len(slot) and (slot.min() < 0 or slot.max() >= n)):
+                    or (len(slot) and (slot.min() < 0 or slot.max() >= n)):
                 raise ValueError(f"the {level} runs do not fit {n_words} words and {n} image slots")
-            runs.append((ptr, slot, cost))
+            runs.append((ptr, slot))
         edges = cls(n_words, words.shape[1])
         edges.ids, edges.state, edges.row_words, edges.row_costs = ids, state, words, costs
         edges.n_slots, edges.n_dead, edges.max_id = n, n_dead, max_id
-        edges.main, edges.delta = runs
+        edges.main, edges.delta = runs[0], runs[1]
         return edges
 
     @property
@@ -197,9 +198,9 @@ class ImageEdges:
         self.n_slots = stop
         self.max_id = int(ids[-1])
         added = _sorted_runs(self.n_words, start, self.row_words[start:stop], self.row_costs[start:stop])
-        self.delta = merge_runs(*self.delta, *added)
+        self.delta = merge_runs(*self.delta, *added, self.row_words, self.row_costs)
         if len(self.delta[1]) > max(DELTA_MIN_EDGES, DELTA_SQRT_FACTOR * math.isqrt(len(self.main[1]))):
-            self.main = merge_runs(*self.main, *self.delta)
+            self.main = merge_runs(*self.main, *self.delta, self.row_words, self.row_costs)
             self.delta = _no_runs(self.n_words)
 
     def remove(self, slots: np.ndarray) -> None:
@@ -252,7 +253,7 @@ def word_dtype(n_words: int) -> type[np.signedinteger]:
 
 
 def _no_runs(n_words: int) -> Runs:
-    return np.zeros(n_words + 1, np.int64), np.empty(0, np.int32), np.empty(0, np.float64)
+    return np.zeros(n_words + 1, np.int64), np.empty(0, np.int32)
 
 
 def _sorted_runs(n_words: int, first_slot: int, words: np.ndarray, costs: np.ndarray) -> Runs:
@@ -262,7 +263,7 @@ def _sorted_runs(n_words: int, first_slot: int, words: np.ndarray, costs: np.nda
 
 
 def _filter_runs(runs: Runs, keep: np.ndarray, renumber: np.ndarray) -> Runs:
-    ptr, slot, cost = runs
+    ptr, slot = runs
     kept = keep[slot]
     before = np.concatenate([[0], np.cumsum(kept)])
-    return before[ptr].astype(np.int64), renumber[slot[kept]], cost[kept]
+    return before[ptr].astype(np.int64), renumber[slot[kept]]

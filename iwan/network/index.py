@@ -62,7 +62,7 @@ _BUILT_ARRAYS = {  # what `save_built` writes: name -> (dtype, ndim)
     "words": ("U", 1), "edge_a": ("i", 1), "edge_b": ("i", 1), "edge_weight": ("float64", 1),
     "ids": ("int64", 1), "state": ("int32", 1), "row_words": ("i", 2), "row_costs": ("float64", 2),
     **{f"{level}_{part}": kind for level in ("main", "delta")
-       for part, kind in (("ptr", ("int64", 1)), ("slot", ("int32", 1)), ("cost", ("float64", 1)))},
+       for part, kind in (("ptr", ("int64", 1)), ("slot", ("int32", 1)))},
 }
 
 
