@@ -1,7 +1,17 @@
 """The semantic-hash method at scale: bytes per image, build time, latency and recall@100 against
 exhaustive cosine, on two kinds of codes, with FAISS's binary indexes and HNSW beside it.
 
-Usage: python benchmarks/bench_scale.py --sizes N[,N...] [--queries Q] [--no-faiss]
+Usage: python benchmarks/bench_scale.py --sizes N[,N...] [--queries Q] [--no-faiss] [--collection-only]
+
+First, per size, a whole collection as a LiveCollection holds it (`collection`): the clustered
+kind's embeddings and codes, four sampled classes per image with Dirichlet probabilities, norms
+of 5,000 words, 100 labels; IWAN built from chunks (iwan.retrieval.iwan.build_from_chunks), the
+exhaustive and hashes indexes, the members as held. Its bytes per image per part (and before
+issue 18's item 3: the members with embeddings, codes, int64 classes and a label string per
+image, IWAN with int32 word ids and a cost per run entry, the exhaustive index's unit rows), the
+seconds to write its snapshot, and in a fresh process the seconds to open it read and mapped
+(`_read_snapshot`), with the first exhaustive search after each (which reads every row).
+`bytes_per_image` in the JSON is this collection's.
 
 Two kinds of data, each unit 100-dimensional embeddings made by benchmarks/bench_hashing.py's
 generator (centres with components N(0, 1), noise 0.6 per component) and 48-bit codes:

@@ -581,7 +581,8 @@ class LiveCollection:
         return path
 
     def nbytes(self) -> dict[str, int]:
-        """Bytes held in memory per part: "members" (with the label table) and each method's index."""
+        """Bytes held in memory per part: "members" (with the label table) and each method's index
+        (an ids or codes array the indexes share with the members counts in each part)."""
         with self._lock:
             parts = {"members": self._members.nbytes + sum(len(x.encode()) + 49 for x in self._label_table)}
             for method, retriever in self.retrievers.items():
@@ -754,7 +755,7 @@ def collection_details(engine: Engine, name: str, *, settings: Settings | None =
     with engine.connect() as conn:
         seq = store.last_seq(conn, collection.id)
     path = snapshot_path(name, settings)
-    loaded = _read_snapshot(path, collection)
+    loaded = _read_snapshot(path, collection, mmap=True)  # checked, not read whole: only its change is wanted
     return {
         **_info(collection, store.size(engine, collection.id)).as_dict(),
         "top_iwk": collection.top_iwk, "top_wwk": collection.top_wwk, "strength": collection.strength,
