@@ -1,6 +1,7 @@
 """The live IWAN index: memory, search speed, changes, exactness; networkx as the reference.
 
     python benchmarks/bench_iwan.py [--sizes 50000,1000000] [--queries 1000] [--seed 0]
+    python benchmarks/bench_iwan.py --streamed 10000000   # the chunked build's peak memory alone
 
 The graph is built from the real USF Appendix A files (parsed by iwan.datasets.usf) and the real
 ImageNet label words (the 1000 torchvision category names mapped onto the norms by iwan.vision.words).
@@ -281,6 +282,37 @@ def report(n: int, r: dict) -> None:
     )
 
 
+def memory_kib(field: str) -> int:
+    """A /proc/self/status figure (VmRSS, VmHWM) in KiB."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+def streamed_build(n: int, args, associations, mapping, n_categories: int) -> dict:
+    """IwanIndex.from_chunks over n sampled images made chunk by chunk (as a database cursor
+    yields them, never all at once): seconds, the final index's bytes, and the peak memory the
+    build added to the process (VmHWM, reset first, less the RSS before), against the index."""
+    chunk = 1 << 17
+    empty = np.zeros((0, args.top_iwk))
+    words_only = build_graph(associations, empty.astype(np.int64), empty, args.top_wwk)
+
+    def chunks():
+        for start in range(0, n, chunk):
+            rng = np.random.default_rng((args.seed, start))
+            classes, probabilities = sample_predictions(rng, min(chunk, n - start), n_categories, args.top_iwk)
+            yield np.arange(start, start + len(classes), dtype=np.int64), mapping.word_ids[classes], probabilities
+
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # resets VmHWM to the current RSS
+    before = memory_kib("VmRSS")
+    started = time.perf_counter()
+    index = IwanIndex.from_chunks(words_only, chunks(), width=args.top_iwk, total=n)
+    seconds = time.perf_counter() - started
+    added = 1024 * (memory_kib("VmHWM") - before)
+    return {"images": n, "build_s": seconds, "index_bytes": index.nbytes, "bytes_per_image": index.nbytes / n,
+            "peak_added_bytes": added, "peak_over_index": added / index.nbytes}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="50000,1000000", help="corpus sizes, comma-separated")
@@ -291,6 +323,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--top-wwk", type=int, default=DEFAULT_TOP_WWK)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--usf", type=Path, default=None, help="folder of Cue_Target_Pairs.* files")
+    parser.add_argument("--streamed", type=int, default=0, metavar="N",
+                        help="only the streamed build of N images and its peak memory (run it in a fresh process)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
 
@@ -300,6 +334,14 @@ def main(argv=None) -> dict:
     mapping = map_class_names(categories, associations.words)
     print(f"USF norms: {len(rows)} rows, {len(associations.words)} words")
     print(mapping.report(examples=5))
+
+    if args.streamed:
+        streamed = streamed_build(args.streamed, args, associations, mapping, len(categories))
+        print(f"streamed build of {streamed['images']:,} images: {streamed['build_s']:.1f} s, index "
+              f"{streamed['bytes_per_image']:.1f} B/image, peak added {streamed['peak_over_index']:.2f}x the index")
+        result = {"streamed": streamed}
+        print(json.dumps(result))
+        return result
 
     rng = np.random.default_rng(args.seed)
     query_classes, query_probabilities = sample_predictions(rng, args.queries, len(categories), args.top_iwk)

@@ -1,7 +1,17 @@
 """The semantic-hash method at scale: bytes per image, build time, latency and recall@100 against
 exhaustive cosine, on two kinds of codes, with FAISS's binary indexes and HNSW beside it.
 
-Usage: python benchmarks/bench_scale.py --sizes N[,N...] [--queries Q] [--no-faiss]
+Usage: python benchmarks/bench_scale.py --sizes N[,N...] [--queries Q] [--no-faiss] [--collection-only]
+
+First, per size, a whole collection as a LiveCollection holds it (`collection`): the clustered
+kind's embeddings and codes, four sampled classes per image with Dirichlet probabilities, norms
+of 5,000 words, 100 labels; IWAN built from chunks (iwan.retrieval.iwan.build_from_chunks), the
+exhaustive and hashes indexes, the members as held. Its bytes per image per part (and before
+issue 18's item 3: the members with embeddings, codes, int64 classes and a label string per
+image, IWAN with int32 word ids and a cost per run entry, the exhaustive index's unit rows), the
+seconds to write its snapshot, and in a fresh process the seconds to open it read and mapped
+(`_read_snapshot`), with the first exhaustive search after each (which reads every row).
+`bytes_per_image` in the JSON is this collection's.
 
 Two kinds of data, each unit 100-dimensional embeddings made by benchmarks/bench_hashing.py's
 generator (centres with components N(0, 1), noise 0.6 per component) and 48-bit codes:
@@ -33,6 +43,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -220,30 +231,163 @@ def at_recall(curves: dict[str, list[dict]]) -> dict:
     }
 
 
-def bench(n: int, n_queries: int, singles: int, seed: int, with_faiss: bool) -> dict:
+def bench(n: int, n_queries: int, singles: int, seed: int, with_faiss: bool, folder: Path, collection_only: bool) -> dict:
     rng = np.random.default_rng(seed)
+    class_centres = rng.standard_normal((CLASSES, DIM), dtype=np.float32)
+    class_embeddings, classes = clustered_embeddings(n, rng, class_centres)
+    codes = class_codes(classes, rng)
+    del classes
+    r: dict = {"n": n, "collection": bench_collection(n, rng, class_embeddings, codes, folder)}
+    r["bytes_per_image"] = r["collection"]["bytes_per_image"]
+    if collection_only:
+        return r
+    class_queries, _ = clustered_embeddings(n_queries, rng, class_centres)
+    r["clustered"] = bench_hashes(class_embeddings, codes, class_queries, exact_top(class_embeddings, class_queries), singles)
+    del class_embeddings, codes
     centres = rng.standard_normal((CLUSTERS, DIM), dtype=np.float32)
     projection = rng.standard_normal((DIM, HASH_BITS), dtype=np.float32)
     embeddings, _ = clustered_embeddings(n, rng, centres)
     queries, _ = clustered_embeddings(n_queries, rng, centres)
     random_codes = pack_bits((embeddings @ projection > 0).astype(np.uint8))
     random_query_codes = pack_bits((queries @ projection > 0).astype(np.uint8))
-    class_centres = rng.standard_normal((CLASSES, DIM), dtype=np.float32)
-    class_embeddings, classes = clustered_embeddings(n, rng, class_centres)
-    class_queries, _ = clustered_embeddings(n_queries, rng, class_centres)
     started = time.perf_counter()
     truth = exact_top(embeddings, queries)
-    r: dict = {"n": n, "queries": n_queries, "exhaustive_ms_per_query": 1e3 * (time.perf_counter() - started) / n_queries}
+    r["exhaustive_ms_per_query"] = 1e3 * (time.perf_counter() - started) / n_queries
     r["int8_agreement"] = int8_agreement(embeddings, queries, truth)
-    r["clustered"] = bench_hashes(class_embeddings, class_codes(classes, rng), class_queries,
-                                  exact_top(class_embeddings, class_queries), singles)
     r["random"] = bench_hashes(embeddings, random_codes, queries, truth, singles)
-    r["bytes_per_image"] = {"hashes": r["clustered"]["bytes_per_image"], "total": r["clustered"]["bytes_per_image"]}
     if with_faiss:
         r["random"]["faiss"] = faiss_curves(embeddings, random_codes, queries, random_query_codes, truth, singles)
         curves = {"hashes": r["random"]["curve"]} | {name: v["curve"] for name, v in r["random"]["faiss"].items()}
         r["random"]["at_recall"] = at_recall(curves)
     return r
+
+
+# --- a whole collection: bytes per image and the open from its snapshot --------------------------
+
+WORDS = 5_000
+"""Vocabulary of the synthetic norms (USF's is 5,018 words)."""
+LABELS = 100
+OPEN_SCRIPT = """
+import json, sys, time
+from datetime import datetime
+from pathlib import Path
+from iwan.collections import live
+from iwan.db.collections import Collection
+collection = Collection(**json.loads(sys.argv[2]) | {"created_at": datetime.fromisoformat(json.loads(sys.argv[2])["created_at"])})
+mmap = sys.argv[3] == "mmap"
+started = time.perf_counter()
+snapshot = live._read_snapshot(Path(sys.argv[1]), collection, mmap=mmap)
+seconds = time.perf_counter() - started
+assert snapshot is not None and snapshot.retrievers is not None, "the snapshot did not load"
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+exhaustive = snapshot.retrievers["exhaustive"].index
+started = time.perf_counter()
+exhaustive.search(exhaustive.rows_of(exhaustive.ids[:1]), 10)  # reads every row
+print(json.dumps({"open_s": seconds, "peak_rss_bytes": 1024 * peak, "first_exhaustive_s": time.perf_counter() - started}))
+"""
+
+
+def synthetic_collection(n: int, rng: np.random.Generator, embeddings: np.ndarray, codes: np.ndarray):
+    """(collection, members as the store gives them, words, class -> word ids, associations): ids
+    every other integer, four classes of 1,000 with sorted Dirichlet probabilities, 100 labels (one
+    str object per image, as the database driver makes them) and norms of WORDS words, 10 targets each."""
+    from datetime import UTC, datetime
+
+    from iwan.collections.live import _Members
+    from iwan.db.collections import Collection
+    from iwan.network.graph import Associations
+
+    words = [f"w{i}" for i in range(WORDS)]
+    cue = np.repeat(np.arange(WORDS), 10)
+    associations = Associations(words, cue, rng.integers(0, WORDS, len(cue)), rng.random(len(cue)), rng.random(len(cue)))
+    class_word_ids = np.where(rng.random(1000) < 0.9, rng.integers(0, WORDS, 1000), -1).astype(np.int64)
+    ids = 2 * np.arange(n, dtype=np.int64)
+    classes = rng.integers(0, 1000, (n, 4)).astype(np.int64)
+    probabilities = -np.sort(-rng.dirichlet((5, 2, 1, 1, 1), n)[:, :4], axis=1).astype(np.float32)
+    labels = np.array([f"label {c}" for c in rng.integers(0, LABELS, n).tolist()], dtype=object)
+    collection = Collection(id=1, name="bench", dataset=None, split=None, predictor="bench", hash_model="bench",
+                            top_iwk=4, top_wwk=4, strength="forward", source="bench",
+                            created_at=datetime(2026, 1, 1, tzinfo=UTC))
+    members = _Members(ids, classes, probabilities, embeddings, codes, labels)
+    return collection, members, words, class_word_ids, associations
+
+
+def members_bytes(members) -> int:
+    """Bytes of the members' arrays and of the label objects they point to."""
+    objects = 0
+    if members.labels is not None:
+        distinct = {id(x): x for x in members.labels.tolist() if x is not None}
+        objects = sum(sys.getsizeof(x) for x in distinct.values())
+    return members.nbytes + members.labels.nbytes * (members.labels is not None) + objects
+
+
+def bench_collection(n: int, rng: np.random.Generator, embeddings: np.ndarray, codes: np.ndarray, folder: Path) -> dict:
+    """A collection's bytes per image per part, before this change's members and after ("shared":
+    the ids and codes the members and indexes hold as one copy, counted once), and the seconds to
+    save and to open its snapshot (in a fresh process)."""
+    import gc
+    import subprocess
+
+    from iwan.collections.live import _write_snapshot
+    from iwan.network.saved import class_words
+    from iwan.retrieval.exhaustive import ExhaustiveRetriever
+    from iwan.retrieval.hashes import HashesRetriever
+    from iwan.retrieval.iwan import build_from_chunks
+    from iwan.retrieval.registry import Corpus
+
+    collection, members, words, class_word_ids, associations = synthetic_collection(n, rng, embeddings, codes)
+    corpus = Corpus(image_ids=members.ids, predictor="bench", hash_model="bench", top_iwk=4, top_wwk=4,
+                    strength="forward", source="bench")
+    step = 1 << 17
+    chunks = ((members.ids[s:s + step], members.class_indices[s:s + step], members.probabilities[s:s + step])
+              for s in range(0, n, step))
+    started = time.perf_counter()
+    retrievers: dict = {"iwan": build_from_chunks(corpus, associations, class_word_ids, chunks, total=n)}
+    iwan_build = time.perf_counter() - started
+    exhaustive = ExhaustiveCosineIndex()
+    exhaustive.add(members.ids, embeddings, codes)
+    retrievers["exhaustive"] = ExhaustiveRetriever(exhaustive)
+    cells = CellCosineIndex()
+    cells.add(members.ids, embeddings, codes)
+    retrievers["hashes"] = HashesRetriever(cells)
+    table: list[str] = []
+    held = members.held(table, {})
+    indexes = {m: int(r.index.nbytes) for m, r in retrievers.items()}
+    # Before issue 18's item 3 the exhaustive index held unit rows (no norms), IWAN's rows int32
+    # word ids and its runs a float64 cost per edge, and nothing was shared.
+    edges = retrievers["iwan"].index._edges
+    iwan_before = indexes["iwan"] + 8 * (len(edges.main[1]) + len(edges.delta[1])) + \
+        edges.row_words.size * (4 - edges.row_words.itemsize)
+    before = {"members": members_bytes(members), **indexes, "iwan": iwan_before, "exhaustive": indexes["exhaustive"] - 4 * n}
+    retrievers["iwan"].index.share_ids(held.ids)  # as a LiveCollection shares them
+    cells.share(held.ids)
+    exhaustive.share(held.ids, cells.codes)
+    after = {"members": held.nbytes + sum(sys.getsizeof(x) for x in table), **indexes,
+             "shared": -(3 * held.ids.nbytes + cells.codes.nbytes)}
+    # The IWAN queries of a stored image are its classes' words: check they are the same both ways.
+    assert np.array_equal(class_words(class_word_ids, held.class_indices), class_words(class_word_ids, members.class_indices))
+    path = folder / "bench.snapshot"
+    started = time.perf_counter()
+    _write_snapshot(path, collection, held, words, class_word_ids, 0, label_table=table,
+                    built={m: r.to_arrays() for m, r in retrievers.items()})
+    save_s = time.perf_counter() - started
+    snapshot_bytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    del retrievers, exhaustive, cells, held, members, chunks
+    gc.collect()
+    described = json.dumps(collection.as_dict() | {"created_at": collection.created_at.isoformat()})
+    result, mapped = (json.loads(subprocess.run(
+        [sys.executable, "-c", OPEN_SCRIPT, str(path), described, how], check=True, capture_output=True, text=True,
+        env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}).stdout.strip().splitlines()[-1])
+        for how in ("read", "mmap"))
+    return {
+        "bytes_per_image_before": {k: v / n for k, v in before.items()} | {"total": sum(before.values()) / n},
+        "bytes_per_image": {k: v / n for k, v in after.items()} | {"total": sum(after.values()) / n},
+        "snapshot_bytes_per_image": snapshot_bytes / n,
+        "iwan_streamed_build_s": iwan_build, "save_s": save_s,
+        "open_s": result["open_s"], "open_peak_rss_bytes_per_image": result["peak_rss_bytes"] / n,
+        "first_exhaustive_search_s": result["first_exhaustive_s"],
+        "open_mmap_s": mapped["open_s"], "first_exhaustive_search_after_mmap_s": mapped["first_exhaustive_s"],
+    }
 
 
 def rounded(value):
@@ -258,6 +402,15 @@ def rounded(value):
 
 def print_table(results: dict) -> None:
     for n, r in results.items():
+        c = r["collection"]
+        print(f"n={int(n):,} collection: bytes per image " + ", ".join(f"{k} {v:.1f}" for k, v in c["bytes_per_image"].items())
+              + " (before: " + ", ".join(f"{k} {v:.1f}" for k, v in c["bytes_per_image_before"].items()) + ")")
+        print(f"  snapshot {c['snapshot_bytes_per_image']:.1f} B/image, saved in {c['save_s']:.1f} s, opened in "
+              f"{c['open_s']:.2f} s (peak {c['open_peak_rss_bytes_per_image']:.0f} B/image, first exhaustive search "
+              f"{c['first_exhaustive_search_s']:.2f} s), mapped {c['open_mmap_s']:.2f} s (first exhaustive search "
+              f"{c['first_exhaustive_search_after_mmap_s']:.2f} s); IWAN streamed build {c['iwan_streamed_build_s']:.1f} s")
+        if "clustered" not in r:
+            continue
         print(f"n={int(n):,}: exhaustive {r['exhaustive_ms_per_query']:.1f} ms/query; int8 top-100 agreement "
               f"per-row {r['int8_agreement']['per_row_scale']:.4f}, global {r['int8_agreement']['global_scale']:.4f}")
         for kind in ("clustered", "random"):
@@ -282,10 +435,15 @@ def main() -> None:
     parser.add_argument("--singles", type=int, default=100, help="single queries timed per point")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-faiss", action="store_true", help="skip the FAISS and HNSW curves")
+    parser.add_argument("--collection-only", action="store_true",
+                        help="only the whole collection's bytes and snapshot times (the size that fits in memory)")
+    parser.add_argument("--snapshot-dir", type=Path, help="where the collection's snapshot is written (default: a "
+                        "temporary folder, removed at the end)")
     args = parser.parse_args()
     sizes = [int(s.replace("_", "")) for s in args.sizes.split(",")]
-    results = {str(n): rounded(bench(n, args.queries, min(args.singles, args.queries), args.seed, not args.no_faiss))
-               for n in sizes}
+    with tempfile.TemporaryDirectory(dir=args.snapshot_dir) as folder:
+        results = {str(n): rounded(bench(n, args.queries, min(args.singles, args.queries), args.seed, not args.no_faiss,
+                                         Path(folder), args.collection_only)) for n in sizes}
     print_table(results)
     print(json.dumps({"sizes": results, "load_average": [round(x, 2) for x in os.getloadavg()]}))
 

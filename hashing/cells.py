@@ -34,9 +34,12 @@ centroid and widen its radius, so the exact stop stays exact.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from hashing import DEFAULT_SHORTLIST_FACTOR, HASH_BITS
+from hashing.arrays import read_arrays, replacing_folder, write_arrays
 from hashing.cell_kernels import search as _search_kernel
 from hashing.partition import SPLIT_ABOVE, nearest_cells, partition
 from hashing.quantized import dequantize, quantize
@@ -46,6 +49,7 @@ from hashing.search import (
     _held_ids,
     _positions,
     _rows_of,
+    _same,
     _score_margin,
     _unit_rows,
     check_codes,
@@ -61,6 +65,12 @@ and the centroids cost 0.4 bytes per row."""
 DEFAULT_PATIENCE = 13
 """Cells in a row that leave the top k unchanged before a search stops (measured: module doc)."""
 REBUILD_GROWTH = 2
+CELLS_FORMAT = "cell-cosine/1"
+_ARRAYS = {  # what `save` writes: name -> (dtype, ndim)
+    "ids": ("int64", 1), "codes": ("uint64", 1), "row_of": ("uint32", 1), "vectors": ("int8", 2),
+    "scales": ("float32", 1), "rank": ("uint32", 1), "cell_start": ("int64", 1), "centroids": ("float32", 2),
+    "cos_radius": ("float32", 1), "sin_radius": ("float32", 1),
+}
 HEAD_CELLS = 64
 """Cells put in order up front; the rest are ordered only if a search gets past them."""
 
@@ -109,6 +119,11 @@ class CellCosineIndex:
         return self._ids
 
     @property
+    def codes(self) -> np.ndarray:
+        """The codes of the ids held, in id order."""
+        return self._codes
+
+    @property
     def n_cells(self) -> int:
         return len(self._centroids)
 
@@ -118,6 +133,61 @@ class CellCosineIndex:
         arrays = (self._ids, self._codes, self._row_of, self._vectors, self._scales, self._rank, self._cell_start,
                   self._centroids, self._cos_radius, self._sin_radius)
         return sum(a.nbytes for a in arrays)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the built index into folder `path` atomically (hashing.arrays): `load` reads it
+        back without building anything."""
+        path = Path(path)
+        arrays, meta = self.to_arrays()
+        with replacing_folder(path) as folder:
+            write_arrays(folder, arrays, meta)
+        return path
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
+        """(arrays, meta) of the index as it is now, for hashing.arrays.write_arrays: its own
+        arrays, which changes replace and never rewrite (so this is cheap)."""
+        meta = {"format": CELLS_FORMAT, "n_bits": self.n_bits, "shortlist_factor": self.shortlist_factor,
+                "patience": self.patience, "cell_rows": self.cell_rows, "built_at": self._built_at}
+        return {name: getattr(self, f"_{name}") for name in _ARRAYS}, meta
+
+    @classmethod
+    def load(cls, path: str | Path, *, mmap: bool = False) -> CellCosineIndex:
+        """An index `save` wrote; ValueError naming the folder if it is damaged, inconsistent or of
+        another kind. `mmap`: its arrays map the files (hashing.arrays; the index never writes
+        into its arrays)."""
+        path = Path(path)
+        arrays, meta = read_arrays(path, _ARRAYS, mmap=mmap)
+        if meta.get("format") != CELLS_FORMAT:
+            raise ValueError(f"{path}: not a cell index of format {CELLS_FORMAT} (found {meta.get('format')})")
+        try:
+            index = cls(int(meta["n_bits"]), int(meta["shortlist_factor"]), int(meta["patience"]), int(meta["cell_rows"]))
+            index._built_at = int(meta["built_at"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{path}: its settings are unreadable ({error})") from None
+        for name, array in arrays.items():
+            setattr(index, f"_{name}", array)
+        why = index._inconsistency()
+        if why:
+            raise ValueError(f"{path}: inconsistent index ({why})")
+        return index
+
+    def _inconsistency(self) -> str | None:
+        """What is wrong with the arrays' shapes and links, if anything (cheap checks, vectorised)."""
+        n, cells = len(self._ids), len(self._centroids)
+        for name in ("codes", "row_of", "scales", "rank"):
+            if len(getattr(self, f"_{name}")) != n:
+                return f"{n} ids but {len(getattr(self, f'_{name}'))} {name}"
+        if len(self._vectors) != n or (n and self._vectors.shape[1] != self._centroids.shape[1]):
+            return f"vectors {self._vectors.shape} do not fit {n} ids and centroids {self._centroids.shape}"
+        if len(self._cell_start) != cells + 1 or len(self._cos_radius) != cells or len(self._sin_radius) != cells:
+            return f"{cells} centroids but {len(self._cell_start)} cell starts and {len(self._cos_radius)} radii"
+        if self._cell_start[0] != 0 or self._cell_start[-1] != n or (np.diff(self._cell_start) < 0).any():
+            return "the cell starts do not cover the rows in order"
+        if n and (self._ids[0] < 0 or (np.diff(self._ids) <= 0).any()):
+            return "the ids are not ascending database ids"
+        if n and (self._rank.max() >= n or self._row_of.max() >= n or (self._rank[self._row_of] != np.arange(n)).any()):
+            return "the rows and ranks do not point at each other"
+        return None
 
     def add(self, ids: np.ndarray | None, embeddings: np.ndarray, codes: np.ndarray) -> None:
         """Take in (n,) ids, none of them held (None: continuing from the highest id held), with
@@ -169,6 +239,14 @@ class CellCosineIndex:
         self._vectors, self._scales = self._vectors[stays], self._scales[stays]
         self._rank = position[self._rank[stays]].astype(np.uint32)
         self._arrange(cells, self._centroids)
+
+    def share(self, ids: np.ndarray, codes: np.ndarray | None = None) -> None:
+        """Hold `ids` (and `codes`) in place of equal arrays of the index's own (ValueError if
+        they differ), so that a holder of several indexes over the same images keeps one copy.
+        Safe since the index never writes into these arrays (changes replace them)."""
+        self._ids = _same(self._ids, ids, "ids")
+        if codes is not None:
+            self._codes = _same(self._codes, codes, "codes")
 
     def embeddings_of(self, ids: np.ndarray) -> np.ndarray:
         """The unit float32 vectors the int8 embeddings of held ids stand for (their cosines are

@@ -15,9 +15,12 @@ a search returns k of them whenever k are held.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from hashing import DEFAULT_SHORTLIST_FACTOR, HASH_BITS
+from hashing.arrays import read_arrays, replacing_folder, write_arrays
 
 SCORE_BLOCK_CELLS = 1 << 24
 """Exhaustive search scores blocks of queries whose (queries x corpus) float32 matrix has at most
@@ -32,6 +35,9 @@ SAMPLE_MIN = 4096
 """...and at least this many codes."""
 CUT_SLACK = 8
 """An estimated cut gathering more than this many times the shortlist is refined on what it gathered."""
+
+EXHAUSTIVE_FORMAT = "exhaustive-cosine/1"
+"""A folder (hashing.arrays) of ids, the rows as given, their norms and, if given, the codes."""
 
 _EXCLUDED = np.uint8(255)  # a Hamming distance above any real one, so excluded ids never qualify
 
@@ -51,16 +57,23 @@ def empty_results(n_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
 class ExhaustiveCosineIndex:
     """Cosine similarity of every query to every embedding; the exact reference. Codes given to
     `add` are kept beside the embeddings (not searched), so that a hit can be explained by its
-    Hamming distance too."""
+    Hamming distance too.
+
+    The embeddings are kept as given (float32) with their norms, not normalised: `rows_of` gives
+    them back as they came, so that a holder (a live collection's stored queries) needs no copy
+    of its own, and a normalised copy would not give the same bits back. The search scores every
+    row as (query . row) / norm to preselect, then the candidates' unit rows, divided exactly as
+    a normalised copy would have been, give the exact scores and order."""
 
     def __init__(self) -> None:
-        self._embeddings = np.zeros((0, 0), dtype=np.float32)
+        self._rows = np.zeros((0, 0), dtype=np.float32)
+        self._norms = np.zeros(0, dtype=np.float32)
         self._ids = np.zeros(0, dtype=np.int64)
         self._codes: np.ndarray | None = None
 
     @property
     def ntotal(self) -> int:
-        return len(self._embeddings)
+        return len(self._rows)
 
     @property
     def ids(self) -> np.ndarray:
@@ -75,10 +88,11 @@ class ExhaustiveCosineIndex:
     def add(self, ids: np.ndarray | None, embeddings: np.ndarray, codes: np.ndarray | None = None) -> None:
         """Take in (n,) ids, none of them held (None: continuing from the highest id held), with
         their (n, d) embeddings and, optionally, their (n,) uint64 codes."""
-        rows = _unit_rows(embeddings, "embeddings", self._embeddings.shape[1] if self.ntotal else None)
+        rows, norms = _rows_and_norms(embeddings, "embeddings", self._rows.shape[1] if self.ntotal else None)
         held_codes = self._codes if self.ntotal else np.zeros(0, dtype=np.uint64)
         self._ids, order = merge_ids(self._ids, ids, len(rows), "ExhaustiveCosineIndex")
-        self._embeddings = _merged_rows(self._embeddings, rows, order)
+        self._rows = _merged_rows(self._rows, rows, order)
+        self._norms = _merged_rows(self._norms, norms, order)
         if codes is not None and held_codes is not None and len(codes) == len(rows):
             self._codes = _merged_rows(held_codes, np.asarray(codes, dtype=np.uint64), order)
         else:
@@ -87,13 +101,27 @@ class ExhaustiveCosineIndex:
     def remove(self, ids: np.ndarray) -> None:
         """Drop the rows of `ids`; an id not held is a ValueError naming it."""
         keep = kept_rows(self._ids, ids, "ExhaustiveCosineIndex")
-        self._ids, self._embeddings = self._ids[keep], self._embeddings[keep]
+        self._ids, self._rows, self._norms = self._ids[keep], self._rows[keep], self._norms[keep]
         if self._codes is not None:
             self._codes = self._codes[keep]
 
     def embeddings_of(self, ids: np.ndarray) -> np.ndarray:
         """The (unit) embeddings of held ids (a LookupError for an id not held)."""
-        return self._embeddings[_rows_of(self._ids, ids, "ExhaustiveCosineIndex")]
+        rows = _rows_of(self._ids, ids, "ExhaustiveCosineIndex")
+        return self._rows[rows] / self._norms[rows, None]
+
+    def share(self, ids: np.ndarray, codes: np.ndarray | None = None) -> None:
+        """Hold `ids` (and `codes`) in place of equal arrays of the index's own (ValueError if
+        they differ), so that a holder of several indexes over the same images keeps one copy.
+        Safe since the index never writes into these arrays (changes replace them)."""
+        self._ids = _same(self._ids, ids, "ids")
+        if codes is not None and self._codes is not None:
+            self._codes = _same(self._codes, codes, "codes")
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """The embeddings of held ids as `add` was given them, in float32 (a LookupError for an
+        id not held)."""
+        return self._rows[_rows_of(self._ids, ids, "ExhaustiveCosineIndex")]
 
     def codes_of(self, ids: np.ndarray) -> np.ndarray:
         """The codes of held ids (a LookupError without codes or for an id not held)."""
@@ -101,19 +129,64 @@ class ExhaustiveCosineIndex:
             raise LookupError("ExhaustiveCosineIndex: the rows were added without codes")
         return self._codes[_rows_of(self._ids, ids, "ExhaustiveCosineIndex")]
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every array the index holds."""
+        return self._rows.nbytes + self._norms.nbytes + self._ids.nbytes + (0 if self._codes is None else self._codes.nbytes)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the index into folder `path` atomically (hashing.arrays); `load` reads it back."""
+        path = Path(path)
+        arrays, meta = self.to_arrays()
+        with replacing_folder(path) as folder:
+            write_arrays(folder, arrays, meta)
+        return path
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
+        """(arrays, meta) of the index as it is now, for hashing.arrays.write_arrays: its own
+        arrays, which changes replace and never rewrite (so this is cheap)."""
+        arrays: dict[str, np.ndarray] = {"ids": self._ids, "rows": self._rows, "norms": self._norms}
+        if self._codes is not None:
+            arrays["codes"] = self._codes
+        return arrays, {"format": EXHAUSTIVE_FORMAT}
+
+    @classmethod
+    def load(cls, path: str | Path, *, mmap: bool = False) -> ExhaustiveCosineIndex:
+        """An index `save` wrote; ValueError naming the folder if it is damaged or of another kind.
+        `mmap`: its arrays map the files (hashing.arrays; the index never writes into its arrays)."""
+        path = Path(path)
+        arrays, meta = read_arrays(path, {"ids": ("int64", 1), "rows": ("float32", 2), "norms": ("float32", 1),
+                                          "codes": ("uint64", 1)}, optional=("codes",), mmap=mmap)
+        if meta.get("format") != EXHAUSTIVE_FORMAT:
+            raise ValueError(f"{path}: not an exhaustive index of format {EXHAUSTIVE_FORMAT} (found {meta.get('format')})")
+        ids, rows, norms, codes = arrays["ids"], arrays["rows"], arrays["norms"], arrays.get("codes")
+        if len(rows) != len(ids) or len(norms) != len(ids) or (codes is not None and len(codes) != len(ids)):
+            raise ValueError(f"{path}: {len(ids)} ids but {len(rows)} embeddings and {len(norms)} norms"
+                             f"{'' if codes is None else f' and {len(codes)} codes'}")
+        if len(ids) and (ids[0] < 0 or (np.diff(ids) <= 0).any()):
+            raise ValueError(f"{path}: the ids are not ascending database ids")
+        if not ((norms > 0) & (norms < np.inf)).all():
+            raise ValueError(f"{path}: the norms are not all finite and positive")
+        index = cls()
+        index._ids, index._rows, index._norms, index._codes = ids, rows, norms, codes
+        return index
+
     def search(
         self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None, among: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        queries = _unit_rows(queries, "queries", self._embeddings.shape[1] if self.ntotal else None)
+        queries = _unit_rows(queries, "queries", self._rows.shape[1] if self.ntotal else None)
         exclude = _positions(self._ids, _check_exclude(exclude, len(queries)))
         scores, ids = empty_results(len(queries), check_k(k))
         if not self.ntotal:
             return scores, ids
         eligible = _eligible(self._ids, among)
         exclude = np.where((exclude >= 0) & eligible[np.maximum(exclude, 0)], exclude, -1)
-        margin = _score_margin(queries.shape[1])
+        # The division by the norm rounds once more than a product with unit rows would: a few
+        # float32 epsilons on top of the BLAS margin.
+        margin = _score_margin(queries.shape[1]) + 4.0 * float(np.finfo(np.float32).eps)
         for rows in _blocks(len(queries), self.ntotal):
-            sims = queries[rows] @ self._embeddings.T
+            sims = queries[rows] @ self._rows.T
+            sims /= self._norms
             _exclude_rows(sims, exclude[rows], -np.inf)
             sims[:, ~eligible] = -np.inf
             n_take = np.minimum(k, int(eligible.sum()) - (exclude[rows] >= 0))
@@ -125,7 +198,7 @@ class ExhaustiveCosineIndex:
                     near = np.flatnonzero((row >= thresholds[r] - margin) & (row > -np.inf))
                     i = rows.start + r
                     ids[i, : n_take[r]], scores[i, : n_take[r]] = _rank(
-                        near, _cosines(self._embeddings[near], queries[i]), n_take[r]
+                        near, _cosines(self._rows[near] / self._norms[near, None], queries[i]), n_take[r]
                     )
         return scores, _held_ids(self._ids, ids)
 
@@ -248,6 +321,13 @@ class HammingCosineIndex:
             ids = ids[gathered <= _smallest_cut(gathered, n_take, -1, t)]
         nearest = ids[np.argsort(distances[ids], kind="stable")[:n_take]]
         return np.sort(nearest)
+
+
+def _same(own: np.ndarray, given: np.ndarray, what: str) -> np.ndarray:
+    """`given` if it equals `own` in dtype, shape and values; ValueError otherwise."""
+    if given.dtype != own.dtype or not np.array_equal(given, own):
+        raise ValueError(f"share: the {what} given are not the index's own")
+    return given
 
 
 def check_codes(codes: np.ndarray, n_bits: int, what: str) -> np.ndarray:
@@ -429,6 +509,12 @@ def kept_rows(held: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
 
 
 def _unit_rows(x: np.ndarray, what: str, dim: int | None = None) -> np.ndarray:
+    x, norms = _rows_and_norms(x, what, dim)
+    return x / norms[:, None]
+
+
+def _rows_and_norms(x: np.ndarray, what: str, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(x as float32, its rows' float32 norms), checked: `_unit_rows` is x / norms[:, None]."""
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2 or (dim and x.shape[1] != dim):
         want = f"(n, {dim})" if dim else "(n, d)"
@@ -438,4 +524,4 @@ def _unit_rows(x: np.ndarray, what: str, dim: int | None = None) -> np.ndarray:
     if not usable.all():
         bad = np.flatnonzero(~usable)[0]
         raise ValueError(f"{what}[{bad}] has norm {norms[bad]}; cosine needs finite, non-zero vectors")
-    return x / norms[:, None]
+    return x, norms

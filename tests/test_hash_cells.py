@@ -195,3 +195,60 @@ def test_bad_arguments_say_what_to_do():
         index.add(np.array([7]), np.zeros((0, 3)), np.zeros(0, dtype=np.uint64))
     with pytest.raises(LookupError, match="id 9 is not held"):
         index.embeddings_of(np.array([9]))
+
+
+@pytest.mark.parametrize("mmap", [False, True], ids=["read", "mapped"])
+def test_a_saved_index_loads_without_a_build_and_answers_the_same(tmp_path, monkeypatch, mmap):
+    rng = np.random.default_rng(21)
+    rows, codes = clustered(rng, 6000)
+    index = CellCosineIndex(cell_rows=64, patience=3)
+    index.add(np.arange(6000) * 2, rows, codes)
+    index.remove(np.arange(0, 300) * 2)
+    path = index.save(tmp_path / "cells")
+    monkeypatch.setattr("hashing.cells.partition", lambda *a, **k: pytest.fail("a load must not partition"))
+    loaded = CellCosineIndex.load(path, mmap=mmap)
+    queries, _ = clustered(rng, 50)
+    for k in (1, 10, 100):
+        got, want = loaded.search_counting(queries, k), index.search_counting(queries, k)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+    assert (loaded.n_cells, loaded.patience, loaded.cell_rows) == (index.n_cells, 3, 64)
+    np.testing.assert_array_equal(loaded.codes_of([600, 602]), index.codes_of([600, 602]))
+    more, more_codes = clustered(rng, 200)
+    for changed in (index, loaded):  # changes replace the (mapped) arrays, never write into them
+        changed.add(np.arange(200) * 2 + 20_001, more, more_codes)
+        changed.remove(np.arange(300, 400) * 2)
+    for a, b in zip(loaded.search(queries, 30), index.search(queries, 30)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("damage", ["rank", "cell_start", "vectors", "format"])
+def test_a_damaged_saved_index_is_refused(tmp_path, damage):
+    rows, codes = clustered(np.random.default_rng(22), 500)
+    index = CellCosineIndex(cell_rows=64)
+    index.add(None, rows, codes)
+    path = index.save(tmp_path / "cells")
+    if damage == "format":
+        (path / "meta.json").write_text('{"format": "something/9"}')
+    elif damage == "vectors":
+        (path / "vectors.npy").write_bytes((path / "vectors.npy").read_bytes()[:-10])  # truncated
+    else:
+        array = np.load(path / f"{damage}.npy")
+        np.save(path / f"{damage}.npy", array[::-1].copy() if damage == "rank" else array[:-1].copy())
+    with pytest.raises(ValueError, match=str(path)):
+        CellCosineIndex.load(path)
+
+
+def test_an_exhaustive_index_saved_and_loaded_answers_the_same(tmp_path):
+    rows, codes = clustered(np.random.default_rng(23), 800)
+    for with_codes in (True, False):
+        index = ExhaustiveCosineIndex()
+        index.add(np.arange(800) * 5, rows, codes if with_codes else None)
+        loaded = ExhaustiveCosineIndex.load(index.save(tmp_path / f"exhaustive-{with_codes}"))
+        queries, _ = clustered(np.random.default_rng(24), 20)
+        for a, b in zip(loaded.search(queries, 17), index.search(queries, 17)):
+            np.testing.assert_array_equal(a, b)
+        assert loaded.has_codes == with_codes
+    np.save(tmp_path / "exhaustive-True" / "ids.npy", np.arange(799, dtype=np.int64))
+    with pytest.raises(ValueError, match="800 embeddings"):
+        ExhaustiveCosineIndex.load(tmp_path / "exhaustive-True")

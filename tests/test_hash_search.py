@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hashing.search import ExhaustiveCosineIndex, HammingCosineIndex, hamming_distances
+from hashing.search import ExhaustiveCosineIndex, HammingCosineIndex, _unit_rows, hamming_distances
 
 
 def prototype_corpus(rng, n, n_bits, n_prototypes=12, dim=5):
@@ -239,3 +239,25 @@ def test_ids_added_and_removed_give_what_a_fresh_index_gives(seed):
     expected = brute_force(embeddings[rows], None, queries, None, k,
                            exclude=np.array([0, -1, len(rows) - 1, -1, -1]))
     assert unpadded(live[1]) == [all_ids[rows][e].tolist() for e in expected]
+
+
+def test_the_exhaustive_index_keeps_rows_as_given_and_ranks_as_over_normalised_rows():
+    """Its rows are kept unnormalised (so that `rows_of` gives them back bit for bit); the scores
+    and order must still be those of a search over the normalised rows, ties included."""
+    rng = np.random.default_rng(31)
+    rows = rng.normal(size=(3000, 48)).astype(np.float32)
+    rows[1000:1100] = rows[:100]  # exact duplicates: tied scores, cut by the lower id
+    rows *= (10.0 ** rng.uniform(-3, 3, len(rows)))[:, None].astype(np.float32)  # norms far from 1
+    ids = np.arange(3000, dtype=np.int64) * 7
+    index = ExhaustiveCosineIndex()
+    index.add(ids, rows)
+    np.testing.assert_array_equal(index.rows_of(ids[::-1]), rows[::-1])
+    unit = _unit_rows(rows, "rows")
+    queries = np.concatenate([rows[:20], rng.normal(size=(30, 48)).astype(np.float32)])
+    for k in (1, 25, 300):
+        scores, found = index.search(queries, k)
+        for q, query in enumerate(_unit_rows(queries, "queries")):
+            exact = np.einsum("nd,d->n", unit, query)  # as a normalised copy scores every row
+            order = np.argsort(-exact, kind="stable")[:k]
+            np.testing.assert_array_equal(found[q], ids[order])
+            np.testing.assert_array_equal(scores[q], exact[order])

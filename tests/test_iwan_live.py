@@ -386,3 +386,70 @@ def test_searches_in_threads_while_images_come_and_go():
     fresh = IwanIndex(held.graph(associations, DEFAULT_TOP_WWK, "forward"))
     for query in queries:
         assert pairs(index.search_one(query, 10)) == pairs(fresh.search_one(query, 10))
+
+
+def test_a_streamed_build_equals_the_build_over_whole_arrays():
+    rng = np.random.default_rng(11)
+    associations = random_associations(rng, dyadic=False)
+    n_words = len(associations.words)
+    words, probabilities = random_images(rng, 500, n_words, 4, dyadic=False)
+    probabilities = probabilities.astype(np.float32)  # as the store gives them
+    ids = np.sort(rng.choice(10_000, 500, replace=False)).astype(np.int64)
+    whole = IwanIndex(build_graph(associations, words, probabilities, image_ids=ids))
+    words_only = build_graph(associations, np.zeros((0, 4), np.int64), np.zeros((0, 4)))
+    for total in (None, 500):
+        chunks = ((ids[s:s + 37], words[s:s + 37], probabilities[s:s + 37]) for s in range(0, 500, 37))
+        streamed = IwanIndex.from_chunks(words_only, chunks, width=4, total=total)
+        assert streamed.nbytes == whole.nbytes, "no spare capacity left"
+        query_words, weights = random_images(rng, 40, n_words, 3, dyadic=False)
+        for k in (1, 7, 600):
+            got, want = streamed.search(query_words, weights, k, paths=True), whole.search(query_words, weights, k, paths=True)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+            assert got[2] == want[2]
+    backwards = iter([(ids[5:10], words[5:10], probabilities[5:10]), (ids[:5], words[:5], probabilities[:5])])
+    with pytest.raises(ValueError, match="image ids must ascend across the chunks"):
+        IwanIndex.from_chunks(words_only, backwards, width=4)
+
+
+@pytest.mark.parametrize("mmap", [False, True], ids=["read", "mapped"])
+def test_a_built_index_saved_and_loaded_answers_as_before_and_stays_live(tmp_path, mmap):
+    rng = np.random.default_rng(12)
+    associations = random_associations(rng, dyadic=True)
+    n_words = len(associations.words)
+    words, probabilities = random_images(rng, 300, n_words, 3, dyadic=True)
+    index = IwanIndex(build_graph(associations, words, probabilities, image_ids=np.arange(300) * 3))
+    index.remove(np.arange(0, 60) * 3)  # tombstones, not compacted yet
+    more, more_p = random_images(rng, 20, n_words, 3, dyadic=True)
+    index.add(np.arange(1000, 1020), more, more_p)  # a delta level
+    path = index.save_built(tmp_path / "built")
+    loaded = IwanIndex.load_built(path, mmap=mmap)
+    query_words, weights = random_images(rng, 30, n_words, 2, dyadic=True)
+    for k in (1, 10, 400):
+        got, want = loaded.search(query_words, weights, k, paths=True), index.search(query_words, weights, k, paths=True)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[0], want[0])
+        assert got[2] == want[2]
+    for changed in (index, loaded):  # the same changes after the load keep them equal
+        changed.add(np.arange(2000, 2010), *random_images(np.random.default_rng(5), 10, n_words, 3, dyadic=True))
+        changed.remove(np.arange(60, 200) * 3)  # past a quarter dead: compacts
+    np.testing.assert_array_equal(loaded.search(query_words, weights, 50)[1], index.search(query_words, weights, 50)[1])
+    assert loaded.save_built(path) == path  # over the old folder
+
+
+@pytest.mark.parametrize("damage", ["meta.json", "main_slot.npy", "ids.npy", "row_words.npy"])
+def test_a_damaged_built_index_is_refused_naming_the_folder(index, tmp_path, damage):
+    path = index.save_built(tmp_path / "built")
+    target = path / damage
+    if damage == "main_slot.npy":  # a valid file whose slots point past the images
+        np.save(target, np.full(len(np.load(target)), 99, np.int32))
+    elif damage == "ids.npy":  # valid, but not ascending
+        np.save(target, np.array([9, 7, 3], np.int64))
+    elif damage == "row_words.npy":  # of another type
+        np.save(target, np.zeros((3, 2), np.float64))
+    else:
+        target.write_text("[1, 2")
+    with pytest.raises(ValueError, match=str(path)):
+        IwanIndex.load_built(path)
+    with pytest.raises(ValueError, match="not a saved index folder"):
+        IwanIndex.load_built(tmp_path)

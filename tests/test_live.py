@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from livedata import HASH_MODEL, PREDICTOR, png, tiny_collection, tiny_encoder
 
+from iwan.collections import live as live_module
 from iwan.collections.live import LiveCollection, snapshot_path
 from iwan.network.index import Query
 from iwan.network.reference import networkx_search
+from iwan.network.saved import class_words
 from iwan.retrieval import Batch, Corpus, get_retriever
 from iwan.retrieval.stored import StoreData
 from iwan.vision.decode import DecodePolicy, decode_image
@@ -38,7 +40,7 @@ def assert_same_answers(live: LiveCollection, reference: dict, queries: Batch, k
         np.testing.assert_array_equal(scores, want_scores, err_msg=method)
 
 
-def test_random_additions_and_removals_answer_as_a_fresh_build(engine, live):
+def test_random_additions_and_removals_answer_as_a_fresh_build(engine, live, monkeypatch):
     rng = np.random.default_rng(7)
     seed = 0
     probes = live.image_queries([decode_image(png(s), "probe", DecodePolicy()).pixels for s in (900, 901)])
@@ -63,6 +65,15 @@ def test_random_additions_and_removals_answer_as_a_fresh_build(engine, live):
 
     assert len(np.unique(live.stored_queries(live.image_ids).codes)) > 1, "the hash answers must not be trivial"
 
+    # A stored query is what the database holds for the image, bit for bit, though the collection
+    # keeps no embeddings or codes of its own (the indexes' are read back).
+    whole, rows = live.stored_queries(live.image_ids), live_module._load_members(engine, live.collection, live.image_ids)
+    assert live._members.embeddings is None and live._members.codes is None
+    np.testing.assert_array_equal(whole.embeddings, rows.embeddings)
+    np.testing.assert_array_equal(whole.codes, rows.codes)
+    np.testing.assert_array_equal(whole.weights, rows.probabilities.astype(np.float64))
+    np.testing.assert_array_equal(whole.word_ids, class_words(live.class_word_ids, rows.class_indices))
+
     # IWAN also equals the networkx reference over the graph of the images held now.
     graph = live.retrievers["iwan"].index.to_graph()
     reference = graph.to_networkx()
@@ -80,13 +91,26 @@ def test_random_additions_and_removals_answer_as_a_fresh_build(engine, live):
 
     # Closing saves a snapshot with the last change; opening it answers the same, with no rebuild.
     live.close()
-    assert snapshot_path("live", live.settings).is_file()
+    saved = snapshot_path("live", live.settings)
+    assert all((saved / method / "meta.json").is_file() for method in ("iwan", "exhaustive", "hashes"))
+    built: list[str] = []
+    real_get = live_module.get_retriever
+    monkeypatch.setattr(live_module, "get_retriever", lambda method, *a, **k: built.append(method) or real_get(method, *a, **k))
     again = LiveCollection.open(engine, "live", follow=False, encoder=live.encoder)
+    assert built == ["fused"], "the held methods come from the snapshot, built"
+    monkeypatch.undo()
     assert again.seq == live.seq and np.array_equal(again.image_ids, live.image_ids)
     assert again.labels(again.image_ids) == live.labels(live.image_ids) == ["pet"] * live.size
     assert_same_answers(again, fresh_build(engine, live), stored, k=6)
     for method in again.methods:
         np.testing.assert_array_equal(again.search(stored, 6, method=method)[1], live.search(stored, 6, method=method)[1])
+
+    # Opened with its indexes mapped from the snapshot files: changes leave the files alone.
+    mapped = LiveCollection.open(engine, "live", follow=False, encoder=live.encoder, mmap=True)
+    mapped.add_files([("after.png", png(777))], label="pet")  # changes leave the mapped files alone
+    mapped.remove(mapped.image_ids[:2])
+    assert_same_answers(mapped, fresh_build(engine, mapped), mapped.stored_queries(mapped.image_ids), k=6)
+    mapped.close()
 
 
 def test_a_snapshot_behind_the_log_catches_up_and_a_foreign_one_is_ignored(engine, live):
@@ -105,12 +129,14 @@ def test_a_snapshot_behind_the_log_catches_up_and_a_foreign_one_is_ignored(engin
     live.remove([brief])
     assert behind.catch_up() == 2 and np.array_equal(behind.image_ids, live.image_ids) and brief not in behind.image_ids
 
-    snapshot_path("live", live.settings).write_bytes(b"garbage")
-    rebuilt = LiveCollection.open(engine, "live", follow=False, encoder=live.encoder)
-    assert np.array_equal(rebuilt.image_ids, live.image_ids)
     queries = live.stored_queries(live.image_ids)
-    for method in live.methods:
-        np.testing.assert_array_equal(rebuilt.search(queries, 3, method=method)[1], live.search(queries, 3, method=method)[1])
+    for damage in ("main_slot.npy", "meta.json"):
+        (snapshot_path("live", live.settings) / "iwan" / damage).write_bytes(b"garbage")
+        rebuilt = LiveCollection.open(engine, "live", follow=False, encoder=live.encoder)
+        assert np.array_equal(rebuilt.image_ids, live.image_ids)
+        for method in live.methods:
+            np.testing.assert_array_equal(rebuilt.search(queries, 3, method=method)[1],
+                                          live.search(queries, 3, method=method)[1])
 
 
 def test_queries_and_explanations(engine, live):

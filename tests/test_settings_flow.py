@@ -90,7 +90,7 @@ def test_the_service_refuses_an_upload_by_its_settings_not_the_environment(engin
         assert image_file(engine, image_id, settings=given)[0] == png(3, size=16)
         assert client.delete(f"/v1/images/{image_id}", headers=auth).status_code == 204
         assert files_under(given.image_dir) == []
-    assert snapshot_path("flow", given).is_file()
+    assert snapshot_path("flow", given).is_dir()
     assert files_under(environment) == []
 
 
@@ -137,7 +137,7 @@ def test_the_collections_a_service_opens_get_its_settings(engine, tmp_path, give
 def test_a_live_collection_keeps_its_snapshot_and_files_under_the_given_home(engine, tmp_path, given, environment):
     load_norms(engine, tmp_path)
     create_collection(engine, "kept", PREDICTOR, settings=given)
-    assert snapshot_path("kept", given).is_file()
+    assert snapshot_path("kept", given).is_dir()
     with LiveCollection.open(engine, "kept", settings=given, follow=False, encoder=encoder(given)) as live:
         assert live.settings is given
         # The given pixel limit, not the environment's, refuses a 32x32 upload.
@@ -231,7 +231,7 @@ def test_a_command_reads_the_environment_once_and_hands_it_down(engine, tmp_path
         if args[0] == "collection":
             assert result.exit_code == 0, result.output
     shown = json.loads(runner.invoke(cli, ["collection", "show", "cli", "--json"]).output)
-    assert shown["snapshot"] == str(real().collection_dir / "cli.npz")
+    assert shown["snapshot"] == str(real().collection_dir / "cli.snapshot")
 
 
 # --- nothing below the entry points reads the environment ----------------------------------------

@@ -22,17 +22,16 @@ environment only when given none; a LiveCollection hands its settings to everyth
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self, cast
+from typing import TYPE_CHECKING, Any, Protocol, Self, cast
 
 import numpy as np
 from sqlalchemy.engine import Engine
 
+from hashing.arrays import read_arrays, remove_folder, replacing_folder, write_arrays
 from hashing.search import check_k
 from iwan import config
 from iwan.collections import ingest as uploads
@@ -45,14 +44,26 @@ from iwan.vision.decode import DecodePolicy, MemoryBudget
 from iwan.vision.encoder import Encoder
 
 if TYPE_CHECKING:
+    from iwan.retrieval.exhaustive import ExhaustiveRetriever
+    from iwan.retrieval.hashes import HashesRetriever
     from iwan.retrieval.iwan import IwanRetriever
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_FORMAT = "iwan-collection-snapshot/2"
+SNAPSHOT_FORMAT = "iwan-collection-snapshot/3"
+"""Format 3: a folder of .npy files with every held method's built index (2: one .npz of the
+members' arrays, rebuilt on open; an older snapshot is simply rebuilt from the database)."""
 SNAPSHOT_EVERY = 5000
 """Images added or removed since the last snapshot after which a catch-up saves a new one, so that
 a restart replays little of the log."""
+
+
+class SavedRetriever(Protocol):
+    """A held method's retriever as snapshots save it (iwan, exhaustive, hashes)."""
+
+    index: Any
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]: ...
 
 
 @dataclass(frozen=True)
@@ -86,7 +97,13 @@ def methods_of(hash_model: str | None) -> tuple[str, ...]:
 
 @dataclass
 class _Members:
-    """What the retrievers are built from, one row per image, ids ascending."""
+    """What the retrievers are built from, one row per image, ids ascending.
+
+    As loaded from the database (and for queries) every field is what the store gives. As the
+    collection holds them (`held`), only what no retriever keeps: ids, class indices (int16),
+    probabilities (float32) and labels as int32 codes into the collection's table of distinct
+    labels. A stored query reads its embedding from the `exhaustive` index (which keeps the rows
+    as given, bit for bit) and its code from the `hashes` index."""
 
     ids: np.ndarray
     class_indices: np.ndarray
@@ -94,14 +111,38 @@ class _Members:
     embeddings: np.ndarray | None
     codes: np.ndarray | None
     labels: np.ndarray | None = None
-    """Object array of str or None (None only for queries, which have no labels)."""
+    """Object array of str or None (None for queries, which have no labels, and held members)."""
+    label_codes: np.ndarray | None = None
+    """Held members: int32 position of each label in the collection's label table, -1 none."""
 
     def rows(self, keep) -> _Members:
         # Any: None only ever stands for an optional field
         return _Members(*(cast(Any, None if a is None else a[keep]) for a in self._arrays()))
 
     def _arrays(self):
-        return self.ids, self.class_indices, self.probabilities, self.embeddings, self.codes, self.labels
+        return (self.ids, self.class_indices, self.probabilities, self.embeddings, self.codes, self.labels,
+                self.label_codes)
+
+    def held(self, table: list[str], positions: dict[str, int]) -> _Members:
+        """These members as a collection holds them (the class doc); labels not in `table` are
+        appended to it (and to `positions`, label -> position)."""
+        codes = self.label_codes
+        if codes is None:
+            codes = np.empty(len(self.ids), dtype=np.int32)
+            for row, label in enumerate(cast(np.ndarray, self.labels).tolist()):
+                if label is None:
+                    codes[row] = -1
+                    continue
+                if label not in positions:
+                    positions[label] = len(table)
+                    table.append(label)
+                codes[row] = positions[label]
+        return _Members(self.ids, self.class_indices.astype(np.int16, copy=False),
+                        self.probabilities.astype(np.float32, copy=False), None, None, None, codes)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self._arrays() if a is not None and a.dtype != object)
 
     def extend(self, other: _Members) -> _Members:
         if not len(self.ids):
@@ -125,8 +166,10 @@ def _load_members(engine: Engine, collection: store.Collection, ids: np.ndarray)
     return _Members(ids, predicted.class_indices, predicted.probabilities, embeddings, codes, labels)
 
 
-def _stream_members(engine: Engine, collection: store.Collection, progress: bool = False) -> tuple[_Members, int]:
-    """Every member's data and the last change it includes, read in one database snapshot
+def _stream_members(engine: Engine, collection: store.Collection,
+                    progress: bool = False) -> tuple[_Members, int, list[str]]:
+    """Every member's data (labels as codes into the label table), the last change it includes and
+    the label table, read in one database snapshot
     (REPEATABLE READ) by binary COPY in chunks into arrays allocated once: a collection of 10M
     images costs its arrays, no Python object per image (iwan.db.binary)."""
     from tqdm import tqdm
@@ -140,7 +183,7 @@ def _stream_members(engine: Engine, collection: store.Collection, progress: bool
         n = len(ids)
         passes = 2 if collection.hash_model else 1
         with tqdm(total=n * passes, desc=f"collection {collection.name}", unit="img", disable=not progress) as bar:
-            class_indices = np.empty((n, collection.top_iwk), dtype=np.int64)
+            class_indices = np.empty((n, collection.top_iwk), dtype=np.int16)
             probabilities = np.empty((n, collection.top_iwk), dtype=np.float32)
             at = 0
             for chunk in iter_member_predictions(conn, collection.predictor, collection.top_iwk, collection.id):
@@ -167,8 +210,7 @@ def _stream_members(engine: Engine, collection: store.Collection, progress: bool
                     bar.update(len(coded.ids))
                 if embeddings is None:  # the width comes with the first image
                     embeddings = np.zeros((0, 0), dtype=np.float32)
-    labels = np.array([*names, None], dtype=object)[label_codes]
-    return _Members(ids, class_indices, probabilities, embeddings, codes, labels), seq
+    return _Members(ids, class_indices, probabilities, embeddings, codes, None, label_codes), seq, names
 
 
 def _vocabulary(engine: Engine, collection: store.Collection) -> tuple[list[str], np.ndarray]:
@@ -189,7 +231,12 @@ def _vocabulary(engine: Engine, collection: store.Collection) -> tuple[list[str]
 
 
 def snapshot_path(name: str, settings: Settings) -> Path:
-    """Where collection `name`'s snapshot is kept: in the settings' `collection_dir`."""
+    """Where collection `name`'s snapshot is kept: a folder in the settings' `collection_dir`."""
+    return settings.collection_dir / f"{store.check_name(name)}.snapshot"
+
+
+def _legacy_snapshot_path(name: str, settings: Settings) -> Path:
+    """Where format 2 and earlier kept it (one .npz of the members): removed by a newer save."""
     return settings.collection_dir / f"{store.check_name(name)}.npz"
 
 
@@ -221,7 +268,10 @@ class _HeldData:
 
 class LiveCollection:
     def __init__(self, engine: Engine, collection: store.Collection, members: _Members, words: list[str],
-                 class_word_ids: np.ndarray, seq: int, encoder: Encoder | None = None, *, settings: Settings):
+                 class_word_ids: np.ndarray, seq: int, encoder: Encoder | None = None, *, settings: Settings,
+                 label_table: list[str] | None = None, retrievers: dict[str, Retriever] | None = None):
+        """`retrievers`: the held methods' retrievers as a snapshot saved them (built from
+        `members` when None); `label_table`: the labels `members.label_codes` point into."""
         self.engine = engine
         self.settings = settings
         """Where its snapshot, uploaded files and models live, and the largest upload (open's)."""
@@ -238,6 +288,9 @@ class LiveCollection:
         if encoder is None:
             encoder = Encoder(self.predictor, self.hash_model, settings=settings)
         self.encoder = encoder
+        self._label_table: list[str] = list(label_table or [])
+        """The distinct labels; held members point into it (append-only)."""
+        self._label_positions = {label: i for i, label in enumerate(self._label_table)}
         self._members = members
         self._lock = threading.RLock()
         """Held while the arrays and retrievers change, and by searches."""
@@ -259,31 +312,46 @@ class LiveCollection:
                 # Fusion over the collection's own member retrievers, shared, not copies.
                 shared = [self.retrievers[m] for m in FUSED_MEMBERS]
                 self.retrievers[method] = get_retriever(method, corpus, data, members=shared)
+            elif retrievers is not None:
+                self.retrievers[method] = retrievers[method]
             else:
                 self.retrievers[method] = get_retriever(method, corpus, data)
+        self._members = members.held(self._label_table, self._label_positions)
+        self._share_arrays()
+
+    def _share_arrays(self) -> None:
+        """One copy of the ids (and codes) the members and the held indexes all hold, equal."""
+        ids = self._members.ids
+        cast("IwanRetriever", self.retrievers["iwan"]).index.share_ids(ids)
+        if self.hash_model:
+            hashes = cast("HashesRetriever", self.retrievers["hashes"]).index
+            hashes.share(ids)
+            cast("ExhaustiveRetriever", self.retrievers["exhaustive"]).index.share(ids, hashes.codes)
 
     # --- opening and closing -----------------------------------------------------------------------
 
     @classmethod
     def open(cls, engine: Engine, name: str, *, settings: Settings | None = None, follow: bool = True,
-             encoder: Encoder | None = None) -> LiveCollection:
+             encoder: Encoder | None = None, mmap: bool = False) -> LiveCollection:
         """The collection warm: snapshot (or the database), then the changes after it; LookupError if unknown.
 
         `settings`: where its snapshot, uploaded files and models live and the largest upload,
-        kept by the collection for everything it does; read from the environment when not given."""
+        kept by the collection for everything it does; read from the environment when not given.
+        `mmap`: the indexes' arrays map the snapshot's files (read from disk as searches use them,
+        so that opening a large collection reads little; the first searches then wait for the disk)."""
         settings = settings or config.settings()
         collection = store.get(engine, name)
-        loaded = _read_snapshot(snapshot_path(name, settings), collection)
+        loaded = _read_snapshot(snapshot_path(name, settings), collection, mmap=mmap)
         if loaded is None:
-            members, seq = _stream_members(engine, collection)
+            members, seq, label_table = _stream_members(engine, collection)
             words, class_word_ids = _vocabulary(engine, collection)
-        else:
-            members, words, class_word_ids, seq = loaded
-        live = cls(engine, collection, members, words, class_word_ids, seq, encoder, settings=settings)
-        if loaded is None:
+            loaded = _Snapshot(members, words, class_word_ids, seq, label_table, None)
+        live = cls(engine, collection, loaded.members, loaded.words, loaded.class_word_ids, loaded.seq, encoder,
+                   settings=settings, label_table=loaded.label_table, retrievers=loaded.retrievers)
+        if loaded.retrievers is None:  # built here: saved, so that the next open loads them
             live.save_snapshot()
         else:
-            live.snapshot_seq = seq
+            live.snapshot_seq = loaded.seq
         live.catch_up()
         if follow:
             live._follower = Follower(engine, collection.id, live.catch_up)
@@ -371,8 +439,8 @@ class LiveCollection:
                 return [None] * len(image_ids)
             rows = np.minimum(np.searchsorted(members.ids, image_ids), len(members.ids) - 1)
             held = members.ids[rows] == image_ids
-            labels = cast(np.ndarray, members.labels)  # a collection's members have labels; queries have none
-            return [labels[r] if ok else None for r, ok in zip(rows.tolist(), held.tolist())]
+            codes, table = cast(np.ndarray, members.label_codes), self._label_table  # held members have codes
+            return [table[c] if ok and c >= 0 else None for c, ok in zip(codes[rows].tolist(), held.tolist())]
 
     def stored_queries(self, image_ids) -> Batch:
         """Queries from images the collection holds; LookupError naming an id it does not hold."""
@@ -411,10 +479,12 @@ class LiveCollection:
             members = self._members
             index = self._label_index
             if index is None or index[0] is not members:
-                by_label: dict[str | None, list[int]] = {}
-                for image_id, label in zip(members.ids.tolist(), cast(np.ndarray, members.labels).tolist()):
-                    by_label.setdefault(label, []).append(image_id)
-                index = (members, {label: np.array(ids, dtype=np.int64) for label, ids in by_label.items()})
+                codes = cast(np.ndarray, members.label_codes)  # held members have codes
+                order = np.argsort(codes, kind="stable")  # ids ascend within each label
+                present, starts = np.unique(codes[order], return_index=True)
+                groups = np.split(members.ids[order], starts[1:])
+                index = (members, {None if c < 0 else self._label_table[c]: ids
+                                   for c, ids in zip(present.tolist(), groups)})
                 self._label_index = index
             return index
 
@@ -455,11 +525,15 @@ class LiveCollection:
     def _batch(self, members: _Members, with_ids: bool = False) -> Batch:
         from iwan.network.saved import class_words
 
+        embeddings, codes = members.embeddings, members.codes
+        if embeddings is None and members.label_codes is not None and self.hash_model:  # held: the indexes keep them
+            embeddings = cast("ExhaustiveRetriever", self.retrievers["exhaustive"]).index.rows_of(members.ids)
+            codes = cast("HashesRetriever", self.retrievers["hashes"]).index.codes_of(members.ids)
         return Batch(
             word_ids=class_words(self.class_word_ids, members.class_indices),
             weights=members.probabilities.astype(np.float64),
-            embeddings=members.embeddings,
-            codes=members.codes,
+            embeddings=embeddings,
+            codes=codes,
             image_ids=members.ids if with_ids else None,
         )
 
@@ -528,7 +602,7 @@ class LiveCollection:
             batch = self._batch(added)
             for retriever in self._held():
                 retriever.add(added.ids, batch)
-            self._members = self._members.extend(added)
+            self._members = self._members.extend(added.held(self._label_table, self._label_positions))
         if gone is not None and len(gone):
             for retriever in self._held():
                 retriever.remove(gone)
@@ -537,64 +611,132 @@ class LiveCollection:
     # --- snapshots -------------------------------------------------------------------------------------
 
     def save_snapshot(self) -> Path:
-        """Write the arrays and the sequence number they include (atomically: temp file + rename)."""
+        """Write the members, every held method's built structures and the sequence number they
+        include (atomically: a temporary folder renamed into place)."""
         with self._lock:
-            # Changes replace the arrays, never write into them: these stay as they are.
-            members, seq = self._members, self.seq
+            # The arrays captured here are never rewritten by later changes (to_arrays copies
+            # what would be), so they are written without holding up searches and changes.
+            members, seq, table = self._members, self.seq, list(self._label_table)
+            built = {m: cast(SavedRetriever, r).to_arrays() for m, r in self.retrievers.items() if m != "fused"}
         path = _write_snapshot(snapshot_path(self.name, self.settings), self.collection, members, self.words,
-                               self.class_word_ids, seq)
+                               self.class_word_ids, seq, label_table=table, built=built)
+        _legacy_snapshot_path(self.name, self.settings).unlink(missing_ok=True)
         self.snapshot_seq, self._unsaved = seq, 0
         return path
 
+    def nbytes(self) -> dict[str, int]:
+        """Bytes held in memory per part: "members" (with the label table) and each method's index
+        (an ids or codes array the indexes share with the members counts in each part)."""
+        with self._lock:
+            parts = {"members": self._members.nbytes + sum(len(x.encode()) + 49 for x in self._label_table)}
+            for method, retriever in self.retrievers.items():
+                if method != "fused":
+                    parts[method] = int(cast(SavedRetriever, retriever).index.nbytes)
+        return parts
+
+
+@dataclass
+class _Snapshot:
+    members: _Members
+    words: list[str]
+    class_word_ids: np.ndarray
+    seq: int
+    label_table: list[str]
+    retrievers: dict[str, Retriever] | None
+    """The held methods' retrievers as saved (None: the snapshot holds the members only)."""
+
+
+_MEMBER_ARRAYS = {  # name -> (dtype, ndim) of the members' files in a snapshot
+    "ids": ("int64", 1), "class_indices": ("int16", 2), "probabilities": ("float32", 2),
+    "embeddings": ("float32", 2), "codes": ("uint64", 1), "label_codes": ("int32", 1),
+    "labels": ("U", 1), "words": ("U", 1), "class_word_ids": ("int64", 1),
+}
+
 
 def _write_snapshot(path: Path, collection: store.Collection, members: _Members, words: list[str],
-                    class_word_ids: np.ndarray, seq: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
-    # Members come with codes exactly when they come with embeddings (a hash model); and, unlike
-    # queries, with labels.
-    extra = {} if members.embeddings is None else {"embeddings": members.embeddings, "codes": cast(np.ndarray, members.codes)}
-    labels = cast(np.ndarray, members.labels)
-    with partial.open("wb") as f:
-        np.savez(
-            f, format=np.array(SNAPSHOT_FORMAT), collection_id=np.array(collection.id),
-            created_at=np.array(collection.created_at.isoformat()), seq=np.array(seq),
-            ids=members.ids, class_indices=members.class_indices, probabilities=members.probabilities,
-            labels=np.array(["" if x is None else x for x in labels], dtype=str),
-            labelled=np.array([x is not None for x in labels], dtype=bool),
-            # numpy's stub lets **extra reach savez's allow_pickle (a bool); its keys are array names
-            words=np.array(words, dtype=str), class_word_ids=class_word_ids, **extra,  # type: ignore[arg-type]
-        )
-    os.replace(partial, path)
+                    class_word_ids: np.ndarray, seq: int, *, label_table: list[str] | None = None,
+                    built: dict[str, tuple[dict, dict]] | None = None) -> Path:
+    """A folder (hashing.arrays) of the members' arrays and, per held method in `built`, a
+    subfolder of its index's arrays (`to_arrays`), written atomically. Without `built`, the
+    members keep what the methods are built from (their codes too), and opening builds them."""
+    table = list(label_table or [])
+    held = members.held(table, {label: i for i, label in enumerate(table)})
+    arrays = {"ids": held.ids, "class_indices": held.class_indices, "probabilities": held.probabilities,
+              "label_codes": cast(np.ndarray, held.label_codes), "labels": np.array(table, dtype=str),
+              "words": np.array(words, dtype=str), "class_word_ids": np.asarray(class_word_ids, dtype=np.int64)}
+    if not built and members.embeddings is not None and members.codes is not None:
+        arrays["embeddings"], arrays["codes"] = members.embeddings, members.codes
+    meta = {"format": SNAPSHOT_FORMAT, "collection_id": collection.id, "created_at": collection.created_at.isoformat(),
+            "seq": seq, "methods": sorted(built or {})}
+    with replacing_folder(path) as folder:
+        write_arrays(folder, arrays, meta)
+        for method, (index_arrays, index_meta) in (built or {}).items():
+            write_arrays(folder / method, index_arrays, index_meta)
     return path
 
 
-def _read_snapshot(path: Path, collection: store.Collection):
-    """(members, words, class_word_ids, seq) from a snapshot of this very collection, else None."""
-    if not path.is_file():
+def _read_snapshot(path: Path, collection: store.Collection, *, mmap: bool = False) -> _Snapshot | None:
+    """The snapshot of this very collection at `path`, checked, else None (with a warning when
+    there is a snapshot that does not fit); `mmap`: the indexes' arrays map its files."""
+    if not path.is_dir():
         return None
     started = time.perf_counter()
     try:
-        with np.load(path, allow_pickle=False) as saved:
-            if str(saved["format"]) != SNAPSHOT_FORMAT or int(saved["collection_id"]) != collection.id \
-                    or str(saved["created_at"]) != collection.created_at.isoformat():
-                log.warning("%s is a snapshot of another collection: rebuilding from the database", path)
-                return None
-            has_codes = "codes" in saved.files
-            if bool(collection.hash_model) != has_codes:
-                return None
-            labels = np.array([x if ok else None for x, ok in zip(saved["labels"].tolist(), saved["labelled"].tolist())],
-                              dtype=object)
-            members = _Members(
-                saved["ids"], saved["class_indices"], saved["probabilities"],
-                saved["embeddings"] if has_codes else None, saved["codes"] if has_codes else None, labels,
-            )
-            words, class_word_ids, seq = saved["words"].tolist(), saved["class_word_ids"], int(saved["seq"])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        arrays, meta = read_arrays(path, _MEMBER_ARRAYS, optional=("embeddings", "codes"))
+        if meta.get("format") != SNAPSHOT_FORMAT or meta.get("collection_id") != collection.id \
+                or meta.get("created_at") != collection.created_at.isoformat():
+            log.warning("%s is a snapshot of another collection or format: rebuilding from the database", path)
+            return None
+        snapshot = _checked_snapshot(path, collection, arrays, meta, mmap)
+    except (OSError, ValueError, KeyError, TypeError) as err:
         log.warning("%s is unreadable (%s): rebuilding from the database", path, err)
         return None
-    log.info("loaded %s (%d images, change %d) in %.2f s", path, len(members.ids), seq, time.perf_counter() - started)
-    return members, words, class_word_ids, seq
+    log.info("loaded %s (%d images, change %d) in %.2f s", path, len(snapshot.members.ids), snapshot.seq,
+             time.perf_counter() - started)
+    return snapshot
+
+
+def _checked_snapshot(path: Path, collection: store.Collection, arrays: dict[str, np.ndarray], meta: dict,
+                      mmap: bool) -> _Snapshot:
+    """The snapshot from its read arrays; ValueError saying what does not fit the collection."""
+    ids = arrays["ids"]
+    n = len(ids)
+    hashed = bool(collection.hash_model)
+    for name in ("class_indices", "probabilities", "label_codes"):
+        if len(arrays[name]) != n:
+            raise ValueError(f"{name} does not hold one row per image id")
+    if arrays["class_indices"].shape != arrays["probabilities"].shape:
+        raise ValueError("class indices and probabilities differ in shape")
+    if n and (ids[0] < 0 or (np.diff(ids) <= 0).any()):
+        raise ValueError("the image ids are not ascending")
+    labels = arrays["labels"].tolist()
+    codes = arrays["label_codes"]
+    if n and (codes.min() < -1 or codes.max() >= len(labels)):
+        raise ValueError("label codes point outside the label table")
+    methods = tuple(m for m in methods_of(collection.hash_model) if m != "fused")
+    saved = meta.get("methods")
+    retrievers: dict[str, Retriever] | None = None
+    if saved:
+        if sorted(saved) != sorted(methods):
+            raise ValueError(f"it holds methods {saved}, the collection has {list(methods)}")
+        retrievers = {m: _retriever_types()[m].load(path / m, mmap=mmap) for m in methods}
+        for method, retriever in retrievers.items():
+            if not np.array_equal(cast(SavedRetriever, retriever).index.ids, ids):
+                raise ValueError(f"the {method} index does not hold the snapshot's images")
+    elif hashed and not all(name in arrays and len(arrays[name]) == n for name in ("embeddings", "codes")):
+        raise ValueError("it holds neither built methods nor the images' embeddings and codes")
+    members = _Members(ids, arrays["class_indices"], arrays["probabilities"],
+                       None if retrievers else arrays.get("embeddings"), None if retrievers else arrays.get("codes"),
+                       None, codes)
+    return _Snapshot(members, arrays["words"].tolist(), arrays["class_word_ids"], int(meta["seq"]), labels, retrievers)
+
+
+def _retriever_types():
+    from iwan.retrieval.exhaustive import ExhaustiveRetriever
+    from iwan.retrieval.hashes import HashesRetriever
+    from iwan.retrieval.iwan import IwanRetriever
+
+    return {"iwan": IwanRetriever, "exhaustive": ExhaustiveRetriever, "hashes": HashesRetriever}
 
 
 # --- the catalogue -----------------------------------------------------------------------------------
@@ -613,12 +755,13 @@ def create_collection(engine: Engine, name: str, predictor: str, *, dataset: str
         raise ValueError(f"predictor {predictor!r} is unknown: use one of {', '.join(ARCHITECTURES)}")
     collection = store.create(engine, name, predictor, dataset=dataset, split=split, hash_model=hash_model, **options)
     try:
-        members, seq = _stream_members(engine, collection, progress)
+        members, seq, label_table = _stream_members(engine, collection, progress)
         words, class_word_ids = _vocabulary(engine, collection)
     except Exception:
         store.drop(engine, name)
         raise
-    _write_snapshot(snapshot_path(name, settings), collection, members, words, class_word_ids, seq)
+    _write_snapshot(snapshot_path(name, settings), collection, members, words, class_word_ids, seq,
+                    label_table=label_table)
     return _info(collection, len(members.ids))
 
 
@@ -627,7 +770,8 @@ def drop_collection(engine: Engine, name: str, *, settings: Settings | None = No
     the environment when not given)."""
     settings = settings or config.settings()
     uploads.delete_unused_files(engine, store.drop(engine, name), settings.image_dir)
-    snapshot_path(name, settings).unlink(missing_ok=True)
+    remove_folder(snapshot_path(name, settings))
+    _legacy_snapshot_path(name, settings).unlink(missing_ok=True)
 
 
 def _info(collection: store.Collection, size: int) -> CollectionInfo:
@@ -655,12 +799,12 @@ def collection_details(engine: Engine, name: str, *, settings: Settings | None =
     with engine.connect() as conn:
         seq = store.last_seq(conn, collection.id)
     path = snapshot_path(name, settings)
-    loaded = _read_snapshot(path, collection)
+    loaded = _read_snapshot(path, collection, mmap=True)  # checked, not read whole: only its change is wanted
     return {
         **_info(collection, store.size(engine, collection.id)).as_dict(),
         "top_iwk": collection.top_iwk, "top_wwk": collection.top_wwk, "strength": collection.strength,
         "source": collection.source, "last_change": seq, "snapshot": str(path) if loaded else None,
-        "snapshot_change": loaded[3] if loaded else None,
+        "snapshot_change": loaded.seq if loaded else None,
     }
 
 

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from hashing.arrays import read_arrays, replacing_folder, write_arrays
 from hashing.search import check_k
 from iwan.network.edges import ImageEdges
 from iwan.network.graph import IwanGraph, describe_node, image_edges
@@ -56,6 +57,13 @@ _GRAPH_FORMAT = "iwan-index/1"
 still loaded, as a fresh build."""
 _GRAPH_ARRAYS = ("words", "edge_a", "edge_b", "edge_weight", "top_wwk", "strength", "image_words", "image_costs")
 _SAVED_ARRAYS = (*_GRAPH_ARRAYS, "image_ids", "max_id")
+BUILT_FORMAT = "iwan-built-index/1"
+_BUILT_ARRAYS = {  # what `save_built` writes: name -> (dtype, ndim)
+    "words": ("U", 1), "edge_a": ("i", 1), "edge_b": ("i", 1), "edge_weight": ("float64", 1),
+    "ids": ("int64", 1), "state": ("int32", 1), "row_words": ("i", 2), "row_costs": ("float64", 2),
+    **{f"{level}_{part}": kind for level in ("main", "delta")
+       for part, kind in (("ptr", ("int64", 1)), ("slot", ("int32", 1)))},
+}
 
 
 @dataclass(frozen=True)
@@ -143,12 +151,6 @@ class IwanIndex:
     def __init__(self, graph: IwanGraph, image_ids: np.ndarray | None = None):
         n_words = graph.n_words
         ids = np.asarray(graph.image_ids) if image_ids is None else _checked_ids(image_ids, graph.n_images)
-        for name in ("edge_a", "edge_b"):
-            edge = np.asarray(getattr(graph, name))
-            if edge.size and (edge.min() < 0 or edge.max() >= n_words):
-                raise ValueError(f"IwanGraph.{name} holds word ids outside 0..{n_words - 1}")
-        if not (np.asarray(graph.edge_weight) >= 0).all():
-            raise ValueError("IwanGraph.edge_weight must be >= 0 (1/strength)")
         words = np.asarray(graph.image_words)
         costs = np.asarray(graph.image_costs, dtype=np.float64)
         if words.ndim != 2 or words.shape != costs.shape:
@@ -157,7 +159,40 @@ class IwanIndex:
             raise ValueError(f"IwanGraph.image_words holds word ids outside -1..{n_words - 1}")
         if not (costs[words >= 0] > 0).all():
             raise ValueError("IwanGraph.image_costs must be > 0 wherever an image has an edge")
+        self._set_words(graph)
+        self._edges = ImageEdges.build(n_words, ids, words, costs)
 
+    @classmethod
+    def from_chunks(cls, graph: IwanGraph, chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], *,
+                    width: int, total: int | None = None) -> IwanIndex:
+        """The index of `graph`'s words and word edges (its images, if any, are ignored) over
+        images taken in chunks of (ids int64 (n,), word ids (n, width) (-1: none), probabilities
+        (n, width)), ids ascending across chunks, as a database cursor yields them: the same
+        index as a build over all the arrays at once, with a peak memory within twice the final
+        index (benchmarks/bench_iwan.py measures it). `total`: the number of images, if known
+        (the rows are then allocated once)."""
+        index = cls.__new__(cls)
+        index._set_words(graph)
+        n_words = graph.n_words
+
+        def edges_of(ids, word_ids, probabilities):
+            word_ids = np.asarray(word_ids)
+            if word_ids.ndim != 2 or word_ids.shape[1] != width:
+                raise ValueError(f"word ids must have shape ({len(ids)}, {width}); got {word_ids.shape}")
+            return image_edges(word_ids, probabilities, n_words, ids)
+
+        index._edges = ImageEdges.from_chunks(n_words, width, chunks, edges_of, total)
+        return index
+
+    def _set_words(self, graph: IwanGraph) -> None:
+        """The vocabulary, the word-word edges (checked) and the search scratch, from `graph`."""
+        n_words = graph.n_words
+        for name in ("edge_a", "edge_b"):
+            edge = np.asarray(getattr(graph, name))
+            if edge.size and (edge.min() < 0 or edge.max() >= n_words):
+                raise ValueError(f"IwanGraph.{name} holds word ids outside 0..{n_words - 1}")
+        if not (np.asarray(graph.edge_weight) >= 0).all():
+            raise ValueError("IwanGraph.edge_weight must be >= 0 (1/strength)")
         self.words = list(graph.words)
         self.top_wwk, self.strength = graph.top_wwk, graph.strength
         self._edge_a, self._edge_b = np.asarray(graph.edge_a), np.asarray(graph.edge_b)
@@ -178,8 +213,6 @@ class IwanIndex:
         self._word_pred = np.zeros(n_words, np.int64)
         self._word_done = np.zeros(n_words, np.uint8)
 
-        self._edges = ImageEdges.build(n_words, ids, words, costs)
-
     @property
     def ntotal(self) -> int:
         """How many images the index holds."""
@@ -190,6 +223,22 @@ class IwanIndex:
         """The database ids held, ascending."""
         with self._lock:
             return self._edges.live_rows()[0]
+
+    def share_ids(self, ids: np.ndarray) -> None:
+        """Hold `ids` in place of an equal array of the index's own, so that a holder of several
+        indexes over the same images keeps one copy; nothing when the index's array differs
+        (removed images not compacted yet, spare capacity). Safe since the index writes into its
+        ids only past their end (additions; here there is no room: they move to a new array)."""
+        with self._lock:
+            edges = self._edges
+            own = edges.ids
+            if len(own) == edges.n_slots and own.dtype == ids.dtype and np.array_equal(own, ids):
+                edges.ids = ids
+
+    @property
+    def ids(self) -> np.ndarray:
+        """`image_ids`, by the name the hashing indexes use."""
+        return self.image_ids
 
     @property
     def nbytes(self) -> int:
@@ -225,7 +274,7 @@ class IwanIndex:
                 )
             if ids[0] < 0:
                 raise ValueError(f"image id {ids[0]} is negative: database ids are >= 0")
-            self._edges.append(ids, words.astype(np.int32), costs)
+            self._edges.append(ids, words.astype(self._edges.row_words.dtype), costs)
 
     def remove(self, image_ids: np.ndarray) -> None:
         """Remove images by database id; ValueError naming any id not held (and nothing removed)."""
@@ -391,6 +440,53 @@ class IwanIndex:
         )
 
     # --- persistence -------------------------------------------------------------------
+
+    def save_built(self, path: str | Path) -> Path:
+        """Write the built index into folder `path` atomically (hashing.arrays: one .npy per array,
+        renamed into place): `load_built` reads it back without building anything, the fast open
+        of a large collection. `save` writes the images' rows only, rebuilt on load."""
+        path = Path(path)
+        arrays, meta = self.to_arrays()
+        with replacing_folder(path) as folder:
+            write_arrays(folder, arrays, meta)
+        return path
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
+        """(arrays, meta) of the built index as it is now, for hashing.arrays.write_arrays: the
+        arrays are the index's own, which changes replace or extend past their end and never
+        rewrite, except the removal marks, copied here (so this is cheap)."""
+        with self._lock:
+            arrays = self._edges.arrays()
+            arrays["state"] = arrays["state"].copy()
+            n_dead, max_id = self._edges.n_dead, self._edges.max_id
+        arrays.update(words=np.array(self.words, dtype=str), edge_a=self._edge_a, edge_b=self._edge_b,
+                      edge_weight=self._edge_weight)
+        meta = {"format": BUILT_FORMAT, "top_wwk": self.top_wwk, "strength": self.strength, "n_dead": n_dead,
+                "max_id": max_id}
+        return arrays, meta
+
+    @classmethod
+    def load_built(cls, path: str | Path, *, mmap: bool = False) -> IwanIndex:
+        """An index `save_built` wrote; ValueError naming the folder if it is damaged, inconsistent
+        or of another kind. `mmap`: its arrays map the files (hashing.arrays) but the removal
+        marks, which searches write (the rows grow into new arrays: the maps are never written)."""
+        path = Path(path)
+        arrays, meta = read_arrays(path, _BUILT_ARRAYS, mmap=mmap)
+        arrays["state"] = np.array(arrays["state"])
+        if meta.get("format") != BUILT_FORMAT:
+            raise ValueError(f"{path}: not a built IWAN index of format {BUILT_FORMAT} (found {meta.get('format')})")
+        try:
+            graph = IwanGraph(
+                words=arrays["words"].tolist(), edge_a=arrays["edge_a"], edge_b=arrays["edge_b"],
+                edge_weight=arrays["edge_weight"], image_words=np.zeros((0, 1), np.int64),
+                image_costs=np.zeros((0, 1)), top_wwk=int(meta["top_wwk"]), strength=str(meta["strength"]),
+            )
+            index = cls.__new__(cls)
+            index._set_words(graph)
+            index._edges = ImageEdges.from_arrays(graph.n_words, arrays, int(meta["n_dead"]), int(meta["max_id"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{path}: inconsistent index ({error})") from None
+        return index
 
     def save(self, path: str | Path) -> Path:
         """Write a snapshot of the images held (an .npz file; the suffix is added if missing),

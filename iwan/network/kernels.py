@@ -55,17 +55,30 @@ def _sift_down(hd, hw, hp, hl, size):
 
 
 @numba.njit(nogil=True, cache=True)
+def edge_cost(row_words, row_costs, s, w):
+    """The cost of slot s's edge to word w: its row's cheapest edge to w (a row holds each word
+    once when built by iwan.network.graph.image_edges). The runs keep no costs of their own: they
+    read them here, from the rows (8 bytes per edge less)."""
+    best = np.inf
+    for c in range(row_words.shape[1]):
+        if row_words[s, c] == w and row_costs[s, c] < best:
+            best = row_costs[s, c]
+    return best
+
+
+@numba.njit(nogil=True, cache=True)
 def nearest(
     word_ptr, word_next, word_weight,
     row_words, row_costs, state, ids,
-    main_ptr, main_slot, main_cost, delta_ptr, delta_slot, delta_cost,
+    main_ptr, main_slot, delta_ptr, delta_slot,
     word_dist, word_pred, word_done,
     query_words, query_costs, exclude, eligible, k, want_paths,
 ):
     """The k nearest live images of each query (see the module doc).
 
     state: per slot, -1 dead, 0 live (during a search: i > 0, settled i-th). main_* and delta_*:
-    the two levels of runs, each (ptr (n_words + 1), slot, cost). query_words /
+    the two levels of runs, each (ptr (n_words + 1), slot), their costs read from the rows
+    (edge_cost). query_words /
     query_costs (q, m): start words (-1: none) and their costs. exclude (q, e): image slots left
     out of each query's results (-1: none); they stay bridges. eligible (n_slots,) uint8: the
     slots that may be results, the same for every query (length 0: all); the others stay bridges
@@ -142,18 +155,18 @@ def nearest(
                         _sift_up(hd, hw, hp, hl, size)
                         size += 1
                 for level in range(2):
-                    ptr, cost = (main_ptr, main_cost) if level == 0 else (delta_ptr, delta_cost)
+                    ptr, run_slot = (main_ptr, main_slot) if level == 0 else (delta_ptr, delta_slot)
                     e = ptr[w]
                     if e < ptr[w + 1]:
                         if size == len(hd):
                             hd, hw, hp, hl = _grow(hd, size), _grow(hw, size), _grow(hp, size), _grow(hl, size)
-                        hd[size], hw[size], hp[size], hl[size] = d + cost[e], w, e, level
+                        hd[size], hw[size], hp[size], hl[size] = d + edge_cost(row_words, row_costs, run_slot[e], w), w, e, level
                         _sift_up(hd, hw, hp, hl, size)
                         size += 1
                 continue
 
             # An image offered by word w's run at position p: settle it if live and new.
-            ptr, run_slot, cost = (main_ptr, main_slot, main_cost) if lv == 0 else (delta_ptr, delta_slot, delta_cost)
+            ptr, run_slot = (main_ptr, main_slot) if lv == 0 else (delta_ptr, delta_slot)
             s = run_slot[p]
             if state[s] == 0:
                 if n_settled == len(settled):
@@ -193,7 +206,7 @@ def nearest(
             if p < ptr[w + 1]:
                 if size == len(hd):
                     hd, hw, hp, hl = _grow(hd, size), _grow(hw, size), _grow(hp, size), _grow(hl, size)
-                hd[size], hw[size], hp[size], hl[size] = word_dist[w] + cost[p], w, p, lv
+                hd[size], hw[size], hp[size], hl[size] = word_dist[w] + edge_cost(row_words, row_costs, run_slot[p], w), w, p, lv
                 _sift_up(hd, hw, hp, hl, size)
                 size += 1
 
@@ -246,32 +259,78 @@ def nearest(
 
 
 @numba.njit(nogil=True, cache=True)
-def merge_runs(ptr_a, slot_a, cost_a, ptr_b, slot_b, cost_b):
-    """Two sets of per-word runs, each sorted by (cost, slot), merged into one: (ptr, slot, cost)."""
+def merge_runs(ptr_a, slot_a, ptr_b, slot_b, row_words, row_costs):
+    """Two sets of per-word runs, each sorted by (cost, slot) (costs read from the rows), merged
+    into one: (ptr, slot). Each of b's slots is placed by a binary search in a's run, and a's
+    slots between are copied as they are: a cost is read (a random access into the rows) only
+    log(run) times per slot of b, so merging a small delta into a large main block costs little
+    more than copying it."""
     n_words = len(ptr_a) - 1
     ptr = np.empty(n_words + 1, np.int64)
     slot = np.empty(len(slot_a) + len(slot_b), slot_a.dtype)
-    cost = np.empty(len(slot), np.float64)
     o = 0
     for w in range(n_words):
         ptr[w] = o
         i, i_end = ptr_a[w], ptr_a[w + 1]
-        j, j_end = ptr_b[w], ptr_b[w + 1]
-        while i < i_end and j < j_end:
-            if cost_b[j] < cost_a[i] or (cost_b[j] == cost_a[i] and slot_b[j] < slot_a[i]):
-                slot[o], cost[o] = slot_b[j], cost_b[j]
-                j += 1
-            else:
-                slot[o], cost[o] = slot_a[i], cost_a[i]
+        for j in range(ptr_b[w], ptr_b[w + 1]):
+            sj = slot_b[j]
+            cj = edge_cost(row_words, row_costs, sj, w)
+            lo, hi = i, i_end  # the first of a's slots that goes after (cj, sj)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                cm = edge_cost(row_words, row_costs, slot_a[mid], w)
+                if cm < cj or (cm == cj and slot_a[mid] < sj):
+                    lo = mid + 1
+                else:
+                    hi = mid
+            while i < lo:
+                slot[o] = slot_a[i]
                 i += 1
+                o += 1
+            slot[o] = sj
             o += 1
         while i < i_end:
-            slot[o], cost[o] = slot_a[i], cost_a[i]
+            slot[o] = slot_a[i]
             i += 1
             o += 1
-        while j < j_end:
-            slot[o], cost[o] = slot_b[j], cost_b[j]
-            j += 1
-            o += 1
     ptr[n_words] = o
-    return ptr, slot, cost
+    return ptr, slot
+
+
+@numba.njit(nogil=True, cache=True)
+def sorted_runs(n_words, row_words, row_costs, first_slot):
+    """The runs of rows (words, costs) (n, width) at slots first_slot.., as (ptr, slot), each
+    word's slots sorted by (cost, slot): a counting sort by word (slots ascend in it), then each
+    word's run sorted by cost, stably. Beside the runs it needs only one run's worth of scratch,
+    where a lexsort of every edge needs several arrays of that size."""
+    n, width = row_words.shape
+    ptr = np.zeros(n_words + 1, np.int64)
+    for s in range(n):
+        for j in range(width):
+            w = row_words[s, j]
+            if w >= 0:
+                ptr[w + 1] += 1
+    for w in range(n_words):
+        ptr[w + 1] += ptr[w]
+    slot = np.empty(ptr[n_words], np.int32)
+    fill = ptr[:n_words].copy()
+    for s in range(n):
+        for j in range(width):
+            w = row_words[s, j]
+            if w >= 0:
+                slot[fill[w]] = s
+                fill[w] += 1
+    longest = 0
+    for w in range(n_words):
+        longest = max(longest, ptr[w + 1] - ptr[w])
+    cost = np.empty(longest, np.float64)
+    for w in range(n_words):
+        a, b = ptr[w], ptr[w + 1]
+        if b - a > 1:
+            for e in range(a, b):
+                cost[e - a] = edge_cost(row_words, row_costs, slot[e], w)
+            order = np.argsort(cost[: b - a], kind="mergesort")
+            slot[a:b] = slot[a:b][order]
+    for e in range(len(slot)):
+        slot[e] += first_slot
+    return ptr, slot

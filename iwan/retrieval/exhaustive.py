@@ -8,6 +8,7 @@ given, to explain a hit by its Hamming distance too).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -27,6 +28,15 @@ class ExhaustiveRetriever:
     @property
     def ntotal(self) -> int:
         return self.index.ntotal
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
+        """The index's arrays and settings (ExhaustiveCosineIndex.to_arrays), for a snapshot."""
+        return self.index.to_arrays()
+
+    @classmethod
+    def load(cls, folder: Path, *, mmap: bool = False) -> ExhaustiveRetriever:
+        """The retriever of an index saved in `folder` (ExhaustiveCosineIndex.load; `mmap`: its arrays map the files)."""
+        return cls(ExhaustiveCosineIndex.load(folder, mmap=mmap))
 
     def add(self, image_ids: np.ndarray, images: Batch) -> None:
         (embeddings,) = images.need("embeddings", method=self.name)

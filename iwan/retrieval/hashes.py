@@ -15,6 +15,7 @@ positive nearest the query embedding), which the hits' Hamming distances are mea
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import cast
 
 import numpy as np
@@ -40,6 +41,15 @@ class HashesRetriever:
     @property
     def ntotal(self) -> int:
         return self.index.ntotal
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
+        """The index's arrays and settings (CellCosineIndex.to_arrays), for a snapshot."""
+        return self.index.to_arrays()
+
+    @classmethod
+    def load(cls, folder: Path, *, mmap: bool = False) -> HashesRetriever:
+        """The retriever of an index saved in `folder` (CellCosineIndex.load; `mmap`: its arrays map the files)."""
+        return cls(CellCosineIndex.load(folder, mmap=mmap))
 
     def add(self, image_ids: np.ndarray, images: Batch) -> None:
         embeddings, codes = images.need(*READS, method=self.name)

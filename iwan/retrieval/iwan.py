@@ -31,7 +31,8 @@ answers exactly as the one-image search.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import cast
 
 import numpy as np
@@ -55,6 +56,15 @@ class IwanRetriever:
     @property
     def ntotal(self) -> int:
         return self.index.ntotal
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
+        """The built index's arrays and settings (IwanIndex.to_arrays), for a snapshot."""
+        return self.index.to_arrays()
+
+    @classmethod
+    def load(cls, folder: Path, *, mmap: bool = False) -> IwanRetriever:
+        """The retriever of an index saved in `folder` (IwanIndex.load_built; `mmap`: its arrays map the files)."""
+        return cls(IwanIndex.load_built(folder, mmap=mmap))
 
     def add(self, image_ids: np.ndarray, images: Batch) -> None:
         word_ids, weights = images.need(*WORD_FIELDS, method=self.name)
@@ -265,7 +275,7 @@ def parallel_nearest(index: IwanIndex, words: np.ndarray, weights: np.ndarray, k
         edges = index._edges
         # An image holding one start word is its one path, which the graph search finds as short
         # or shorter: only images holding several are scored.
-        read = [slot[ptr[w]:ptr[w + 1]] for ptr, slot, _ in (edges.main, edges.delta) for w in chosen]
+        read = [slot[ptr[w]:ptr[w + 1]] for ptr, slot in (edges.main, edges.delta) for w in chosen]
         held = np.bincount(np.concatenate(read) if read else np.zeros(0, np.int32), minlength=edges.n_slots) > 1
         held &= edges.state[:edges.n_slots] >= 0
         if exclude is not None:
@@ -319,3 +329,24 @@ def build(corpus: Corpus, data: CorpusData) -> IwanRetriever:
     graph = build_graph(data.associations(), word_ids, weights, top_wwk=corpus.top_wwk,
                         strength=corpus.strength, image_ids=np.asarray(corpus.image_ids, dtype=np.int64))
     return IwanRetriever(IwanIndex(graph), data.unmapped_classes)
+
+
+def build_from_chunks(corpus: Corpus, associations, class_word_ids: np.ndarray,
+                      chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], *,
+                      total: int | None = None) -> IwanRetriever:
+    """`build`'s retriever over images streamed in chunks of (ids int64 (n,), class indices (n, top),
+    probabilities float32 (n, top)), ids ascending across chunks, as the store's reader yields
+    them: each chunk's classes become words through `class_word_ids` (the predictor's class ->
+    word id, -1 none) and only its first corpus.top_iwk columns are used. Peak memory within
+    twice the final index (IwanIndex.from_chunks); `total`: the number of images, if known."""
+    from iwan.network.graph import build_graph
+    from iwan.network.saved import check_top_iwk, class_words
+
+    require_predictor(corpus, "iwan")
+    check_top_iwk(corpus.top_iwk)
+    top = corpus.top_iwk
+    words_only = build_graph(associations, np.zeros((0, top), np.int64), np.zeros((0, top)), top_wwk=corpus.top_wwk,
+                             strength=corpus.strength)
+    mapped = ((ids, class_words(class_word_ids, np.asarray(classes)[:, :top]), np.asarray(probabilities)[:, :top])
+              for ids, classes, probabilities in chunks)
+    return IwanRetriever(IwanIndex.from_chunks(words_only, mapped, width=top, total=total))
