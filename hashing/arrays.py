@@ -111,6 +111,14 @@ def _rename_over(partial: Path, path: Path) -> None:
     raise OSError(f"could not replace {path}: other processes kept writing it; try again")
 
 
+def save_folder(path: str | Path, arrays: Mapping[str, np.ndarray], meta: Mapping) -> Path:
+    """Write `arrays` and `meta` as folder `path`, atomically (`replacing_folder`): an index's `save`."""
+    path = Path(path)
+    with replacing_folder(path) as folder:
+        write_arrays(folder, arrays, meta)
+    return path
+
+
 def remove_folder(path: Path) -> None:
     """Remove a folder `replacing_folder` wrote (or a file of that name); nothing if absent."""
     path = Path(path)

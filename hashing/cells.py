@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from hashing import DEFAULT_SHORTLIST_FACTOR, HASH_BITS
-from hashing.arrays import read_arrays, replacing_folder, write_arrays
+from hashing.arrays import read_arrays, save_folder
 from hashing.cell_kernels import search as _search_kernel
 from hashing.partition import SPLIT_ABOVE, nearest_cells, partition
 from hashing.quantized import dequantize, quantize
@@ -137,11 +137,7 @@ class CellCosineIndex:
     def save(self, path: str | Path) -> Path:
         """Write the built index into folder `path` atomically (hashing.arrays): `load` reads it
         back without building anything."""
-        path = Path(path)
-        arrays, meta = self.to_arrays()
-        with replacing_folder(path) as folder:
-            write_arrays(folder, arrays, meta)
-        return path
+        return save_folder(path, *self.to_arrays())
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
         """(arrays, meta) of the index as it is now, for hashing.arrays.write_arrays: its own

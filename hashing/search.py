@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from hashing import DEFAULT_SHORTLIST_FACTOR, HASH_BITS
-from hashing.arrays import read_arrays, replacing_folder, write_arrays
+from hashing.arrays import read_arrays, save_folder
 
 SCORE_BLOCK_CELLS = 1 << 24
 """Exhaustive search scores blocks of queries whose (queries x corpus) float32 matrix has at most
@@ -136,11 +136,7 @@ class ExhaustiveCosineIndex:
 
     def save(self, path: str | Path) -> Path:
         """Write the index into folder `path` atomically (hashing.arrays); `load` reads it back."""
-        path = Path(path)
-        arrays, meta = self.to_arrays()
-        with replacing_folder(path) as folder:
-            write_arrays(folder, arrays, meta)
-        return path
+        return save_folder(path, *self.to_arrays())
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
         """(arrays, meta) of the index as it is now, for hashing.arrays.write_arrays: its own

@@ -19,7 +19,7 @@ columns: one message per 65,536 images, parsed by `np.frombuffer`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +81,22 @@ def empty_rows(fields: list[Field], n: int) -> np.ndarray:
         elif field.kind == "bit":
             value["bits"] = field.size
     return rows
+
+
+def copy_in(conn, statement: str, fields: list[Field], n: int, batch: int,
+            fill: Callable[[np.ndarray, slice], None]) -> None:
+    """Send n rows through `statement` (a COPY ... FROM STDIN (FORMAT BINARY) on the psycopg
+    connection under SQLAlchemy's `conn`), `batch` rows at a time: `fill(rows, part)` sets the
+    values of `empty_rows` for the rows `part` of the caller's arrays."""
+    driver = conn.connection.driver_connection
+    with driver.cursor().copy(statement) as copy:
+        copy.write(HEADER)
+        for start in range(0, n, batch):
+            part = slice(start, min(n, start + batch))
+            rows = empty_rows(fields, part.stop - part.start)
+            fill(rows, part)
+            copy.write(rows.tobytes())
+        copy.write(TRAILER)
 
 
 # Element kinds of `array_send` output: (element dtype on the wire, its value's length in bytes).

@@ -57,20 +57,14 @@ def _copy_codes(conn: sa.Connection, table: str, model: str, image_ids: np.ndarr
     codes = np.asarray(codes, dtype=np.uint64)
     if not np.isfinite(embeddings).all():
         raise ValueError(f"hash codes of {model}: an embedding holds NaN or infinity; PostgreSQL's vector refuses them")
-    fields = _fields(model, embeddings.shape[1])
-    # An open connection of the psycopg dialect always holds its DBAPI connection (None only once closed).
-    driver = cast("psycopg.Connection[Any]", conn.connection.driver_connection)
-    with driver.cursor().copy(f"COPY {table} (model, image_id, code, embedding) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.write(binary.HEADER)
-        for start in range(0, len(image_ids), COPY_BATCH):
-            stop = start + COPY_BATCH
-            rows = binary.empty_rows(fields, len(image_ids[start:stop]))
-            rows["model"] = model.encode()
-            rows["image_id"] = image_ids[start:stop]
-            rows["code"]["value"] = binary.bits_to_bytes(codes[start:stop], HASH_BITS)
-            rows["embedding"]["value"] = embeddings[start:stop]
-            copy.write(rows.tobytes())
-        copy.write(binary.TRAILER)
+    def fill(rows: np.ndarray, part: slice) -> None:
+        rows["model"] = model.encode()
+        rows["image_id"] = image_ids[part]
+        rows["code"]["value"] = binary.bits_to_bytes(codes[part], HASH_BITS)
+        rows["embedding"]["value"] = embeddings[part]
+
+    binary.copy_in(conn, f"COPY {table} (model, image_id, code, embedding) FROM STDIN (FORMAT BINARY)",
+                   _fields(model, embeddings.shape[1]), len(image_ids), COPY_BATCH, fill)
 
 
 def merge_codes(conn: sa.Connection, model: str, image_ids: np.ndarray, embeddings: np.ndarray, codes: np.ndarray) -> int:

@@ -157,22 +157,14 @@ def _copy_predictions(conn: sa.Connection, table: str, model: str, ids: np.ndarr
         )
     if indices.size and (indices[:, :top].min() < 0 or indices[:, :top].max() > np.iinfo(np.int16).max):
         raise ValueError(f"predictions of {model}: class indices must be 0..{np.iinfo(np.int16).max}")
-    fields = _fields(model, top)
-    # An open connection of the psycopg dialect always holds its DBAPI connection (None only once closed).
-    driver = cast("psycopg.Connection[Any]", conn.connection.driver_connection)
-    with driver.cursor().copy(
-        f"COPY {table} (model, image_id, class_indices, probabilities) FROM STDIN (FORMAT BINARY)"
-    ) as copy:
-        copy.write(binary.HEADER)
-        for start in range(0, len(ids), COPY_BATCH):
-            stop = start + COPY_BATCH
-            rows = binary.empty_rows(fields, len(ids[start:stop]))
-            rows["model"] = model.encode()
-            rows["image_id"] = ids[start:stop]
-            rows["class_indices"]["items"]["value"] = indices[start:stop, :top]
-            rows["probabilities"]["items"]["value"] = probabilities[start:stop, :top]
-            copy.write(rows.tobytes())
-        copy.write(binary.TRAILER)
+    def fill(rows: np.ndarray, part: slice) -> None:
+        rows["model"] = model.encode()
+        rows["image_id"] = ids[part]
+        rows["class_indices"]["items"]["value"] = indices[part, :top]
+        rows["probabilities"]["items"]["value"] = probabilities[part, :top]
+
+    binary.copy_in(conn, f"COPY {table} (model, image_id, class_indices, probabilities) FROM STDIN (FORMAT BINARY)",
+                   _fields(model, top), len(ids), COPY_BATCH, fill)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from hashing.arrays import read_arrays, replacing_folder, write_arrays
+from hashing.arrays import read_arrays, save_folder
 from hashing.search import check_k
 from iwan.network.edges import ImageEdges
 from iwan.network.graph import IwanGraph, describe_node, image_edges
@@ -445,11 +445,7 @@ class IwanIndex:
         """Write the built index into folder `path` atomically (hashing.arrays: one .npy per array,
         renamed into place): `load_built` reads it back without building anything, the fast open
         of a large collection. `save` writes the images' rows only, rebuilt on load."""
-        path = Path(path)
-        arrays, meta = self.to_arrays()
-        with replacing_folder(path) as folder:
-            write_arrays(folder, arrays, meta)
-        return path
+        return save_folder(path, *self.to_arrays())
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
         """(arrays, meta) of the built index as it is now, for hashing.arrays.write_arrays: the
