@@ -74,7 +74,7 @@ def search(centroids, queries, cos_radius, sin_radius, slack, cell_start, vector
     (here rather than one matrix product for the batch: a multithreaded BLAS call on busy cores
     cost a batch of 100 queries 10-20 ms where 100 single products took 1.2). cos/sin_radius (cells,): the
     widest angle between a cell's centroid and its rows. eligible: (n,) bool, or empty for all
-    rows. exclude (q,): a row to leave out per query, -1 for none. head: how many best cells are
+    rows. exclude (q, e): rows to leave out per query, -1 for none. head: how many best cells are
     ordered first (the rest only if the search gets past them). Rows are in cell order; ranks
     (n,) order them as their ids do, and are what the top k holds."""
     n_cells = centroids.shape[0]
@@ -130,7 +130,12 @@ def search(centroids, queries, cos_radius, sin_radius, slack, cell_start, vector
                 c = cells[j]
                 entered = 0
                 for row in range(cell_start[c], cell_start[c + 1]):
-                    if (filtered and not eligible[row]) or row == exclude[q]:
+                    if filtered and not eligible[row]:
+                        continue
+                    left_out = False
+                    for e in range(exclude.shape[1]):
+                        left_out |= row == exclude[q, e]
+                    if left_out:
                         continue
                     seen += 1
                     s = _score(vectors, scales, row, query)

@@ -44,7 +44,7 @@ from hashing.cell_kernels import search as _search_kernel
 from hashing.partition import SPLIT_ABOVE, nearest_cells, partition
 from hashing.quantized import dequantize, quantize
 from hashing.search import (
-    _check_exclude,
+    _check_exclusions,
     _eligible,
     _held_ids,
     _positions,
@@ -282,7 +282,8 @@ class CellCosineIndex:
         if patience < 1:
             raise ValueError(f"CellCosineIndex.search: patience must be >= 1, got {patience}")
         queries = _unit_rows(query_embeddings, "query_embeddings", self._vectors.shape[1] if self.ntotal else None)
-        exclude = _positions(self._ids, _check_exclude(exclude, len(queries)))
+        exclusions = _check_exclusions(exclude, len(queries))
+        exclude = _positions(self._ids, exclusions.ravel()).reshape(exclusions.shape)
         scores, ranks = empty_results(len(queries), k)
         visited = np.zeros(len(queries), dtype=np.int64)
         if not self.ntotal:

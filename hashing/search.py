@@ -433,6 +433,16 @@ def _check_exclude(exclude: np.ndarray | None, n_queries: int) -> np.ndarray:
     return exclude.astype(np.int64)
 
 
+def _check_exclusions(exclude: np.ndarray | None, n_queries: int) -> np.ndarray:
+    """(q, e) int64 ids to leave out per query (-1 pads), from (q,) one id per query or (q, e)."""
+    if exclude is not None and np.ndim(exclude) == 2:
+        rows = np.asarray(exclude)
+        if rows.shape[0] != n_queries:
+            raise ValueError(f"search: exclude has {rows.shape[0]} rows for {n_queries} queries")
+        return _check_exclude(rows.ravel(), rows.size).reshape(rows.shape)
+    return _check_exclude(exclude, n_queries)[:, None]
+
+
 def _positions(held: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Row of each id in the ascending `held` ids; -1 for -1 and for an id not held."""
     if not len(held):

@@ -143,6 +143,28 @@ def test_filters_removals_and_additions_after_removals(seed):
         index.remove(np.array([ids[0], 100_001]))
 
 
+def test_several_ids_left_out_per_query_answer_as_a_filter_without_them():
+    rng = np.random.default_rng(3)
+    embeddings, codes = clustered(rng, 4000, dim=16)
+    ids = np.arange(4000, dtype=np.int64) * 3
+    index = CellCosineIndex(cell_rows=32)
+    index.add(ids, embeddings, codes)
+    queries = clustered(rng, 5, dim=16)[0]
+    _, near = index.search(queries, 6)
+    leave = np.full((5, 4), -1, dtype=np.int64)
+    leave[:, :3] = near[:, :3]  # each query's three nearest, as the examples of a search are
+    leave[1, 3] = 7  # an id not held leaves nothing out
+    scores, found = index.search(queries, 10, exclude=leave)
+    for q in range(5):
+        among = ids[~np.isin(ids, leave[q])]
+        want_scores, want = index.search(queries[q : q + 1], 10, among=among)
+        np.testing.assert_array_equal(found[q], want[0])
+        np.testing.assert_array_equal(scores[q], want_scores[0])
+        assert not np.isin(found[q], leave[q][leave[q] >= 0]).any()
+    with pytest.raises(ValueError, match="exclude has 2 rows for 5 queries"):
+        index.search(queries, 10, exclude=leave[:2])
+
+
 def test_a_batch_gives_what_single_searches_give():
     rng = np.random.default_rng(9)
     embeddings, codes = clustered(rng, 20_000)

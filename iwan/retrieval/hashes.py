@@ -72,18 +72,20 @@ class HashesRetriever:
         """The Rocchio query's nearest by cosine (the module doc)."""
         query = rocchio_query(examples, self.name, with_code=True)
         (embeddings,) = query.need("embeddings", method=self.name)
-        among, one = filters(self.index.ids, among, exclude)
-        scores, ids = self.index.search(embeddings, check_k(k), exclude=one, among=among)
+        # The index leaves out several ids per query itself: no mask over every id held.
+        leave = None if exclude is None or not len(exclude) else np.asarray(exclude, dtype=np.int64)[None, :]
+        scores, ids = self.index.search(embeddings, check_k(k), exclude=leave, among=among)
         reasons = code_reasons(scores, ids, query.codes, self.index.codes_of)
         return Explained(scores, ids, with_examples(reasons, ids, examples.positive, self.index.embeddings_of))
 
     def search_examples(self, queries: Sequence[Examples], k: int, *,
                         exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """`explain_examples`'s scores and ids for many queries at once, without the reasons."""
-        def search(embeddings, codes, one, among):  # the codes only explain hits: none here
-            return self.index.search(embeddings, k, exclude=one, among=among)
+        def search(embeddings, codes, leave, among):  # the codes only explain hits: none here
+            return self.index.search(embeddings, k, exclude=leave, among=among)
 
-        return rocchio_search(queries, check_k(k), exclude, self.name, self.index.ids, search, with_code=False)
+        return rocchio_search(queries, check_k(k), exclude, self.name, self.index.ids, search, with_code=False,
+                              several=True)
 
 
 def rocchio_query(examples: Examples, method: str, *, with_code: bool) -> Batch:
@@ -112,14 +114,18 @@ def rocchio_query(examples: Examples, method: str, *, with_code: bool) -> Batch:
 
 
 def rocchio_search(queries: Sequence[Examples], k: int, exclude: np.ndarray | None, method: str, held: np.ndarray,
-                   search, *, with_code: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Many queries' Rocchio queries searched as `explain_examples` searches one:
-    `search(embeddings, codes, exclude, among)` once for the rows that leave out at most one id
-    (`exclude` (q, e) ids, -1 none), and once per row that leaves out more (as an `among`)."""
+                   search, *, with_code: bool, several: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Many queries' Rocchio queries searched as `explain_examples` searches one. With `several`
+    (an index that leaves out several ids per query), `search(embeddings, codes, exclude, None)`
+    once with `exclude` (q, e) ids, -1 none; else once for the rows that leave out at most one id,
+    and once per row that leaves out more (as an `among`)."""
     built = [rocchio_query(e, method, with_code=with_code) for e in queries]
     embeddings = np.concatenate([cast(np.ndarray, b.embeddings) for b in built])
     codes = np.concatenate([cast(np.ndarray, b.codes) for b in built]) if with_code else None
     q = len(built)
+    if several:
+        rows = None if exclude is None else np.asarray(exclude, np.int64).reshape(q, -1)
+        return search(embeddings, codes, rows, None)
     skips = ([np.empty(0, np.int64)] * q if exclude is None
              else [row[row >= 0] for row in np.asarray(exclude, np.int64).reshape(q, -1)])
     scores, ids = empty_results(q, k)
