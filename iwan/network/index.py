@@ -436,14 +436,17 @@ class IwanIndex:
             if len(self._slot_touches) < edges.n_slots:
                 self._slot_touches = np.zeros(len(edges.state), np.int32)
             slots, distances = parallel_candidates(start_cost, chosen, *edges.main, *edges.delta, edges.row_words,
-                                                   edges.row_costs, edges.state, self._slot_touches)
-            keep = np.ones(len(slots), bool)
-            if exclude is not None:
-                keep &= ~np.isin(slots, edges.slots(np.asarray(exclude, np.int64)))
-            if among is not None:
-                keep &= np.isin(slots, edges.slots(np.asarray(among, np.int64)))
-            slots = slots[keep]
-            return edges.ids[slots], distances[keep], edges.row_words[slots], edges.row_costs[slots]
+                                                   edges.row_costs, edges.state, self._slot_touches[:edges.n_slots])
+            if exclude is not None or among is not None:
+                keep = np.ones(len(slots), bool)
+                if exclude is not None:
+                    keep &= ~np.isin(slots, edges.slots(np.asarray(exclude, np.int64)))
+                if among is not None:
+                    keep &= np.isin(slots, edges.slots(np.asarray(among, np.int64)))
+                slots, distances = slots[keep], distances[keep]
+            # take, not [slots]: a row gather by fancy indexing costs ten times more here.
+            return (edges.ids.take(slots), distances, edges.row_words.take(slots, axis=0),
+                    edges.row_costs.take(slots, axis=0))
 
     def path_labels(self, path: Sequence[int]) -> list[str]:
         """Readable nodes of a hit's path: words as words, images as "image 12" (database id)."""

@@ -344,35 +344,28 @@ def parallel_candidates(start_cost, chosen, main_ptr, main_slot, delta_ptr, delt
     start_cost[word] + its row cost (start_cost: per word, inf where no start, its last entry the
     padding word -1's); one finite path: its length; several: 1 / the sum of 1 / length over the
     whole row, summed in numpy's order (_row_sum), so the figures are numpy's bit for bit. Each
-    chosen word's runs (both levels) are read once; touches (n_slots,) int32 counts them and is
-    left all 0."""
-    n_touched = 0
-    for level in range(2):
-        ptr, run_slot = (main_ptr, main_slot) if level == 0 else (delta_ptr, delta_slot)
-        for i in range(len(chosen)):
-            w = chosen[i]
-            n_touched += ptr[w + 1] - ptr[w]
-    seen = np.empty(n_touched, np.int64)
-    n_seen = 0
+    chosen word's runs (both levels) are read once; touches (n_slots,) int32 (the slots held, no
+    more) counts them and is left all 0."""
     for level in range(2):
         ptr, run_slot = (main_ptr, main_slot) if level == 0 else (delta_ptr, delta_slot)
         for i in range(len(chosen)):
             w = chosen[i]
             for e in range(ptr[w], ptr[w + 1]):
-                s = run_slot[e]
-                if touches[s] == 0:
-                    seen[n_seen] = s
-                    n_seen += 1
-                touches[s] += 1
-    slots = np.empty(n_seen, np.int64)
+                touches[run_slot[e]] += 1
+    # One pass over the counts gives the slots in order and resets them: the runs of a start of hub
+    # words touch about as many edges as there are slots, and a sort of the touched slots costs more.
+    n_slots = len(touches)
     n = 0
-    for i in range(n_seen):
-        s = seen[i]
+    for s in range(n_slots):
+        if touches[s] > 1 and state[s] >= 0:
+            n += 1
+    slots = np.empty(n, np.int64)
+    n = 0
+    for s in range(n_slots):
         if touches[s] > 1 and state[s] >= 0:
             slots[n] = s
             n += 1
         touches[s] = 0
-    slots = np.sort(slots[:n])
     width = row_words.shape[1]
     padding = len(start_cost) - 1
     distances = np.empty(n, np.float64)

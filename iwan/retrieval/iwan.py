@@ -283,11 +283,11 @@ def parallel_nearest(index: IwanIndex, words: np.ndarray, weights: np.ndarray, k
     best = near[np.lexsort((hit_ids[near], distance[near]))][:k]
     image_node = 1 + len(index.words)
     paths = []
-    for c in best.tolist():
-        length = start_cost[row_words[c].astype(np.int64)] + row_costs[c]
-        own = np.flatnonzero(np.isfinite(length))
-        own = own[np.lexsort((row_words[c][own], length[own]))]
-        paths.append(tuple((1 + int(row_words[c][j]), image_node + int(hit_ids[c])) for j in own.tolist()))
+    best_words = row_words[best].astype(np.int64)
+    best_lengths = start_cost[best_words] + row_costs[best]
+    for image, own_words, own_lengths in zip(hit_ids[best].tolist(), best_words.tolist(), best_lengths.tolist()):
+        own = sorted((length, w) for w, length in zip(own_words, own_lengths) if math.isfinite(length))
+        paths.append(tuple((1 + w, image_node + image) for _, w in own))
     return distance[best], hit_ids[best], paths
 
 
