@@ -46,7 +46,7 @@ from hashing.arrays import read_arrays, save_folder
 from hashing.search import check_k
 from iwan.network.edges import ImageEdges
 from iwan.network.graph import IwanGraph, describe_node, image_edges
-from iwan.network.kernels import nearest
+from iwan.network.kernels import nearest, parallel_candidates
 from iwan.vision.words import WordMapping, WordMatcher
 
 INDEX_FORMAT = "iwan-index/2"
@@ -212,6 +212,7 @@ class IwanIndex:
         self._word_dist = np.full(n_words, np.inf)
         self._word_pred = np.zeros(n_words, np.int64)
         self._word_done = np.zeros(n_words, np.uint8)
+        self._slot_touches = np.zeros(0, np.int32)  # parallel_distances' scratch, all 0, grown to the slots
 
     @property
     def ntotal(self) -> int:
@@ -417,6 +418,35 @@ class IwanIndex:
             self._word_dist, self._word_pred, self._word_done,
             words, costs, exclude_slots, eligible, k, want_paths,
         )
+
+    def parallel_distances(self, start_cost: np.ndarray, exclude: np.ndarray | None = None,
+                           among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The live images holding several start words, ids ascending, with their parallel distances
+        (iwan.retrieval.iwan's module doc) and rows: (ids, distances, words (n, width), costs).
+        start_cost (n_words + 1,): each word's start cost, inf where none, the last entry inf (the
+        padding word -1). `exclude` (ids, -1 none) are left out, and with `among` (ids) only those
+        are kept. The runs and rows are read under the index's lock, as its searches read them."""
+        start_cost = np.ascontiguousarray(start_cost, dtype=np.float64)
+        if start_cost.shape != (len(self.words) + 1,):
+            raise ValueError(f"start_cost must have shape ({len(self.words) + 1},) (a cost per word, then inf); "
+                             f"got {start_cost.shape}")
+        chosen = np.flatnonzero(np.isfinite(start_cost[:-1]))
+        with self._lock:
+            edges = self._edges
+            if len(self._slot_touches) < edges.n_slots:
+                self._slot_touches = np.zeros(len(edges.state), np.int32)
+            slots, distances = parallel_candidates(start_cost, chosen, *edges.main, *edges.delta, edges.row_words,
+                                                   edges.row_costs, edges.state, self._slot_touches[:edges.n_slots])
+            if exclude is not None or among is not None:
+                keep = np.ones(len(slots), bool)
+                if exclude is not None:
+                    keep &= ~np.isin(slots, edges.slots(np.asarray(exclude, np.int64)))
+                if among is not None:
+                    keep &= np.isin(slots, edges.slots(np.asarray(among, np.int64)))
+                slots, distances = slots[keep], distances[keep]
+            # take, not [slots]: a row gather by fancy indexing costs ten times more here.
+            return (edges.ids.take(slots), distances, edges.row_words.take(slots, axis=0),
+                    edges.row_costs.take(slots, axis=0))
 
     def path_labels(self, path: Sequence[int]) -> list[str]:
         """Readable nodes of a hit's path: words as words, images as "image 12" (database id)."""

@@ -334,3 +334,84 @@ def sorted_runs(n_words, row_words, row_costs, first_slot):
     for e in range(len(slot)):
         slot[e] += first_slot
     return ptr, slot
+
+
+@numba.njit(nogil=True, cache=True)
+def parallel_candidates(start_cost, chosen, main_ptr, main_slot, delta_ptr, delta_slot,
+                        row_words, row_costs, state, touches):
+    """The live slots holding several of the `chosen` start words, ascending, and each one's
+    parallel distance over its whole row: (slots, distances). A path's length is
+    start_cost[word] + its row cost (start_cost: per word, inf where no start, its last entry the
+    padding word -1's); one finite path: its length; several: 1 / the sum of 1 / length over the
+    whole row, summed in numpy's order (_row_sum), so the figures are numpy's bit for bit. Each
+    chosen word's runs (both levels) are read once; touches (n_slots,) int32 (the slots held, no
+    more) counts them and is left all 0."""
+    for level in range(2):
+        ptr, run_slot = (main_ptr, main_slot) if level == 0 else (delta_ptr, delta_slot)
+        for i in range(len(chosen)):
+            w = chosen[i]
+            for e in range(ptr[w], ptr[w + 1]):
+                touches[run_slot[e]] += 1
+    # One pass over the counts gives the slots in order and resets them: the runs of a start of hub
+    # words touch about as many edges as there are slots, and a sort of the touched slots costs more.
+    n_slots = len(touches)
+    n = 0
+    for s in range(n_slots):
+        if touches[s] > 1 and state[s] >= 0:
+            n += 1
+    slots = np.empty(n, np.int64)
+    n = 0
+    for s in range(n_slots):
+        if touches[s] > 1 and state[s] >= 0:
+            slots[n] = s
+            n += 1
+        touches[s] = 0
+    width = row_words.shape[1]
+    padding = len(start_cost) - 1
+    distances = np.empty(n, np.float64)
+    inverse = np.empty(width, np.float64)
+    for i in range(n):
+        s = slots[i]
+        count = 0
+        least = np.inf
+        for c in range(width):
+            w = row_words[s, c]
+            length = start_cost[padding if w < 0 else w] + row_costs[s, c]
+            inverse[c] = 1.0 / length  # a word the start lacks: an infinite length, 0
+            if inverse[c] > 0:
+                count += 1
+            if length < least:
+                least = length
+        distances[i] = least if count == 1 else 1.0 / _row_sum(inverse)
+    return slots, distances
+
+
+@numba.njit(nogil=True, cache=True)
+def _row_sum(a):
+    """a's sum as numpy's sum(axis=1) adds a row of up to 128 (its pairwise block; rows here are
+    at most MAX_TOP_IWK wide): under 8 left to right, else 8 running sums over whole blocks of 8
+    added as a tree, then the rest left to right (numpy 2.4's pairwise_sum, checked bit for bit
+    by tests/test_parallel_kernel.py)."""
+    n = len(a)
+    if n < 8:
+        total = 0.0
+        for i in range(n):
+            total += a[i]
+        return total
+    r0, r1, r2, r3, r4, r5, r6, r7 = a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]
+    i = 8
+    while i < n - n % 8:
+        r0 += a[i]
+        r1 += a[i + 1]
+        r2 += a[i + 2]
+        r3 += a[i + 3]
+        r4 += a[i + 4]
+        r5 += a[i + 5]
+        r6 += a[i + 6]
+        r7 += a[i + 7]
+        i += 8
+    total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        total += a[i]
+        i += 1
+    return total

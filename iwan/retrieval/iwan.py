@@ -270,29 +270,10 @@ def parallel_nearest(index: IwanIndex, words: np.ndarray, weights: np.ndarray, k
     usable = (words >= 0) & (weights > 0) & np.isfinite(weights)
     start_cost = np.full(len(index.words) + 1, np.inf)  # the last: word -1, no start
     np.minimum.at(start_cost, words[usable], 1.0 / weights[usable])
-    chosen = np.flatnonzero(np.isfinite(start_cost[:-1])).tolist()
-    with index._lock:  # the index's per-word runs (main block and delta) and rows, as its search reads them
-        edges = index._edges
-        # An image holding one start word is its one path, which the graph search finds as short
-        # or shorter: only images holding several are scored.
-        read = [slot[ptr[w]:ptr[w + 1]] for ptr, slot in (edges.main, edges.delta) for w in chosen]
-        held = np.bincount(np.concatenate(read) if read else np.zeros(0, np.int32), minlength=edges.n_slots) > 1
-        held &= edges.state[:edges.n_slots] >= 0
-        if exclude is not None:
-            skip = edges.slots(np.asarray(exclude, np.int64))
-            held[skip[skip >= 0]] = False
-        if among is not None:
-            eligible = np.zeros(edges.n_slots, bool)
-            keep = edges.slots(np.asarray(among, np.int64))
-            eligible[keep[keep >= 0]] = True
-            held &= eligible
-        candidates = np.flatnonzero(held)
-        row_words = edges.row_words[candidates].astype(np.int64)
-        length = start_cost[row_words] + edges.row_costs[candidates]
-        hit_ids = edges.ids[candidates]
-    inverse = 1.0 / length  # a word the start lacks: an infinite length, 0
-    # One path alone is its own length, bit for bit (as the graph search sums it).
-    distance = np.where((inverse > 0).sum(axis=1) == 1, length.min(axis=1), 1.0 / inverse.sum(axis=1))
+    # An image holding one start word is its one path, which the graph search finds as short or
+    # shorter: only images holding several are scored (the index's kernel reads each start
+    # word's runs once).
+    hit_ids, distance, row_words, row_costs = index.parallel_distances(start_cost, exclude, among)
     if len(distance) > k:
         near = np.argpartition(distance, k - 1)[:k]
         cut = distance[near].max()
@@ -302,10 +283,11 @@ def parallel_nearest(index: IwanIndex, words: np.ndarray, weights: np.ndarray, k
     best = near[np.lexsort((hit_ids[near], distance[near]))][:k]
     image_node = 1 + len(index.words)
     paths = []
-    for c in best.tolist():
-        own = np.flatnonzero(np.isfinite(length[c]))
-        own = own[np.lexsort((row_words[c][own], length[c][own]))]
-        paths.append(tuple((1 + int(row_words[c][j]), image_node + int(hit_ids[c])) for j in own.tolist()))
+    best_words = row_words[best].astype(np.int64)
+    best_lengths = start_cost[best_words] + row_costs[best]
+    for image, own_words, own_lengths in zip(hit_ids[best].tolist(), best_words.tolist(), best_lengths.tolist()):
+        own = sorted((length, w) for w, length in zip(own_words, own_lengths) if math.isfinite(length))
+        paths.append(tuple((1 + w, image_node + image) for _, w in own))
     return distance[best], hit_ids[best], paths
 
 
