@@ -101,7 +101,7 @@ def test_password_is_hidden_and_bad_server_is_one_line(tmp_path):
 def test_db_downgrade_and_upgrade(database_url):
     assert "schema at revision base" in iwan("db", "downgrade", "base").stdout
     assert json.loads(iwan("db", "status", "--json").stdout)["revision"] is None
-    assert "schema at revision 0005" in iwan("db", "upgrade").stdout
+    assert "schema at revision 0006" in iwan("db", "upgrade").stdout
 
 
 @pytest.fixture
