@@ -68,8 +68,7 @@ def server_processes(pgdata: Path) -> list[psutil.Process]:
 
 def snapshot_ids(home: Path) -> list[int]:
     """The image ids in the saved snapshot of collection `pics`."""
-    with np.load(home / "collections" / "pics.npz") as snapshot:
-        return snapshot["ids"].tolist()
+    return np.load(home / "collections" / "pics.snapshot" / "ids.npy", allow_pickle=False).tolist()
 
 
 def eventually(condition, seconds: float) -> bool:
