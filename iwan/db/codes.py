@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 
 from iwan.config import HASH_BITS
 from iwan.db import binary
+from iwan.db.collections import MEMBER_PAGE
 
 if TYPE_CHECKING:
     import psycopg
@@ -96,7 +97,7 @@ def load_codes(engine: Engine, model: str, image_ids: np.ndarray) -> tuple[np.nd
         row = driver.execute(f"SELECT {_PAGE_COLUMNS.format(id='h.image_id')} FROM hash_codes h "
                              "WHERE h.model = %(m)s AND h.image_id = ANY(%(ids)s)",
                              {"m": model, "ids": image_ids.tolist()}).fetchone()
-    found = _chunk(row, dim) if row is not None and row[0] is not None else None
+    found = _chunk(binary.parse_array(row[0], "int8"), row, dim) if row is not None and row[0] is not None else None
     held = found.ids if found is not None else np.zeros(0, dtype=np.int64)
     at = np.minimum(np.searchsorted(held, image_ids), max(len(held) - 1, 0))
     missing = np.flatnonzero(held[at] != image_ids) if len(held) else np.arange(len(image_ids))
@@ -136,9 +137,7 @@ def iter_member_codes(conn: sa.Connection, model: str, collection_id: int,
     at a time (read as iwan.db.predictions reads). An image without a code is an error naming it."""
     dim = embedding_dim(conn, model)
     query = (
-        "WITH page AS MATERIALIZED (SELECT image_id FROM collection_images WHERE collection_id = %(c)s "
-        "AND image_id > %(after)s ORDER BY image_id LIMIT %(rows)s) "
-        f"SELECT {_PAGE_COLUMNS.format(id='page.image_id')}, "
+        f"{MEMBER_PAGE}SELECT {_PAGE_COLUMNS.format(id='page.image_id')}, "
         "array_send(array_agg(page.image_id) FILTER (WHERE h.image_id IS NULL)) FROM page "
         "LEFT JOIN hash_codes h ON h.model = %(m)s AND h.image_id = page.image_id AND h.image_id > %(after)s "
         "AND h.image_id <= (SELECT max(image_id) FROM page)"
@@ -150,12 +149,11 @@ def iter_member_codes(conn: sa.Connection, model: str, collection_id: int,
                 f"{len(missing):,} images of the collection have no hash codes of model {model!r} (first image id "
                 f"{int(missing.min())}): run `iwan hash encode` for their split with that model"
             )
-        yield _chunk(row, dim)
+        yield _chunk(row[0], row, dim)
 
 
-def _chunk(row: tuple, dim: int) -> CodeChunk:
-    """A page's (ids, codes, embeddings) arrays, ids first (already parsed, or bytes)."""
-    ids = row[0] if isinstance(row[0], np.ndarray) else binary.parse_array(row[0], "int8")
+def _chunk(ids: np.ndarray, row: tuple, dim: int) -> CodeChunk:
+    """A page's arrays: its parsed ids, and the codes and embeddings of `row` (_PAGE_COLUMNS)."""
     return CodeChunk(ids.astype(np.int64), binary.parse_array(row[2], "vector", dim).astype(np.float32),
                      binary.bytes_to_bits(binary.parse_array(row[1], "bit", HASH_BITS), HASH_BITS))
 

@@ -231,6 +231,12 @@ def labels_of(conn: sa.Connection, image_ids: np.ndarray) -> list[str | None]:
     return [found.get(int(i)) for i in image_ids]
 
 
+MEMBER_PAGE = ("WITH page AS MATERIALIZED (SELECT image_id FROM collection_images WHERE collection_id = %(c)s "
+               "AND image_id > %(after)s ORDER BY image_id LIMIT %(rows)s) ")
+"""A page of a collection's members, ids ascending, for iwan.db.binary.iter_pages: the common
+table `page` of the ids above %(after)s, at most %(rows)s of them (collection %(c)s)."""
+
+
 def member_labels(conn: sa.Connection, collection_id: int, page_rows: int = 1 << 18) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(ids ascending, label codes, label names) of every image of a collection, as `labels_of`
     defines labels: code i is names[i], -1 none. Read a page at a time as binary arrays
@@ -242,11 +248,9 @@ def member_labels(conn: sa.Connection, collection_id: int, page_rows: int = 1 <<
     driver = cast("psycopg.Connection[Any]", conn.connection.driver_connection)
     distinct = f"SELECT DISTINCT {label.format(members='collection_images m')} WHERE m.collection_id = %(c)s"
     names = sorted(row[0] for row in driver.execute(distinct, {"c": collection_id}) if row[0] is not None)
-    page = ("(SELECT image_id FROM collection_images WHERE collection_id = %(c)s AND image_id > %(after)s "
-            "ORDER BY image_id LIMIT %(rows)s) m")
-    query = (f"SELECT array_send(array_agg(m.image_id ORDER BY m.image_id)), array_send(array_agg("
+    query = (f"{MEMBER_PAGE}SELECT array_send(array_agg(m.image_id ORDER BY m.image_id)), array_send(array_agg("
              f"CAST(coalesce(n.ord - 1, -1) AS integer) ORDER BY m.image_id)) FROM (SELECT m.image_id, "
-             f"{label.format(members=page)}) AS m(image_id, label) LEFT JOIN unnest(CAST(%(names)s AS text[])) "
+             f"{label.format(members='page m')}) AS m(image_id, label) LEFT JOIN unnest(CAST(%(names)s AS text[])) "
              "WITH ORDINALITY AS n(name, ord) ON n.name = m.label")
     pages = list(binary.iter_pages(conn, query, {"c": collection_id, "names": names}, page_rows))
     if not pages:

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 from iwan.config import STORED_PREDICTIONS
 from iwan.db import binary
 from iwan.db import images as image_store
+from iwan.db.collections import MEMBER_PAGE
 from iwan.vision.features import iter_chunks
 
 if TYPE_CHECKING:
@@ -249,9 +250,7 @@ def iter_member_predictions(conn: sa.Connection, model: str, top: int, collectio
     (iwan.db.binary.iter_pages): a collection of 10M images costs neither a Python object nor a
     message per image. An image without predictions comes with class index -1 in every rank."""
     query = (
-        "WITH page AS MATERIALIZED (SELECT image_id FROM collection_images WHERE collection_id = %(c)s "
-        "AND image_id > %(after)s ORDER BY image_id LIMIT %(rows)s) "
-        f"SELECT {_PAGE_COLUMNS.format(id='page.image_id')} FROM page LEFT JOIN predictions p ON p.model = %(m)s "
+        f"{MEMBER_PAGE}SELECT {_PAGE_COLUMNS.format(id='page.image_id')} FROM page LEFT JOIN predictions p ON p.model = %(m)s "
         # The range lets PostgreSQL read the page's rows of the primary key in order, not probe each.
         "AND p.image_id = page.image_id AND p.image_id > %(after)s AND p.image_id <= (SELECT max(image_id) FROM page)"
     )
