@@ -53,10 +53,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout
 
 from bench_hashing import CLUSTERS, DIM, clustered_embeddings
 
-from hashing.cells import DEFAULT_PATIENCE, CellCosineIndex
+from hashing.cells import DEFAULT_PATIENCE, CellCosineIndex, CellScan
 from hashing.codes import pack_bits
 from hashing.quantized import dequantize, quantize
-from hashing.search import ExhaustiveCosineIndex
 from iwan.config import HASH_BITS
 
 CLASSES = 100
@@ -70,6 +69,8 @@ MULTIHASH_FLIPS = (0, 1, 2)
 IVF_PROBES = (1, 4, 16, 64)
 HNSW_EFS = (16, 64, 128, 256, 512)
 TARGET_RECALLS = (0.3, 0.5, 0.7, 0.9, 0.95)
+SCAN_SINGLES = 30
+"""Single exhaustive scans timed (each scores a large share of the rows: milliseconds at 1M)."""
 BATCH_REPEATS = 3  # the median batch, so one burst of other processes' load weighs less
 
 
@@ -135,6 +136,11 @@ def bench_hashes(embeddings, codes, queries, truth, singles: int) -> dict:
     r["recall_at_100"] = recall(ids, truth)
     r["rows_scored_p50"] = float(np.median(visited))
     r["p50_ms"], r["p99_ms"] = r[f"k{RECALL_K}"]["p50_ms"], r[f"k{RECALL_K}"]["p99_ms"]
+    scan = CellScan(index)  # a collection's exhaustive method over the same rows
+    _, ids, visited = index.search_counting(queries, RECALL_K, patience=index.n_cells + 1)
+    times = single_times(lambda i: scan.search(queries[i : i + 1], RECALL_K), min(singles, SCAN_SINGLES))
+    r["exhaustive_scan"] = {"agreement_at_100": recall(ids, truth), "p50_ms": p(times, 50),
+                            "rows_scored_p50": float(np.median(visited))}
     r["curve"] = []
     for patience in PATIENCES:
         _, ids, visited = index.search_counting(queries, RECALL_K, patience=patience)
@@ -144,26 +150,44 @@ def bench_hashes(embeddings, codes, queries, truth, singles: int) -> dict:
     return r
 
 
-def exact_top(embeddings: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """The exhaustive float32 top 100 of each query (ExhaustiveCosineIndex, the exact reference)."""
-    exhaustive = ExhaustiveCosineIndex()
-    exhaustive.add(None, embeddings)
-    return exhaustive.search(queries, RECALL_K)[1]
+REFERENCE_ROWS = 1 << 18
+"""Rows the float32 reference scores per step: its temporaries stay small for any N."""
+
+
+def exact_top(embeddings: np.ndarray, queries: np.ndarray, rows_of=None) -> np.ndarray:
+    """The exhaustive float32 top 100 of each query by cosine, positions into `embeddings` (unit
+    rows), best first, ties to the lower position, as ExhaustiveCosineIndex ranks them (up to
+    BLAS's rounding), scored block by block rather than from a copy of the rows (4 GB at 10M).
+    `rows_of(start, stop)`: the unit float32 rows to score in place of `embeddings`' (another
+    form of them)."""
+    best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
+    best = np.zeros((len(queries), 0), dtype=np.int64)
+    for start in range(0, len(embeddings), REFERENCE_ROWS):
+        stop = min(start + REFERENCE_ROWS, len(embeddings))
+        sims = queries @ (embeddings[start:stop] if rows_of is None else rows_of(start, stop)).T
+        take = min(RECALL_K, sims.shape[1])
+        part = np.argpartition(-sims, take - 1, axis=1)[:, :take]
+        best_scores = np.concatenate([best_scores, np.take_along_axis(sims, part, axis=1)], axis=1)
+        best = np.concatenate([best, part + start], axis=1)
+        order = np.lexsort((best, -best_scores), axis=1)[:, :RECALL_K]
+        best_scores, best = np.take_along_axis(best_scores, order, axis=1), np.take_along_axis(best, order, axis=1)
+    return best
 
 
 def int8_agreement(embeddings: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict:
     """Top-100 agreement of exhaustive cosine over int8 embeddings with the float32 top 100."""
     rows, scales = quantize(embeddings)
-    per_row = ExhaustiveCosineIndex()
-    per_row.add(None, dequantize(rows, scales))
+    per_row = exact_top(embeddings, queries, lambda a, b: dequantize(rows[a:b], scales[a:b]))
     peak = float(np.abs(embeddings).max())
-    global_scale = ExhaustiveCosineIndex()
-    global_scale.add(None, np.rint(embeddings * (127 / peak)).astype(np.int8).astype(np.float32))
-    return {"per_row_scale": recall(per_row.search(queries, RECALL_K)[1], truth),
-            "global_scale": recall(global_scale.search(queries, RECALL_K)[1], truth)}
+
+    def global_scale(a, b):
+        whole = np.rint(embeddings[a:b] * (127 / peak)).astype(np.int8).astype(np.float32)
+        return whole / np.linalg.norm(whole, axis=1, keepdims=True)
+
+    return {"per_row_scale": recall(per_row, truth), "global_scale": recall(exact_top(embeddings, queries, global_scale), truth)}
 
 
-def faiss_curves(embeddings, codes, queries, query_codes, truth, singles: int) -> dict:
+def faiss_curves(embeddings, codes, queries, query_codes, truth, singles: int, with_hnsw: bool = True) -> dict:
     """Recall-time points of FAISS's binary indexes (shortlist + float32 re-rank) and HNSW."""
     import faiss  # the benchmark-only extra (pip install iwan[bench])
 
@@ -205,6 +229,8 @@ def faiss_curves(embeddings, codes, queries, query_codes, truth, singles: int) -
     ivf.add(base)
     out["faiss_binary_ivf"] = {"build_s": time.perf_counter() - started,
                                "curve": curve(ivf, IVF_PROBES, lambda n: setattr(ivf, "nprobe", n))}
+    if not with_hnsw:
+        return out
     started = time.perf_counter()
     hnsw = faiss.IndexHNSWFlat(DIM, 16, faiss.METRIC_INNER_PRODUCT)
     hnsw.hnsw.efConstruction = 40
@@ -231,7 +257,8 @@ def at_recall(curves: dict[str, list[dict]]) -> dict:
     }
 
 
-def bench(n: int, n_queries: int, singles: int, seed: int, with_faiss: bool, folder: Path, collection_only: bool) -> dict:
+def bench(n: int, n_queries: int, singles: int, seed: int, with_faiss: bool, folder: Path, collection_only: bool,
+          with_hnsw: bool = True) -> dict:
     rng = np.random.default_rng(seed)
     class_centres = rng.standard_normal((CLASSES, DIM), dtype=np.float32)
     class_embeddings, classes = clustered_embeddings(n, rng, class_centres)
@@ -256,7 +283,8 @@ def bench(n: int, n_queries: int, singles: int, seed: int, with_faiss: bool, fol
     r["int8_agreement"] = int8_agreement(embeddings, queries, truth)
     r["random"] = bench_hashes(embeddings, random_codes, queries, truth, singles)
     if with_faiss:
-        r["random"]["faiss"] = faiss_curves(embeddings, random_codes, queries, random_query_codes, truth, singles)
+        r["random"]["faiss"] = faiss_curves(embeddings, random_codes, queries, random_query_codes, truth, singles,
+                                            with_hnsw)
         curves = {"hashes": r["random"]["curve"]} | {name: v["curve"] for name, v in r["random"]["faiss"].items()}
         r["random"]["at_recall"] = at_recall(curves)
     return r
@@ -280,9 +308,10 @@ snapshot = live._read_snapshot(Path(sys.argv[1]), collection, mmap=mmap)
 seconds = time.perf_counter() - started
 assert snapshot is not None and snapshot.retrievers is not None, "the snapshot did not load"
 peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
-exhaustive = snapshot.retrievers["exhaustive"].index
+from hashing.cells import CellScan
+exhaustive = CellScan(snapshot.retrievers["hashes"].index)  # as a LiveCollection's exhaustive method reads it
 started = time.perf_counter()
-exhaustive.search(exhaustive.rows_of(exhaustive.ids[:1]), 10)  # reads every row
+exhaustive.search(exhaustive.embeddings_of(exhaustive.ids[:1]), 10)
 print(json.dumps({"open_s": seconds, "peak_rss_bytes": 1024 * peak, "first_exhaustive_s": time.perf_counter() - started}))
 """
 
@@ -330,7 +359,7 @@ def bench_collection(n: int, rng: np.random.Generator, embeddings: np.ndarray, c
 
     from iwan.collections.live import _write_snapshot
     from iwan.network.saved import class_words
-    from iwan.retrieval.exhaustive import ExhaustiveRetriever
+    from iwan.retrieval.exhaustive import CellScanRetriever
     from iwan.retrieval.hashes import HashesRetriever
     from iwan.retrieval.iwan import build_from_chunks
     from iwan.retrieval.registry import Corpus
@@ -344,26 +373,25 @@ def bench_collection(n: int, rng: np.random.Generator, embeddings: np.ndarray, c
     started = time.perf_counter()
     retrievers: dict = {"iwan": build_from_chunks(corpus, associations, class_word_ids, chunks, total=n)}
     iwan_build = time.perf_counter() - started
-    exhaustive = ExhaustiveCosineIndex()
-    exhaustive.add(members.ids, embeddings, codes)
-    retrievers["exhaustive"] = ExhaustiveRetriever(exhaustive)
     cells = CellCosineIndex()
     cells.add(members.ids, embeddings, codes)
     retrievers["hashes"] = HashesRetriever(cells)
+    exhaustive = CellScanRetriever(cells)  # a view: nothing of its own, no snapshot folder
     table: list[str] = []
     held = members.held(table, {})
-    indexes = {m: int(r.index.nbytes) for m, r in retrievers.items()}
-    # Before issue 18's item 3 the exhaustive index held unit rows (no norms), IWAN's rows int32
-    # word ids and its runs a float64 cost per edge, and nothing was shared.
+    indexes = {m: int(r.index.nbytes) for m, r in retrievers.items()} | {"exhaustive": exhaustive.index.nbytes}
+    # Before issue 18's item 3 the exhaustive index held unit float32 rows (no norms) with its
+    # ids and codes, IWAN's rows int32 word ids and its runs a float64 cost per edge, and nothing
+    # was shared; from item 3 until the scan, the exhaustive index held the rows with their norms.
     edges = retrievers["iwan"].index._edges
     iwan_before = indexes["iwan"] + 8 * (len(edges.main[1]) + len(edges.delta[1])) + \
         edges.row_words.size * (4 - edges.row_words.itemsize)
-    before = {"members": members_bytes(members), **indexes, "iwan": iwan_before, "exhaustive": indexes["exhaustive"] - 4 * n}
+    float32_rows = embeddings.nbytes + members.ids.nbytes + codes.nbytes
+    before = {"members": members_bytes(members), **indexes, "iwan": iwan_before, "exhaustive": float32_rows}
     retrievers["iwan"].index.share_ids(held.ids)  # as a LiveCollection shares them
     cells.share(held.ids)
-    exhaustive.share(held.ids, cells.codes)
     after = {"members": held.nbytes + sum(sys.getsizeof(x) for x in table), **indexes,
-             "shared": -(3 * held.ids.nbytes + cells.codes.nbytes)}
+             "shared": -2 * held.ids.nbytes}
     # The IWAN queries of a stored image are its classes' words: check they are the same both ways.
     assert np.array_equal(class_words(class_word_ids, held.class_indices), class_words(class_word_ids, members.class_indices))
     path = folder / "bench.snapshot"
@@ -435,6 +463,8 @@ def main() -> None:
     parser.add_argument("--singles", type=int, default=100, help="single queries timed per point")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-faiss", action="store_true", help="skip the FAISS and HNSW curves")
+    parser.add_argument("--no-hnsw", action="store_true",
+                        help="skip HNSW only (its build is most of a 10M run: about 20 minutes on 2 cores)")
     parser.add_argument("--collection-only", action="store_true",
                         help="only the whole collection's bytes and snapshot times (the size that fits in memory)")
     parser.add_argument("--snapshot-dir", type=Path, help="where the collection's snapshot is written (default: a "
@@ -443,7 +473,7 @@ def main() -> None:
     sizes = [int(s.replace("_", "")) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(dir=args.snapshot_dir) as folder:
         results = {str(n): rounded(bench(n, args.queries, min(args.singles, args.queries), args.seed, not args.no_faiss,
-                                         Path(folder), args.collection_only)) for n in sizes}
+                                         Path(folder), args.collection_only, not args.no_hnsw)) for n in sizes}
     print_table(results)
     print(json.dumps({"sizes": results, "load_average": [round(x, 2) for x in os.getloadavg()]}))
 

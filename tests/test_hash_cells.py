@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_hash_search import cosines64, prototype_corpus, unpadded
 
-from hashing.cells import CellCosineIndex
+from hashing.cells import CellCosineIndex, CellScan
 from hashing.quantized import dequantize, quantize
 from hashing.search import ExhaustiveCosineIndex
 
@@ -61,6 +61,28 @@ def test_visiting_every_cell_gives_the_exhaustive_answer_with_ties(seed):
         np.testing.assert_allclose(scores[i, : len(row)], cos[i, np.searchsorted(ids, row)], atol=1e-5)
         assert np.isneginf(scores[i, len(row):]).all() and (found[i, len(row):] == -1).all()
     np.testing.assert_array_equal(index.codes_of(ids[::3]), codes[::3])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_scan_of_an_index_at_its_default_patience_is_exhaustive(seed):
+    # The index's own searches stop early (patience 1: one quiet cell); the scan over the same
+    # arrays visits until the bound says no unvisited row can enter, whatever its patience.
+    rng = np.random.default_rng(seed)
+    embeddings, codes = clustered(rng, 3000, dim=16, clusters=30, noise=0.8)
+    ids = np.sort(rng.choice(10_000, size=3000, replace=False))
+    index = CellCosineIndex(cell_rows=32, patience=1)
+    index.add(ids, embeddings, codes)
+    scan = CellScan(index)
+    assert (scan.ntotal, scan.nbytes) == (3000, 0) and scan.ids is index.ids
+    queries, _ = clustered(np.random.default_rng(seed + 100), 8, dim=16, clusters=30, noise=0.8)
+    exclude = np.stack([ids[rng.integers(0, 3000, 8)], np.full(8, -1)], axis=1)
+    among = ids[rng.random(3000) < 0.5]
+    for kwargs in ({}, {"exclude": exclude}, {"among": among}):
+        _, found = scan.search(queries, 50, **kwargs)
+        leave = None if "exclude" not in kwargs else exclude[:, 0]
+        assert unpadded(found) == brute_force(index, ids, queries, 50, among=kwargs.get("among"), exclude=leave)
+    early = index.search(queries, 50)[1]
+    assert unpadded(early) != unpadded(scan.search(queries, 50)[1]), "patience 1 must stop short somewhere"
 
 
 def test_the_bound_stops_early_and_stays_exact_on_tight_cells():

@@ -12,11 +12,11 @@ from iwan.collections.live import LiveCollection, snapshot_path
 from iwan.network.index import Query
 from iwan.network.reference import networkx_search
 from iwan.network.saved import class_words
+from hashing.quantized import dequantize, quantize
 from iwan.retrieval import Batch, Corpus, get_retriever
+from iwan.retrieval.exhaustive import CellScanRetriever
 from iwan.retrieval.stored import StoreData
 from iwan.vision.decode import DecodePolicy, decode_image
-
-BASE_METHODS = ("iwan", "exhaustive", "hashes")
 
 
 @pytest.fixture
@@ -28,8 +28,11 @@ def live(engine, tmp_path, monkeypatch):
 
 
 def fresh_build(engine, live: LiveCollection) -> dict:
+    """Each held method built afresh from the store; `exhaustive` as a collection holds it, every
+    int8 row of the fresh `hashes` index scored."""
     corpus = Corpus(image_ids=live.image_ids, predictor=PREDICTOR, hash_model=HASH_MODEL)
-    return {m: get_retriever(m, corpus, StoreData(engine, corpus)) for m in BASE_METHODS}
+    built = {m: get_retriever(m, corpus, StoreData(engine, corpus)) for m in ("iwan", "hashes")}
+    return built | {"exhaustive": CellScanRetriever(built["hashes"].index)}
 
 
 def assert_same_answers(live: LiveCollection, reference: dict, queries: Batch, k: int) -> None:
@@ -65,11 +68,13 @@ def test_random_additions_and_removals_answer_as_a_fresh_build(engine, live, mon
 
     assert len(np.unique(live.stored_queries(live.image_ids).codes)) > 1, "the hash answers must not be trivial"
 
-    # A stored query is what the database holds for the image, bit for bit, though the collection
-    # keeps no embeddings or codes of its own (the indexes' are read back).
+    # A stored query is what the database holds for the image, its embedding as the hashes index's
+    # int8 row stands for it, though the collection keeps no embeddings or codes of its own.
     whole, rows = live.stored_queries(live.image_ids), live_module._load_members(engine, live.collection, live.image_ids)
     assert live._members.embeddings is None and live._members.codes is None
-    np.testing.assert_array_equal(whole.embeddings, rows.embeddings)
+    unit = rows.embeddings / np.linalg.norm(rows.embeddings, axis=1, keepdims=True)
+    np.testing.assert_array_equal(whole.embeddings, dequantize(*quantize(unit)))
+    assert np.einsum("nd,nd->n", whole.embeddings, unit).min() > 0.9999
     np.testing.assert_array_equal(whole.codes, rows.codes)
     np.testing.assert_array_equal(whole.weights, rows.probabilities.astype(np.float64))
     np.testing.assert_array_equal(whole.word_ids, class_words(live.class_word_ids, rows.class_indices))
@@ -92,12 +97,13 @@ def test_random_additions_and_removals_answer_as_a_fresh_build(engine, live, mon
     # Closing saves a snapshot with the last change; opening it answers the same, with no rebuild.
     live.close()
     saved = snapshot_path("live", live.settings)
-    assert all((saved / method / "meta.json").is_file() for method in ("iwan", "exhaustive", "hashes"))
+    assert all((saved / method / "meta.json").is_file() for method in ("iwan", "hashes"))
+    assert not (saved / "exhaustive").exists(), "exhaustive reads the hashes index: nothing of its own saved"
     built: list[str] = []
     real_get = live_module.get_retriever
     monkeypatch.setattr(live_module, "get_retriever", lambda method, *a, **k: built.append(method) or real_get(method, *a, **k))
     again = LiveCollection.open(engine, "live", follow=False, encoder=live.encoder)
-    assert built == ["fused"], "the held methods come from the snapshot, built"
+    assert built == ["fused"], "the held methods come from the snapshot, built; exhaustive is a view"
     monkeypatch.undo()
     assert again.seq == live.seq and np.array_equal(again.image_ids, live.image_ids)
     assert again.labels(again.image_ids) == live.labels(live.image_ids) == ["pet"] * live.size

@@ -44,15 +44,19 @@ from iwan.vision.decode import DecodePolicy, MemoryBudget
 from iwan.vision.encoder import Encoder
 
 if TYPE_CHECKING:
-    from iwan.retrieval.exhaustive import ExhaustiveRetriever
     from iwan.retrieval.hashes import HashesRetriever
     from iwan.retrieval.iwan import IwanRetriever
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_FORMAT = "iwan-collection-snapshot/3"
-"""Format 3: a folder of .npy files with every held method's built index (2: one .npz of the
-members' arrays, rebuilt on open; an older snapshot is simply rebuilt from the database)."""
+SNAPSHOT_FORMAT = "iwan-collection-snapshot/4"
+"""Format 4: a folder of .npy files with the built index of every method that holds one (3 held
+the exhaustive method's float32 rows too; 2: one .npz of the members' arrays, rebuilt on open; an
+older snapshot is simply rebuilt from the database)."""
+VIEWS = ("exhaustive", "fused")
+"""Methods that read the indexes of the others and hold nothing of their own: `exhaustive` scores
+every int8 row of the `hashes` index (iwan.retrieval.exhaustive.CellScanRetriever), `fused` fuses
+FUSED_MEMBERS. They take no changes and a snapshot saves nothing of them."""
 SNAPSHOT_EVERY = 5000
 """Images added or removed since the last snapshot after which a catch-up saves a new one, so that
 a restart replays little of the log."""
@@ -102,8 +106,8 @@ class _Members:
     As loaded from the database (and for queries) every field is what the store gives. As the
     collection holds them (`held`), only what no retriever keeps: ids, class indices (int16),
     probabilities (float32) and labels as int32 codes into the collection's table of distinct
-    labels. A stored query reads its embedding from the `exhaustive` index (which keeps the rows
-    as given, bit for bit) and its code from the `hashes` index."""
+    labels. A stored query reads its embedding and code from the `hashes` index: the unit vector
+    its int8 row stands for (hashing.quantized), which is what every held row's score is of."""
 
     ids: np.ndarray
     class_indices: np.ndarray
@@ -307,26 +311,26 @@ class LiveCollection:
             top_iwk=collection.top_iwk, top_wwk=collection.top_wwk, strength=collection.strength, source=collection.source,
         )
         data = _HeldData(self)
+        built: dict[str, Retriever] = {}
         for method in self.methods:
-            if method == "fused":
-                # Fusion over the collection's own member retrievers, shared, not copies.
-                shared = [self.retrievers[m] for m in FUSED_MEMBERS]
-                self.retrievers[method] = get_retriever(method, corpus, data, members=shared)
-            elif retrievers is not None:
-                self.retrievers[method] = retrievers[method]
-            else:
-                self.retrievers[method] = get_retriever(method, corpus, data)
+            if method not in VIEWS:
+                built[method] = retrievers[method] if retrievers is not None else get_retriever(method, corpus, data)
+        if self.hash_model:
+            from iwan.retrieval.exhaustive import CellScanRetriever
+
+            # The views read the collection's own retrievers' indexes, shared, not copies.
+            built["exhaustive"] = CellScanRetriever(cast("HashesRetriever", built["hashes"]).index)
+            built["fused"] = get_retriever("fused", corpus, data, members=[built[m] for m in FUSED_MEMBERS])
+        self.retrievers = {method: built[method] for method in self.methods}
         self._members = members.held(self._label_table, self._label_positions)
         self._share_arrays()
 
     def _share_arrays(self) -> None:
-        """One copy of the ids (and codes) the members and the held indexes all hold, equal."""
+        """One copy of the ids the members and the held indexes all hold, equal."""
         ids = self._members.ids
         cast("IwanRetriever", self.retrievers["iwan"]).index.share_ids(ids)
         if self.hash_model:
-            hashes = cast("HashesRetriever", self.retrievers["hashes"]).index
-            hashes.share(ids)
-            cast("ExhaustiveRetriever", self.retrievers["exhaustive"]).index.share(ids, hashes.codes)
+            cast("HashesRetriever", self.retrievers["hashes"]).index.share(ids)
 
     # --- opening and closing -----------------------------------------------------------------------
 
@@ -519,16 +523,16 @@ class LiveCollection:
         return self.retrievers[method]
 
     def _held(self) -> list[Retriever]:
-        """The retrievers that hold images themselves (fusion holds none of its own)."""
-        return [r for m, r in self.retrievers.items() if m != "fused"]
+        """The retrievers that hold images themselves (not the VIEWS)."""
+        return [r for m, r in self.retrievers.items() if m not in VIEWS]
 
     def _batch(self, members: _Members, with_ids: bool = False) -> Batch:
         from iwan.network.saved import class_words
 
         embeddings, codes = members.embeddings, members.codes
         if embeddings is None and members.label_codes is not None and self.hash_model:  # held: the indexes keep them
-            embeddings = cast("ExhaustiveRetriever", self.retrievers["exhaustive"]).index.rows_of(members.ids)
-            codes = cast("HashesRetriever", self.retrievers["hashes"]).index.codes_of(members.ids)
+            hashes = cast("HashesRetriever", self.retrievers["hashes"]).index
+            embeddings, codes = hashes.embeddings_of(members.ids), hashes.codes_of(members.ids)
         return Batch(
             word_ids=class_words(self.class_word_ids, members.class_indices),
             weights=members.probabilities.astype(np.float64),
@@ -617,7 +621,7 @@ class LiveCollection:
             # The arrays captured here are never rewritten by later changes (to_arrays copies
             # what would be), so they are written without holding up searches and changes.
             members, seq, table = self._members, self.seq, list(self._label_table)
-            built = {m: cast(SavedRetriever, r).to_arrays() for m, r in self.retrievers.items() if m != "fused"}
+            built = {m: cast(SavedRetriever, r).to_arrays() for m, r in self.retrievers.items() if m not in VIEWS}
         path = _write_snapshot(snapshot_path(self.name, self.settings), self.collection, members, self.words,
                                self.class_word_ids, seq, label_table=table, built=built)
         _legacy_snapshot_path(self.name, self.settings).unlink(missing_ok=True)
@@ -626,7 +630,7 @@ class LiveCollection:
 
     def nbytes(self) -> dict[str, int]:
         """Bytes held in memory per part: "members" (with the label table) and each method's index
-        (an ids or codes array the indexes share with the members counts in each part)."""
+        (an ids array the indexes share with the members counts in each part; a view's 0)."""
         with self._lock:
             parts = {"members": self._members.nbytes + sum(len(x.encode()) + 49 for x in self._label_table)}
             for method, retriever in self.retrievers.items():
@@ -713,7 +717,7 @@ def _checked_snapshot(path: Path, collection: store.Collection, arrays: dict[str
     codes = arrays["label_codes"]
     if n and (codes.min() < -1 or codes.max() >= len(labels)):
         raise ValueError("label codes point outside the label table")
-    methods = tuple(m for m in methods_of(collection.hash_model) if m != "fused")
+    methods = tuple(m for m in methods_of(collection.hash_model) if m not in VIEWS)
     saved = meta.get("methods")
     retrievers: dict[str, Retriever] | None = None
     if saved:
@@ -732,11 +736,10 @@ def _checked_snapshot(path: Path, collection: store.Collection, arrays: dict[str
 
 
 def _retriever_types():
-    from iwan.retrieval.exhaustive import ExhaustiveRetriever
     from iwan.retrieval.hashes import HashesRetriever
     from iwan.retrieval.iwan import IwanRetriever
 
-    return {"iwan": IwanRetriever, "exhaustive": ExhaustiveRetriever, "hashes": HashesRetriever}
+    return {"iwan": IwanRetriever, "hashes": HashesRetriever}
 
 
 # --- the catalogue -----------------------------------------------------------------------------------

@@ -2,7 +2,14 @@
 
 Built from the corpus images' embeddings (a hash model's); wraps
 `hashing.search.ExhaustiveCosineIndex`, which holds rows by database id (and their codes, when
-given, to explain a hit by its Hamming distance too).
+given, to explain a hit by its Hamming distance too): float32, exact, 400 bytes per image at 100
+dimensions. That is what `iwan evaluate` measures the other methods against.
+
+A live collection holds the `hashes` index anyway, and its int8 rows stand for the same
+embeddings: there `exhaustive` is `CellScanRetriever`, every one of those rows scored
+(hashing.cells.CellScan), holding nothing of its own (issue 18: 200 bytes per image for all the
+methods together). Its scores are the int8 rows' cosines, as `hashes` gives them; its top 100
+agrees with the float32 one at 0.99 (benchmarks/bench_scale.py).
 """
 
 from __future__ import annotations
@@ -12,8 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
+from hashing.cells import CellCosineIndex, CellScan
 from hashing.search import ExhaustiveCosineIndex, check_k
-from iwan.retrieval.hashes import code_reasons, filters, rocchio_query, rocchio_search, with_examples
+from iwan.retrieval.hashes import (
+    code_reasons,
+    explain_rocchio,
+    filters,
+    rocchio_query,
+    rocchio_search,
+    search_rocchio,
+    with_examples,
+)
 from iwan.retrieval.protocol import Batch, CorpusData, Examples, Explained
 from iwan.retrieval.registry import Corpus, register_retriever, require_hash_model
 
@@ -74,6 +90,47 @@ class ExhaustiveRetriever:
             return self.index.search(embeddings, k, exclude=one, among=among)
 
         return rocchio_search(queries, check_k(k), exclude, self.name, self.index.ids, search, with_code=False)
+
+
+class CellScanRetriever:
+    """`exhaustive` over the int8 rows of a `hashes` index it shares (the module doc). It takes no
+    changes itself (`add` and `remove` do nothing): the index it reads takes them from its own
+    retriever, and a snapshot saves nothing of it."""
+
+    name = "exhaustive"
+    reads: tuple[str, ...] = ("embeddings",)
+
+    def __init__(self, cells: CellCosineIndex):
+        self.index = CellScan(cells)
+
+    @property
+    def ntotal(self) -> int:
+        return self.index.ntotal
+
+    def add(self, image_ids: np.ndarray, images: Batch) -> None:
+        """Nothing: the shared index takes the images from its own retriever."""
+
+    def remove(self, image_ids: np.ndarray) -> None:
+        """Nothing: the shared index lets them go through its own retriever."""
+
+    def search(self, queries: Batch, k: int, *, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        (embeddings,) = queries.need("embeddings", method=self.name)
+        return self.index.search(embeddings, check_k(k), exclude=exclude)
+
+    def explain(self, queries: Batch, k: int, *, exclude: np.ndarray | None = None) -> Explained:
+        """Each hit's cosine (the score) and, where the query has a code, its Hamming distance."""
+        scores, ids = self.search(queries, k, exclude=exclude)
+        return Explained(scores, ids, code_reasons(scores, ids, queries.codes, self.index.codes_of))
+
+    def explain_examples(self, examples: Examples, k: int, *, among: np.ndarray | None = None,
+                         exclude: np.ndarray | None = None) -> Explained:
+        """The cosine of every image to the Rocchio query (iwan.retrieval.hashes's module doc)."""
+        return explain_rocchio(self.index, self.name, examples, k, among, exclude)
+
+    def search_examples(self, queries: Sequence[Examples], k: int, *,
+                        exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`explain_examples`'s scores and ids for many queries at once, without the reasons."""
+        return search_rocchio(self.index, self.name, queries, k, exclude)
 
 
 @register_retriever("exhaustive")

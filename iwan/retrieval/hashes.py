@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
+from typing import Protocol, cast
 
 import numpy as np
 
@@ -70,22 +70,47 @@ class HashesRetriever:
     def explain_examples(self, examples: Examples, k: int, *, among: np.ndarray | None = None,
                          exclude: np.ndarray | None = None) -> Explained:
         """The Rocchio query's nearest by cosine (the module doc)."""
-        query = rocchio_query(examples, self.name, with_code=True)
-        (embeddings,) = query.need("embeddings", method=self.name)
-        # The index leaves out several ids per query itself: no mask over every id held.
-        leave = None if exclude is None or not len(exclude) else np.asarray(exclude, dtype=np.int64)[None, :]
-        scores, ids = self.index.search(embeddings, check_k(k), exclude=leave, among=among)
-        reasons = code_reasons(scores, ids, query.codes, self.index.codes_of)
-        return Explained(scores, ids, with_examples(reasons, ids, examples.positive, self.index.embeddings_of))
+        return explain_rocchio(self.index, self.name, examples, k, among, exclude)
 
     def search_examples(self, queries: Sequence[Examples], k: int, *,
                         exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """`explain_examples`'s scores and ids for many queries at once, without the reasons."""
-        def search(embeddings, codes, leave, among):  # the codes only explain hits: none here
-            return self.index.search(embeddings, k, exclude=leave, among=among)
+        return search_rocchio(self.index, self.name, queries, k, exclude)
 
-        return rocchio_search(queries, check_k(k), exclude, self.name, self.index.ids, search, with_code=False,
-                              several=True)
+
+class CellSearch(Protocol):
+    """What the Rocchio searches read of a cell index (hashing.cells: CellCosineIndex, CellScan)."""
+
+    @property
+    def ids(self) -> np.ndarray: ...
+
+    def search(self, query_embeddings: np.ndarray, k: int, *, exclude: np.ndarray | None = None,
+               among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def codes_of(self, ids: np.ndarray) -> np.ndarray: ...
+
+    def embeddings_of(self, ids: np.ndarray) -> np.ndarray: ...
+
+
+def explain_rocchio(index: CellSearch, method: str, examples: Examples, k: int, among: np.ndarray | None,
+                    exclude: np.ndarray | None) -> Explained:
+    """One query of several examples over a cell index, as `explain_examples` answers it."""
+    query = rocchio_query(examples, method, with_code=examples.positive.codes is not None)
+    (embeddings,) = query.need("embeddings", method=method)
+    # The cells leave out several ids per query themselves: no mask over every id held.
+    leave = None if exclude is None or not len(exclude) else np.asarray(exclude, dtype=np.int64)[None, :]
+    scores, ids = index.search(embeddings, check_k(k), exclude=leave, among=among)
+    reasons = code_reasons(scores, ids, query.codes, index.codes_of)
+    return Explained(scores, ids, with_examples(reasons, ids, examples.positive, index.embeddings_of))
+
+
+def search_rocchio(index: CellSearch, method: str, queries: Sequence[Examples], k: int,
+                   exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Many queries of several examples over a cell index at once, as `search_examples` ranks them."""
+    def search(embeddings, codes, leave, among):  # the codes only explain hits: none here
+        return index.search(embeddings, k, exclude=leave, among=among)
+
+    return rocchio_search(queries, check_k(k), exclude, method, index.ids, search, with_code=False, several=True)
 
 
 def rocchio_query(examples: Examples, method: str, *, with_code: bool) -> Batch:
