@@ -38,7 +38,8 @@ def read_arrays(folder: Path, expected: Mapping[str, tuple[str, int]], *, option
                 mmap: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """(arrays, meta) of a folder `write_arrays` wrote; `expected`: name -> (dtype kind or dtype
     name, ndim), e.g. ("int64", 1), ("U", 1) for text. ValueError naming the folder and what is
-    wrong for anything missing, unreadable or of another type; `optional` names may be absent.
+    wrong for anything missing, unreadable or of another type ("int8|float32": either); `optional`
+    names may be absent.
     `mmap`: the arrays are read-only maps of the files (np.load's mmap_mode "r"), read from disk
     as they are used instead of all at once: for holders that never write into them."""
     def damaged(why: str) -> ValueError:
@@ -62,7 +63,7 @@ def read_arrays(folder: Path, expected: Mapping[str, tuple[str, int]], *, option
         # Untrusted bytes: whatever numpy raises on them is "unreadable", never a crash.
         except Exception as error:  # noqa: BLE001
             raise damaged(f"{name}.npy is missing or unreadable ({type(error).__name__}: {error})") from None
-        fits = array.dtype.kind == dtype if len(dtype) == 1 else array.dtype == np.dtype(dtype)
+        fits = any(array.dtype.kind == one if len(one) == 1 else array.dtype == np.dtype(one) for one in dtype.split("|"))
         if not fits or array.ndim != ndim:
             raise damaged(f"{name}.npy holds {array.dtype} of {array.ndim} dimensions, not {dtype} of {ndim}")
         arrays[name] = array

@@ -1,4 +1,5 @@
-"""Unit embeddings held as int8: about 1 byte per dimension instead of 4.
+"""Unit embeddings held as int8: about 1 byte per dimension instead of 4 (float32 rows up to
+FLOAT_ROWS_UP_TO dimensions, where int8 saves little and costs much).
 
 Each row is scaled on its own so that its largest component is +-127 and rounded; its float32
 `scales` entry is 1 / |row| of the rounded row, so `row * scale` is a unit vector and a cosine
@@ -13,13 +14,28 @@ from __future__ import annotations
 import numpy as np
 
 LEVELS = 127
+FLOAT_ROWS_UP_TO = 16
+"""Rows of at most this many dimensions stay float32: 64 bytes at most, what an int8 row of 60
+dimensions with its scale costs. Few dimensions is where int8 costs most: the real CIFAR-10
+embeddings (10 dimensions, a class's 5,000 images within a few millionths of one another's
+cosine near the 100th place) kept 0.84 of their float32 top 100 in int8, against 0.99 for
+100-dimensional ones (benchmarks/bench_scale.py)."""
 ROWS_PER_STEP = 1 << 16
 """Rows converted per step, so a conversion's float32 temporaries stay small for any n."""
 
 
+def row_dtype(dim: int) -> np.dtype:
+    """What rows of `dim` dimensions are held as: int8, or float32 up to FLOAT_ROWS_UP_TO."""
+    return np.dtype(np.float32 if dim <= FLOAT_ROWS_UP_TO else np.int8)
+
+
 def quantize(unit_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(n, d) int8 rows and (n,) float32 scales of (n, d) finite, non-zero rows."""
+    """(n, d) rows of row_dtype(d) and (n,) float32 scales of (n, d) finite, non-zero rows
+    (float32 rows are the rows as given, their scales 1 / their norm)."""
     n, d = unit_rows.shape
+    if row_dtype(d) == np.float32:
+        rows = np.ascontiguousarray(unit_rows, dtype=np.float32)
+        return rows, (1.0 / np.sqrt(np.einsum("nd,nd->n", rows, rows))).astype(np.float32)
     rows = np.empty((n, d), dtype=np.int8)
     scales = np.empty(n, dtype=np.float32)
     for start in range(0, n, ROWS_PER_STEP):

@@ -212,7 +212,7 @@ def test_growth_rebuilds_the_cells_and_empty_searches_pad():
     for start in range(20, 400, 20):
         index.add(None, embeddings[start : start + 20], codes[start : start + 20])
     assert index.n_cells > 8
-    assert index.nbytes < 400 * (4 + 4 + 8 + 8 + 4 + 4) + index.n_cells * 64
+    assert index.nbytes < 400 * (4 * 4 + 4 + 8 + 8 + 4 + 4) + index.n_cells * 64  # 4 dimensions: float32 rows
     index.remove(index.ids)  # emptied, it starts again: even embeddings of another dimension
     index.add(np.array([3, 1]), np.eye(6)[:2], codes[:2])
     assert index.n_cells == 1 and index.search(np.eye(6)[1:2], 3)[1].tolist() == [[1, 3, -1]]
@@ -266,7 +266,34 @@ def test_a_saved_index_loads_without_a_build_and_answers_the_same(tmp_path, monk
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("damage", ["rank", "cell_start", "vectors", "format"])
+def test_few_dimensions_stay_float32_and_keep_a_tight_top_100():
+    # Ten classes of 10-dimensional rows within a hair of their centre (the shape of the real
+    # CIFAR-10 embeddings): the top 100 is decided by differences far below an int8 step.
+    rng = np.random.default_rng(30)
+    centres = rng.normal(size=(10, 10))
+    labels = rng.integers(0, 10, 20_000)
+    rows = centres[labels] + 0.01 * rng.normal(size=(20_000, 10))
+    rows = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    codes = rng.integers(0, 2**48, 10, dtype=np.uint64)[labels]
+    queries = rows[:40] + np.float32(0.001) * rng.normal(size=(40, 10)).astype(np.float32)
+    index = CellCosineIndex()
+    index.add(None, rows, codes)
+    assert index.nbytes < 20_000 * 70
+    exact = ExhaustiveCosineIndex()
+    exact.add(None, rows)
+    truth = exact.search(queries, 100)[1]
+
+    def agreement(found):
+        return np.mean([len(np.intersect1d(f, t)) / 100 for f, t in zip(found, truth)])
+
+    assert agreement(CellScan(index).search(queries, 100)[1]) >= 0.99
+    as_int8 = ExhaustiveCosineIndex()  # what the int8 rows of 100 dimensions would have kept
+    as_int8.add(None, np.rint(rows * (127 / np.abs(rows).max(axis=1, keepdims=True))).astype(np.float32))
+    assert agreement(as_int8.search(queries, 100)[1]) < 0.95
+    assert quantize(rows)[0].dtype == np.float32 and quantize(np.ones((1, 17), np.float32))[0].dtype == np.int8
+
+
+@pytest.mark.parametrize("damage", ["rank", "cell_start", "vectors", "format", "row_dtype"])
 def test_a_damaged_saved_index_is_refused(tmp_path, damage):
     rows, codes = clustered(np.random.default_rng(22), 500)
     index = CellCosineIndex(cell_rows=64)
@@ -276,6 +303,8 @@ def test_a_damaged_saved_index_is_refused(tmp_path, damage):
         (path / "meta.json").write_text('{"format": "something/9"}')
     elif damage == "vectors":
         (path / "vectors.npy").write_bytes((path / "vectors.npy").read_bytes()[:-10])  # truncated
+    elif damage == "row_dtype":  # 32 dimensions are held as int8: float32 rows are not this index's
+        np.save(path / "vectors.npy", np.load(path / "vectors.npy").astype(np.float32))
     else:
         array = np.load(path / f"{damage}.npy")
         np.save(path / f"{damage}.npy", array[::-1].copy() if damage == "rank" else array[:-1].copy())

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from livedata import HASH_MODEL, PREDICTOR, png, tiny_collection, tiny_encoder
 
+from hashing.quantized import dequantize, quantize
 from iwan.collections import live as live_module
 from iwan.collections.live import LiveCollection, snapshot_path
 from iwan.network.index import Query
 from iwan.network.reference import networkx_search
 from iwan.network.saved import class_words
-from hashing.quantized import dequantize, quantize
 from iwan.retrieval import Batch, Corpus, get_retriever
 from iwan.retrieval.exhaustive import CellScanRetriever
 from iwan.retrieval.stored import StoreData
