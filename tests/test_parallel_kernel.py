@@ -1,5 +1,5 @@
-"""The parallel distance kernel (iwan.network.kernels.parallel_candidates, through
-IwanIndex.parallel_distances) against the numpy implementation it replaced, kept here as the
+"""The parallel distance kernel (iwan.network.kernels.parallel_best, through
+IwanIndex.parallel_nearest) against the numpy implementation it replaced, kept here as the
 reference: ids, distances and paths bit for bit, on random indexes with additions (delta runs),
 removals (tombstones), duplicate words in a row, padding, exclude and among."""
 
@@ -123,4 +123,4 @@ def test_rows_of_more_than_eight_paths_sum_as_numpy_does():
 def test_parallel_distances_checks_its_start_costs():
     index, _ = random_index(np.random.default_rng(0), 3)
     with pytest.raises(ValueError, match="start_cost must have shape"):
-        index.parallel_distances(np.zeros(3))
+        index.parallel_nearest(np.zeros(3), 1)

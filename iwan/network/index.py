@@ -46,7 +46,7 @@ from hashing.arrays import read_arrays, save_folder
 from hashing.search import check_k
 from iwan.network.edges import ImageEdges
 from iwan.network.graph import IwanGraph, describe_node, image_edges
-from iwan.network.kernels import nearest, parallel_candidates
+from iwan.network.kernels import nearest, parallel_best
 from iwan.vision.words import WordMapping, WordMatcher
 
 INDEX_FORMAT = "iwan-index/2"
@@ -419,13 +419,15 @@ class IwanIndex:
             words, costs, exclude_slots, eligible, k, want_paths,
         )
 
-    def parallel_distances(self, start_cost: np.ndarray, exclude: np.ndarray | None = None,
-                           among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The live images holding several start words, ids ascending, with their parallel distances
-        (iwan.retrieval.iwan's module doc) and rows: (ids, distances, words (n, width), costs).
-        start_cost (n_words + 1,): each word's start cost, inf where none, the last entry inf (the
-        padding word -1). `exclude` (ids, -1 none) are left out, and with `among` (ids) only those
-        are kept. The runs and rows are read under the index's lock, as its searches read them."""
+    def parallel_nearest(self, start_cost: np.ndarray, k: int, exclude: np.ndarray | None = None,
+                         among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The k live images holding several start words nearest by parallel distance
+        (iwan.retrieval.iwan's module doc), nearest first, ties to the lower id, with their rows:
+        (ids, distances, words (n, width), costs). start_cost (n_words + 1,): each word's start
+        cost, inf where none, the last entry inf (the padding word -1). `exclude` (ids, -1 none)
+        are no results, and with `among` (ids) only those are. The runs and rows are read under
+        the index's lock, as its searches read them."""
+        k = check_k(k)
         start_cost = np.ascontiguousarray(start_cost, dtype=np.float64)
         if start_cost.shape != (len(self.words) + 1,):
             raise ValueError(f"start_cost must have shape ({len(self.words) + 1},) (a cost per word, then inf); "
@@ -435,18 +437,16 @@ class IwanIndex:
             edges = self._edges
             if len(self._slot_touches) < edges.n_slots:
                 self._slot_touches = np.zeros(len(edges.state), np.int32)
-            slots, distances = parallel_candidates(start_cost, chosen, *edges.main, *edges.delta, edges.row_words,
-                                                   edges.row_costs, edges.state, self._slot_touches[:edges.n_slots])
-            if exclude is not None or among is not None:
-                keep = np.ones(len(slots), bool)
-                if exclude is not None:
-                    keep &= ~np.isin(slots, edges.slots(np.asarray(exclude, np.int64)))
-                if among is not None:
-                    keep &= np.isin(slots, edges.slots(np.asarray(among, np.int64)))
-                slots, distances = slots[keep], distances[keep]
-            # take, not [slots]: a row gather by fancy indexing costs ten times more here.
-            return (edges.ids.take(slots), distances, edges.row_words.take(slots, axis=0),
-                    edges.row_costs.take(slots, axis=0))
+            skip = np.zeros(0, np.int64) if exclude is None else edges.slots(np.asarray(exclude, np.int64).ravel())
+            eligible = np.zeros(0, np.uint8)
+            if among is not None:
+                eligible = np.zeros(edges.n_slots, np.uint8)
+                held = edges.slots(np.asarray(among, dtype=np.int64))
+                eligible[held[held >= 0]] = 1
+            slots, distances = parallel_best(start_cost, chosen, *edges.main, *edges.delta, edges.row_words,
+                                             edges.row_costs, edges.state, self._slot_touches[:edges.n_slots],
+                                             skip, eligible, k)
+            return edges.ids[slots], distances, edges.row_words[slots], edges.row_costs[slots]
 
     def path_labels(self, path: Sequence[int]) -> list[str]:
         """Readable nodes of a hit's path: words as words, images as "image 12" (database id)."""

@@ -337,53 +337,100 @@ def sorted_runs(n_words, row_words, row_costs, first_slot):
 
 
 @numba.njit(nogil=True, cache=True)
-def parallel_candidates(start_cost, chosen, main_ptr, main_slot, delta_ptr, delta_slot,
-                        row_words, row_costs, state, touches):
-    """The live slots holding several of the `chosen` start words, ascending, and each one's
-    parallel distance over its whole row: (slots, distances). A path's length is
-    start_cost[word] + its row cost (start_cost: per word, inf where no start, its last entry the
+def parallel_best(start_cost, chosen, main_ptr, main_slot, delta_ptr, delta_slot, row_words, row_costs, state,
+                  touches, skip, eligible, k):
+    """The k live slots holding several of the `chosen` start words nearest by parallel distance
+    over their whole row, nearest first, ties to the lower slot: (slots, distances). A path's length
+    is start_cost[word] + its row cost (start_cost: per word, inf where no start, its last entry the
     padding word -1's); one finite path: its length; several: 1 / the sum of 1 / length over the
-    whole row, summed in numpy's order (_row_sum), so the figures are numpy's bit for bit. Each
-    chosen word's runs (both levels) are read once; touches (n_slots,) int32 (the slots held, no
-    more) counts them and is left all 0."""
+    whole row, summed in numpy's order (_row_sum), so the figures are numpy's bit for bit. `skip`:
+    slots that are no results (-1 none); `eligible` (n_slots,) uint8: only slots marked 1 are
+    results (empty: every slot). Each chosen word's runs (both levels) are read once; touches
+    (n_slots,) int32 (the slots held, no more) counts them and is left all 0.
+
+    The best k are kept in a bounded max-heap as the slots are scored, so nothing is gathered
+    for the others (a start of hub words holds a fifth of the corpus, of which k are wanted)."""
     for level in range(2):
         ptr, run_slot = (main_ptr, main_slot) if level == 0 else (delta_ptr, delta_slot)
         for i in range(len(chosen)):
             w = chosen[i]
             for e in range(ptr[w], ptr[w + 1]):
                 touches[run_slot[e]] += 1
-    # One pass over the counts gives the slots in order and resets them: the runs of a start of hub
-    # words touch about as many edges as there are slots, and a sort of the touched slots costs more.
-    n_slots = len(touches)
-    n = 0
-    for s in range(n_slots):
-        if touches[s] > 1 and state[s] >= 0:
-            n += 1
-    slots = np.empty(n, np.int64)
-    n = 0
-    for s in range(n_slots):
-        if touches[s] > 1 and state[s] >= 0:
-            slots[n] = s
-            n += 1
-        touches[s] = 0
+    for i in range(len(skip)):
+        if skip[i] >= 0:
+            touches[skip[i]] = 0
+    filtered = len(eligible) > 0
     width = row_words.shape[1]
     padding = len(start_cost) - 1
-    distances = np.empty(n, np.float64)
     inverse = np.empty(width, np.float64)
-    for i in range(n):
-        s = slots[i]
-        count = 0
-        least = np.inf
-        for c in range(width):
-            w = row_words[s, c]
-            length = start_cost[padding if w < 0 else w] + row_costs[s, c]
-            inverse[c] = 1.0 / length  # a word the start lacks: an infinite length, 0
-            if inverse[c] > 0:
-                count += 1
-            if length < least:
-                least = length
-        distances[i] = least if count == 1 else 1.0 / _row_sum(inverse)
+    heap_distance = np.empty(k, np.float64)
+    heap_slot = np.empty(k, np.int64)
+    size = 0
+    # One pass over the counts scores the slots in order and resets them: the runs of a start of hub
+    # words touch about as many edges as there are slots, and a sort of the touched slots costs more.
+    for s in range(len(touches)):
+        if touches[s] > 1 and state[s] >= 0 and (not filtered or eligible[s]):
+            count = 0
+            least = np.inf
+            for c in range(width):
+                w = row_words[s, c]
+                length = start_cost[padding if w < 0 else w] + row_costs[s, c]
+                inverse[c] = 1.0 / length  # a word the start lacks: an infinite length, 0
+                if inverse[c] > 0:
+                    count += 1
+                if length < least:
+                    least = length
+            distance = least if count == 1 else 1.0 / _row_sum(inverse)
+            size = _keep_best(heap_distance, heap_slot, size, distance, s)
+        touches[s] = 0
+    slots = np.empty(size, np.int64)
+    distances = np.empty(size, np.float64)
+    while size:  # the heap emptied worst first, so filled in from the back: nearest first
+        size -= 1
+        slots[size], distances[size] = heap_slot[0], heap_distance[0]
+        _sift_down_max(heap_distance, heap_slot, size, heap_distance[size], heap_slot[size])
     return slots, distances
+
+
+@numba.njit(nogil=True, cache=True)
+def _keep_best(heap_distance, heap_slot, size, distance, slot):
+    """Offer (distance, slot) to a max-heap by (distance, slot) of at most len(heap_distance)
+    entries, `size` of them held; returns the new size."""
+    if size == len(heap_distance):
+        top = heap_distance[0]
+        if distance > top or (distance == top and slot > heap_slot[0]):
+            return size
+        _sift_down_max(heap_distance, heap_slot, size, distance, slot)  # in place of the worst
+        return size
+    i = size
+    while i > 0:
+        parent = (i - 1) >> 1
+        if heap_distance[parent] > distance or (heap_distance[parent] == distance and heap_slot[parent] > slot):
+            break
+        heap_distance[i], heap_slot[i] = heap_distance[parent], heap_slot[parent]
+        i = parent
+    heap_distance[i], heap_slot[i] = distance, slot
+    return size + 1
+
+
+@numba.njit(nogil=True, cache=True)
+def _sift_down_max(heap_distance, heap_slot, size, distance, slot):
+    """Put (distance, slot) at the top of the max-heap's first `size` entries and sift it down."""
+    i = 0
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            break
+        right = child + 1
+        if right < size and (heap_distance[right] > heap_distance[child] or (
+                heap_distance[right] == heap_distance[child] and heap_slot[right] > heap_slot[child])):
+            child = right
+        if heap_distance[child] < distance or (heap_distance[child] == distance and heap_slot[child] < slot):
+            break
+        heap_distance[i], heap_slot[i] = heap_distance[child], heap_slot[child]
+        i = child
+    if size:
+        heap_distance[i], heap_slot[i] = distance, slot
 
 
 @numba.njit(nogil=True, cache=True)

@@ -187,13 +187,13 @@ class IwanRetriever:
         out_paths = [paths[c] if c < n else p_paths[c - n] for c in kept.tolist()]
         return out_scores, out_ids, out_paths + [()] * (depth - len(kept))
 
-    def _why(self, start, path) -> dict:
+    def _why(self, leaders: dict[int, int], path) -> dict:
         """A hit's path (its shortest direct one, for a parallel hit: then `paths`, all of them)
-        and the example that led to it."""
+        and the example that led to it (`leaders`: the start's word nodes' examples, leaders_of)."""
         if path and isinstance(path[0], tuple):
-            return {"path": self.index.path_labels(path[0]), "paths": [self.index.path_labels(p) for p in path],
-                    "example": example_of(start, path[0])}
-        return {"path": self.index.path_labels(path), "example": example_of(start, path)}
+            every = [self.index.path_labels(p) for p in path]
+            return {"path": list(every[0]), "paths": every, "example": leaders.get(path[0][0])}
+        return {"path": self.index.path_labels(path), "example": leaders.get(path[0]) if path else None}
 
     def _ranked(self, found, pushed, starts, k: int) -> list[tuple[float, int, dict]]:
         """(distance, id, reason) of the best k, nearest first, ties to the lower id; `found` and
@@ -216,14 +216,15 @@ class IwanRetriever:
         # distance + (distance - near), as float64 adds it one hit at a time
         ranked_distance = np.where(penalised, distance + (distance - near), distance)
         kept = np.lexsort((hit_ids, ranked_distance))[:k]
+        leaders = [leaders_of(start) if start is not None and paths is not None else {} for start in starts]
         out = []
         for c in kept.tolist():
             why: dict = {}
             if paths is not None:
-                why = {"distance": float(distance[c]), **self._why(starts[0], paths[c])}
+                why = {"distance": float(distance[c]), **self._why(leaders[0], paths[c])}
                 if penalised[c]:
                     why["penalty"] = float(distance[c] - near[c])
-                    why["negative"] = {"distance": float(near[c]), **self._why(starts[1], pushed[2][near_row[c]])}
+                    why["negative"] = {"distance": float(near[c]), **self._why(leaders[1], pushed[2][near_row[c]])}
                     why["distance"] = float(ranked_distance[c])
             out.append((float(ranked_distance[c]), int(hit_ids[c]), why))
         return out
@@ -235,20 +236,20 @@ def combined_start(examples: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     twice in one example keeps its larger weight), and `example` is the example that gives it the
     largest weight (the first among equals)."""
     word_ids, weights = examples.need(*WORD_FIELDS, method="iwan")
-    best: list[dict[int, float]] = []
-    for row_words, row_weights in zip(word_ids.tolist(), weights.tolist()):
-        own: dict[int, float] = {}
-        for w, p in zip(row_words, row_weights):
-            if w >= 0 and p > 0 and math.isfinite(p):
-                own[w] = max(own.get(w, 0.0), p)
-        best.append(own)
-    words = sorted({w for own in best for w in own})
-    total = np.array([sum(own.get(w, 0.0) for own in best) for w in words], dtype=np.float64)
-    leader = np.array([max(range(len(best)), key=lambda e: (best[e].get(w, 0.0), -e)) for w in words], dtype=np.int64)
-    if len(best) == 1:  # the weights as given, bit for bit
-        return np.array(words, np.int64), total, leader
-    share = np.array([sum(w in own for own in best) for w in words], dtype=np.float64) / len(best)
-    return np.array(words, np.int64), total / len(best) * share, leader
+    word_ids, weights = np.asarray(word_ids, np.int64), np.asarray(weights, np.float64)
+    usable = (word_ids >= 0) & (weights > 0) & np.isfinite(weights)
+    words, column = np.unique(word_ids[usable], return_inverse=True)
+    n = len(word_ids)
+    best = np.zeros((n, len(words)))  # each example's weight of each word, 0 where it lacks it
+    np.maximum.at(best, (np.nonzero(usable)[0], column.ravel()), weights[usable])
+    total = best[0].copy()
+    for row in best[1:]:  # summed example by example, in their order
+        total += row
+    leader = best.argmax(axis=0)  # the first among equals
+    if n == 1:  # the weights as given, bit for bit
+        return words, total, leader
+    share = (best > 0).sum(axis=0) / n
+    return words, total / n * share, leader
 
 
 def parallel_nearest(index: IwanIndex, words: np.ndarray, weights: np.ndarray, k: int,
@@ -273,31 +274,22 @@ def parallel_nearest(index: IwanIndex, words: np.ndarray, weights: np.ndarray, k
     # An image holding one start word is its one path, which the graph search finds as short or
     # shorter: only images holding several are scored (the index's kernel reads each start
     # word's runs once).
-    hit_ids, distance, row_words, row_costs = index.parallel_distances(start_cost, exclude, among)
-    if len(distance) > k:
-        near = np.argpartition(distance, k - 1)[:k]
-        cut = distance[near].max()
-        near = np.flatnonzero(distance <= cut)  # every image tied with the k-th, then cut by id
-    else:
-        near = np.arange(len(distance))
-    best = near[np.lexsort((hit_ids[near], distance[near]))][:k]
+    hit_ids, distance, row_words, row_costs = index.parallel_nearest(start_cost, k, exclude, among)
     image_node = 1 + len(index.words)
     paths = []
-    best_words = row_words[best].astype(np.int64)
-    best_lengths = start_cost[best_words] + row_costs[best]
-    for image, own_words, own_lengths in zip(hit_ids[best].tolist(), best_words.tolist(), best_lengths.tolist()):
+    best_words = row_words.astype(np.int64)
+    best_lengths = start_cost[best_words] + row_costs
+    for image, own_words, own_lengths in zip(hit_ids.tolist(), best_words.tolist(), best_lengths.tolist()):
         own = sorted((length, w) for w, length in zip(own_words, own_lengths) if math.isfinite(length))
         paths.append(tuple((1 + w, image_node + image) for _, w in own))
-    return distance[best], hit_ids[best], paths
+    return distance, hit_ids, paths
 
 
-def example_of(start: tuple[np.ndarray, np.ndarray, np.ndarray], path) -> int | None:
-    """The example whose word begins `path` (node ids: word w is 1 + w)."""
+def leaders_of(start: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[int, int]:
+    """Each start word's node id (word w is 1 + w) -> the example that gives it the largest weight:
+    the example a path beginning there was led by."""
     words, _, leader = start
-    if not len(path):
-        return None
-    at = int(np.searchsorted(words, path[0] - 1))
-    return int(leader[at]) if at < len(words) and words[at] == path[0] - 1 else None
+    return dict(zip((words + 1).tolist(), leader.tolist()))
 
 
 @register_retriever("iwan")
