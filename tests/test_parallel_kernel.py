@@ -124,3 +124,49 @@ def test_parallel_distances_checks_its_start_costs():
     index, _ = random_index(np.random.default_rng(0), 3)
     with pytest.raises(ValueError, match="start_cost must have shape"):
         index.parallel_nearest(np.zeros(3), 1)
+
+
+def test_floors_follow_additions_merges_and_compactions():
+    """The runs' floors are kept between searches: each search after a change (an addition to the
+    delta, a merge into the main block, a compaction) still equals the reference."""
+    rng = np.random.default_rng(7)
+    width, n_words = 4, 8
+    words, costs = random_rows(rng, 300, width, n_words)
+    graph = IwanGraph([f"w{i}" for i in range(n_words)], np.array([0]), np.array([1]), np.array([1.5]),
+                      words, costs, top_wwk=2, strength="test", image_ids=np.arange(300))
+    index = IwanIndex(graph)
+    start_words, weights = np.array([0, 1, 2, 3]), np.array([0.9, 0.5, 0.3, 0.7])
+    next_id, merges, compactions = 300, 0, 0
+    for _ in range(40):
+        main, n_slots = index._edges.main[1], index._edges.n_slots
+        if rng.random() < 0.6:
+            m = int(rng.integers(1, 400))
+            index.add(np.arange(next_id, next_id + m), rng.integers(-1, n_words, size=(m, width)),
+                      rng.uniform(0.01, 1.0, size=(m, width)))
+            next_id += m
+        else:
+            held = index.image_ids
+            index.remove(rng.choice(held, size=int(rng.integers(1, len(held) // 3 + 2)), replace=False))
+        merges += index._edges.main[1] is not main and index._edges.n_slots >= n_slots
+        compactions += index._edges.n_slots < n_slots
+        for k in (1, 7, 40):
+            expected = reference(index, start_words, weights, k)
+            got = parallel_nearest(index, start_words, weights, k)
+            assert got[1].tolist() == expected[1].tolist()
+            assert got[0].tobytes() == expected[0].tobytes()
+            assert got[2] == expected[2]
+    assert merges and compactions  # both kinds of change were met
+
+
+def test_ties_with_the_kth_are_cut_by_id():
+    """Many images of one row tie: the k nearest are the lowest ids among them."""
+    words = np.tile(np.array([[0, 1, 2]]), (50, 1))
+    costs = np.tile(np.array([[2.0, 3.0, 5.0]]), (50, 1))
+    costs[[5, 17, 30]] = [1.5, 3.0, 5.0]  # three nearer ones
+    graph = IwanGraph(["a", "b", "c"], np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0),
+                      words, costs, top_wwk=0, strength="test", image_ids=np.arange(100, 150))
+    index = IwanIndex(graph)
+    distances, ids, _ = parallel_nearest(index, np.array([0, 1]), np.array([0.5, 0.5]), 6,
+                                         exclude=np.array([101]))
+    assert ids.tolist() == [105, 117, 130, 100, 102, 103]
+    assert distances.tobytes() == reference(index, [0, 1], [0.5, 0.5], 6, exclude=[101])[0].tobytes()
