@@ -31,7 +31,7 @@ answers exactly as the one-image search.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -93,15 +93,22 @@ class IwanRetriever:
     def explain_examples(self, examples: Examples, k: int, *, among: np.ndarray | None = None,
                          exclude: np.ndarray | None = None) -> Explained:
         """The positives' words as one start, pushed away from the negatives' (the module doc)."""
+        scores, ids, why = self.ranked_examples(examples, k, among=among, exclude=exclude)
+        return Explained(scores, ids, [[why(c) if i >= 0 else {} for c, i in enumerate(ids[0].tolist())]])
+
+    def ranked_examples(self, examples: Examples, k: int, *, among: np.ndarray | None = None,
+                        exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, Callable[[int], dict]]:
+        """`explain_examples`'s scores and ids (1, k), and `why(c)`: hit c's reason, built when asked
+        (a fusion explains only the hits it keeps of the deeper list it reads)."""
         k = check_k(k)
         skip = None if exclude is None else np.asarray(exclude, np.int64).reshape(1, -1)
-        (ranked,) = self._answer([examples], k, among, skip, paths=True)
+        ((ranked, why),) = self._answer([examples], k, among, skip, paths=True)
         out_scores = np.full((1, k), -np.inf)
         out_ids = np.full((1, k), -1, np.int64)
-        reasons: list[dict] = [{} for _ in range(k)]
-        for c, (distance, image_id, why) in enumerate(ranked):
-            out_scores[0, c], out_ids[0, c], reasons[c] = -distance, image_id, why
-        return Explained(out_scores, out_ids, [reasons])
+        for c, (distance, image_id, _) in enumerate(ranked):
+            out_scores[0, c], out_ids[0, c] = -distance, image_id
+        kept = [c for _, _, c in ranked]
+        return out_scores, out_ids, lambda c: cast(Callable[[int], dict], why)(kept[c])
 
     def search_examples(self, queries: Sequence[Examples], k: int, *,
                         exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -111,21 +118,22 @@ class IwanRetriever:
         skip = None if exclude is None else np.asarray(exclude, np.int64).reshape(len(queries), -1)
         scores = np.full((len(queries), k), -np.inf)
         ids = np.full((len(queries), k), -1, np.int64)
-        for r, ranked in enumerate(self._answer(queries, k, None, skip, paths=False)):
+        for r, (ranked, _) in enumerate(self._answer(queries, k, None, skip, paths=False)):
             for c, (distance, image_id, _) in enumerate(ranked):
                 scores[r, c], ids[r, c] = -distance, image_id
         return scores, ids
 
     def _answer(self, queries: Sequence[Examples], k: int, among: np.ndarray | None, exclude: np.ndarray | None,
-                paths: bool) -> list[list[tuple[float, int, dict]]]:
-        """Each query's ranked (distance, id, reason) (reasons only with `paths`). The starts of
+                paths: bool) -> list[tuple[list[tuple[float, int, int]], Callable[[int], dict] | None]]:
+        """Each query's ranked (distance, id, position) and what explains a position (`_ranked`;
+        only with `paths`). The starts of
         the queries searched at one depth go to the graph together: a query with negatives at
         NEGATIVE_DEPTH_FACTOR * k, deeper while its k-th result could still change."""
         starts = [(combined_start(e.positive), combined_start(cast(Batch, e.negative)) if e.has_negative else None)
                   for e in queries]
         several = [(len(e.positive) > 1, e.has_negative and len(cast(Batch, e.negative)) > 1) for e in queries]
         depths = [k if negative is None else NEGATIVE_DEPTH_FACTOR * k for _, negative in starts]
-        answers: list[list[tuple[float, int, dict]]] = [[] for _ in queries]
+        answers: list[tuple[list[tuple[float, int, int]], Callable[[int], dict] | None]] = [([], None) for _ in queries]
         pending = set(range(len(queries)))
         while pending:
             depth = min(depths[r] for r in pending)
@@ -151,12 +159,12 @@ class IwanRetriever:
                 pos = at[(r, 0)]
                 neg = at.get((r, 1))
                 pushed = None if neg is None else (scores[neg], ids[neg], hit_paths[neg])
-                ranked = self._ranked((scores[pos], ids[pos], hit_paths[pos]), pushed, starts[r], k)
+                ranked, why = self._ranked((scores[pos], ids[pos], hit_paths[pos]), pushed, starts[r], k)
                 reached = int((ids[pos] >= 0).sum())
                 # Images not ranked lie at least as far as the last one ranked, pushed or not: once
                 # the k-th is no farther, deeper would change nothing.
                 if neg is None or reached < depth or not ranked or ranked[-1][0] <= -scores[pos, reached - 1]:
-                    answers[r] = ranked
+                    answers[r] = ranked, why
                     pending.remove(r)
                 else:
                     depths[r] = depth * NEGATIVE_DEPTH_FACTOR
@@ -195,10 +203,12 @@ class IwanRetriever:
             return {"path": list(every[0]), "paths": every, "example": leaders.get(path[0][0])}
         return {"path": self.index.path_labels(path), "example": leaders.get(path[0]) if path else None}
 
-    def _ranked(self, found, pushed, starts, k: int) -> list[tuple[float, int, dict]]:
-        """(distance, id, reason) of the best k, nearest first, ties to the lower id; `found` and
-        `pushed` are the positives' and negatives' (scores, ids, paths) rows (paths None: no
-        reasons). Ranked over arrays, explained for the k kept only."""
+    def _ranked(self, found, pushed, starts,
+                k: int) -> tuple[list[tuple[float, int, int]], Callable[[int], dict] | None]:
+        """(distance, id, position) of the best k, nearest first, ties to the lower id, and what
+        explains a position (None without paths); `found` and `pushed` are the positives' and
+        negatives' (scores, ids, paths) rows (paths None: no reasons). Ranked over arrays,
+        explained for the hits asked only."""
         scores, ids, paths = found
         n = int((ids >= 0).sum())  # hits first, then padding
         hit_ids, distance = ids[:n], -scores[:n]
@@ -216,18 +226,21 @@ class IwanRetriever:
         # distance + (distance - near), as float64 adds it one hit at a time
         ranked_distance = np.where(penalised, distance + (distance - near), distance)
         kept = np.lexsort((hit_ids, ranked_distance))[:k]
-        leaders = [leaders_of(start) if start is not None and paths is not None else {} for start in starts]
-        out = []
-        for c in kept.tolist():
-            why: dict = {}
-            if paths is not None:
-                why = {"distance": float(distance[c]), **self._why(leaders[0], paths[c])}
-                if penalised[c]:
-                    why["penalty"] = float(distance[c] - near[c])
-                    why["negative"] = {"distance": float(near[c]), **self._why(leaders[1], pushed[2][near_row[c]])}
-                    why["distance"] = float(ranked_distance[c])
-            out.append((float(ranked_distance[c]), int(hit_ids[c]), why))
-        return out
+        out = [(float(ranked_distance[c]), int(hit_ids[c]), c)
+               for c in kept.tolist()]
+        if paths is None:
+            return out, None
+        leaders = [leaders_of(start) if start is not None else {} for start in starts]
+
+        def why(c: int) -> dict:
+            reason = {"distance": float(distance[c]), **self._why(leaders[0], paths[c])}
+            if penalised[c]:
+                reason["penalty"] = float(distance[c] - near[c])
+                reason["negative"] = {"distance": float(near[c]), **self._why(leaders[1], pushed[2][near_row[c]])}
+                reason["distance"] = float(ranked_distance[c])
+            return reason
+
+        return out, why
 
 
 def combined_start(examples: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
