@@ -470,7 +470,8 @@ class IwanIndex:
 
     def path_labels(self, path: Sequence[int]) -> list[str]:
         """Readable nodes of a hit's path: words as words, images as "image 12" (database id)."""
-        return [describe_node(node, self.words) for node in path]
+        words = self.words
+        return [words[node - 1] if 0 < node <= len(words) else describe_node(node, words) for node in path]
 
     def _check_words(self, word_ids: Sequence[int]) -> None:
         bad = [w for w in word_ids if not 0 <= w < len(self.words)]

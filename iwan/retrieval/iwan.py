@@ -30,7 +30,6 @@ answers exactly as the one-image search.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import cast
@@ -288,13 +287,14 @@ def parallel_nearest(index: IwanIndex, words: np.ndarray, weights: np.ndarray, k
     # shorter: only images holding several are scored (the index's kernel reads each start
     # word's runs once).
     hit_ids, distance, row_words, row_costs = index.parallel_nearest(start_cost, k, exclude, among)
-    image_node = 1 + len(index.words)
-    paths = []
     best_words = row_words.astype(np.int64)
-    best_lengths = start_cost[best_words] + row_costs
-    for image, own_words, own_lengths in zip(hit_ids.tolist(), best_words.tolist(), best_lengths.tolist()):
-        own = sorted((length, w) for w, length in zip(own_words, own_lengths) if math.isfinite(length))
-        paths.append(tuple((1 + w, image_node + image) for _, w in own))
+    lengths = start_cost[best_words] + row_costs
+    order = np.lexsort((best_words, lengths), axis=1)  # each row's paths shortest first, then by word
+    nodes = (1 + np.take_along_axis(best_words, order, axis=1)).tolist()
+    finite = np.isfinite(np.take_along_axis(lengths, order, axis=1)).tolist()
+    images = (1 + len(index.words) + hit_ids).tolist()
+    paths = [tuple((w, image) for w, ok in zip(own, own_finite) if ok)
+             for image, own, own_finite in zip(images, nodes, finite)]
     return distance, hit_ids, paths
 
 
