@@ -403,8 +403,14 @@ def parallel_best(start_cost, chosen, main_ptr, main_slot, main_block_ptr, main_
     # One pass over the counts scores the slots in order and resets them: the runs of a start of hub
     # words touch about as many edges as there are slots, and a sort of the touched slots costs more.
     for s in range(len(touches)):
-        if touches[s] > 1 and state[s] >= 0 and (not filtered or eligible[s]) and (
-                size < k or bound[s] * limit >= 1.0):
+        held, most = touches[s], bound[s]
+        touches[s] = 0
+        bound[s] = 0.0
+        # One branch, rarely taken once k are held (bitwise, not short-circuit: a branch per test
+        # mispredicts on about every candidate and costs more than the scoring it saves).
+        if (held > 1) & (state[s] >= 0) & ((size < k) | (most * limit >= 1.0)):
+            if filtered and not eligible[s]:
+                continue
             count = 0
             least = np.inf
             for c in range(width):
@@ -419,8 +425,6 @@ def parallel_best(start_cost, chosen, main_ptr, main_slot, main_block_ptr, main_
             size = _keep_best(heap_distance, heap_slot, size, distance, s)
             if size == k:
                 limit = heap_distance[0] * (1.0 + 1e-9)
-        touches[s] = 0
-        bound[s] = 0.0
     slots = np.empty(size, np.int64)
     distances = np.empty(size, np.float64)
     while size:  # the heap emptied worst first, so filled in from the back: nearest first
