@@ -30,7 +30,9 @@ answers exactly as the one-image search.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import cast
 
@@ -174,10 +176,10 @@ class IwanRetriever:
         """One row of the graph's (scores, ids, paths) at `depth` merged with the start's nearest
         by parallel distance: the best `depth` by the lesser of the two distances (the graph's on
         a tie), ties to the lower id. A parallel hit's path is its direct paths, shortest first
-        (`parallel_nearest`); paths None: none asked."""
+        (`parallel_nearest`), built when its hit is explained; paths None: none asked."""
         scores, ids, paths = found
         words, weights, _ = start
-        p_distance, p_ids, p_paths = parallel_nearest(self.index, words, weights, depth, exclude, among)
+        p_distance, p_ids, p_paths = parallel_ranked(self.index, words, weights, depth, exclude, among)
         n = int((ids >= 0).sum())
         every_id = np.concatenate([ids[:n], p_ids])
         distance = np.concatenate([-scores[:n], p_distance])
@@ -191,12 +193,14 @@ class IwanRetriever:
         out_scores[:len(kept)], out_ids[:len(kept)] = -distance[kept], every_id[kept]
         if paths is None:
             return out_scores, out_ids, None
-        out_paths = [paths[c] if c < n else p_paths[c - n] for c in kept.tolist()]
+        out_paths = [paths[c] if c < n else partial(p_paths, c - n) for c in kept.tolist()]
         return out_scores, out_ids, out_paths + [()] * (depth - len(kept))
 
     def _why(self, leaders: dict[int, int], path) -> dict:
         """A hit's path (its shortest direct one, for a parallel hit: then `paths`, all of them)
         and the example that led to it (`leaders`: the start's word nodes' examples, leaders_of)."""
+        if callable(path):  # a parallel hit's paths, built on demand (_with_parallel)
+            path = path()
         if path and isinstance(path[0], tuple):
             every = [self.index.path_labels(p) for p in path]
             return {"path": list(every[0]), "paths": every, "example": leaders.get(path[0][0])}
@@ -273,11 +277,22 @@ def parallel_nearest(index: IwanIndex, words: np.ndarray, weights: np.ndarray, k
     start word is left to the graph search, which finds its one path or a shorter one. `exclude`
     (ids, -1 none) are no results, and with `among` (ids) only those are.
 
-    Every image holding a start word is read, those holding several scored by all their words (their
-    row): a start of hub words reads a good part of the corpus (CIFAR-10's 50,000 images: a
-    median 25,000 word-image edges for three examples). A threshold algorithm over the runs
-    (cheapest images first) stops no earlier: the nearest images hold several words at middling
-    probabilities, deep in each run."""
+    Every start word's run is read (a start of hub words reads a good part of the corpus:
+    CIFAR-10's 50,000 images, a median 48,000 word-image edges for five examples), counting each
+    image's start words and bounding its distance from its runs' floors; an image's row is read to
+    score it only where that bound can beat the k-th found so far (a few hundred rows of ~11,000
+    images holding several words; iwan.network.kernels.parallel_best). A threshold algorithm over
+    the runs (cheapest images first) stops no earlier: the nearest images hold several words at
+    middling probabilities, deep in each run."""
+    distance, hit_ids, paths = parallel_ranked(index, words, weights, k, exclude, among)
+    return distance, hit_ids, [paths(c) for c in range(len(hit_ids))]
+
+
+def parallel_ranked(index: IwanIndex, words: np.ndarray, weights: np.ndarray, k: int,
+                    exclude: np.ndarray | None = None,
+                    among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, Callable[[int], tuple]]:
+    """`parallel_nearest` with `paths(c)` building hit c's paths when asked (a search explains
+    the hits it keeps only)."""
     words = np.asarray(words, np.int64)
     weights = np.asarray(weights, np.float64)
     usable = (words >= 0) & (weights > 0) & np.isfinite(weights)
@@ -287,14 +302,15 @@ def parallel_nearest(index: IwanIndex, words: np.ndarray, weights: np.ndarray, k
     # shorter: only images holding several are scored (the index's kernel reads each start
     # word's runs once).
     hit_ids, distance, row_words, row_costs = index.parallel_nearest(start_cost, k, exclude, among)
+    image_node = 1 + len(index.words)
     best_words = row_words.astype(np.int64)
     lengths = start_cost[best_words] + row_costs
-    order = np.lexsort((best_words, lengths), axis=1)  # each row's paths shortest first, then by word
-    nodes = (1 + np.take_along_axis(best_words, order, axis=1)).tolist()
-    finite = np.isfinite(np.take_along_axis(lengths, order, axis=1)).tolist()
-    images = (1 + len(index.words) + hit_ids).tolist()
-    paths = [tuple((w, image) for w, ok in zip(own, own_finite) if ok)
-             for image, own, own_finite in zip(images, nodes, finite)]
+
+    def paths(c: int) -> tuple:
+        own = sorted((length, w) for w, length in zip(best_words[c].tolist(), lengths[c].tolist())
+                     if math.isfinite(length))
+        return tuple((1 + w, image_node + int(hit_ids[c])) for _, w in own)
+
     return distance, hit_ids, paths
 
 
