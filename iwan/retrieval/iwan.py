@@ -201,8 +201,9 @@ class IwanRetriever:
         and the example that led to it (`leaders`: the start's word nodes' examples, leaders_of)."""
         if callable(path):  # a parallel hit's paths, built on demand (_with_parallel)
             path = path()
-        if path and isinstance(path[0], tuple):
-            every = [self.index.path_labels(p) for p in path]
+        if path and isinstance(path[0], tuple):  # direct paths (word, image), one image
+            words, (image,) = self.index.words, self.index.path_labels(path[0][1:])
+            every = [[words[word - 1], image] for word, _ in path]
             return {"path": list(every[0]), "paths": every, "example": leaders.get(path[0][0])}
         return {"path": self.index.path_labels(path), "example": leaders.get(path[0]) if path else None}
 
