@@ -255,17 +255,18 @@ def combined_start(examples: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     word_ids, weights = examples.need(*WORD_FIELDS, method="iwan")
     word_ids, weights = np.asarray(word_ids, np.int64), np.asarray(weights, np.float64)
     usable = (word_ids >= 0) & (weights > 0) & np.isfinite(weights)
-    words, column = np.unique(word_ids[usable], return_inverse=True)
+    given = word_ids[usable]
+    words = np.unique(given)
     n = len(word_ids)
     best = np.zeros((n, len(words)))  # each example's weight of each word, 0 where it lacks it
-    np.maximum.at(best, (np.nonzero(usable)[0], column.ravel()), weights[usable])
+    np.maximum.at(best, (np.nonzero(usable)[0], np.searchsorted(words, given)), weights[usable])
     total = best[0].copy()
     for row in best[1:]:  # summed example by example, in their order
         total += row
     leader = best.argmax(axis=0)  # the first among equals
     if n == 1:  # the weights as given, bit for bit
         return words, total, leader
-    share = (best > 0).sum(axis=0) / n
+    share = np.count_nonzero(best, axis=0) / n
     return words, total / n * share, leader
 
 
