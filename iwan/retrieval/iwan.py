@@ -109,7 +109,8 @@ class IwanRetriever:
         for c, (distance, image_id, _) in enumerate(ranked):
             out_scores[0, c], out_ids[0, c] = -distance, image_id
         kept = [c for _, _, c in ranked]
-        return out_scores, out_ids, lambda c: cast(Callable[[int], dict], why)(kept[c])
+        explain = cast("Callable[[int], dict]", why)
+        return out_scores, out_ids, lambda c: explain(kept[c])
 
     def search_examples(self, queries: Sequence[Examples], k: int, *,
                         exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
