@@ -187,7 +187,7 @@ class IwanRetriever:
         from_graph = np.concatenate([np.zeros(n, np.int64), np.ones(len(p_ids), np.int64)])
         # Per image its lesser distance (the graph's first among equals), then nearest first.
         first = np.lexsort((from_graph, distance, every_id))
-        first = first[np.r_[True, every_id[first][1:] != every_id[first][:-1]][:len(first)]]
+        first = first[np.concatenate(([True], every_id[first][1:] != every_id[first][:-1]))[:len(first)]]
         kept = first[np.lexsort((every_id[first], distance[first]))][:depth]
         out_scores = np.full(depth, -np.inf)
         out_ids = np.full(depth, -1, np.int64)
@@ -305,14 +305,13 @@ def parallel_ranked(index: IwanIndex, words: np.ndarray, weights: np.ndarray, k:
     # shorter: only images holding several are scored (the index's kernel reads each start
     # word's runs once).
     hit_ids, distance, row_words, row_costs = index.parallel_nearest(start_cost, k, exclude, among)
-    image_node = 1 + len(index.words)
     best_words = row_words.astype(np.int64)
-    lengths = start_cost[best_words] + row_costs
+    words_of, lengths_of = best_words.tolist(), (start_cost[best_words] + row_costs).tolist()
+    image_nodes = (1 + len(index.words) + hit_ids).tolist()
 
     def paths(c: int) -> tuple:
-        own = sorted((length, w) for w, length in zip(best_words[c].tolist(), lengths[c].tolist())
-                     if math.isfinite(length))
-        return tuple((1 + w, image_node + int(hit_ids[c])) for _, w in own)
+        own = sorted((length, w) for w, length in zip(words_of[c], lengths_of[c]) if length < math.inf)
+        return tuple((1 + w, image_nodes[c]) for _, w in own)
 
     return distance, hit_ids, paths
 
