@@ -41,6 +41,7 @@ import numpy as np
 from hashing.search import check_k
 from iwan.config import NEGATIVE_DEPTH_FACTOR
 from iwan.network.index import IwanIndex
+from iwan.network.kernels import start_weights
 from iwan.retrieval.protocol import WORD_FIELDS, Batch, CorpusData, Examples, Explained
 from iwan.retrieval.registry import Corpus, register_retriever, require_predictor
 
@@ -254,21 +255,11 @@ def combined_start(examples: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     twice in one example keeps its larger weight), and `example` is the example that gives it the
     largest weight (the first among equals)."""
     word_ids, weights = examples.need(*WORD_FIELDS, method="iwan")
-    word_ids, weights = np.asarray(word_ids, np.int64), np.asarray(weights, np.float64)
-    usable = (word_ids >= 0) & (weights > 0) & np.isfinite(weights)
-    given = word_ids[usable]
-    words = np.unique(given)
-    n = len(word_ids)
-    best = np.zeros((n, len(words)))  # each example's weight of each word, 0 where it lacks it
-    np.maximum.at(best, (np.nonzero(usable)[0], np.searchsorted(words, given)), weights[usable])
-    total = best[0].copy()
-    for row in best[1:]:  # summed example by example, in their order
-        total += row
-    leader = best.argmax(axis=0)  # the first among equals
-    if n == 1:  # the weights as given, bit for bit
+    words, total, leader, holders = start_weights(np.ascontiguousarray(word_ids, np.int64),
+                                                  np.ascontiguousarray(weights, np.float64))
+    if len(word_ids) == 1:  # the weights as given, bit for bit
         return words, total, leader
-    share = np.count_nonzero(best, axis=0) / n
-    return words, total / n * share, leader
+    return words, total / len(word_ids) * (holders / len(word_ids)), leader
 
 
 def parallel_nearest(index: IwanIndex, words: np.ndarray, weights: np.ndarray, k: int,
