@@ -301,8 +301,10 @@ def parallel_ranked(index: IwanIndex, words: np.ndarray, weights: np.ndarray, k:
     image_nodes = (1 + len(index.words) + hit_ids).tolist()
 
     def paths(c: int) -> tuple:
-        own = sorted((length, w) for w, length in zip(words_of[c], lengths_of[c]) if length < math.inf)
-        return tuple((1 + w, image_nodes[c]) for _, w in own)
+        own = [(length, w) for w, length in zip(words_of[c], lengths_of[c]) if length < math.inf]
+        own.sort()
+        image = image_nodes[c]
+        return tuple([(1 + w, image) for _, w in own])
 
     return distance, hit_ids, paths
 
