@@ -80,10 +80,10 @@ class FusedRetriever:
         depth = self.depth_factor * check_k(k)
         found: list[tuple[np.ndarray, np.ndarray, Reason]] = []
         for member in self.members:
-            ranked = getattr(member, "ranked_examples", None)  # a Protocol isinstance check costs more than IWAN's reasons
+            ranked = getattr(member, "ranked_examples", None)  # duck-typed: a Protocol isinstance costs tens of us
             if ranked is not None:
                 scores, ids, why = ranked(examples, depth, among=among, exclude=exclude)
-                found.append((scores, ids, lambda r, c, why=why: why(c)))
+                found.append((scores, ids, _of_one_query(why)))
             elif isinstance(member, ExampleRetriever):
                 f = member.explain_examples(examples, depth, among=among, exclude=exclude)
                 found.append((f.scores, f.ids, _given(f.reasons)))
@@ -141,6 +141,10 @@ Reason = Callable[[int, int], dict]
 
 def _given(reasons: list[list[dict]]) -> Reason:
     return lambda r, c: reasons[r][c]
+
+
+def _of_one_query(why: Callable[[int], dict]) -> Reason:
+    return lambda r, c: why(c)
 
 
 @register_retriever("fused")
