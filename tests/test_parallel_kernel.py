@@ -170,3 +170,26 @@ def test_ties_with_the_kth_are_cut_by_id():
                                          exclude=np.array([101]))
     assert ids.tolist() == [105, 117, 130, 100, 102, 103]
     assert distances.tobytes() == reference(index, [0, 1], [0.5, 0.5], 6, exclude=[101])[0].tobytes()
+
+
+def test_two_hit_lists_merge_by_the_lesser_distance():
+    """kernels.lesser_of_two against the lexsorts it replaced: per id its lesser distance (the
+    first list's on a tie), nearest first, ties to the lower id, on random lists full of ties."""
+    from iwan.network.kernels import lesser_of_two
+
+    rng = np.random.default_rng(3)
+    for _ in range(2000):
+        depth = int(rng.integers(1, 40))
+        pool = int(rng.integers(1, 3 * depth + 2))
+        first = rng.choice(pool, size=min(int(rng.integers(0, depth + 1)), pool), replace=False).astype(np.int64)
+        second = rng.choice(pool, size=min(int(rng.integers(0, depth + 1)), pool), replace=False).astype(np.int64)
+        first_distances = rng.choice([1.0, 1.5, 2.0, *rng.uniform(0.5, 3, 3)], size=len(first))
+        second_distances = rng.choice([1.0, 1.5, 2.0, *rng.uniform(0.5, 3, 3)], size=len(second))
+        every_id = np.concatenate([first, second])
+        distance = np.concatenate([first_distances, second_distances])
+        from_second = np.concatenate([np.zeros(len(first), np.int64), np.ones(len(second), np.int64)])
+        order = np.lexsort((from_second, distance, every_id))
+        order = order[np.concatenate(([True], every_id[order][1:] != every_id[order][:-1]))[:len(order)]]
+        expected = order[np.lexsort((every_id[order], distance[order]))][:depth]
+        got = lesser_of_two(first, first_distances, second, second_distances, depth)
+        assert got.tolist() == expected.tolist()

@@ -544,3 +544,32 @@ def start_weights(word_ids, weights):
                 holders[i] += 1
     return words, total, leader, holders
 
+
+@numba.njit(nogil=True, cache=True)
+def lesser_of_two(first_ids, first_distances, second_ids, second_distances, depth):
+    """Two lists of hits (ids, distances; each id once per list) as one: per id its lesser
+    distance (the first list's on a tie), then the best `depth` nearest first, ties to the lower
+    id. Returns positions in the two lists concatenated."""
+    n = len(first_ids) + len(second_ids)
+    ids = np.empty(n, np.int64)
+    distances = np.empty(n, np.float64)
+    ids[:len(first_ids)], ids[len(first_ids):] = first_ids, second_ids
+    distances[:len(first_ids)], distances[len(first_ids):] = first_distances, second_distances
+    by_id = np.argsort(ids, kind="mergesort")  # stable: within an id, the first list's entry first
+    kept = np.empty(n, np.int64)
+    m = 0
+    i = 0
+    while i < n:
+        best = by_id[i]
+        j = i + 1
+        while j < n and ids[by_id[j]] == ids[best]:
+            if distances[by_id[j]] < distances[best]:
+                best = by_id[j]
+            j += 1
+        kept[m] = best
+        m += 1
+        i = j
+    kept = kept[:m]  # in id order, so a stable sort by distance breaks ties by id
+    order = np.argsort(distances[kept], kind="mergesort")
+    return kept[order[:depth]]
+

@@ -41,7 +41,7 @@ import numpy as np
 from hashing.search import check_k
 from iwan.config import NEGATIVE_DEPTH_FACTOR
 from iwan.network.index import IwanIndex
-from iwan.network.kernels import start_weights
+from iwan.network.kernels import lesser_of_two, start_weights
 from iwan.retrieval.protocol import WORD_FIELDS, Batch, CorpusData, Examples, Explained
 from iwan.retrieval.registry import Corpus, register_retriever, require_predictor
 
@@ -185,11 +185,8 @@ class IwanRetriever:
         n = int((ids >= 0).sum())
         every_id = np.concatenate([ids[:n], p_ids])
         distance = np.concatenate([-scores[:n], p_distance])
-        from_graph = np.concatenate([np.zeros(n, np.int64), np.ones(len(p_ids), np.int64)])
         # Per image its lesser distance (the graph's first among equals), then nearest first.
-        first = np.lexsort((from_graph, distance, every_id))
-        first = first[np.concatenate(([True], every_id[first][1:] != every_id[first][:-1]))[:len(first)]]
-        kept = first[np.lexsort((every_id[first], distance[first]))][:depth]
+        kept = lesser_of_two(ids[:n], distance[:n], p_ids, p_distance, depth)
         out_scores = np.full(depth, -np.inf)
         out_ids = np.full(depth, -1, np.int64)
         out_scores[:len(kept)], out_ids[:len(kept)] = -distance[kept], every_id[kept]
