@@ -100,7 +100,8 @@ def test_kernel_matches_the_numpy_reference_bit_for_bit(width):
             assert got[0].tobytes() == expected[0].tobytes()
             assert got[2] == expected[2]
             checked += len(expected[1])
-        assert not index._slot_touches.any()  # the scratch left as found
+        assert not index._slot_touches.any() and not index._slot_bound.any()  # the scratch left as found
+        assert np.isinf(index._start_cost).all()
     assert checked > 0 or width == 1  # a row of one word holds no two start words
 
 
@@ -120,10 +121,12 @@ def test_rows_of_more_than_eight_paths_sum_as_numpy_does():
     assert got[0].tobytes() == expected[0].tobytes()
 
 
-def test_parallel_distances_checks_its_start_costs():
+def test_parallel_nearest_checks_its_start():
     index, _ = random_index(np.random.default_rng(0), 3)
-    with pytest.raises(ValueError, match="start_cost must have shape"):
-        index.parallel_nearest(np.zeros(3), 1)
+    with pytest.raises(ValueError, match="two arrays of one shape"):
+        index.parallel_nearest(np.zeros(3), np.ones(2), 1)
+    with pytest.raises(ValueError, match="outside 0..7"):
+        index.parallel_nearest(np.array([1, 8]), np.ones(2), 1)
 
 
 def test_floors_follow_additions_merges_and_compactions():

@@ -46,7 +46,7 @@ from hashing.arrays import read_arrays, save_folder
 from hashing.search import check_k
 from iwan.network.edges import ImageEdges
 from iwan.network.graph import IwanGraph, describe_node, image_edges
-from iwan.network.kernels import nearest, parallel_best, run_floors
+from iwan.network.kernels import nearest, parallel_rows, run_floors
 from iwan.vision.words import WordMapping, WordMatcher
 
 INDEX_FORMAT = "iwan-index/2"
@@ -219,6 +219,7 @@ class IwanIndex:
         # (the runs they were read from, block_ptr, floors), read again once those runs are replaced.
         self._slot_touches = np.zeros(0, np.int32)
         self._slot_bound = np.zeros(0, np.float64)
+        self._start_cost = np.full(n_words + 1, np.inf)  # parallel_nearest's scratch, all inf
         self._floors: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = [None, None]
 
     @property
@@ -426,37 +427,39 @@ class IwanIndex:
             words, costs, exclude_slots, eligible, k, want_paths,
         )
 
-    def parallel_nearest(self, start_cost: np.ndarray, k: int, exclude: np.ndarray | None = None,
+    def parallel_nearest(self, words: np.ndarray, weights: np.ndarray, k: int, exclude: np.ndarray | None = None,
                          among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The k live images holding several start words nearest by parallel distance
         (iwan.retrieval.iwan's module doc), nearest first, ties to the lower id, with their rows:
-        (ids, distances, words (n, width), costs). start_cost (n_words + 1,): each word's start
-        cost, inf where none, the last entry inf (the padding word -1). `exclude` (ids, -1 none)
-        are no results, and with `among` (ids) only those are. The runs and rows are read under
-        the index's lock, as its searches read them."""
+        (ids, distances, word ids (n, width) int64, path lengths (n, width), inf where the start
+        lacks the word). The start: word ids and weights, as a query's (a word -1, or a weight
+        <= 0, NaN or inf, gives no start; a word given twice keeps its larger weight). `exclude`
+        (ids, -1 none) are no results, and with `among` (ids) only those are. The runs and rows
+        are read under the index's lock, as its searches read them."""
         k = check_k(k)
-        start_cost = np.ascontiguousarray(start_cost, dtype=np.float64)
-        if start_cost.shape != (len(self.words) + 1,):
-            raise ValueError(f"start_cost must have shape ({len(self.words) + 1},) (a cost per word, then inf); "
-                             f"got {start_cost.shape}")
-        chosen = np.flatnonzero(np.isfinite(start_cost[:-1]))
+        words, weights = np.asarray(words, np.int64).ravel(), np.asarray(weights, np.float64).ravel()
+        if words.shape != weights.shape:
+            raise ValueError(f"start words and weights must be two arrays of one shape; got {words.shape} and "
+                             f"{weights.shape}")
+        if words.size and words.max() >= len(self.words):
+            self._check_words(np.unique(words[words >= 0]).tolist())
+        exclude = np.zeros(0, np.int64) if exclude is None else np.asarray(exclude, np.int64).ravel()
         with self._lock:
             edges = self._edges
             if len(self._slot_touches) < edges.n_slots:
                 self._slot_touches = np.zeros(len(edges.state), np.int32)
                 self._slot_bound = np.zeros(len(edges.state), np.float64)
-            skip = np.zeros(0, np.int64) if exclude is None else edges.slots(np.asarray(exclude, np.int64).ravel())
             eligible = np.zeros(0, np.uint8)
             if among is not None:
                 eligible = np.zeros(edges.n_slots, np.uint8)
                 held = edges.slots(np.asarray(among, dtype=np.int64))
                 eligible[held[held >= 0]] = 1
             main, delta = self._run_floors(0, edges.main), self._run_floors(1, edges.delta)
-            slots, distances = parallel_best(start_cost, chosen, *edges.main, *main, *edges.delta, *delta, FLOOR_BLOCK,
-                                             edges.row_words, edges.row_costs, edges.state,
-                                             self._slot_touches[:edges.n_slots], self._slot_bound[:edges.n_slots],
-                                             skip, eligible, k)
-            return edges.ids[slots], distances, edges.row_words[slots], edges.row_costs[slots]
+            slots, distances, hit_words, lengths = parallel_rows(
+                words, weights, self._start_cost, edges.ids, exclude, *edges.main, *main, *edges.delta, *delta,
+                FLOOR_BLOCK, edges.row_words, edges.row_costs, edges.state, self._slot_touches[:edges.n_slots],
+                self._slot_bound[:edges.n_slots], eligible, k)
+            return edges.ids[slots], distances, hit_words, lengths
 
     def _run_floors(self, level: int, runs: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The floors of a level's runs (kernels.run_floors), kept until the runs are replaced:

@@ -353,6 +353,48 @@ def run_floors(ptr, run_slot, row_words, row_costs, block):
 
 
 @numba.njit(nogil=True, cache=True)
+def parallel_rows(words, weights, start_cost, ids, exclude, main_ptr, main_slot, main_block_ptr, main_floors,
+                  delta_ptr, delta_slot, delta_block_ptr, delta_floors, block, row_words, row_costs, state,
+                  touches, bound, eligible, k):
+    """parallel_best for a start given as word ids and weights (a word -1, or a weight <= 0, NaN or
+    inf, gives no start; a word given twice keeps its cheaper cost 1/weight) and excluded image ids
+    (`ids`: each slot's, ascending; -1 none), with each hit's row: (slots, distances, word ids
+    (n, width) int64, path lengths (n, width), inf where the start lacks the word). start_cost
+    (n_words + 1,) is scratch, all inf, and left so; the rest as parallel_best's."""
+    given = np.empty(len(words), np.int64)
+    g = 0
+    for i in range(len(words)):
+        w, p = words[i], weights[i]
+        if w >= 0 and p > 0 and p < np.inf and 1.0 / p < start_cost[w]:
+            if start_cost[w] == np.inf:
+                given[g] = w
+                g += 1
+            start_cost[w] = 1.0 / p
+    chosen = np.sort(given[:g])
+    n_slots = len(touches)
+    skip = np.full(len(exclude), -1, np.int64)
+    for i in range(len(exclude)):
+        s = min(np.searchsorted(ids[:n_slots], exclude[i]), n_slots - 1)
+        if n_slots and ids[s] == exclude[i] and state[s] == 0:
+            skip[i] = s
+    slots, distances = parallel_best(start_cost, chosen, main_ptr, main_slot, main_block_ptr, main_floors,
+                                     delta_ptr, delta_slot, delta_block_ptr, delta_floors, block,
+                                     row_words, row_costs, state, touches, bound, skip, eligible, k)
+    width = row_words.shape[1]
+    padding = len(start_cost) - 1
+    hit_words = np.empty((len(slots), width), np.int64)
+    lengths = np.empty((len(slots), width), np.float64)
+    for i in range(len(slots)):
+        for c in range(width):
+            w = row_words[slots[i], c]
+            hit_words[i, c] = w
+            lengths[i, c] = start_cost[padding if w < 0 else w] + row_costs[slots[i], c]
+    for i in range(g):
+        start_cost[given[i]] = np.inf
+    return slots, distances, hit_words, lengths
+
+
+@numba.njit(nogil=True, cache=True)
 def parallel_best(start_cost, chosen, main_ptr, main_slot, main_block_ptr, main_floors,
                   delta_ptr, delta_slot, delta_block_ptr, delta_floors, block,
                   row_words, row_costs, state, touches, bound, skip, eligible, k):

@@ -284,17 +284,11 @@ def parallel_ranked(index: IwanIndex, words: np.ndarray, weights: np.ndarray, k:
                     among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, Callable[[int], tuple]]:
     """`parallel_nearest` with `paths(c)` building hit c's paths when asked (a search explains
     the hits it keeps only)."""
-    words = np.asarray(words, np.int64)
-    weights = np.asarray(weights, np.float64)
-    usable = (words >= 0) & (weights > 0) & np.isfinite(weights)
-    start_cost = np.full(len(index.words) + 1, np.inf)  # the last: word -1, no start
-    np.minimum.at(start_cost, words[usable], 1.0 / weights[usable])
     # An image holding one start word is its one path, which the graph search finds as short or
     # shorter: only images holding several are scored (the index's kernel reads each start
     # word's runs once).
-    hit_ids, distance, row_words, row_costs = index.parallel_nearest(start_cost, k, exclude, among)
-    best_words = row_words.astype(np.int64)
-    words_of, lengths_of = best_words.tolist(), (start_cost[best_words] + row_costs).tolist()
+    hit_ids, distance, hit_words, lengths = index.parallel_nearest(words, weights, k, exclude, among)
+    words_of, lengths_of = hit_words.tolist(), lengths.tolist()
     image_nodes = (1 + len(index.words) + hit_ids).tolist()
 
     def paths(c: int) -> tuple:
