@@ -59,7 +59,8 @@ _GRAPH_ARRAYS = ("words", "edge_a", "edge_b", "edge_weight", "top_wwk", "strengt
 _SAVED_ARRAYS = (*_GRAPH_ARRAYS, "image_ids", "max_id")
 FLOOR_BLOCK = 32
 """parallel_nearest bounds each path by the least cost of its block of this many run entries
-(one cost read per block, kept until the runs change): 16 to 64 score alike on CIFAR-10."""
+(one cost read per block, kept until the runs change; 8 to 256 timed alike within the noise of a
+shared machine on CIFAR-10, 32 scoring ~180 rows per 5-example query at k=20)."""
 BUILT_FORMAT = "iwan-built-index/1"
 _BUILT_ARRAYS = {  # what `save_built` writes: name -> (dtype, ndim)
     "words": ("U", 1), "edge_a": ("i", 1), "edge_b": ("i", 1), "edge_weight": ("float64", 1),

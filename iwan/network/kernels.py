@@ -1,4 +1,6 @@
-"""Compiled kernels of the IWAN search (numba): the early-stopping Dijkstra and the run merge.
+"""Compiled kernels of the IWAN search (numba): the early-stopping Dijkstra, the run merge, and
+the parallel distance of queries of several examples (their start's weights, the best k by
+parallel distance, their merge with the graph's hits).
 
 The data layout is iwan.network.edges's (read its module doc): word-word edges as CSR over word
 ids; each image slot's row of (word, cost) edges; and each word's images in sorted runs, one set
