@@ -1,5 +1,5 @@
-"""The parallel distance kernel (iwan.network.kernels.parallel_candidates, through
-IwanIndex.parallel_distances) against the numpy implementation it replaced, kept here as the
+"""The parallel distance kernel (iwan.network.kernels.parallel_best, through
+IwanIndex.parallel_nearest) against the numpy implementation it replaced, kept here as the
 reference: ids, distances and paths bit for bit, on random indexes with additions (delta runs),
 removals (tombstones), duplicate words in a row, padding, exclude and among."""
 
@@ -100,7 +100,8 @@ def test_kernel_matches_the_numpy_reference_bit_for_bit(width):
             assert got[0].tobytes() == expected[0].tobytes()
             assert got[2] == expected[2]
             checked += len(expected[1])
-        assert not index._slot_touches.any()  # the scratch left as found
+        assert not index._slot_touches.any() and not index._slot_bound.any()  # the scratch left as found
+        assert np.isinf(index._start_cost).all()
     assert checked > 0 or width == 1  # a row of one word holds no two start words
 
 
@@ -120,7 +121,78 @@ def test_rows_of_more_than_eight_paths_sum_as_numpy_does():
     assert got[0].tobytes() == expected[0].tobytes()
 
 
-def test_parallel_distances_checks_its_start_costs():
+def test_parallel_nearest_checks_its_start():
     index, _ = random_index(np.random.default_rng(0), 3)
-    with pytest.raises(ValueError, match="start_cost must have shape"):
-        index.parallel_distances(np.zeros(3))
+    with pytest.raises(ValueError, match="two arrays of one shape"):
+        index.parallel_nearest(np.zeros(3), np.ones(2), 1)
+    with pytest.raises(ValueError, match="outside 0..7"):
+        index.parallel_nearest(np.array([1, 8]), np.ones(2), 1)
+
+
+def test_floors_follow_additions_merges_and_compactions():
+    """The runs' floors are kept between searches: each search after a change (an addition to the
+    delta, a merge into the main block, a compaction) still equals the reference."""
+    rng = np.random.default_rng(7)
+    width, n_words = 4, 8
+    words, costs = random_rows(rng, 300, width, n_words)
+    graph = IwanGraph([f"w{i}" for i in range(n_words)], np.array([0]), np.array([1]), np.array([1.5]),
+                      words, costs, top_wwk=2, strength="test", image_ids=np.arange(300))
+    index = IwanIndex(graph)
+    start_words, weights = np.array([0, 1, 2, 3]), np.array([0.9, 0.5, 0.3, 0.7])
+    next_id, merges, compactions = 300, 0, 0
+    for _ in range(40):
+        main, n_slots = index._edges.main[1], index._edges.n_slots
+        if rng.random() < 0.6:
+            m = int(rng.integers(1, 400))
+            index.add(np.arange(next_id, next_id + m), rng.integers(-1, n_words, size=(m, width)),
+                      rng.uniform(0.01, 1.0, size=(m, width)))
+            next_id += m
+        else:
+            held = index.image_ids
+            index.remove(rng.choice(held, size=int(rng.integers(1, len(held) // 3 + 2)), replace=False))
+        merges += index._edges.main[1] is not main and index._edges.n_slots >= n_slots
+        compactions += index._edges.n_slots < n_slots
+        for k in (1, 7, 40):
+            expected = reference(index, start_words, weights, k)
+            got = parallel_nearest(index, start_words, weights, k)
+            assert got[1].tolist() == expected[1].tolist()
+            assert got[0].tobytes() == expected[0].tobytes()
+            assert got[2] == expected[2]
+    assert merges and compactions  # both kinds of change were met
+
+
+def test_ties_with_the_kth_are_cut_by_id():
+    """Many images of one row tie: the k nearest are the lowest ids among them."""
+    words = np.tile(np.array([[0, 1, 2]]), (50, 1))
+    costs = np.tile(np.array([[2.0, 3.0, 5.0]]), (50, 1))
+    costs[[5, 17, 30]] = [1.5, 3.0, 5.0]  # three nearer ones
+    graph = IwanGraph(["a", "b", "c"], np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0),
+                      words, costs, top_wwk=0, strength="test", image_ids=np.arange(100, 150))
+    index = IwanIndex(graph)
+    distances, ids, _ = parallel_nearest(index, np.array([0, 1]), np.array([0.5, 0.5]), 6,
+                                         exclude=np.array([101]))
+    assert ids.tolist() == [105, 117, 130, 100, 102, 103]
+    assert distances.tobytes() == reference(index, [0, 1], [0.5, 0.5], 6, exclude=[101])[0].tobytes()
+
+
+def test_two_hit_lists_merge_by_the_lesser_distance():
+    """kernels.lesser_of_two against the lexsorts it replaced: per id its lesser distance (the
+    first list's on a tie), nearest first, ties to the lower id, on random lists full of ties."""
+    from iwan.network.kernels import lesser_of_two
+
+    rng = np.random.default_rng(3)
+    for _ in range(2000):
+        depth = int(rng.integers(1, 40))
+        pool = int(rng.integers(1, 3 * depth + 2))
+        first = rng.choice(pool, size=min(int(rng.integers(0, depth + 1)), pool), replace=False).astype(np.int64)
+        second = rng.choice(pool, size=min(int(rng.integers(0, depth + 1)), pool), replace=False).astype(np.int64)
+        first_distances = rng.choice([1.0, 1.5, 2.0, *rng.uniform(0.5, 3, 3)], size=len(first))
+        second_distances = rng.choice([1.0, 1.5, 2.0, *rng.uniform(0.5, 3, 3)], size=len(second))
+        every_id = np.concatenate([first, second])
+        distance = np.concatenate([first_distances, second_distances])
+        from_second = np.concatenate([np.zeros(len(first), np.int64), np.ones(len(second), np.int64)])
+        order = np.lexsort((from_second, distance, every_id))
+        order = order[np.concatenate(([True], every_id[order][1:] != every_id[order][:-1]))[:len(order)]]
+        expected = order[np.lexsort((every_id[order], distance[order]))][:depth]
+        got = lesser_of_two(first, first_distances, second, second_distances, depth)
+        assert got.tolist() == expected.tolist()

@@ -198,6 +198,44 @@ def test_the_examples_start_weighs_each_word_by_its_mean_times_the_share_holding
     assert combined_start(one)[1].tolist() == [0.1, 0.7]  # one example: its weights, bit for bit
 
 
+def test_the_examples_start_is_the_plain_python_rule_bit_for_bit():
+    """combined_start (numpy) against the rule written out example by example, word by word, on
+    random batches with repeated words, padding, zero, negative, NaN and infinite weights."""
+    import math
+
+    from iwan.retrieval.iwan import combined_start
+    from iwan.retrieval.protocol import Batch
+
+    def reference(word_ids, weights):
+        best = []
+        for row_words, row_weights in zip(word_ids.tolist(), weights.tolist()):
+            own: dict[int, float] = {}
+            for w, p in zip(row_words, row_weights):
+                if w >= 0 and p > 0 and math.isfinite(p):
+                    own[w] = max(own.get(w, 0.0), p)
+            best.append(own)
+        words = sorted({w for own in best for w in own})
+        total = [0.0] * len(words)
+        for own in best:  # summed example by example, in their order
+            total = [t + own.get(w, 0.0) for t, w in zip(total, words)]
+        leader = [max(range(len(best)), key=lambda e: (best[e].get(w, 0.0), -e)) for w in words]
+        if len(best) > 1:
+            total = [t / len(best) * (sum(w in own for own in best) / len(best)) for t, w in zip(total, words)]
+        return words, total, leader
+
+    rng = np.random.default_rng(17)
+    for _ in range(500):
+        n, m = int(rng.integers(1, 17)), int(rng.integers(1, 8))
+        word_ids = rng.integers(-1, 12, size=(n, m))
+        weights = rng.choice([0.0, -1.0, np.nan, np.inf, *rng.uniform(0, 1, 5)], size=(n, m))
+        weights = weights.astype(np.float32 if rng.random() < 0.5 else np.float64)
+        words, total, leader = combined_start(Batch(word_ids=word_ids, weights=weights))
+        expected = reference(word_ids, weights)
+        assert words.tolist() == expected[0]
+        assert total.tobytes() == np.array(expected[1], np.float64).tobytes()
+        assert leader.tolist() == expected[2]
+
+
 def parallel_toy():
     """Words A, B, C, D; no word-word edges. Image 1 holds A surely, image 2 A and B both at 0.4,
     image 3 B and C, image 4 D only (reached by no start below)."""

@@ -253,9 +253,12 @@ def _examples_batch(collection: LiveCollection, examples: Sequence[Example], pol
         for row, i in enumerate(uploads):
             rows[i] = encoded.rows(slice(row, row + 1))
     stored = [i for i, e in enumerate(examples) if e.image_id is not None]
+    whole = None
     if stored:
         found = collection.stored_queries(np.array([examples[i].image_id for i in stored], dtype=np.int64))
-        for row, i in enumerate(stored):
+        if len(stored) == len(examples) > 1:  # the rows are one batch already, in their order
+            whole = stacked(found)
+        for row, i in enumerate(stored if whole is None else ()):
             rows[i] = found.rows(slice(row, row + 1))
     for i, example in enumerate(examples):
         if example.text is not None:
@@ -263,16 +266,23 @@ def _examples_batch(collection: LiveCollection, examples: Sequence[Example], pol
             rows[i] = parsed.batch
             unknown += [w for w in parsed.unknown if w not in unknown]
             text_words = list(parsed.words)
-    batch = stack(cast("list[Batch]", rows))
+    batch = whole if whole is not None else stack(cast("list[Batch]", rows))
     if not batch.has(WORD_FIELDS):
         words = []
     elif len(examples) == 1:  # one example's words as they were given (a text's in its order)
         words = text_words if text_words is not None else query_words(collection.words, batch)
     else:
         word_ids, weights, _ = combined_start(batch)
-        order = sorted(range(len(word_ids)), key=lambda j: -weights[j])
-        words = [(collection.words[int(word_ids[j])], float(weights[j])) for j in order]
+        order = np.argsort(-weights, kind="stable")  # heaviest first, ties in word order
+        words = [(collection.words[w], p) for w, p in zip(word_ids[order].tolist(), weights[order].tolist())]
     return _ExampleBatch(batch, words, unknown)
+
+
+def stacked(batch: Batch) -> Batch:
+    """`batch` as `stack` gives its rows back: the fields a query carries, without `image_ids`."""
+    from iwan.retrieval.protocol import Batch
+
+    return Batch(word_ids=batch.word_ids, weights=batch.weights, embeddings=batch.embeddings, codes=batch.codes)
 
 
 def stack(batches: list[Batch]) -> Batch:

@@ -46,7 +46,7 @@ from hashing.arrays import read_arrays, save_folder
 from hashing.search import check_k
 from iwan.network.edges import ImageEdges
 from iwan.network.graph import IwanGraph, describe_node, image_edges
-from iwan.network.kernels import nearest, parallel_candidates
+from iwan.network.kernels import nearest, parallel_rows, run_floors
 from iwan.vision.words import WordMapping, WordMatcher
 
 INDEX_FORMAT = "iwan-index/2"
@@ -57,6 +57,10 @@ _GRAPH_FORMAT = "iwan-index/1"
 still loaded, as a fresh build."""
 _GRAPH_ARRAYS = ("words", "edge_a", "edge_b", "edge_weight", "top_wwk", "strength", "image_words", "image_costs")
 _SAVED_ARRAYS = (*_GRAPH_ARRAYS, "image_ids", "max_id")
+FLOOR_BLOCK = 32
+"""parallel_nearest bounds each path by the least cost of its block of this many run entries
+(one cost read per block, kept until the runs change; 8 to 256 timed alike within the noise of a
+shared machine on CIFAR-10, 32 scoring ~180 rows per 5-example query at k=20)."""
 BUILT_FORMAT = "iwan-built-index/1"
 _BUILT_ARRAYS = {  # what `save_built` writes: name -> (dtype, ndim)
     "words": ("U", 1), "edge_a": ("i", 1), "edge_b": ("i", 1), "edge_weight": ("float64", 1),
@@ -212,7 +216,12 @@ class IwanIndex:
         self._word_dist = np.full(n_words, np.inf)
         self._word_pred = np.zeros(n_words, np.int64)
         self._word_done = np.zeros(n_words, np.uint8)
-        self._slot_touches = np.zeros(0, np.int32)  # parallel_distances' scratch, all 0, grown to the slots
+        # parallel_nearest's scratch, all 0, grown to the slots; and its runs' floors, per level:
+        # (the runs they were read from, block_ptr, floors), read again once those runs are replaced.
+        self._slot_touches = np.zeros(0, np.int32)
+        self._slot_bound = np.zeros(0, np.float64)
+        self._start_cost = np.full(n_words + 1, np.inf)  # parallel_nearest's scratch, all inf
+        self._floors: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = [None, None]
 
     @property
     def ntotal(self) -> int:
@@ -419,38 +428,54 @@ class IwanIndex:
             words, costs, exclude_slots, eligible, k, want_paths,
         )
 
-    def parallel_distances(self, start_cost: np.ndarray, exclude: np.ndarray | None = None,
-                           among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The live images holding several start words, ids ascending, with their parallel distances
-        (iwan.retrieval.iwan's module doc) and rows: (ids, distances, words (n, width), costs).
-        start_cost (n_words + 1,): each word's start cost, inf where none, the last entry inf (the
-        padding word -1). `exclude` (ids, -1 none) are left out, and with `among` (ids) only those
-        are kept. The runs and rows are read under the index's lock, as its searches read them."""
-        start_cost = np.ascontiguousarray(start_cost, dtype=np.float64)
-        if start_cost.shape != (len(self.words) + 1,):
-            raise ValueError(f"start_cost must have shape ({len(self.words) + 1},) (a cost per word, then inf); "
-                             f"got {start_cost.shape}")
-        chosen = np.flatnonzero(np.isfinite(start_cost[:-1]))
+    def parallel_nearest(self, words: np.ndarray, weights: np.ndarray, k: int, exclude: np.ndarray | None = None,
+                         among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The k live images holding several start words nearest by parallel distance
+        (iwan.retrieval.iwan's module doc), nearest first, ties to the lower id, with their rows:
+        (ids, distances, word ids (n, width) int64, path lengths (n, width), inf where the start
+        lacks the word). The start: word ids and weights, as a query's (a word -1, or a weight
+        <= 0, NaN or inf, gives no start; a word given twice keeps its larger weight). `exclude`
+        (ids, -1 none) are no results, and with `among` (ids) only those are. The runs and rows
+        are read under the index's lock, as its searches read them."""
+        k = check_k(k)
+        words, weights = np.asarray(words, np.int64).ravel(), np.asarray(weights, np.float64).ravel()
+        if words.shape != weights.shape:
+            raise ValueError(f"start words and weights must be two arrays of one shape; got {words.shape} and "
+                             f"{weights.shape}")
+        if words.size and words.max() >= len(self.words):
+            self._check_words(np.unique(words[words >= 0]).tolist())
+        exclude = np.zeros(0, np.int64) if exclude is None else np.asarray(exclude, np.int64).ravel()
         with self._lock:
             edges = self._edges
             if len(self._slot_touches) < edges.n_slots:
                 self._slot_touches = np.zeros(len(edges.state), np.int32)
-            slots, distances = parallel_candidates(start_cost, chosen, *edges.main, *edges.delta, edges.row_words,
-                                                   edges.row_costs, edges.state, self._slot_touches[:edges.n_slots])
-            if exclude is not None or among is not None:
-                keep = np.ones(len(slots), bool)
-                if exclude is not None:
-                    keep &= ~np.isin(slots, edges.slots(np.asarray(exclude, np.int64)))
-                if among is not None:
-                    keep &= np.isin(slots, edges.slots(np.asarray(among, np.int64)))
-                slots, distances = slots[keep], distances[keep]
-            # take, not [slots]: a row gather by fancy indexing costs ten times more here.
-            return (edges.ids.take(slots), distances, edges.row_words.take(slots, axis=0),
-                    edges.row_costs.take(slots, axis=0))
+                self._slot_bound = np.zeros(len(edges.state), np.float64)
+            eligible = np.zeros(0, np.uint8)
+            if among is not None:
+                eligible = np.zeros(edges.n_slots, np.uint8)
+                held = edges.slots(np.asarray(among, dtype=np.int64))
+                eligible[held[held >= 0]] = 1
+            main, delta = self._run_floors(0, edges.main), self._run_floors(1, edges.delta)
+            slots, distances, hit_words, lengths = parallel_rows(
+                words, weights, self._start_cost, edges.ids, exclude, *edges.main, *main, *edges.delta, *delta,
+                FLOOR_BLOCK, edges.row_words, edges.row_costs, edges.state, self._slot_touches[:edges.n_slots],
+                self._slot_bound[:edges.n_slots], eligible, k)
+            return edges.ids[slots], distances, hit_words, lengths
+
+    def _run_floors(self, level: int, runs: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The floors of a level's runs (kernels.run_floors), kept until the runs are replaced:
+        additions replace the delta's, merges and compactions both levels' (the rows of the slots
+        in a run never change). Called under the lock."""
+        kept = self._floors[level]
+        if kept is None or kept[0] is not runs[1]:
+            kept = (runs[1], *run_floors(*runs, self._edges.row_words, self._edges.row_costs, FLOOR_BLOCK))
+            self._floors[level] = kept
+        return kept[1], kept[2]
 
     def path_labels(self, path: Sequence[int]) -> list[str]:
         """Readable nodes of a hit's path: words as words, images as "image 12" (database id)."""
-        return [describe_node(node, self.words) for node in path]
+        words = self.words
+        return [words[node - 1] if 0 < node <= len(words) else describe_node(node, words) for node in path]
 
     def _check_words(self, word_ids: Sequence[int]) -> None:
         bad = [w for w in word_ids if not 0 <= w < len(self.words)]

@@ -1,4 +1,6 @@
-"""Compiled kernels of the IWAN search (numba): the early-stopping Dijkstra and the run merge.
+"""Compiled kernels of the IWAN search (numba): the early-stopping Dijkstra, the run merge, and
+the parallel distance of queries of several examples (their start's weights, the best k by
+parallel distance, their merge with the graph's hits).
 
 The data layout is iwan.network.edges's (read its module doc): word-word edges as CSR over word
 ids; each image slot's row of (word, cost) edges; and each word's images in sorted runs, one set
@@ -337,53 +339,184 @@ def sorted_runs(n_words, row_words, row_costs, first_slot):
 
 
 @numba.njit(nogil=True, cache=True)
-def parallel_candidates(start_cost, chosen, main_ptr, main_slot, delta_ptr, delta_slot,
-                        row_words, row_costs, state, touches):
-    """The live slots holding several of the `chosen` start words, ascending, and each one's
-    parallel distance over its whole row: (slots, distances). A path's length is
-    start_cost[word] + its row cost (start_cost: per word, inf where no start, its last entry the
-    padding word -1's); one finite path: its length; several: 1 / the sum of 1 / length over the
-    whole row, summed in numpy's order (_row_sum), so the figures are numpy's bit for bit. Each
-    chosen word's runs (both levels) are read once; touches (n_slots,) int32 (the slots held, no
-    more) counts them and is left all 0."""
-    for level in range(2):
-        ptr, run_slot = (main_ptr, main_slot) if level == 0 else (delta_ptr, delta_slot)
-        for i in range(len(chosen)):
-            w = chosen[i]
-            for e in range(ptr[w], ptr[w + 1]):
-                touches[run_slot[e]] += 1
-    # One pass over the counts gives the slots in order and resets them: the runs of a start of hub
-    # words touch about as many edges as there are slots, and a sort of the touched slots costs more.
+def run_floors(ptr, run_slot, row_words, row_costs, block):
+    """Each run's cost at every `block`-th entry, the least cost of the block it opens (a run is
+    cheapest first): (block_ptr (n_words + 1) int64, floors float64), word w's blocks at
+    block_ptr[w]..block_ptr[w + 1]. Read from the rows (edge_cost), as the runs' order was."""
+    n_words = len(ptr) - 1
+    block_ptr = np.zeros(n_words + 1, np.int64)
+    for w in range(n_words):
+        block_ptr[w + 1] = block_ptr[w] + (ptr[w + 1] - ptr[w] + block - 1) // block
+    floors = np.empty(block_ptr[n_words], np.float64)
+    for w in range(n_words):
+        for i in range(block_ptr[w + 1] - block_ptr[w]):
+            floors[block_ptr[w] + i] = edge_cost(row_words, row_costs, run_slot[ptr[w] + i * block], w)
+    return block_ptr, floors
+
+
+@numba.njit(nogil=True, cache=True)
+def parallel_rows(words, weights, start_cost, ids, exclude, main_ptr, main_slot, main_block_ptr, main_floors,
+                  delta_ptr, delta_slot, delta_block_ptr, delta_floors, block, row_words, row_costs, state,
+                  touches, bound, eligible, k):
+    """parallel_best for a start given as word ids and weights (a word -1, or a weight <= 0, NaN or
+    inf, gives no start; a word given twice keeps its cheaper cost 1/weight) and excluded image ids
+    (`ids`: each slot's, ascending; -1 none), with each hit's row: (slots, distances, word ids
+    (n, width) int64, path lengths (n, width), inf where the start lacks the word). start_cost
+    (n_words + 1,) is scratch, all inf, and left so; the rest as parallel_best's."""
+    given = np.empty(len(words), np.int64)
+    g = 0
+    for i in range(len(words)):
+        w, p = words[i], weights[i]
+        if w >= 0 and p > 0 and p < np.inf and 1.0 / p < start_cost[w]:
+            if start_cost[w] == np.inf:
+                given[g] = w
+                g += 1
+            start_cost[w] = 1.0 / p
+    chosen = np.sort(given[:g])
     n_slots = len(touches)
-    n = 0
-    for s in range(n_slots):
-        if touches[s] > 1 and state[s] >= 0:
-            n += 1
-    slots = np.empty(n, np.int64)
-    n = 0
-    for s in range(n_slots):
-        if touches[s] > 1 and state[s] >= 0:
-            slots[n] = s
-            n += 1
-        touches[s] = 0
+    skip = np.full(len(exclude), -1, np.int64)
+    for i in range(len(exclude)):
+        s = min(np.searchsorted(ids[:n_slots], exclude[i]), n_slots - 1)
+        if n_slots and ids[s] == exclude[i] and state[s] == 0:
+            skip[i] = s
+    slots, distances = parallel_best(start_cost, chosen, main_ptr, main_slot, main_block_ptr, main_floors,
+                                     delta_ptr, delta_slot, delta_block_ptr, delta_floors, block,
+                                     row_words, row_costs, state, touches, bound, skip, eligible, k)
     width = row_words.shape[1]
     padding = len(start_cost) - 1
-    distances = np.empty(n, np.float64)
-    inverse = np.empty(width, np.float64)
-    for i in range(n):
-        s = slots[i]
-        count = 0
-        least = np.inf
+    hit_words = np.empty((len(slots), width), np.int64)
+    lengths = np.empty((len(slots), width), np.float64)
+    for i in range(len(slots)):
         for c in range(width):
-            w = row_words[s, c]
-            length = start_cost[padding if w < 0 else w] + row_costs[s, c]
-            inverse[c] = 1.0 / length  # a word the start lacks: an infinite length, 0
-            if inverse[c] > 0:
-                count += 1
-            if length < least:
-                least = length
-        distances[i] = least if count == 1 else 1.0 / _row_sum(inverse)
+            w = row_words[slots[i], c]
+            hit_words[i, c] = w
+            lengths[i, c] = start_cost[padding if w < 0 else w] + row_costs[slots[i], c]
+    for i in range(g):
+        start_cost[given[i]] = np.inf
+    return slots, distances, hit_words, lengths
+
+
+@numba.njit(nogil=True, cache=True)
+def parallel_best(start_cost, chosen, main_ptr, main_slot, main_block_ptr, main_floors,
+                  delta_ptr, delta_slot, delta_block_ptr, delta_floors, block,
+                  row_words, row_costs, state, touches, bound, skip, eligible, k):
+    """The k live slots holding several of the `chosen` start words nearest by parallel distance
+    over their whole row, nearest first, ties to the lower slot: (slots, distances). A path's length
+    is start_cost[word] + its row cost (start_cost: per word, inf where no start, its last entry the
+    padding word -1's); one finite path: its length; several: 1 / the sum of 1 / length over the
+    whole row, summed in numpy's order (_row_sum), so the figures are numpy's bit for bit. `skip`:
+    slots that are no results (-1 none); `eligible` (n_slots,) uint8: only slots marked 1 are
+    results (empty: every slot). Each level's runs come with their floors (run_floors, every
+    `block` entries). Scratch, (n_slots,) each (the slots held, no more), left all 0: `touches`
+    int32 counts each slot's start words, `bound` float64 sums its paths' bounds.
+
+    Each chosen word's runs (both levels) are read once, and each slot met gets, per path, 1 /
+    (start cost + the floor of its block): at least the path's 1 / length, so their sum bounds the
+    slot's sum of 1 / length from above. The k best so far are kept in a max-heap, and a slot
+    whose bound cannot beat the k-th (with a margin of 1e-9, far above the rounding of sums of
+    a row's few terms in another order) is not scored: its row is never read. Of the ~11,000
+    slots holding several words of a 5-example start at 50,000 images, a few hundred are scored."""
+    for level in range(2):
+        if level == 0:
+            ptr, run_slot, block_ptr, floors = main_ptr, main_slot, main_block_ptr, main_floors
+        else:
+            ptr, run_slot, block_ptr, floors = delta_ptr, delta_slot, delta_block_ptr, delta_floors
+        for i in range(len(chosen)):
+            w = chosen[i]
+            a = start_cost[w]
+            end = ptr[w + 1]
+            f = block_ptr[w]
+            for first in range(ptr[w], end, block):
+                most = 1.0 / (a + floors[f])
+                f += 1
+                for e in range(first, min(first + block, end)):
+                    s = run_slot[e]
+                    touches[s] += 1
+                    bound[s] += most
+    for i in range(len(skip)):
+        if skip[i] >= 0:
+            touches[skip[i]] = 0
+    filtered = len(eligible) > 0
+    width = row_words.shape[1]
+    padding = len(start_cost) - 1
+    inverse = np.empty(width, np.float64)
+    heap_distance = np.empty(k, np.float64)
+    heap_slot = np.empty(k, np.int64)
+    size = 0
+    limit = np.inf  # the k-th distance with the margin, once k are held
+    # One pass over the counts scores the slots in order and resets them: the runs of a start of hub
+    # words touch about as many edges as there are slots, and a sort of the touched slots costs more.
+    for s in range(len(touches)):
+        held, most = touches[s], bound[s]
+        touches[s] = 0
+        bound[s] = 0.0
+        # One branch, rarely taken once k are held (bitwise, not short-circuit: a branch per test
+        # mispredicts on about every candidate and costs more than the scoring it saves).
+        if (held > 1) & (state[s] >= 0) & ((size < k) | (most * limit >= 1.0)):
+            if filtered and not eligible[s]:
+                continue
+            count = 0
+            least = np.inf
+            for c in range(width):
+                w = row_words[s, c]
+                length = start_cost[padding if w < 0 else w] + row_costs[s, c]
+                inverse[c] = 1.0 / length  # a word the start lacks: an infinite length, 0
+                if inverse[c] > 0:
+                    count += 1
+                if length < least:
+                    least = length
+            distance = least if count == 1 else 1.0 / _row_sum(inverse)
+            size = _keep_best(heap_distance, heap_slot, size, distance, s)
+            if size == k:
+                limit = heap_distance[0] * (1.0 + 1e-9)
+    slots = np.empty(size, np.int64)
+    distances = np.empty(size, np.float64)
+    while size:  # the heap emptied worst first, so filled in from the back: nearest first
+        size -= 1
+        slots[size], distances[size] = heap_slot[0], heap_distance[0]
+        _sift_down_max(heap_distance, heap_slot, size, heap_distance[size], heap_slot[size])
     return slots, distances
+
+
+@numba.njit(nogil=True, cache=True)
+def _keep_best(heap_distance, heap_slot, size, distance, slot):
+    """Offer (distance, slot) to a max-heap by (distance, slot) of at most len(heap_distance)
+    entries, `size` of them held; returns the new size."""
+    if size == len(heap_distance):
+        top = heap_distance[0]
+        if distance > top or (distance == top and slot > heap_slot[0]):
+            return size
+        _sift_down_max(heap_distance, heap_slot, size, distance, slot)  # in place of the worst
+        return size
+    i = size
+    while i > 0:
+        parent = (i - 1) >> 1
+        if heap_distance[parent] > distance or (heap_distance[parent] == distance and heap_slot[parent] > slot):
+            break
+        heap_distance[i], heap_slot[i] = heap_distance[parent], heap_slot[parent]
+        i = parent
+    heap_distance[i], heap_slot[i] = distance, slot
+    return size + 1
+
+
+@numba.njit(nogil=True, cache=True)
+def _sift_down_max(heap_distance, heap_slot, size, distance, slot):
+    """Put (distance, slot) at the top of the max-heap's first `size` entries and sift it down."""
+    i = 0
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            break
+        right = child + 1
+        if right < size and (heap_distance[right] > heap_distance[child] or (
+                heap_distance[right] == heap_distance[child] and heap_slot[right] > heap_slot[child])):
+            child = right
+        if heap_distance[child] < distance or (heap_distance[child] == distance and heap_slot[child] < slot):
+            break
+        heap_distance[i], heap_slot[i] = heap_distance[child], heap_slot[child]
+        i = child
+    if size:
+        heap_distance[i], heap_slot[i] = distance, slot
 
 
 @numba.njit(nogil=True, cache=True)
@@ -415,3 +548,72 @@ def _row_sum(a):
         total += a[i]
         i += 1
     return total
+
+
+@numba.njit(nogil=True, cache=True)
+def start_weights(word_ids, weights):
+    """The words of examples' rows (word ids int64, weights float64, both (n, m)) as one start:
+    (words, sorted; each word's weights summed example by example, in their order, of each
+    example's largest weight of it (0 where it lacks it); the first example giving it the
+    largest weight; how many examples hold it). A word counts where its id is >= 0 and its weight
+    > 0 and finite. iwan.retrieval.iwan.combined_start weighs them."""
+    n, m = word_ids.shape
+    given = np.empty(n * m, np.int64)
+    g = 0
+    for e in range(n):
+        for j in range(m):
+            p = weights[e, j]
+            if word_ids[e, j] >= 0 and p > 0 and p < np.inf:
+                given[g] = word_ids[e, j]
+                g += 1
+    words = np.unique(given[:g])
+    best = np.zeros((n, len(words)))
+    for e in range(n):
+        for j in range(m):
+            p = weights[e, j]
+            if word_ids[e, j] >= 0 and p > 0 and p < np.inf:
+                i = np.searchsorted(words, word_ids[e, j])
+                if p > best[e, i]:
+                    best[e, i] = p
+    total = best[0].copy()
+    for e in range(1, n):
+        total += best[e]
+    leader = np.zeros(len(words), np.int64)
+    holders = np.zeros(len(words), np.int64)
+    for i in range(len(words)):
+        for e in range(n):
+            if best[e, i] > best[leader[i], i]:
+                leader[i] = e
+            if best[e, i] > 0:
+                holders[i] += 1
+    return words, total, leader, holders
+
+
+@numba.njit(nogil=True, cache=True)
+def lesser_of_two(first_ids, first_distances, second_ids, second_distances, depth):
+    """Two lists of hits (ids, distances; each id once per list) as one: per id its lesser
+    distance (the first list's on a tie), then the best `depth` nearest first, ties to the lower
+    id. Returns positions in the two lists concatenated."""
+    n = len(first_ids) + len(second_ids)
+    ids = np.empty(n, np.int64)
+    distances = np.empty(n, np.float64)
+    ids[:len(first_ids)], ids[len(first_ids):] = first_ids, second_ids
+    distances[:len(first_ids)], distances[len(first_ids):] = first_distances, second_distances
+    by_id = np.argsort(ids, kind="mergesort")  # stable: within an id, the first list's entry first
+    kept = np.empty(n, np.int64)
+    m = 0
+    i = 0
+    while i < n:
+        best = by_id[i]
+        j = i + 1
+        while j < n and ids[by_id[j]] == ids[best]:
+            if distances[by_id[j]] < distances[best]:
+                best = by_id[j]
+            j += 1
+        kept[m] = best
+        m += 1
+        i = j
+    kept = kept[:m]  # in id order, so a stable sort by distance breaks ties by id
+    order = np.argsort(distances[kept], kind="mergesort")
+    return kept[order[:depth]]
+

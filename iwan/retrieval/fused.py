@@ -10,7 +10,7 @@ its rank in each member (None where a member did not rank it that deep) and the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -68,25 +68,31 @@ class FusedRetriever:
 
     def explain(self, queries: Batch, k: int, *, exclude: np.ndarray | None = None) -> Explained:
         depth = self.depth_factor * check_k(k)
-        return self._fused([member.explain(queries, depth, exclude=exclude) for member in self.members], k)
+        found = [member.explain(queries, depth, exclude=exclude) for member in self.members]
+        fused, _ = self._fused([(f.scores, f.ids, _given(f.reasons)) for f in found], k)
+        return fused
 
     def explain_examples(self, examples: Examples, k: int, *, among: np.ndarray | None = None,
                          exclude: np.ndarray | None = None) -> Explained:
         """Each member answers the examples in its own terms, `depth_factor` times deeper; the
-        rankings are fused as any others. A hit's `example` is that of the first member ranking it."""
+        rankings are fused as any others. A hit's `example` is that of the first member ranking it.
+        A member that explains on demand (`ranked_examples`) explains the fused hits only."""
         depth = self.depth_factor * check_k(k)
-        found = []
+        found: list[tuple[np.ndarray, np.ndarray, Reason]] = []
         for member in self.members:
-            if not isinstance(member, ExampleRetriever):
+            ranked = getattr(member, "ranked_examples", None)  # duck-typed: a Protocol isinstance costs tens of us
+            if ranked is not None:
+                scores, ids, why = ranked(examples, depth, among=among, exclude=exclude)
+                found.append((scores, ids, _of_one_query(why)))
+            elif isinstance(member, ExampleRetriever):
+                f = member.explain_examples(examples, depth, among=among, exclude=exclude)
+                found.append((f.scores, f.ids, _given(f.reasons)))
+            else:
                 raise ValueError(f"the fused member {member.name!r} answers one example per query")
-            found.append(member.explain_examples(examples, depth, among=among, exclude=exclude))
-        fused = self._fused(found, k)
-        led: dict[int, int | None] = {}
-        for f in reversed(found):  # the first member's word stands
-            led.update({i: why.get("example") for i, why in zip(f.ids[0].tolist(), f.reasons[0]) if i >= 0})
-        for why, image_id in zip(fused.reasons[0], fused.ids[0].tolist()):
-            if image_id >= 0:
-                why["example"] = led.get(image_id)
+        fused, first = self._fused(found, k)
+        for why, led in zip(fused.reasons[0], first[0]):  # the first member's word stands
+            if led is not None:
+                why["example"] = led.get("example")
         return fused
 
     def search_examples(self, queries: Sequence[Examples], k: int, *,
@@ -100,25 +106,45 @@ class FusedRetriever:
             rankings.append(member.search_examples(queries, depth, exclude=exclude))
         return fuse(rankings, k, rule=self.rule, weights=self.weights, k0=self.k0)
 
-    def _fused(self, found: list[Explained], k: int) -> Explained:
-        """The members' explained rankings fused, each hit explained by what they found."""
-        scores, ids = fuse([(f.scores, f.ids) for f in found], k, rule=self.rule, weights=self.weights, k0=self.k0)
-        reasons = []
+    def _fused(self, found: list[tuple[np.ndarray, np.ndarray, Reason]],
+               k: int) -> tuple[Explained, list[list[dict | None]]]:
+        """The members' rankings (scores, ids, reason(r, c)) fused, each hit explained by what they
+        found (asking each member only for the fused hits), and per hit the reason of the first
+        member that ranked it (None for padding)."""
+        scores, ids = fuse([(s, i) for s, i, _ in found], k, rule=self.rule, weights=self.weights, k0=self.k0)
+        reasons, firsts = [], []
         for r, row_ids in enumerate(ids.tolist()):
-            seen = [{i: (rank, why) for rank, (i, why) in enumerate(zip(f.ids[r].tolist(), f.reasons[r]), start=1)
-                     if i >= 0} for f in found]
+            where = [{i: c for c, i in enumerate(member_ids[r].tolist()) if i >= 0} for _, member_ids, _ in found]
             row: list[dict] = []
+            first: list[dict | None] = []
             for image_id in row_ids:
                 if image_id < 0:
                     row.append({})
+                    first.append(None)
                     continue
                 why: dict = {}
-                for member_seen in seen:
-                    why.update(member_seen.get(image_id, (None, {}))[1])
-                why["ranks"] = {m.name: s[image_id][0] if image_id in s else None for m, s in zip(self.members, seen)}
+                given = [reason(r, at[image_id]) for (_, _, reason), at in zip(found, where) if image_id in at]
+                for member_why in given:
+                    why.update(member_why)
+                why["ranks"] = {m.name: at[image_id] + 1 if image_id in at else None
+                                for m, at in zip(self.members, where)}
                 row.append(why)
+                first.append(given[0] if given else {})
             reasons.append(row)
-        return Explained(scores, ids, reasons)
+            firsts.append(first)
+        return Explained(scores, ids, reasons), firsts
+
+
+Reason = Callable[[int, int], dict]
+"""A member's reason for its hit c of query r."""
+
+
+def _given(reasons: list[list[dict]]) -> Reason:
+    return lambda r, c: reasons[r][c]
+
+
+def _of_one_query(why: Callable[[int], dict]) -> Reason:
+    return lambda r, c: why(c)
 
 
 @register_retriever("fused")

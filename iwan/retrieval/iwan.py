@@ -31,7 +31,8 @@ answers exactly as the one-image search.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import cast
 
@@ -40,6 +41,7 @@ import numpy as np
 from hashing.search import check_k
 from iwan.config import NEGATIVE_DEPTH_FACTOR
 from iwan.network.index import IwanIndex
+from iwan.network.kernels import lesser_of_two, start_weights
 from iwan.retrieval.protocol import WORD_FIELDS, Batch, CorpusData, Examples, Explained
 from iwan.retrieval.registry import Corpus, register_retriever, require_predictor
 
@@ -93,15 +95,23 @@ class IwanRetriever:
     def explain_examples(self, examples: Examples, k: int, *, among: np.ndarray | None = None,
                          exclude: np.ndarray | None = None) -> Explained:
         """The positives' words as one start, pushed away from the negatives' (the module doc)."""
+        scores, ids, why = self.ranked_examples(examples, k, among=among, exclude=exclude)
+        return Explained(scores, ids, [[why(c) if i >= 0 else {} for c, i in enumerate(ids[0].tolist())]])
+
+    def ranked_examples(self, examples: Examples, k: int, *, among: np.ndarray | None = None,
+                        exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, Callable[[int], dict]]:
+        """`explain_examples`'s scores and ids (1, k), and `why(c)`: hit c's reason, built when asked
+        (a fusion explains only the hits it keeps of the deeper list it reads)."""
         k = check_k(k)
         skip = None if exclude is None else np.asarray(exclude, np.int64).reshape(1, -1)
-        (ranked,) = self._answer([examples], k, among, skip, paths=True)
+        ((ranked, why),) = self._answer([examples], k, among, skip, paths=True)
         out_scores = np.full((1, k), -np.inf)
         out_ids = np.full((1, k), -1, np.int64)
-        reasons: list[dict] = [{} for _ in range(k)]
-        for c, (distance, image_id, why) in enumerate(ranked):
-            out_scores[0, c], out_ids[0, c], reasons[c] = -distance, image_id, why
-        return Explained(out_scores, out_ids, [reasons])
+        for c, (distance, image_id, _) in enumerate(ranked):
+            out_scores[0, c], out_ids[0, c] = -distance, image_id
+        kept = [c for _, _, c in ranked]
+        explain = cast("Callable[[int], dict]", why)
+        return out_scores, out_ids, lambda c: explain(kept[c])
 
     def search_examples(self, queries: Sequence[Examples], k: int, *,
                         exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -111,21 +121,22 @@ class IwanRetriever:
         skip = None if exclude is None else np.asarray(exclude, np.int64).reshape(len(queries), -1)
         scores = np.full((len(queries), k), -np.inf)
         ids = np.full((len(queries), k), -1, np.int64)
-        for r, ranked in enumerate(self._answer(queries, k, None, skip, paths=False)):
+        for r, (ranked, _) in enumerate(self._answer(queries, k, None, skip, paths=False)):
             for c, (distance, image_id, _) in enumerate(ranked):
                 scores[r, c], ids[r, c] = -distance, image_id
         return scores, ids
 
     def _answer(self, queries: Sequence[Examples], k: int, among: np.ndarray | None, exclude: np.ndarray | None,
-                paths: bool) -> list[list[tuple[float, int, dict]]]:
-        """Each query's ranked (distance, id, reason) (reasons only with `paths`). The starts of
+                paths: bool) -> list[tuple[list[tuple[float, int, int]], Callable[[int], dict] | None]]:
+        """Each query's ranked (distance, id, position) and what explains a position (`_ranked`;
+        only with `paths`). The starts of
         the queries searched at one depth go to the graph together: a query with negatives at
         NEGATIVE_DEPTH_FACTOR * k, deeper while its k-th result could still change."""
         starts = [(combined_start(e.positive), combined_start(cast(Batch, e.negative)) if e.has_negative else None)
                   for e in queries]
         several = [(len(e.positive) > 1, e.has_negative and len(cast(Batch, e.negative)) > 1) for e in queries]
         depths = [k if negative is None else NEGATIVE_DEPTH_FACTOR * k for _, negative in starts]
-        answers: list[list[tuple[float, int, dict]]] = [[] for _ in queries]
+        answers: list[tuple[list[tuple[float, int, int]], Callable[[int], dict] | None]] = [([], None) for _ in queries]
         pending = set(range(len(queries)))
         while pending:
             depth = min(depths[r] for r in pending)
@@ -151,12 +162,12 @@ class IwanRetriever:
                 pos = at[(r, 0)]
                 neg = at.get((r, 1))
                 pushed = None if neg is None else (scores[neg], ids[neg], hit_paths[neg])
-                ranked = self._ranked((scores[pos], ids[pos], hit_paths[pos]), pushed, starts[r], k)
+                ranked, why = self._ranked((scores[pos], ids[pos], hit_paths[pos]), pushed, starts[r], k)
                 reached = int((ids[pos] >= 0).sum())
                 # Images not ranked lie at least as far as the last one ranked, pushed or not: once
                 # the k-th is no farther, deeper would change nothing.
                 if neg is None or reached < depth or not ranked or ranked[-1][0] <= -scores[pos, reached - 1]:
-                    answers[r] = ranked
+                    answers[r] = ranked, why
                     pending.remove(r)
                 else:
                     depths[r] = depth * NEGATIVE_DEPTH_FACTOR
@@ -167,38 +178,40 @@ class IwanRetriever:
         """One row of the graph's (scores, ids, paths) at `depth` merged with the start's nearest
         by parallel distance: the best `depth` by the lesser of the two distances (the graph's on
         a tie), ties to the lower id. A parallel hit's path is its direct paths, shortest first
-        (`parallel_nearest`); paths None: none asked."""
+        (`parallel_nearest`), built when its hit is explained; paths None: none asked."""
         scores, ids, paths = found
         words, weights, _ = start
-        p_distance, p_ids, p_paths = parallel_nearest(self.index, words, weights, depth, exclude, among)
+        p_distance, p_ids, p_paths = parallel_ranked(self.index, words, weights, depth, exclude, among)
         n = int((ids >= 0).sum())
         every_id = np.concatenate([ids[:n], p_ids])
         distance = np.concatenate([-scores[:n], p_distance])
-        from_graph = np.concatenate([np.zeros(n, np.int64), np.ones(len(p_ids), np.int64)])
         # Per image its lesser distance (the graph's first among equals), then nearest first.
-        first = np.lexsort((from_graph, distance, every_id))
-        first = first[np.r_[True, every_id[first][1:] != every_id[first][:-1]][:len(first)]]
-        kept = first[np.lexsort((every_id[first], distance[first]))][:depth]
+        kept = lesser_of_two(ids[:n], distance[:n], p_ids, p_distance, depth)
         out_scores = np.full(depth, -np.inf)
         out_ids = np.full(depth, -1, np.int64)
         out_scores[:len(kept)], out_ids[:len(kept)] = -distance[kept], every_id[kept]
         if paths is None:
             return out_scores, out_ids, None
-        out_paths = [paths[c] if c < n else p_paths[c - n] for c in kept.tolist()]
+        out_paths = [paths[c] if c < n else partial(p_paths, c - n) for c in kept.tolist()]
         return out_scores, out_ids, out_paths + [()] * (depth - len(kept))
 
-    def _why(self, start, path) -> dict:
+    def _why(self, leaders: dict[int, int], path) -> dict:
         """A hit's path (its shortest direct one, for a parallel hit: then `paths`, all of them)
-        and the example that led to it."""
-        if path and isinstance(path[0], tuple):
-            return {"path": self.index.path_labels(path[0]), "paths": [self.index.path_labels(p) for p in path],
-                    "example": example_of(start, path[0])}
-        return {"path": self.index.path_labels(path), "example": example_of(start, path)}
+        and the example that led to it (`leaders`: the start's word nodes' examples, leaders_of)."""
+        if callable(path):  # a parallel hit's paths, built on demand (_with_parallel)
+            path = path()
+        if path and isinstance(path[0], tuple):  # direct paths (word, image), one image
+            words, (image,) = self.index.words, self.index.path_labels(path[0][1:])
+            every = [[words[word - 1], image] for word, _ in path]
+            return {"path": list(every[0]), "paths": every, "example": leaders.get(path[0][0])}
+        return {"path": self.index.path_labels(path), "example": leaders.get(path[0]) if path else None}
 
-    def _ranked(self, found, pushed, starts, k: int) -> list[tuple[float, int, dict]]:
-        """(distance, id, reason) of the best k, nearest first, ties to the lower id; `found` and
-        `pushed` are the positives' and negatives' (scores, ids, paths) rows (paths None: no
-        reasons). Ranked over arrays, explained for the k kept only."""
+    def _ranked(self, found, pushed, starts,
+                k: int) -> tuple[list[tuple[float, int, int]], Callable[[int], dict] | None]:
+        """(distance, id, position) of the best k, nearest first, ties to the lower id, and what
+        explains a position (None without paths); `found` and `pushed` are the positives' and
+        negatives' (scores, ids, paths) rows (paths None: no reasons). Ranked over arrays,
+        explained for the hits asked only."""
         scores, ids, paths = found
         n = int((ids >= 0).sum())  # hits first, then padding
         hit_ids, distance = ids[:n], -scores[:n]
@@ -216,17 +229,21 @@ class IwanRetriever:
         # distance + (distance - near), as float64 adds it one hit at a time
         ranked_distance = np.where(penalised, distance + (distance - near), distance)
         kept = np.lexsort((hit_ids, ranked_distance))[:k]
-        out = []
-        for c in kept.tolist():
-            why: dict = {}
-            if paths is not None:
-                why = {"distance": float(distance[c]), **self._why(starts[0], paths[c])}
-                if penalised[c]:
-                    why["penalty"] = float(distance[c] - near[c])
-                    why["negative"] = {"distance": float(near[c]), **self._why(starts[1], pushed[2][near_row[c]])}
-                    why["distance"] = float(ranked_distance[c])
-            out.append((float(ranked_distance[c]), int(hit_ids[c]), why))
-        return out
+        out = [(float(ranked_distance[c]), int(hit_ids[c]), c)
+               for c in kept.tolist()]
+        if paths is None:
+            return out, None
+        leaders = [leaders_of(start) if start is not None else {} for start in starts]
+
+        def why(c: int) -> dict:
+            reason = {"distance": float(distance[c]), **self._why(leaders[0], paths[c])}
+            if penalised[c]:
+                reason["penalty"] = float(distance[c] - near[c])
+                reason["negative"] = {"distance": float(near[c]), **self._why(leaders[1], pushed[2][near_row[c]])}
+                reason["distance"] = float(ranked_distance[c])
+            return reason
+
+        return out, why
 
 
 def combined_start(examples: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -235,20 +252,11 @@ def combined_start(examples: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     twice in one example keeps its larger weight), and `example` is the example that gives it the
     largest weight (the first among equals)."""
     word_ids, weights = examples.need(*WORD_FIELDS, method="iwan")
-    best: list[dict[int, float]] = []
-    for row_words, row_weights in zip(word_ids.tolist(), weights.tolist()):
-        own: dict[int, float] = {}
-        for w, p in zip(row_words, row_weights):
-            if w >= 0 and p > 0 and math.isfinite(p):
-                own[w] = max(own.get(w, 0.0), p)
-        best.append(own)
-    words = sorted({w for own in best for w in own})
-    total = np.array([sum(own.get(w, 0.0) for own in best) for w in words], dtype=np.float64)
-    leader = np.array([max(range(len(best)), key=lambda e: (best[e].get(w, 0.0), -e)) for w in words], dtype=np.int64)
-    if len(best) == 1:  # the weights as given, bit for bit
-        return np.array(words, np.int64), total, leader
-    share = np.array([sum(w in own for own in best) for w in words], dtype=np.float64) / len(best)
-    return np.array(words, np.int64), total / len(best) * share, leader
+    words, total, leader, holders = start_weights(np.ascontiguousarray(word_ids, np.int64),
+                                                  np.ascontiguousarray(weights, np.float64))
+    if len(word_ids) == 1:  # the weights as given, bit for bit
+        return words, total, leader
+    return words, total / len(word_ids) * (holders / len(word_ids)), leader
 
 
 def parallel_nearest(index: IwanIndex, words: np.ndarray, weights: np.ndarray, k: int,
@@ -260,44 +268,43 @@ def parallel_nearest(index: IwanIndex, words: np.ndarray, weights: np.ndarray, k
     start word is left to the graph search, which finds its one path or a shorter one. `exclude`
     (ids, -1 none) are no results, and with `among` (ids) only those are.
 
-    Every image holding a start word is read, those holding several scored by all their words (their
-    row): a start of hub words reads a good part of the corpus (CIFAR-10's 50,000 images: a
-    median 25,000 word-image edges for three examples). A threshold algorithm over the runs
-    (cheapest images first) stops no earlier: the nearest images hold several words at middling
-    probabilities, deep in each run."""
-    words = np.asarray(words, np.int64)
-    weights = np.asarray(weights, np.float64)
-    usable = (words >= 0) & (weights > 0) & np.isfinite(weights)
-    start_cost = np.full(len(index.words) + 1, np.inf)  # the last: word -1, no start
-    np.minimum.at(start_cost, words[usable], 1.0 / weights[usable])
+    Every start word's run is read (a start of hub words reads a good part of the corpus:
+    CIFAR-10's 50,000 images, a median 48,000 word-image edges for five examples), counting each
+    image's start words and bounding its distance from its runs' floors; an image's row is read to
+    score it only where that bound can beat the k-th found so far (a few hundred rows of ~11,000
+    images holding several words; iwan.network.kernels.parallel_best). A threshold algorithm over
+    the runs (cheapest images first) stops no earlier: the nearest images hold several words at
+    middling probabilities, deep in each run."""
+    distance, hit_ids, paths = parallel_ranked(index, words, weights, k, exclude, among)
+    return distance, hit_ids, [paths(c) for c in range(len(hit_ids))]
+
+
+def parallel_ranked(index: IwanIndex, words: np.ndarray, weights: np.ndarray, k: int,
+                    exclude: np.ndarray | None = None,
+                    among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, Callable[[int], tuple]]:
+    """`parallel_nearest` with `paths(c)` building hit c's paths when asked (a search explains
+    the hits it keeps only)."""
     # An image holding one start word is its one path, which the graph search finds as short or
     # shorter: only images holding several are scored (the index's kernel reads each start
     # word's runs once).
-    hit_ids, distance, row_words, row_costs = index.parallel_distances(start_cost, exclude, among)
-    if len(distance) > k:
-        near = np.argpartition(distance, k - 1)[:k]
-        cut = distance[near].max()
-        near = np.flatnonzero(distance <= cut)  # every image tied with the k-th, then cut by id
-    else:
-        near = np.arange(len(distance))
-    best = near[np.lexsort((hit_ids[near], distance[near]))][:k]
-    image_node = 1 + len(index.words)
-    paths = []
-    best_words = row_words[best].astype(np.int64)
-    best_lengths = start_cost[best_words] + row_costs[best]
-    for image, own_words, own_lengths in zip(hit_ids[best].tolist(), best_words.tolist(), best_lengths.tolist()):
-        own = sorted((length, w) for w, length in zip(own_words, own_lengths) if math.isfinite(length))
-        paths.append(tuple((1 + w, image_node + image) for _, w in own))
-    return distance[best], hit_ids[best], paths
+    hit_ids, distance, hit_words, lengths = index.parallel_nearest(words, weights, k, exclude, among)
+    words_of, lengths_of = hit_words.tolist(), lengths.tolist()
+    image_nodes = (1 + len(index.words) + hit_ids).tolist()
+
+    def paths(c: int) -> tuple:
+        own = [(length, w) for w, length in zip(words_of[c], lengths_of[c]) if length < math.inf]
+        own.sort()
+        image = image_nodes[c]
+        return tuple([(1 + w, image) for _, w in own])
+
+    return distance, hit_ids, paths
 
 
-def example_of(start: tuple[np.ndarray, np.ndarray, np.ndarray], path) -> int | None:
-    """The example whose word begins `path` (node ids: word w is 1 + w)."""
+def leaders_of(start: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[int, int]:
+    """Each start word's node id (word w is 1 + w) -> the example that gives it the largest weight:
+    the example a path beginning there was led by."""
     words, _, leader = start
-    if not len(path):
-        return None
-    at = int(np.searchsorted(words, path[0] - 1))
-    return int(leader[at]) if at < len(words) and words[at] == path[0] - 1 else None
+    return dict(zip((words + 1).tolist(), leader.tolist()))
 
 
 @register_retriever("iwan")
