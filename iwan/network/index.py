@@ -218,7 +218,8 @@ class IwanIndex:
         self._word_done = np.zeros(n_words, np.uint8)
         # parallel_nearest's scratch, all 0, grown to the slots; and its runs' floors, per level:
         # (the runs they were read from, block_ptr, floors), read again once those runs are replaced.
-        self._slot_touches = np.zeros(0, np.int32)
+        # A slot is touched once per start word its row holds (at most the row's width): uint8.
+        self._slot_touches = np.zeros(0, np.uint8)
         self._slot_bound = np.zeros(0, np.float64)
         self._start_cost = np.full(n_words + 1, np.inf)  # parallel_nearest's scratch, all inf
         self._floors: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = [None, None]
@@ -252,10 +253,13 @@ class IwanIndex:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of all the index's arrays (spare capacity included)."""
+        """Bytes of all the index's arrays (spare capacity included), the search scratch and the
+        runs' floors too (parallel_nearest's: held from the first query of several examples on)."""
         word_arrays = (self._word_ptr, self._word_next, self._word_weight, self._word_dist,
-                       self._word_pred, self._word_done, self._edge_a, self._edge_b, self._edge_weight)
-        return self._edges.nbytes + sum(a.nbytes for a in word_arrays)
+                       self._word_pred, self._word_done, self._edge_a, self._edge_b, self._edge_weight,
+                       self._slot_touches, self._slot_bound, self._start_cost)
+        floors = sum(a.nbytes for kept in self._floors if kept is not None for a in kept[1:])
+        return self._edges.nbytes + sum(a.nbytes for a in word_arrays) + floors
 
     # --- changes -----------------------------------------------------------------------
 
@@ -448,7 +452,7 @@ class IwanIndex:
         with self._lock:
             edges = self._edges
             if len(self._slot_touches) < edges.n_slots:
-                self._slot_touches = np.zeros(len(edges.state), np.int32)
+                self._slot_touches = np.zeros(len(edges.state), np.uint8)
                 self._slot_bound = np.zeros(len(edges.state), np.float64)
             eligible = np.zeros(0, np.uint8)
             if among is not None:
