@@ -48,7 +48,12 @@ def hold(lock, release: threading.Event) -> threading.Thread:
 
 
 def saved_ids() -> list[int]:
-    return np.load(snapshot_path("pics", settings()) / "ids.npy", allow_pickle=False).tolist()
+    """The ids in the saved snapshot of `pics`; none while a save replaces it (the old folder is
+    moved away before the new one is renamed in: hashing.arrays.replacing_folder)."""
+    try:
+        return np.load(snapshot_path("pics", settings()) / "ids.npy", allow_pickle=False).tolist()
+    except FileNotFoundError:
+        return []
 
 
 def test_a_snapshot_that_cannot_be_saved_in_time_does_not_hold_up_the_shutdown(engine, pics, caplog):
