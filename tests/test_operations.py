@@ -47,9 +47,26 @@ def iwan(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
                           timeout=300, check=False)
 
 
-def start(*args: str, env: dict[str, str], stdout=subprocess.PIPE) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "iwan", *args], stdout=stdout, stderr=subprocess.PIPE,
-                            text=True, env=env)
+def start(*args: str, env: dict[str, str], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+          preexec_fn=None) -> subprocess.Popen:
+    """`iwan *args` started as a supervisor starts a service: the stop signals at their default
+    actions (then `preexec_fn`), whatever the test runner ignores. A child inherits ignored
+    signals, and `iwan` keeps them ignored: run under nohup, the suite's SIGHUP would stop nothing."""
+    def prepare() -> None:
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(signum, signal.SIG_DFL)
+        if preexec_fn is not None:
+            preexec_fn()
+
+    return subprocess.Popen([sys.executable, "-m", "iwan", *args], stdout=stdout, stderr=stderr, text=True,
+                            env=env, preexec_fn=prepare)
+
+
+def ignored_signals(pid: int) -> set[int]:
+    """The signals process `pid` ignores (SigIgn in /proc/PID/status)."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    mask = int(next(line.split()[1] for line in status if line.startswith("SigIgn:")), 16)
+    return {signum for signum in range(1, 65) if mask >> (signum - 1) & 1}
 
 
 def listed(pgdata: Path) -> list[int]:
@@ -135,6 +152,7 @@ def test_a_stopped_server_saves_its_snapshot_and_stops_postgresql(served_home, s
         assert serve.pid in listed(pgdata)
         postgres = server_processes(pgdata)
         assert len(postgres) > 1
+        assert signum not in ignored_signals(serve.pid), "the server ignores the signal: nothing would stop it"
 
         serve.send_signal(signum)
         _, stderr = serve.communicate(timeout=120)
@@ -153,6 +171,39 @@ def test_a_stopped_server_saves_its_snapshot_and_stops_postgresql(served_home, s
     assert serve.pid not in listed(pgdata)
     assert not (pgdata / "postmaster.pid").exists()
     assert [p.pid for p in postgres if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+
+
+def test_a_server_started_with_sighup_ignored_keeps_it_so_says_so_and_stops_on_sigterm(served_home, tmp_path):
+    """Under nohup, SIGHUP is ignored from the start: `iwan serve` leaves it so (a closed terminal
+    does not stop it) and says so at start, since a SIGHUP that stops nothing looks like a hang."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("w") as stderr:
+        serve = start("serve", "--port", str(port), "--log-level", "warning", env=environment(served_home),
+                      stdout=subprocess.DEVNULL, stderr=stderr,
+                      preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        def ready() -> bool:
+            assert serve.poll() is None, log.read_text()
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        assert eventually(ready, 240), "iwan serve was not ready in time"
+        assert "iwan serve: SIGHUP is ignored, as this process was started (nohup?); stop it with SIGTERM or Ctrl-C" \
+            in log.read_text()
+        serve.send_signal(signal.SIGHUP)
+        assert not eventually(lambda: serve.poll() is not None, 3), log.read_text()
+        assert ready()
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=120)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+    assert serve.returncode == -signal.SIGTERM, log.read_text()
+    assert not (served_home / "pgdata" / "postmaster.pid").exists()
 
 
 def test_a_command_stopped_by_sigterm_leaves_the_server_to_its_other_users():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 
 import click
 
@@ -21,8 +22,13 @@ from iwan.config import SERVE_HOST, SERVE_PORT, SERVE_TORCH_THREADS
               help="Torch threads per request (requests run in parallel, so one each uses the cores best).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               default="info", show_default=True)
+@click.option("--shutdown-timeout", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="How long the shutdown waits for the collections (one still loading, the snapshots of those "
+                   "changed) before stopping without them; keep it under the supervisor's stop timeout "
+                   "[default: 20]")
 @pass_context
-def serve(ctx: CliContext, host: str, port: int, names: tuple[str, ...], threads: int, log_level: str) -> None:
+def serve(ctx: CliContext, host: str, port: int, names: tuple[str, ...], threads: int, log_level: str,
+          shutdown_timeout: float | None) -> None:
     """Serve search over HTTP: the API under /v1, its docs at /docs, the search page at /.
 
     Writes (adding and removing images) need IWAN_API_KEY set; without it they are refused.
@@ -35,6 +41,7 @@ def serve(ctx: CliContext, host: str, port: int, names: tuple[str, ...], threads
     from iwan.serve import create_app
     from iwan.serve.allocator import return_large_blocks
     from iwan.serve.app import WILDCARD_HOSTS, server_config
+    from iwan.serve.service import SHUTDOWN_TIMEOUT_S
 
     engine = ctx.engine()
     known = [c.name for c in list_collections(engine)]
@@ -49,13 +56,19 @@ def serve(ctx: CliContext, host: str, port: int, names: tuple[str, ...], threads
         raise LookupError("the database holds no collection to serve; create one with `iwan collection create`")
     torch.set_num_threads(threads)
     return_large_blocks()
-    app = create_app(engine, load=chosen, settings=ctx.settings, host=host)
+    app = create_app(engine, load=chosen, settings=ctx.settings, host=host,
+                     shutdown_timeout=SHUTDOWN_TIMEOUT_S if shutdown_timeout is None else shutdown_timeout)
     click.echo(f"iwan serve: http://{host}:{port}/ ({', '.join(chosen)}; writes "
                f"{'need the API key' if app.state.service.settings.api_key else 'disabled: IWAN_API_KEY is not set'})",
                err=True)
     if host.strip() in WILDCARD_HOSTS and not app.state.service.settings.allowed_hosts:
         click.echo("iwan serve: requests must name this server as 127.0.0.1 or localhost; set IWAN_ALLOWED_HOSTS "
                    "to the names (or addresses) other machines reach it by", err=True)
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+        # Inherited (nohup, a parent that ignores it) and kept, so that a closed terminal leaves
+        # the server running; said here, since a SIGHUP that does nothing looks like a hang.
+        click.echo("iwan serve: SIGHUP is ignored, as this process was started (nohup?); stop it with "
+                   "SIGTERM or Ctrl-C", err=True)
     server = uvicorn.Server(server_config(app, host, port, log_level=log_level, access_log=log_level == "debug"))
     # As uvicorn.run: the signal that stopped the server is re-raised once its shutdown is done.
     with contextlib.suppress(KeyboardInterrupt):

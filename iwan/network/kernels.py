@@ -408,7 +408,7 @@ def parallel_best(start_cost, chosen, main_ptr, main_slot, main_block_ptr, main_
     slots that are no results (-1 none); `eligible` (n_slots,) uint8: only slots marked 1 are
     results (empty: every slot). Each level's runs come with their floors (run_floors, every
     `block` entries). Scratch, (n_slots,) each (the slots held, no more), left all 0: `touches`
-    int32 counts each slot's start words, `bound` float64 sums its paths' bounds.
+    uint8 counts each slot's start words, `bound` float64 sums its paths' bounds.
 
     Each chosen word's runs (both levels) are read once, and each slot met gets, per path, 1 /
     (start cost + the floor of its block): at least the path's 1 / length, so their sum bounds the

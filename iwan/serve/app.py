@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterable, Sequence
 from contextlib import asynccontextmanager
 from importlib.resources import files
@@ -26,7 +25,7 @@ from iwan.config import settings as current_settings
 from iwan.serve.limits import BodyLimit, json_safe
 from iwan.serve.metrics import MetricsMiddleware
 from iwan.serve.routes import PAGE_POLICY, router
-from iwan.serve.service import STATIC, Service
+from iwan.serve.service import SHUTDOWN_TIMEOUT_S, STATIC, Service
 
 
 def create_app(
@@ -36,6 +35,7 @@ def create_app(
     load: Sequence[str] = (),
     settings: Settings | None = None,
     host: str | None = None,
+    shutdown_timeout: float = SHUTDOWN_TIMEOUT_S,
 ) -> FastAPI:
     """The service over `collections` (opened LiveCollections, owned by the caller) and the
     collections named in `load`, opened in the background at start-up (/readyz answers 503 until
@@ -47,22 +47,19 @@ def create_app(
 
     The service answers only requests whose Host header names it (else 400, against DNS
     rebinding): the loopback names, `host` (the address it binds) unless a wildcard, and the
-    settings' allowed hosts."""
+    settings' allowed hosts.
+
+    At shutdown it waits at most `shutdown_timeout` seconds for the collections it loads (one
+    still loading, the snapshots of those changed), then stops without them (Service.stop)."""
     service = Service(engine, settings or current_settings(), collections, load)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        def start() -> None:
-            service.load()
-            service.sweep()
-
-        loader = threading.Thread(target=start, name="iwan-load", daemon=True)
-        loader.start()
+        service.start()
         try:
             yield
         finally:
-            loader.join()
-            service.close()
+            service.stop(shutdown_timeout)
 
     app = FastAPI(
         title="iwan",

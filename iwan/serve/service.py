@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,13 @@ log = logging.getLogger(__name__)
 STATIC = Path(str(files("iwan.serve") / "static"))
 RETRY_AFTER_S = 5
 """What a 503 asks a client to wait: the database's restart, or the collections' loading."""
+SHUTDOWN_TIMEOUT_S = 20.0
+"""How long the shutdown waits for the collections (one still loading, and the snapshots of those
+changed since their last one) before the server stops without them, a warning naming each. Nothing
+is lost: PostgreSQL holds every change, and the next start replays those after the last snapshot.
+Supervisors kill a process that takes longer than they allow (Kubernetes after 30 s, systemd after
+90 s, uvicorn's 5 s for requests come first), and a killed process leaves the embedded PostgreSQL
+running and its exit status unset."""
 
 
 class Service:
@@ -43,6 +51,9 @@ class Service:
         self.error: str | None = None
         self.opened: list = []
         """Collections this service opened itself, closed at shutdown."""
+        self.stopping = threading.Event()
+        """Set when the shutdown begins: no collection is opened after it."""
+        self._loader: threading.Thread | None = None
         self._lock = threading.Lock()
         self.thumbnails = ThumbnailCache()
         """Thumbnails made by this process (a removal evicts; the routes answer from it only for
@@ -76,11 +87,23 @@ class Service:
         if deleted:
             log.info("iwan serve: deleted %d image files that interrupted adds left behind", len(deleted))
 
+    def start(self) -> None:
+        """Open the pending collections, then sweep, in a background thread (at start-up)."""
+        self._loader = threading.Thread(target=self._start, name="iwan-load", daemon=True)
+        self._loader.start()
+
+    def _start(self) -> None:
+        self.load()
+        if not self.stopping.is_set():
+            self.sweep()
+
     def load(self) -> None:
-        """Open the pending collections one by one (in a background thread at start-up)."""
+        """Open the pending collections one by one, until the shutdown begins."""
         from iwan.collections.live import LiveCollection
 
         for name in list(self.pending):
+            if self.stopping.is_set():
+                return
             try:
                 collection = LiveCollection.open(self.engine, name, settings=self.settings)
                 # The predictor (and hash net) load on first use: pay that before answering ready.
@@ -92,15 +115,38 @@ class Service:
                 self.error = f"collection {name!r} failed to load: {reason}"
                 return
             with self._lock:
-                self.collections[name] = collection
-                self.opened.append(collection)
-                self.pending.remove(name)
+                late = self.stopping.is_set()
+                if not late:
+                    self.collections[name] = collection
+                    self.opened.append(collection)
+                    self.pending.remove(name)
+            if late:
+                # The shutdown stopped waiting for this load: its follower must not outlive the service.
+                collection.close()
+                return
             log.info("iwan serve: collection %r loaded (%d images)", name, collection.size)
 
-    def close(self) -> None:
-        for collection in self.opened:
-            collection.close()
-        self.opened.clear()
+    def stop(self, timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
+        """Close the collections this service opened (their snapshots saved), within `timeout`
+        seconds in all, the wait for a collection still loading included; past it, stop without
+        the rest, a warning naming each (they finish in the background while the process lives)."""
+        deadline = time.monotonic() + timeout
+        self.stopping.set()
+        if self._loader is not None:
+            self._loader.join(timeout)
+            if self._loader.is_alive():
+                loading = f"collection {self.pending[0]!r} was still loading" if self.pending else \
+                    "the sweep of left-over image files was still running"
+                log.warning("iwan serve: %s %g s into the shutdown; stopping without it", loading, timeout)
+        with self._lock:
+            left, self.opened = list(self.opened), []
+        closer = threading.Thread(target=_close_each, args=(left,), name="iwan-close", daemon=True)
+        closer.start()
+        closer.join(max(0.0, deadline - time.monotonic()))
+        if left:
+            log.warning("iwan serve: collection %s was not closed (its snapshot saved) within the shutdown's %g s "
+                        "(--shutdown-timeout); stopping without it: the next start replays its changes since "
+                        "its last snapshot from the database", ", ".join(repr(c.name) for c in left), timeout)
         self.thumbnails.clear()
 
     def check_served(self, image_id: int, holding: Iterable[str]) -> None:
@@ -113,6 +159,17 @@ class Service:
             if name in self.pending:
                 self.collection(name)  # raises the 503
         raise LookupError(f"image {image_id} is in none of the collections this server serves")
+
+
+def _close_each(collections: list) -> None:
+    """Close `collections` in turn, each taken off the list once closed: what is left when the
+    shutdown stops waiting is what was not saved."""
+    while collections:
+        try:
+            collections[0].close()
+        except Exception as err:  # noqa: BLE001 - the others are still to be closed
+            log.error("iwan serve: collection %r could not be closed: %s", collections[0].name, err)
+        collections.pop(0)
 
 
 @dataclass(frozen=True)
