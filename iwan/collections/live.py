@@ -336,7 +336,7 @@ class LiveCollection:
 
     @classmethod
     def open(cls, engine: Engine, name: str, *, settings: Settings | None = None, follow: bool = True,
-             encoder: Encoder | None = None, mmap: bool = False) -> LiveCollection:
+             encoder: Encoder | None = None, mmap: bool = True) -> LiveCollection:
         """The collection warm: snapshot (or the database), then the changes after it; LookupError if unknown.
 
         `settings`: where its snapshot, uploaded files and models live and the largest upload,

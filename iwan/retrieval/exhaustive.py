@@ -15,7 +15,6 @@ agrees with the float32 one at 0.99 (benchmarks/bench_scale.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -44,15 +43,6 @@ class ExhaustiveRetriever:
     @property
     def ntotal(self) -> int:
         return self.index.ntotal
-
-    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
-        """The index's arrays and settings (ExhaustiveCosineIndex.to_arrays), for a snapshot."""
-        return self.index.to_arrays()
-
-    @classmethod
-    def load(cls, folder: Path, *, mmap: bool = False) -> ExhaustiveRetriever:
-        """The retriever of an index saved in `folder` (ExhaustiveCosineIndex.load; `mmap`: its arrays map the files)."""
-        return cls(ExhaustiveCosineIndex.load(folder, mmap=mmap))
 
     def add(self, image_ids: np.ndarray, images: Batch) -> None:
         (embeddings,) = images.need("embeddings", method=self.name)
