@@ -21,12 +21,11 @@ import numpy as np
 from hashing.cells import CellCosineIndex, CellScan
 from hashing.search import ExhaustiveCosineIndex, check_k
 from iwan.retrieval.hashes import (
+    CellRetrieval,
     code_reasons,
-    explain_rocchio,
     filters,
     rocchio_query,
     rocchio_search,
-    search_rocchio,
     with_examples,
 )
 from iwan.retrieval.protocol import Batch, CorpusData, Examples, Explained
@@ -82,13 +81,15 @@ class ExhaustiveRetriever:
         return rocchio_search(queries, check_k(k), exclude, self.name, self.index.ids, search, with_code=False)
 
 
-class CellScanRetriever:
+class CellScanRetriever(CellRetrieval):
     """`exhaustive` over the int8 rows of a `hashes` index it shares (the module doc). It takes no
     changes itself (`add` and `remove` do nothing): the index it reads takes them from its own
     retriever, and a snapshot saves nothing of it."""
 
     name = "exhaustive"
     reads: tuple[str, ...] = ("embeddings",)
+
+    index: CellScan
 
     def __init__(self, cells: CellCosineIndex):
         self.index = CellScan(cells)
@@ -102,25 +103,6 @@ class CellScanRetriever:
 
     def remove(self, image_ids: np.ndarray) -> None:
         """Nothing: the shared index lets them go through its own retriever."""
-
-    def search(self, queries: Batch, k: int, *, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        (embeddings,) = queries.need("embeddings", method=self.name)
-        return self.index.search(embeddings, check_k(k), exclude=exclude)
-
-    def explain(self, queries: Batch, k: int, *, exclude: np.ndarray | None = None) -> Explained:
-        """Each hit's cosine (the score) and, where the query has a code, its Hamming distance."""
-        scores, ids = self.search(queries, k, exclude=exclude)
-        return Explained(scores, ids, code_reasons(scores, ids, queries.codes, self.index.codes_of))
-
-    def explain_examples(self, examples: Examples, k: int, *, among: np.ndarray | None = None,
-                         exclude: np.ndarray | None = None) -> Explained:
-        """The cosine of every image to the Rocchio query (iwan.retrieval.hashes's module doc)."""
-        return explain_rocchio(self.index, self.name, examples, k, among, exclude)
-
-    def search_examples(self, queries: Sequence[Examples], k: int, *,
-                        exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """`explain_examples`'s scores and ids for many queries at once, without the reasons."""
-        return search_rocchio(self.index, self.name, queries, k, exclude)
 
 
 @register_retriever("exhaustive")

@@ -31,9 +31,38 @@ from iwan.retrieval.registry import Corpus, register_retriever, require_hash_mod
 READS: tuple[str, ...] = ("embeddings", "codes")
 
 
-class HashesRetriever:
+class CellRetrieval:
+    """The explanations and queries of several examples of a retriever over a cell index
+    (`index`, a CellSearch): `hashes`, and a collection's `exhaustive` over the same index."""
+
+    name: str
+    reads: tuple[str, ...]
+    index: CellSearch
+
+    def search(self, queries: Batch, k: int, *, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        embeddings = queries.need(*self.reads, method=self.name)[0]  # the codes, if read: for the explanations
+        return self.index.search(embeddings, check_k(k), exclude=exclude)
+
+    def explain(self, queries: Batch, k: int, *, exclude: np.ndarray | None = None) -> Explained:
+        """Each hit's cosine (the score) and, where the query has a code, its Hamming distance."""
+        scores, ids = self.search(queries, k, exclude=exclude)
+        return Explained(scores, ids, code_reasons(scores, ids, queries.codes, self.index.codes_of))
+
+    def explain_examples(self, examples: Examples, k: int, *, among: np.ndarray | None = None,
+                         exclude: np.ndarray | None = None) -> Explained:
+        """The Rocchio query's nearest by cosine (the module doc)."""
+        return explain_rocchio(self.index, self.name, examples, k, among, exclude)
+
+    def search_examples(self, queries: Sequence[Examples], k: int, *,
+                        exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`explain_examples`'s scores and ids for many queries at once, without the reasons."""
+        return search_rocchio(self.index, self.name, queries, k, exclude)
+
+
+class HashesRetriever(CellRetrieval):
     name = "hashes"
     reads = READS
+    index: CellCosineIndex
 
     def __init__(self, index: CellCosineIndex):
         self.index = index
@@ -57,26 +86,6 @@ class HashesRetriever:
 
     def remove(self, image_ids: np.ndarray) -> None:
         self.index.remove(image_ids)
-
-    def search(self, queries: Batch, k: int, *, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        embeddings, _ = queries.need(*READS, method=self.name)  # the codes: for the explanations
-        return self.index.search(embeddings, k, exclude=exclude)
-
-    def explain(self, queries: Batch, k: int, *, exclude: np.ndarray | None = None) -> Explained:
-        """Each hit's Hamming distance to the query's code and its cosine (the score)."""
-        scores, ids = self.search(queries, k, exclude=exclude)
-        return Explained(scores, ids, code_reasons(scores, ids, queries.codes, self.index.codes_of))
-
-    def explain_examples(self, examples: Examples, k: int, *, among: np.ndarray | None = None,
-                         exclude: np.ndarray | None = None) -> Explained:
-        """The Rocchio query's nearest by cosine (the module doc)."""
-        return explain_rocchio(self.index, self.name, examples, k, among, exclude)
-
-    def search_examples(self, queries: Sequence[Examples], k: int, *,
-                        exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """`explain_examples`'s scores and ids for many queries at once, without the reasons."""
-        return search_rocchio(self.index, self.name, queries, k, exclude)
-
 
 class CellSearch(Protocol):
     """What the Rocchio searches read of a cell index (hashing.cells: CellCosineIndex, CellScan)."""
