@@ -145,7 +145,9 @@ class Cluster:
         data = ray.data.from_items([{"task": task} for task in tasks], override_num_blocks=len(tasks))
         results = data.map_batches(
             actor, fn_constructor_kwargs=arguments, batch_size=1, num_cpus=1,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=self.workers),
+            # Every actor starts at once: grown on demand, the second waited for the first to be
+            # busy, 6-11 s of a short run (two workers encoded 1.22x one; bench_ingest.py).
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=self.workers, initial_size=self.workers),
         )
         try:
             for row in results.iter_rows():
