@@ -354,10 +354,6 @@ class CellScan:
         return self.cells.ids
 
     @property
-    def has_codes(self) -> bool:
-        return self.cells.ntotal > 0
-
-    @property
     def nbytes(self) -> int:
         return 0
 

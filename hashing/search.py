@@ -60,8 +60,7 @@ class ExhaustiveCosineIndex:
     Hamming distance too.
 
     The embeddings are kept as given (float32) with their norms, not normalised: `rows_of` gives
-    them back as they came, so that a holder (a live collection's stored queries) needs no copy
-    of its own, and a normalised copy would not give the same bits back. The search scores every
+    them back as they came, so that a holder needs no copy of its own, and a normalised copy would not give the same bits back. The search scores every
     row as (query . row) / norm to preselect, then the candidates' unit rows, divided exactly as
     a normalised copy would have been, give the exact scores and order."""
 
@@ -109,14 +108,6 @@ class ExhaustiveCosineIndex:
         """The (unit) embeddings of held ids (a LookupError for an id not held)."""
         rows = _rows_of(self._ids, ids, "ExhaustiveCosineIndex")
         return self._rows[rows] / self._norms[rows, None]
-
-    def share(self, ids: np.ndarray, codes: np.ndarray | None = None) -> None:
-        """Hold `ids` (and `codes`) in place of equal arrays of the index's own (ValueError if
-        they differ), so that a holder of several indexes over the same images keeps one copy.
-        Safe since the index never writes into these arrays (changes replace them)."""
-        self._ids = _same(self._ids, ids, "ids")
-        if codes is not None and self._codes is not None:
-            self._codes = _same(self._codes, codes, "codes")
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """The embeddings of held ids as `add` was given them, in float32 (a LookupError for an

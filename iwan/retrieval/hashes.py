@@ -50,13 +50,25 @@ class CellRetrieval:
 
     def explain_examples(self, examples: Examples, k: int, *, among: np.ndarray | None = None,
                          exclude: np.ndarray | None = None) -> Explained:
-        """The Rocchio query's nearest by cosine (the module doc)."""
-        return explain_rocchio(self.index, self.name, examples, k, among, exclude)
+        """The Rocchio query's nearest by cosine (the module doc); its code from the positives'
+        (required where the method reads codes)."""
+        with_code = "codes" in self.reads or examples.positive.codes is not None
+        query = rocchio_query(examples, self.name, with_code=with_code)
+        (embeddings,) = query.need("embeddings", method=self.name)
+        # The cells leave out several ids per query themselves: no mask over every id held.
+        leave = None if exclude is None or not len(exclude) else np.asarray(exclude, dtype=np.int64)[None, :]
+        scores, ids = self.index.search(embeddings, check_k(k), exclude=leave, among=among)
+        reasons = code_reasons(scores, ids, query.codes, self.index.codes_of)
+        return Explained(scores, ids, with_examples(reasons, ids, examples.positive, self.index.embeddings_of))
 
     def search_examples(self, queries: Sequence[Examples], k: int, *,
                         exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """`explain_examples`'s scores and ids for many queries at once, without the reasons."""
-        return search_rocchio(self.index, self.name, queries, k, exclude)
+        def search(embeddings, codes, leave, among):  # the codes only explain hits: none here
+            return self.index.search(embeddings, k, exclude=leave, among=among)
+
+        return rocchio_search(queries, check_k(k), exclude, self.name, self.index.ids, search, with_code=False,
+                              several=True)
 
 
 class HashesRetriever(CellRetrieval):
@@ -87,8 +99,9 @@ class HashesRetriever(CellRetrieval):
     def remove(self, image_ids: np.ndarray) -> None:
         self.index.remove(image_ids)
 
+
 class CellSearch(Protocol):
-    """What the Rocchio searches read of a cell index (hashing.cells: CellCosineIndex, CellScan)."""
+    """What CellRetrieval reads of a cell index (hashing.cells: CellCosineIndex, CellScan)."""
 
     @property
     def ids(self) -> np.ndarray: ...
@@ -99,27 +112,6 @@ class CellSearch(Protocol):
     def codes_of(self, ids: np.ndarray) -> np.ndarray: ...
 
     def embeddings_of(self, ids: np.ndarray) -> np.ndarray: ...
-
-
-def explain_rocchio(index: CellSearch, method: str, examples: Examples, k: int, among: np.ndarray | None,
-                    exclude: np.ndarray | None) -> Explained:
-    """One query of several examples over a cell index, as `explain_examples` answers it."""
-    query = rocchio_query(examples, method, with_code=examples.positive.codes is not None)
-    (embeddings,) = query.need("embeddings", method=method)
-    # The cells leave out several ids per query themselves: no mask over every id held.
-    leave = None if exclude is None or not len(exclude) else np.asarray(exclude, dtype=np.int64)[None, :]
-    scores, ids = index.search(embeddings, check_k(k), exclude=leave, among=among)
-    reasons = code_reasons(scores, ids, query.codes, index.codes_of)
-    return Explained(scores, ids, with_examples(reasons, ids, examples.positive, index.embeddings_of))
-
-
-def search_rocchio(index: CellSearch, method: str, queries: Sequence[Examples], k: int,
-                   exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Many queries of several examples over a cell index at once, as `search_examples` ranks them."""
-    def search(embeddings, codes, leave, among):  # the codes only explain hits: none here
-        return index.search(embeddings, k, exclude=leave, among=among)
-
-    return rocchio_search(queries, check_k(k), exclude, method, index.ids, search, with_code=False, several=True)
 
 
 def rocchio_query(examples: Examples, method: str, *, with_code: bool) -> Batch:
