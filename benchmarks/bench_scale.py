@@ -27,9 +27,10 @@ generator (centres with components N(0, 1), noise 0.6 per component) and 48-bit 
              the embedding (a Hamming bucket is no hint of which of its images are nearest).
 Per size and kind, `hashes` (hashing.cells.CellCosineIndex at its defaults): bytes per image, build
 seconds, single-query p50/p99 ms for k = 20, 100 and 250, ms per query single (mean) and in one
-batch call (the median of 3), rows scored per query, recall@100 against ExhaustiveCosineIndex (float32). `int8`: the
-agreement of the exhaustive top 100 over int8 embeddings (per-row and one global scale) with the
-float32 one. On random codes, recall-time curves (single-query p50, recall@100) of `hashes` over
+batch call (the median of 3), rows scored per query, recall@100 against ExhaustiveCosineIndex (float32), and
+`exhaustive_scan`: the top 100 of every row of the index (a collection's exhaustive method: the
+int8 offsets from the cells' centres) against the float32 one. `int8`: the same agreement for
+whole int8 rows, without centres (per-row and one global scale). On random codes, recall-time curves (single-query p50, recall@100) of `hashes` over
 its patience and of FAISS's IndexBinaryFlat, IndexBinaryMultiHash and IndexBinaryIVF (a Hamming
 shortlist of S codes, re-ranked by float32 cosine as the old fixed shortlist was), and IndexHNSWFlat
 on the embeddings, all on one thread in the same run; `at_recall` gives each method's fastest

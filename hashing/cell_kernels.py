@@ -1,15 +1,18 @@
 """Compiled kernel of hashing.cells's search (numba): cells visited best centroid first, int8 rows
 scored against a float32 query, a top-k heap, and the two stops (hashing.cells's module doc).
 
-A row's score is `scale * sum(row[t] * query[t])`, summed in one fixed order (the same code for
-every row), so equal rows get equal scores wherever they are stored. Ties in the top k go to the
-lower id.
+A row's score in cell c is `centre_norms[c] * (centroid . query) + scale * sum(row[t] * query[t])`,
+summed in one fixed order (the same code for every row), so equal rows of one cell get equal
+scores. Ties in the top k go to the lower id.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
+
+GROWTH = 4
+"""Each group of cells search orders is this many times the one before (head cells first)."""
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
@@ -65,7 +68,7 @@ def _push(hs, hi, size, s, d):
 
 
 @numba.njit(nogil=True, cache=True)
-def search(centroids, queries, cos_radius, sin_radius, slack, cell_start, vectors, scales, ranks,
+def search(centroids, queries, cos_radius, sin_radius, slack, centre_norms, cell_start, vectors, scales, ranks,
            k, min_rows, patience, head, eligible, exclude, out_scores, out_ranks, visited):
     """For each query i: out_scores[i], out_ranks[i] (best first, padded by the caller's fill) and
     visited[i], the rows scored.
@@ -73,16 +76,17 @@ def search(centroids, queries, cos_radius, sin_radius, slack, cell_start, vector
     centroids (cells, d): the cells' unit centroids, whose cosines with a query order its visit
     (here rather than one matrix product for the batch: a multithreaded BLAS call on busy cores
     cost a batch of 100 queries 10-20 ms where 100 single products took 1.2). cos/sin_radius (cells,): the
-    widest angle between a cell's centroid and its rows. eligible: (n,) bool, or empty for all
+    widest angle between a cell's centroid and its rows. centre_norms (cells,): a row's vector is
+    centre_norms[c] * centroids[c] plus its scaled int8 offset (hashing.quantized). eligible: (n,) bool, or empty for all
     rows. exclude (q, e): rows to leave out per query, -1 for none. head: how many best cells are
-    ordered first (the rest only if the search gets past them). Rows are in cell order; ranks
+    ordered first; each further group of cells put in order is GROWTH times larger. Rows are in cell order; ranks
     (n,) order them as their ids do, and are what the top k holds."""
     n_cells = centroids.shape[0]
     alpha = np.empty(n_cells, dtype=np.float32)
     heap_s = np.empty(k, dtype=np.float32)
     heap_i = np.empty(k, dtype=np.int64)
     bound = np.empty(n_cells, dtype=np.float32)
-    in_head = np.zeros(n_cells, dtype=np.bool_)
+    unvisited = np.empty(n_cells, dtype=np.bool_)
     filtered = eligible.shape[0] > 0
     for q in range(queries.shape[0]):
         query = queries[q]
@@ -95,32 +99,31 @@ def search(centroids, queries, cos_radius, sin_radius, slack, cell_start, vector
                 bound[c] = 1.0 + slack
             else:
                 bound[c] = a * cos_radius[c] + np.sqrt(max(0.0, 1.0 - a * a)) * sin_radius[c] + slack
-        n_head = min(head, n_cells)
-        if n_head < n_cells:
-            cut = np.partition(-alpha, n_head - 1)[n_head - 1]
-            first = np.flatnonzero(-alpha <= cut)
-        else:
-            first = np.arange(n_cells)
-        first = first[np.argsort(-alpha[first], kind="mergesort")]
-        for c in first:
-            in_head[c] = True
-        rest = np.flatnonzero(~in_head)
-        for c in first:
-            in_head[c] = False
+        unvisited[:] = True
+        left = n_cells
+        take = head
         size = 0
         seen = 0
         quiet = 0
         done = False
-        for phase in range(2):
-            cells = first if phase == 0 else rest[np.argsort(-alpha[rest], kind="mergesort")]
-            if done or not len(cells):
-                continue
+        while left > 0 and not done:
+            # The next `take` best cells by cosine, in order: a search that stops early never
+            # pays for ordering the thousands of cells it does not visit.
+            pending = np.flatnonzero(unvisited)
+            if take < left:
+                cut = np.partition(-alpha[pending], take - 1)[take - 1]
+                pending = pending[-alpha[pending] <= cut]
+            cells = pending[np.argsort(-alpha[pending], kind="mergesort")]
+            unvisited[cells] = False
+            left -= len(cells)
+            take *= GROWTH
             # suffix[j]: the best bound of any cell not yet visited when cells[j] is next.
             suffix = np.empty(len(cells) + 1, dtype=np.float32)
             suffix[len(cells)] = -2.0
-            if phase == 0:
-                for c in rest:
-                    suffix[len(cells)] = max(suffix[len(cells)], bound[c])
+            if left:
+                for c in range(n_cells):
+                    if unvisited[c]:
+                        suffix[len(cells)] = max(suffix[len(cells)], bound[c])
             for j in range(len(cells) - 1, -1, -1):
                 suffix[j] = max(suffix[j + 1], bound[cells[j]])
             for j in range(len(cells)):
@@ -128,6 +131,7 @@ def search(centroids, queries, cos_radius, sin_radius, slack, cell_start, vector
                     done = True  # exact: no row of an unvisited cell can enter the top k
                     break
                 c = cells[j]
+                base = centre_norms[c] * alpha[c]  # the centre's share of every row's cosine
                 entered = 0
                 for row in range(cell_start[c], cell_start[c + 1]):
                     if filtered and not eligible[row]:
@@ -138,22 +142,21 @@ def search(centroids, queries, cos_radius, sin_radius, slack, cell_start, vector
                     if left_out:
                         continue
                     seen += 1
-                    s = _score(vectors, scales, row, query)
-                    d = np.int64(ranks[row])
+                    s = base + _score(vectors, scales, row, query)
                     if size < k:
-                        size = _push(heap_s, heap_i, size, s, d)
+                        size = _push(heap_s, heap_i, size, s, np.int64(ranks[row]))
                         entered += 1
-                    elif _worse(heap_s[0], heap_i[0], s, d):
-                        heap_s[0], heap_i[0] = s, d
-                        _sift_down(heap_s, heap_i, size, 0)
-                        entered += 1
+                    elif s >= heap_s[0]:  # the rank is read (a tie decided) only for a row that may enter
+                        d = np.int64(ranks[row])
+                        if _worse(heap_s[0], heap_i[0], s, d):
+                            heap_s[0], heap_i[0] = s, d
+                            _sift_down(heap_s, heap_i, size, 0)
+                            entered += 1
                 if size == k and seen >= min_rows:
                     quiet = 0 if entered else quiet + 1
                     if quiet >= patience:
                         done = True  # stable: `patience` cells in a row left the top k as it was
                         break
-            if done:
-                break
         visited[q] = seen
         for j in range(size - 1, -1, -1):  # pop worst first into the back of the row
             out_scores[q, j], out_ranks[q, j] = heap_s[0], heap_i[0]

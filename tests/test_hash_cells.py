@@ -129,6 +129,19 @@ def test_int8_rows_keep_the_float32_top_100():
     a, b = exact.search(queries, 100)[1], approximate.search(queries, 100)[1]
     assert np.mean([len(np.intersect1d(x, y)) / 100 for x, y in zip(a, b)]) >= 0.99
 
+    # Offsets from the cells' centres: still unit vectors, with a fraction of the rounding error.
+    index = CellCosineIndex(cell_rows=100)  # about a cluster per cell
+    index.add(None, embeddings, np.zeros(len(embeddings), dtype=np.uint64))
+    assert index.n_cells > 100 and np.median(index._centre_norms) > 0.8
+    centred = index.embeddings_of(index.ids)
+    np.testing.assert_allclose(np.linalg.norm(centred, axis=1), 1, atol=1e-5)
+    error = np.einsum("nd,qd->nq", centred - embeddings, queries)
+    assert error.std() < 0.6 * np.einsum("nd,qd->nq", approximations - embeddings, queries).std()
+    assert np.mean([len(np.intersect1d(x, y)) / 100 for x, y in zip(a, CellScan(index).search(queries, 100)[1])]) \
+        >= np.mean([len(np.intersect1d(x, y)) / 100 for x, y in zip(a, b)])
+    with pytest.raises(ValueError, match="no centres"):
+        quantize(embeddings[:, :8], np.zeros((len(embeddings), 8), dtype=np.float32))
+
 
 @pytest.mark.parametrize("seed", range(6))
 def test_filters_removals_and_additions_after_removals(seed):
@@ -293,7 +306,7 @@ def test_few_dimensions_stay_float32_and_keep_a_tight_top_100():
     assert quantize(rows)[0].dtype == np.float32 and quantize(np.ones((1, 17), np.float32))[0].dtype == np.int8
 
 
-@pytest.mark.parametrize("damage", ["rank", "cell_start", "vectors", "format", "row_dtype"])
+@pytest.mark.parametrize("damage", ["rank", "cell_start", "vectors", "format", "row_dtype", "centre_norms", "centre_norm"])
 def test_a_damaged_saved_index_is_refused(tmp_path, damage):
     rows, codes = clustered(np.random.default_rng(22), 500)
     index = CellCosineIndex(cell_rows=64)
@@ -305,6 +318,8 @@ def test_a_damaged_saved_index_is_refused(tmp_path, damage):
         (path / "vectors.npy").write_bytes((path / "vectors.npy").read_bytes()[:-10])  # truncated
     elif damage == "row_dtype":  # 32 dimensions are held as int8: float32 rows are not this index's
         np.save(path / "vectors.npy", np.load(path / "vectors.npy").astype(np.float32))
+    elif damage == "centre_norm":  # a centre on the sphere: its rows would be no offsets at all
+        np.save(path / "centre_norms.npy", np.ones_like(np.load(path / "centre_norms.npy")))
     else:
         array = np.load(path / f"{damage}.npy")
         np.save(path / f"{damage}.npy", array[::-1].copy() if damage == "rank" else array[:-1].copy())
