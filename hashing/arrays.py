@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
 import shutil
@@ -78,6 +79,7 @@ def replacing_folder(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
     shutil.rmtree(partial, ignore_errors=True)
+    _remove_leftovers(path)
     partial.mkdir()
     try:
         yield partial
@@ -89,6 +91,30 @@ def replacing_folder(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Remove the temporary folders beside `path` that writers no longer running left (a process
+    that ended mid-write: a service whose shutdown stopped waiting for a snapshot's save). A
+    living process's are its own business, even another one's."""
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        parts = leftover.name[len(path.name) + 2 :].split(".")
+        if parts[-1] not in ("partial", "old") or not parts[0].isdigit() or _running(int(parts[0])):
+            continue
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _rename_over(partial: Path, path: Path) -> None:

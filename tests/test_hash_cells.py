@@ -4,6 +4,10 @@ agreement with float32, filters, removals, re-additions and batches."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from test_hash_search import cosines64, prototype_corpus, unpadded
@@ -325,6 +329,25 @@ def test_a_damaged_saved_index_is_refused(tmp_path, damage):
         np.save(path / f"{damage}.npy", array[::-1].copy() if damage == "rank" else array[:-1].copy())
     with pytest.raises(ValueError, match=str(path)):
         CellCosineIndex.load(path)
+
+
+def test_a_save_removes_what_an_ended_writer_left_and_nothing_else(tmp_path):
+    rows, codes = clustered(np.random.default_rng(25), 300)
+    index = CellCosineIndex(cell_rows=64)
+    index.add(None, rows, codes)
+    path = index.save(tmp_path / "cells")
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True)
+    dead = int(ended.stdout)  # a process that has ended (and been waited for)
+    left = [tmp_path / f".cells.{dead}.140.partial", tmp_path / f".cells.{dead}.140.3.old"]
+    kept = [tmp_path / f".cells.{os.getpid()}.1.partial", tmp_path / ".cells.notes", tmp_path / ".cellsx.1.partial"]
+    for folder in left + kept:
+        folder.mkdir()
+        (folder / "vectors.npy").write_bytes(b"half")
+    index.save(path)
+    assert not any(folder.exists() for folder in left)
+    assert all(folder.exists() for folder in kept)
+    assert CellCosineIndex.load(path).ntotal == 300
 
 
 def test_an_exhaustive_index_saved_and_loaded_answers_the_same(tmp_path):
