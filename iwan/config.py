@@ -85,6 +85,13 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 """Host headers the service always accepts; others only when named (its --host, IWAN_ALLOWED_HOSTS)."""
 SERVE_PORT = 8000
 SERVE_TORCH_THREADS = 1  # per request; concurrent requests share the cores (2 cores: 14 vs 6 image queries/s at one client)
+SHUTDOWN_TIMEOUT_S = 20.0
+"""How long the shutdown waits for the collections (one still loading, and the snapshots of those
+changed since their last one) before the server stops without them, a warning naming each. Nothing
+is lost: PostgreSQL holds every change, and the next start replays those after the last snapshot.
+Supervisors kill a process that takes longer than they allow (Kubernetes after 30 s, systemd after
+90 s, uvicorn's 5 s for requests come first), and a killed process leaves the embedded PostgreSQL
+running and its exit status unset."""
 MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 """A request line and header block larger than this is answered 431 (it is never buffered whole)."""

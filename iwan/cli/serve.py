@@ -8,7 +8,7 @@ import signal
 import click
 
 from iwan.cli.common import CliContext, pass_context
-from iwan.config import SERVE_HOST, SERVE_PORT, SERVE_TORCH_THREADS
+from iwan.config import SERVE_HOST, SERVE_PORT, SERVE_TORCH_THREADS, SHUTDOWN_TIMEOUT_S
 
 
 @click.command()
@@ -22,13 +22,13 @@ from iwan.config import SERVE_HOST, SERVE_PORT, SERVE_TORCH_THREADS
               help="Torch threads per request (requests run in parallel, so one each uses the cores best).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               default="info", show_default=True)
-@click.option("--shutdown-timeout", type=click.FloatRange(min=0), metavar="SECONDS",
+@click.option("--shutdown-timeout", type=click.FloatRange(min=0), metavar="SECONDS", default=SHUTDOWN_TIMEOUT_S,
+              show_default=True,
               help="How long the shutdown waits for the collections (one still loading, the snapshots of those "
-                   "changed) before stopping without them; keep it under the supervisor's stop timeout "
-                   "[default: 20]")
+                   "changed) before stopping without them; keep it under the supervisor's stop timeout")
 @pass_context
 def serve(ctx: CliContext, host: str, port: int, names: tuple[str, ...], threads: int, log_level: str,
-          shutdown_timeout: float | None) -> None:
+          shutdown_timeout: float) -> None:
     """Serve search over HTTP: the API under /v1, its docs at /docs, the search page at /.
 
     Writes (adding and removing images) need IWAN_API_KEY set; without it they are refused.
@@ -41,7 +41,6 @@ def serve(ctx: CliContext, host: str, port: int, names: tuple[str, ...], threads
     from iwan.serve import create_app
     from iwan.serve.allocator import return_large_blocks
     from iwan.serve.app import WILDCARD_HOSTS, server_config
-    from iwan.serve.service import SHUTDOWN_TIMEOUT_S
 
     engine = ctx.engine()
     known = [c.name for c in list_collections(engine)]
@@ -57,7 +56,7 @@ def serve(ctx: CliContext, host: str, port: int, names: tuple[str, ...], threads
     torch.set_num_threads(threads)
     return_large_blocks()
     app = create_app(engine, load=chosen, settings=ctx.settings, host=host,
-                     shutdown_timeout=SHUTDOWN_TIMEOUT_S if shutdown_timeout is None else shutdown_timeout)
+                     shutdown_timeout=shutdown_timeout)
     click.echo(f"iwan serve: http://{host}:{port}/ ({', '.join(chosen)}; writes "
                f"{'need the API key' if app.state.service.settings.api_key else 'disabled: IWAN_API_KEY is not set'})",
                err=True)

@@ -20,12 +20,12 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from iwan.config import LOOPBACK_HOSTS, MAX_BODY_BYTES, Settings
+from iwan.config import LOOPBACK_HOSTS, MAX_BODY_BYTES, SHUTDOWN_TIMEOUT_S, Settings
 from iwan.config import settings as current_settings
 from iwan.serve.limits import BodyLimit, json_safe
 from iwan.serve.metrics import MetricsMiddleware
 from iwan.serve.routes import PAGE_POLICY, router
-from iwan.serve.service import SHUTDOWN_TIMEOUT_S, STATIC, Service
+from iwan.serve.service import STATIC, Service
 
 
 def create_app(

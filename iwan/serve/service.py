@@ -17,7 +17,7 @@ from fastapi import HTTPException
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
-from iwan.config import Settings
+from iwan.config import SHUTDOWN_TIMEOUT_S, Settings
 from iwan.db.engine import DatabaseError
 from iwan.serve.metrics import Metrics
 from iwan.vision.decode import UPLOAD_FORMATS, DecodePolicy, MemoryBudget
@@ -27,13 +27,6 @@ log = logging.getLogger(__name__)
 STATIC = Path(str(files("iwan.serve") / "static"))
 RETRY_AFTER_S = 5
 """What a 503 asks a client to wait: the database's restart, or the collections' loading."""
-SHUTDOWN_TIMEOUT_S = 20.0
-"""How long the shutdown waits for the collections (one still loading, and the snapshots of those
-changed since their last one) before the server stops without them, a warning naming each. Nothing
-is lost: PostgreSQL holds every change, and the next start replays those after the last snapshot.
-Supervisors kill a process that takes longer than they allow (Kubernetes after 30 s, systemd after
-90 s, uvicorn's 5 s for requests come first), and a killed process leaves the embedded PostgreSQL
-running and its exit status unset."""
 
 
 class Service:
