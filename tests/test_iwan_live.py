@@ -190,6 +190,34 @@ def test_an_index_can_start_empty():
     assert index.ntotal == 2 and index.words == ["CAT", "DOG"]
 
 
+def test_growing_arrays_are_made_before_the_lock_and_a_stale_spare_is_not_used(monkeypatch):
+    associations = Associations.from_rows([("CAT", "DOG", 0.5, None), ("DOG", "BONE", 0.25, None)])
+    index = IwanIndex(build_graph(associations, np.array([[0, 1]]), np.full((1, 2), 0.5), image_ids=np.array([1])))
+    allocate = image_edges.ImageEdges._allocate
+    under_lock = []
+
+    def watched(edges, capacity):
+        under_lock.append(index._lock.locked())
+        return allocate(edges, capacity)
+
+    monkeypatch.setattr(image_edges.ImageEdges, "_allocate", watched)
+    for i in range(2, 40):  # grows at 16 and 32 slots
+        index.add(np.array([i]), np.array([[i % 3, -1]]), np.array([[0.5, 0.25]]))
+    assert under_lock and not any(under_lock), "searches would wait while new pages are touched"
+    # A spare made for rows of two edges no longer fits once rows widen to three: grown anew.
+    edges = index._edges
+    spare = edges.spare(64)
+    edges.append(np.arange(40, 104), np.zeros((64, 3), edges.row_words.dtype), np.ones((64, 3)), spare)
+    assert edges.row_words.shape[1] == 3 and edges.row_words is not spare[2]
+    fresh = IwanIndex(build_graph(associations, np.array([[0, 1]]), np.full((1, 2), 0.5), image_ids=np.array([1])))
+    for i in range(2, 40):
+        fresh.add(np.array([i]), np.array([[i % 3, -1]]), np.array([[0.5, 0.25]]))
+    fresh.add(np.arange(40, 104), np.zeros((64, 3), int), np.ones((64, 3)))
+    for word in range(3):
+        query = Query.from_weights([word], [1.0])
+        assert pairs(index.search_one(query, 50)) == pairs(fresh.search_one(query, 50))
+
+
 @pytest.fixture
 def index():
     associations = Associations.from_rows([("CAT", "DOG", 0.5, None), ("DOG", "BONE", 0.25, None)])

@@ -30,6 +30,8 @@ DELTA_MIN_EDGES = 4096
 max(DELTA_MIN_EDGES, DELTA_SQRT_FACTOR * sqrt(main edges)) edges."""
 DELTA_SQRT_FACTOR = 8
 
+Spare = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""Grown arrays (ids, state, row_words, row_costs) made ready before an append (`ImageEdges.spare`)."""
 Runs = tuple[np.ndarray, np.ndarray]
 """Per-word runs: ptr (n_words + 1) int64 and slot int32, sorted by (word, cost, slot); a slot's
 cost is read from its row (iwan.network.kernels.edge_cost), not kept twice."""
@@ -181,15 +183,24 @@ class ImageEdges:
             self.row_costs[: self.n_slots][keep],
         )
 
-    def append(self, ids: np.ndarray, words: np.ndarray, costs: np.ndarray) -> None:
-        """New images after every slot: ids ascending above max_id, rows (n, m) already checked."""
+    def spare(self, n: int) -> Spare | None:
+        """The arrays that `append` of n images would grow into, allocated and filled now (None if
+        they need not grow). A holder that appends under a lock calls this before taking it: at
+        10M images the first touch of the new arrays' pages took 0.3-9 s, which searches waiting
+        on the lock would wait too; under it, `append` then only copies the rows over."""
+        needed = self.n_slots + n
+        return None if needed <= len(self.ids) else self._allocate(max(needed, 2 * len(self.ids), 16))
+
+    def append(self, ids: np.ndarray, words: np.ndarray, costs: np.ndarray, spare: Spare | None = None) -> None:
+        """New images after every slot: ids ascending above max_id, rows (n, m) already checked.
+        `spare`: what `spare(n)` gave, used if it still fits (else the arrays grow here)."""
         n, m = words.shape
         if m > self.width:
             self._widen(m)
         elif m < self.width:
             words = np.pad(words, ((0, 0), (0, self.width - m)), constant_values=-1)
             costs = np.pad(costs, ((0, 0), (0, self.width - m)), constant_values=np.inf)
-        self._reserve(self.n_slots + n)
+        self._reserve(self.n_slots + n, spare)
         start, stop = self.n_slots, self.n_slots + n
         self.ids[start:stop] = ids
         self.state[start:stop] = 0
@@ -222,22 +233,25 @@ class ImageEdges:
         self.n_dead = 0
         self.state = np.zeros(self.n_slots, np.int32)
 
-    def _reserve(self, n: int) -> None:
+    def _reserve(self, n: int, spare: Spare | None = None) -> None:
         capacity = len(self.ids)
         if n <= capacity:
             return
-        capacity = max(n, 2 * capacity, 16)
+        current = (self.ids, self.state, self.row_words, self.row_costs)
+        # A spare made before a widening or another holder's change may no longer fit.
+        if spare is None or len(spare[0]) < n or any(a.shape[1:] != b.shape[1:] or a.dtype != b.dtype
+                                                    for a, b in zip(spare, current)):
+            spare = self._allocate(max(n, 2 * capacity, 16))
         used = self.n_slots
+        for new, old in zip(spare, current):
+            new[:used] = old[:used]
+        self.ids, self.state, self.row_words, self.row_costs = spare
 
-        def grown(array, fill):
-            new = np.full((capacity, *array.shape[1:]), fill, array.dtype)
-            new[:used] = array[:used]
-            return new
-
-        self.ids = grown(self.ids, -1)
-        self.state = grown(self.state, -1)
-        self.row_words = grown(self.row_words, -1)
-        self.row_costs = grown(self.row_costs, np.inf)
+    def _allocate(self, capacity: int) -> Spare:
+        """Arrays of `capacity` slots, every slot unused (id and state -1, no edges)."""
+        return (np.full(capacity, -1, self.ids.dtype), np.full(capacity, -1, self.state.dtype),
+                np.full((capacity, self.width), -1, self.row_words.dtype),
+                np.full((capacity, self.width), np.inf, self.row_costs.dtype))
 
     def _widen(self, width: int) -> None:
         """More edges per image than the rows hold (a predictor with a larger topIWK)."""

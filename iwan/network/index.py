@@ -280,6 +280,7 @@ class IwanIndex:
             return
         if (np.diff(ids) <= 0).any():
             raise ValueError(f"image ids must ascend, each once; got {_some(ids)}")
+        spare = self._edges.spare(len(ids))  # before the lock: searches need not wait for new pages
         with self._lock:
             if ids[0] <= self._edges.max_id:
                 raise ValueError(
@@ -288,7 +289,7 @@ class IwanIndex:
                 )
             if ids[0] < 0:
                 raise ValueError(f"image id {ids[0]} is negative: database ids are >= 0")
-            self._edges.append(ids, words.astype(self._edges.row_words.dtype), costs)
+            self._edges.append(ids, words.astype(self._edges.row_words.dtype), costs, spare)
 
     def remove(self, image_ids: np.ndarray) -> None:
         """Remove images by database id; ValueError naming any id not held (and nothing removed)."""
