@@ -84,7 +84,8 @@ CENTRE_NORM_AT_MOST = 0.999
 """A cell's centre stays inside the unit sphere, so every row is a non-zero offset from it
 (hashing.quantized) even in a cell of one repeated row."""
 HEAD_CELLS = 64
-"""Cells put in order up front; the rest are ordered only if a search gets past them."""
+"""Cells put in order up front; the rest are ordered in groups growing GROWTH times
+(hashing.cell_kernels), each only if a search gets past the one before."""
 
 
 class CellCosineIndex:

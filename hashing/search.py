@@ -60,9 +60,10 @@ class ExhaustiveCosineIndex:
     Hamming distance too.
 
     The embeddings are kept as given (float32) with their norms, not normalised: `rows_of` gives
-    them back as they came, so that a holder needs no copy of its own, and a normalised copy would not give the same bits back. The search scores every
-    row as (query . row) / norm to preselect, then the candidates' unit rows, divided exactly as
-    a normalised copy would have been, give the exact scores and order."""
+    them back as they came, so that a holder needs no copy of its own, and a normalised copy would
+    not give the same bits back. The search scores every row as (query . row) / norm to
+    preselect, then the candidates' unit rows, divided exactly as a normalised copy would have
+    been, give the exact scores and order."""
 
     def __init__(self) -> None:
         self._rows = np.zeros((0, 0), dtype=np.float32)
