@@ -237,14 +237,13 @@ class ImageEdges:
         capacity = len(self.ids)
         if n <= capacity:
             return
-        current = (self.ids, self.state, self.row_words, self.row_costs)
+        current: Spare = (self.ids, self.state, self.row_words, self.row_costs)
         # A spare made before a widening or another holder's change may no longer fit.
-        if spare is None or len(spare[0]) < n or any(a.shape[1:] != b.shape[1:] or a.dtype != b.dtype
-                                                    for a, b in zip(spare, current)):
+        if spare is None or not _fits(spare, current, n):
             spare = self._allocate(max(n, 2 * capacity, 16))
         used = self.n_slots
-        for new, old in zip(spare, current):
-            new[:used] = old[:used]
+        for i in range(len(current)):
+            spare[i][:used] = current[i][:used]
         self.ids, self.state, self.row_words, self.row_costs = spare
 
     def _allocate(self, capacity: int) -> Spare:
@@ -274,6 +273,13 @@ def _sorted_runs(n_words: int, first_slot: int, words: np.ndarray, costs: np.nda
     """The runs of rows (words, costs) (n, width) at slots first_slot, first_slot + 1, ..."""
     return sorted_runs(n_words, np.ascontiguousarray(words), np.ascontiguousarray(costs, dtype=np.float64),
                        first_slot)
+
+
+def _fits(spare: Spare, current: Spare, n: int) -> bool:
+    """Whether `spare` holds `n` slots shaped and typed like `current`'s arrays."""
+    return len(spare[0]) >= n and all(spare[i].shape[1:] == current[i].shape[1:]
+                                      and spare[i].dtype == current[i].dtype
+                                      for i in range(len(current)))
 
 
 def _filter_runs(runs: Runs, keep: np.ndarray, renumber: np.ndarray) -> Runs:
