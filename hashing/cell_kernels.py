@@ -1,8 +1,8 @@
 """Compiled kernel of hashing.cells's search (numba): cells visited best centroid first, int8 rows
 scored against a float32 query, a top-k heap, and the two stops (hashing.cells's module doc).
 
-A row's score in cell c is `centre_norms[c] * (centroid . query) + scale * sum(row[t] * query[t])`,
-summed in one fixed order (the same code for every row), so equal rows of one cell get equal
+A row's score in cell c is `(centre_norms[c] + shift_step * shift) * (centroid . query) +
+scale * sum(row[t] * query[t])` (hashing.quantized's quantize_along), summed in one fixed order (the same code for every row), so equal rows of one cell get equal
 scores. Ties in the top k go to the lower id.
 """
 
@@ -21,6 +21,16 @@ def _score(vectors, scales, row, query):
     for t in range(query.shape[0]):
         acc += np.float32(vectors[row, t]) * query[t]
     return acc * scales[row]
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+def _cell_scores(vectors, scales, shifts, lo, hi, query, base, slide, filtered, eligible, out):
+    """out[row - lo]: the score of each row of lo..hi (-inf for a row not eligible)."""
+    for row in range(lo, hi):
+        if filtered and not eligible[row]:
+            out[row - lo] = -np.inf
+        else:
+            out[row - lo] = base + slide * np.float32(shifts[row]) + _score(vectors, scales, row, query)
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
@@ -68,19 +78,20 @@ def _push(hs, hi, size, s, d):
 
 
 @numba.njit(nogil=True, cache=True)
-def search(centroids, queries, cos_radius, sin_radius, slack, centre_norms, cell_start, vectors, scales, ranks,
-           k, min_rows, patience, head, eligible, exclude, out_scores, out_ranks, visited):
+def search(centroids, queries, cos_radius, sin_radius, slack, centre_norms, cell_start, vectors, scales, shifts,
+           shift_step, ranks, k, min_rows, patience, head, eligible, exclude, out_scores, out_ranks, visited):
     """For each query i: out_scores[i], out_ranks[i] (best first, padded by the caller's fill) and
     visited[i], the rows scored.
 
     centroids (cells, d): the cells' unit centroids, whose cosines with a query order its visit
     (here rather than one matrix product for the batch: a multithreaded BLAS call on busy cores
-    cost a batch of 100 queries 10-20 ms where 100 single products took 1.2). cos/sin_radius (cells,): the
-    widest angle between a cell's centroid and its rows. centre_norms (cells,): a row's vector is
-    centre_norms[c] * centroids[c] plus its scaled int8 offset (hashing.quantized). eligible: (n,) bool, or empty for all
-    rows. exclude (q, e): rows to leave out per query, -1 for none. head: how many best cells are
-    ordered first; each further group of cells put in order is GROWTH times larger. Rows are in cell order; ranks
-    (n,) order them as their ids do, and are what the top k holds."""
+    cost a batch of 100 queries 10-20 ms where 100 single products took 1.2). cos/sin_radius
+    (cells,): the widest angle between a cell's centroid and its rows. centre_norms (cells,): a
+    row's vector is centre_norms[c] * centroids[c], slid shift_step * shifts[row] along it, plus
+    its scaled int8 offset (hashing.quantized). eligible: (n,) bool, or empty for all rows.
+    exclude (q, e): rows to leave out per query, -1 for none. head: how many best cells are
+    ordered first; each further group of cells put in order is GROWTH times larger. Rows are in
+    cell order; ranks (n,) order them as their ids do, and are what the top k holds."""
     n_cells = centroids.shape[0]
     alpha = np.empty(n_cells, dtype=np.float32)
     heap_s = np.empty(k, dtype=np.float32)
@@ -88,6 +99,10 @@ def search(centroids, queries, cos_radius, sin_radius, slack, centre_norms, cell
     bound = np.empty(n_cells, dtype=np.float32)
     unvisited = np.empty(n_cells, dtype=np.bool_)
     filtered = eligible.shape[0] > 0
+    widest = 0
+    for c in range(n_cells):
+        widest = max(widest, cell_start[c + 1] - cell_start[c])
+    buf = np.empty(widest, dtype=np.float32)
     for q in range(queries.shape[0]):
         query = queries[q]
         _centroid_cosines(centroids, query, alpha)
@@ -131,18 +146,20 @@ def search(centroids, queries, cos_radius, sin_radius, slack, centre_norms, cell
                     done = True  # exact: no row of an unvisited cell can enter the top k
                     break
                 c = cells[j]
-                base = centre_norms[c] * alpha[c]  # the centre's share of every row's cosine
+                lo, hi = cell_start[c], cell_start[c + 1]
+                # The cell's rows scored in one tight loop, apart from the heap's branches (9%
+                # faster at 10M rows), then left out or taken in.
+                _cell_scores(vectors, scales, shifts, lo, hi, query, centre_norms[c] * alpha[c],
+                             shift_step * alpha[c], filtered, eligible, buf)
+                for e in range(exclude.shape[1]):
+                    if lo <= exclude[q, e] < hi:
+                        buf[exclude[q, e] - lo] = -np.inf
                 entered = 0
-                for row in range(cell_start[c], cell_start[c + 1]):
-                    if filtered and not eligible[row]:
-                        continue
-                    left_out = False
-                    for e in range(exclude.shape[1]):
-                        left_out |= row == exclude[q, e]
-                    if left_out:
+                for row in range(lo, hi):
+                    s = buf[row - lo]
+                    if s == -np.inf:
                         continue
                     seen += 1
-                    s = base + _score(vectors, scales, row, query)
                     if size < k:
                         size = _push(heap_s, heap_i, size, s, np.int64(ranks[row]))
                         entered += 1

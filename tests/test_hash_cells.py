@@ -4,6 +4,7 @@ agreement with float32, filters, removals, re-additions and batches."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from test_hash_search import cosines64, prototype_corpus, unpadded
 
 from hashing.cells import CellCosineIndex, CellScan
-from hashing.quantized import dequantize, quantize
+from hashing.quantized import dequantize, quantize, quantize_along
 from hashing.search import ExhaustiveCosineIndex
 
 EVERY_CELL = 10**9  # a patience no search reaches: only the exact stop or the last cell ends it
@@ -133,18 +134,22 @@ def test_int8_rows_keep_the_float32_top_100():
     a, b = exact.search(queries, 100)[1], approximate.search(queries, 100)[1]
     assert np.mean([len(np.intersect1d(x, y)) / 100 for x, y in zip(a, b)]) >= 0.99
 
-    # Offsets from the cells' centres: still unit vectors, with a fraction of the rounding error.
+    # Offsets from the cells' centres slid along their centroids: unit vectors within the rounding,
+    # a fraction of the rounding error, and none of it along the centroid (quantize_along).
     index = CellCosineIndex(cell_rows=100)  # about a cluster per cell
     index.add(None, embeddings, np.zeros(len(embeddings), dtype=np.uint64))
     assert index.n_cells > 100 and np.median(index._centre_norms) > 0.8
     centred = index.embeddings_of(index.ids)
-    np.testing.assert_allclose(np.linalg.norm(centred, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(centred, axis=1), 1, atol=2e-4)
+    cells = np.searchsorted(index._cell_start, index._row_of, side="right") - 1
+    along = np.einsum("nd,nd->n", centred - embeddings, index._centroids[cells])
+    assert np.abs(along).max() < 1e-4 < np.abs(np.einsum("nd,nd->n", approximations - embeddings, index._centroids[cells])).max()
     error = np.einsum("nd,qd->nq", centred - embeddings, queries)
     assert error.std() < 0.6 * np.einsum("nd,qd->nq", approximations - embeddings, queries).std()
     assert np.mean([len(np.intersect1d(x, y)) / 100 for x, y in zip(a, CellScan(index).search(queries, 100)[1])]) \
         >= np.mean([len(np.intersect1d(x, y)) / 100 for x, y in zip(a, b)])
-    with pytest.raises(ValueError, match="no centres"):
-        quantize(embeddings[:, :8], np.zeros((len(embeddings), 8), dtype=np.float32))
+    with pytest.raises(ValueError, match="kept as float32"):
+        quantize_along(embeddings[:, :8], np.zeros((len(embeddings), 8), np.float32), embeddings[:, :8])
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -310,7 +315,8 @@ def test_few_dimensions_stay_float32_and_keep_a_tight_top_100():
     assert quantize(rows)[0].dtype == np.float32 and quantize(np.ones((1, 17), np.float32))[0].dtype == np.int8
 
 
-@pytest.mark.parametrize("damage", ["rank", "cell_start", "vectors", "format", "row_dtype", "centre_norms", "centre_norm"])
+@pytest.mark.parametrize("damage", ["rank", "cell_start", "vectors", "format", "row_dtype", "centre_norms", "centre_norm",
+                                    "shifts", "shift_step"])
 def test_a_damaged_saved_index_is_refused(tmp_path, damage):
     rows, codes = clustered(np.random.default_rng(22), 500)
     index = CellCosineIndex(cell_rows=64)
@@ -324,6 +330,9 @@ def test_a_damaged_saved_index_is_refused(tmp_path, damage):
         np.save(path / "vectors.npy", np.load(path / "vectors.npy").astype(np.float32))
     elif damage == "centre_norm":  # a centre on the sphere: its rows would be no offsets at all
         np.save(path / "centre_norms.npy", np.ones_like(np.load(path / "centre_norms.npy")))
+    elif damage == "shift_step":
+        meta = json.loads((path / "meta.json").read_text())
+        (path / "meta.json").write_text(json.dumps({**meta, "shift_step": -1.0}))
     else:
         array = np.load(path / f"{damage}.npy")
         np.save(path / f"{damage}.npy", array[::-1].copy() if damage == "rank" else array[:-1].copy())

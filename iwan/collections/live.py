@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_FORMAT = "iwan-collection-snapshot/5"
+SNAPSHOT_FORMAT = "iwan-collection-snapshot/6"
 """Format 5: a folder of .npy files with the built index of every method that holds one (4 held
 the hashes index's int8 rows whole, not as offsets from their cells' centres; 3 held the
 exhaustive method's float32 rows too; 2: one .npz of the members' arrays, rebuilt on open; an
