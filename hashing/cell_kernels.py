@@ -2,8 +2,9 @@
 scored against a float32 query, a top-k heap, and the two stops (hashing.cells's module doc).
 
 A row's score in cell c is `(centre_norms[c] + shift_step * shift) * (centroid . query) +
-scale * sum(row[t] * query[t])` (hashing.quantized's quantize_along), summed in one fixed order (the same code for every row), so equal rows of one cell get equal
-scores. Ties in the top k go to the lower id.
+scale * sum(row[t] * query[t])` (hashing.quantized's quantize_along), summed in one fixed order
+(the same code for every row), so equal rows of one cell get equal scores. Ties in the top k go
+to the lower id.
 """
 
 from __future__ import annotations

@@ -50,10 +50,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = "iwan-collection-snapshot/6"
-"""Format 5: a folder of .npy files with the built index of every method that holds one (4 held
-the hashes index's int8 rows whole, not as offsets from their cells' centres; 3 held the
-exhaustive method's float32 rows too; 2: one .npz of the members' arrays, rebuilt on open; an
-older snapshot is simply rebuilt from the database)."""
+"""Format 6: a folder of .npy files with the built index of every method that holds one (5 held
+the hashes index's int8 rows without their shifts along the centroids; 4 held them whole, not as
+offsets from their cells' centres; 3 held the exhaustive method's float32 rows too; 2: one .npz
+of the members' arrays, rebuilt on open; an older snapshot is simply rebuilt from the database)."""
 VIEWS = ("exhaustive", "fused")
 """Methods that read the indexes of the others and hold nothing of their own: `exhaustive` scores
 every int8 row of the `hashes` index (iwan.retrieval.exhaustive.CellScanRetriever), `fused` fuses
