@@ -14,8 +14,8 @@ Layout (bytes per row, 100-dimensional embeddings: 129 in all): in id order the 
 code (8) and where its row is (4); in cell order, each cell's rows contiguous so that a visit
 streams them (a gather by row numbers was 15x slower), the int8 embedding (100,
 hashing.quantized: float32 up to 16 dimensions), its scale (4), its shift (1) and its id's rank
-(4: ties and results); per cell a float32 centroid, its radius and the norm of its centre (under
-0.5 bytes per row at CELL_ROWS).
+(4: ties and results); per cell a float32 centroid and an int16 copy of it, its radius and the
+norm of its centre (0.6 bytes per row at CELL_ROWS).
 
 The int8 rows code each embedding's offset from its cell's centre (the cell's mean, along its
 centroid), not the embedding: rows gather around their centre, so the offset's components are a
@@ -30,7 +30,9 @@ centroid (hashing.quantized's quantize_along), the direction a cell's queries co
 A row added between rebuilds is coded from its nearest cell's centre as it is; a rebuild codes
 each old row again from what it stood for, one more rounding.
 
-Search: each query's cosine with every centroid, then cells in that order, every row of a cell scored exactly against the int8 rows, into a top-k heap. Two stops:
+Search: each query's cosine with every centroid (the int16 copies, whose error the bounds below
+allow for), then cells in that order, every row of a cell scored exactly against the int8 rows
+(with the cell's float32 centroid), into a top-k heap. Two stops:
 - exact: the k-th best score exceeds what any row of an unvisited cell could reach (the query's
   angle to a centroid less the cell's radius, the widest angle between the centroid and its rows);
   on small or tight data this ends the search with the exhaustive answer.
@@ -56,7 +58,7 @@ from hashing import DEFAULT_SHORTLIST_FACTOR, HASH_BITS
 from hashing.arrays import read_arrays, save_folder
 from hashing.cell_kernels import search as _search_kernel
 from hashing.partition import SPLIT_ABOVE, nearest_cells, partition
-from hashing.quantized import LEVELS, ROWS_PER_STEP, dequantize, quantize, quantize_along, row_dtype
+from hashing.quantized import LEVELS, ROWS_PER_STEP, dequantize, quantize, quantize16, quantize_along, row_dtype
 from hashing.search import (
     _check_exclusions,
     _eligible,
@@ -75,7 +77,7 @@ from hashing.search import (
 
 CELL_ROWS = 1024
 """Rows per cell the partition aims at: a cell is a few scored rows' worth of work (about 25 us),
-and the centroids cost 0.4 bytes per row."""
+and the centroids (float32 and int16) cost 0.6 bytes per row."""
 DEFAULT_PATIENCE = 13
 """Cells in a row that leave the top k unchanged before a search stops (measured: module doc)."""
 REBUILD_GROWTH = 2
@@ -88,9 +90,12 @@ _ARRAYS = {  # what `save` writes: name -> (dtype, ndim)
 CENTRE_NORM_AT_MOST = 0.999
 """A cell's centre stays inside the unit sphere, so every row is a non-zero offset from it
 (hashing.quantized) even in a cell of one repeated row."""
-HEAD_CELLS = 64
+HEAD_CELLS = 128
 """Cells put in order up front; the rest are ordered in groups growing GROWTH times
-(hashing.cell_kernels), each only if a search gets past the one before."""
+(hashing.cell_kernels), each only if a search gets past the one before. 128: a class-clustered
+query at 10,000,000 images visits about 100 cells, which one group then holds (with 64, a second
+group of 256 was ordered too): the fastest of 32, 64, 128 and 256, 5% faster than 64 (measured
+in one process, query by query)."""
 
 
 class CellCosineIndex:
@@ -127,6 +132,12 @@ class CellCosineIndex:
         self._rank = np.zeros(0, dtype=np.uint32)
         self._cell_start = np.zeros(1, dtype=np.int64)
         self._centroids = np.zeros((0, 0), dtype=np.float32)
+        # The centroids again in int16 (hashing.quantized's quantize16), derived, never saved: a
+        # search reads them for every cell to order the cells, and the float32 ones only for the
+        # cells it visits, to score their rows.
+        self._centroid_levels = np.zeros((0, 0), dtype=np.int16)
+        self._centroid_steps = np.zeros(0, dtype=np.float32)
+        self._centroid_error = 0.0
         self._cos_radius = np.ones(0, dtype=np.float32)
         self._sin_radius = np.zeros(0, dtype=np.float32)
         # The norm of each cell's centre, centre_norms[c] * centroids[c], the point its int8 rows
@@ -156,7 +167,8 @@ class CellCosineIndex:
     def nbytes(self) -> int:
         """Bytes of every array the index holds."""
         arrays = (self._ids, self._codes, self._row_of, self._vectors, self._scales, self._shifts, self._rank, self._cell_start,
-                  self._centroids, self._cos_radius, self._sin_radius, self._centre_norms)
+                  self._centroids, self._centroid_levels, self._centroid_steps, self._cos_radius, self._sin_radius,
+                  self._centre_norms)
         return sum(a.nbytes for a in arrays)
 
     def save(self, path: str | Path) -> Path:
@@ -192,6 +204,7 @@ class CellCosineIndex:
         why = index._inconsistency()
         if why:
             raise ValueError(f"{path}: inconsistent index ({why})")
+        index._level_centroids()
         return index
 
     def _inconsistency(self) -> str | None:
@@ -339,9 +352,12 @@ class CellCosineIndex:
             return scores, ranks, visited
         eligible = np.zeros(0, dtype=bool) if among is None else _eligible(self._ids, among)[self._rank]
         exclude_rows = np.where(exclude >= 0, self._row_of[np.maximum(exclude, 0)].astype(np.int64), -1)
+        margin = _score_margin(queries.shape[1])
         _search_kernel(
-            self._centroids, queries, self._cos_radius, self._sin_radius, np.float32(_score_margin(queries.shape[1])),
-            self._centre_norms, self._cell_start, self._vectors, self._scales, self._shifts,
+            # The int16 centroids' error, and float32's in summing their dot products (as any).
+            self._centroids, self._centroid_levels, self._centroid_steps, np.float32(self._centroid_error + margin),
+            queries, self._cos_radius, self._sin_radius, np.float32(margin), self._centre_norms, self._cell_start,
+            self._vectors, self._scales, self._shifts,
             np.float32(self._shift_step), self._rank, k, self.shortlist_factor * k, patience,
             HEAD_CELLS, eligible, exclude_rows, scores, ranks, visited,
         )
@@ -356,8 +372,12 @@ class CellCosineIndex:
         self._row_of = np.empty(len(order), dtype=np.uint32)
         self._row_of[self._rank] = np.arange(len(order), dtype=np.uint32)
         self._centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self._level_centroids()
         counts = np.bincount(cell_of_row, minlength=len(centroids))
         self._cell_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    def _level_centroids(self) -> None:
+        self._centroid_levels, self._centroid_steps, self._centroid_error = quantize16(self._centroids)
 
     def _unit_rows_at(self, rows: np.ndarray, cells: np.ndarray) -> np.ndarray:
         """The unit vectors stored `rows` (of `cells`) stand for."""

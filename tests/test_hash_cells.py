@@ -152,6 +152,22 @@ def test_int8_rows_keep_the_float32_top_100():
         quantize_along(embeddings[:, :8], np.zeros((len(embeddings), 8), np.float32), embeddings[:, :8])
 
 
+def test_int16_centroids_order_the_cells_within_their_stated_error():
+    # A search orders the cells and bounds what they hold by its cosines with the int16 centroids
+    # (and scores rows with the float32 ones): the error it allows for must cover the real one.
+    rng = np.random.default_rng(6)
+    embeddings, codes = clustered(rng, 20_000, dim=100, clusters=200, noise=0.6)
+    index = CellCosineIndex(cell_rows=100)
+    index.add(None, embeddings, codes)
+    levels, steps = index._centroid_levels, index._centroid_steps
+    assert levels.dtype == np.int16 and (np.abs(levels).max(axis=1) == 32767).all()
+    queries = rng.normal(size=(200, 100))
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    error = np.abs(queries @ (levels * steps[:, None].astype(np.float64)).T - queries @ index._centroids.astype(np.float64).T)
+    assert error.max() <= index._centroid_error < 1e-4
+    assert levels.nbytes + steps.nbytes < 0.6 * index._centroids.nbytes
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_filters_removals_and_additions_after_removals(seed):
     rng = np.random.default_rng(seed)
@@ -234,7 +250,9 @@ def test_growth_rebuilds_the_cells_and_empty_searches_pad():
     for start in range(20, 400, 20):
         index.add(None, embeddings[start : start + 20], codes[start : start + 20])
     assert index.n_cells > 8
-    assert index.nbytes < 400 * (4 * 4 + 4 + 8 + 8 + 4 + 4) + index.n_cells * 64  # 4 dimensions: float32 rows
+    # 4 dimensions: float32 rows, their scale, shift, id, code, row and rank; per cell its float32 and
+    # int16 centroid, the int16 one's step, radii, centre norm and start (one more start at the end)
+    assert index.nbytes <= 400 * (4 * 4 + 4 + 1 + 8 + 8 + 4 + 4) + index.n_cells * (4 * 4 + 4 * 2 + 4 + 8 + 4 + 8) + 8
     index.remove(index.ids)  # emptied, it starts again: even embeddings of another dimension
     index.add(np.array([3, 1]), np.eye(6)[:2], codes[:2])
     assert index.n_cells == 1 and index.search(np.eye(6)[1:2], 3)[1].tolist() == [[1, 3, -1]]
