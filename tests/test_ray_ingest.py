@@ -4,6 +4,7 @@ row by row, what they store in one process, also when a worker node is killed du
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import io
 import json
@@ -103,6 +104,19 @@ def test_predict_on_ray_stores_what_one_process_stores(cluster, engine, other_da
     # A rerun finds everything done and writes nothing twice.
     again = predict_on_ray(engine, cluster.address, root, batch_size=16)
     assert (again.predicted, again.skipped) == (0, 60) and rows(engine) == here_rows
+
+
+@needs_ray
+def test_workers_that_cannot_start_end_the_run_saying_why(cluster, engine, tmp_path):
+    from iwan.datasets.loaders import list_dataset
+
+    root = image_folder(tmp_path / "images", per_class=2)
+    settings = current_settings()
+    listing = list_dataset(f"imagefolder:{root}", "split", settings=settings)
+    missing = dataclasses.replace(TINY, weights=str(tmp_path / "no-such-weights.pt"))
+    with distributed.Cluster(cluster.address) as on_ray, pytest.raises(distributed.ClusterError) as raised:
+        distributed.predict_split(engine, on_ray, missing, listing, 4, progress=False, settings=settings)
+    assert "every worker of the Ray cluster" in str(raised.value) and "no-such-weights.pt" in str(raised.value)
 
 
 @needs_ray

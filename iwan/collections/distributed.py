@@ -1,9 +1,9 @@
 """Ingestion on a Ray cluster: `iwan predict`, `iwan images add` and `iwan hash encode` with
 `--ray ADDRESS` (Settings.ray_address).
 
-Ray Data takes the work as a list of tasks, each a fixed slice of the image list (a predictor
-batch of a split, a batch of files to add), and runs them in a pool of actors, one per CPU of
-the cluster, each of which loads its models once. The driver (this process) hands the actors the
+The work is a list of tasks, each a fixed slice of the image list (a predictor batch of a split,
+a batch of files to add), run by a pool of actors, one per CPU of the cluster, each of which
+loads its models once and is given its next task as it finishes one. The driver (this process) hands the actors the
 database URL and its Settings: a worker reads neither its own environment nor its IWAN_HOME, so
 the paths the settings name (IWAN_HOME's models, the image files) must be the same on every
 node (one machine, or a shared file system).
@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import logging
 import socket
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,10 +104,6 @@ class Cluster:
                 f"cannot join the Ray cluster at {self.address!r} ({err}): start it with `ray start --head`, or "
                 "give its head's host:port with --ray / IWAN_RAY_ADDRESS"
             ) from None
-        context = ray.data.DataContext.get_current()
-        # The driver's own bar shows the cluster's progress; results come back in task order.
-        context.enable_progress_bars = False
-        context.execution_options.preserve_order = True
         cpus = int(ray.cluster_resources().get("CPU", 0))
         if cpus < 1:
             ray.shutdown()
@@ -133,31 +130,56 @@ class Cluster:
         ray.shutdown()
 
     def run(self, tasks: list[Any], actor: type, arguments: dict[str, Any]) -> Iterator[Any]:
-        """The results of `actor(**arguments)(task)` for each task, in the tasks' order, computed
-        by a pool of such actors (one CPU each) on the cluster."""
+        """The results of `actor(**arguments).run(task)` for each task, in the tasks' order,
+        computed by a pool of such actors (one CPU each) on the cluster. An actor that dies (its
+        node lost) leaves the pool and its task goes to the others; a task that fails ends the run."""
         import ray
 
         if not tasks:
             return
-        # Tasks and results are Python objects in their rows: Ray Data keeps such a column as one
-        # opaque object per row (its own serialisation between trusted nodes), so the arrays inside
-        # are never converted to Arrow and back, and nothing here unpickles bytes itself.
-        data = ray.data.from_items([{"task": task} for task in tasks], override_num_blocks=len(tasks))
-        results = data.map_batches(
-            actor, fn_constructor_kwargs=arguments, batch_size=1, num_cpus=1,
-            # Every actor starts at once: grown on demand, the second waited for the first to be
-            # busy, 6-11 s of a short run (two workers encoded 1.22x one; bench_ingest.py).
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=self.workers, initial_size=self.workers),
-        )
+        # Plain actors, each given its next task as it finishes one: Ray Data's streaming executor
+        # (what ran them before) kept about 0.4 of a core busy in this process, on a 2-core machine
+        # a third of what two workers had (bench_ingest.py). Tasks and results travel as Ray's own
+        # serialisation between trusted nodes; nothing here unpickles bytes itself.
+        remote: Any = ray.remote(num_cpus=1, max_restarts=0)(actor)
+        actors: list[Any] = [remote.remote(**arguments) for _ in range(self.workers or 1)]
+        idle, waiting = list(actors), deque(range(len(tasks)))
+        running: dict[Any, tuple[int, Any]] = {}  # result ref -> (task, actor)
+        finished: dict[int, Any] = {}
+        given, lost = 0, None
         try:
-            for row in results.iter_rows():
-                yield row["result"]
-        except ray.exceptions.RayError as err:
-            cause = err.cause if isinstance(err, ray.exceptions.RayTaskError) else err
+            while given < len(tasks):
+                while idle and waiting:
+                    worker, task = idle.pop(), waiting.popleft()
+                    running[worker.run.remote(tasks[task])] = (task, worker)
+                if not running:
+                    raise ClusterError(
+                        f"every worker of the Ray cluster at {self.address!r} died ({lost}); what the tasks before "
+                        "wrote stays: run the command again once the cause is fixed (it resumes)"
+                    )
+                [ready], _ = ray.wait(list(running), num_returns=1)
+                task, worker = running.pop(ready)
+                try:
+                    finished[task] = ray.get(ready)
+                    idle.append(worker)
+                except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as err:
+                    lost = err
+                    waiting.appendleft(task)
+                    if isinstance(err, ray.exceptions.RayActorError):
+                        actors.remove(worker)
+                    else:
+                        idle.append(worker)
+                while given in finished:
+                    yield finished.pop(given)
+                    given += 1
+        except ray.exceptions.RayTaskError as err:
             raise ClusterError(
-                f"a task failed on the Ray cluster at {self.address!r}: {cause}; what the tasks before it wrote "
+                f"a task failed on the Ray cluster at {self.address!r}: {err.cause}; what the tasks before it wrote "
                 "stays: run the command again once the cause is fixed (it resumes)"
             ) from None
+        finally:
+            for worker in actors:
+                ray.kill(worker)
 
 
 def _threads() -> int:
@@ -192,13 +214,12 @@ class _Predicting:
         self.engine = make_engine(database_url, settings=settings)
         register_classes(self.engine, self.predictor.name, self.predictor.categories)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-        task = cast(_PredictTask, batch["task"][0])
+    def run(self, task: _PredictTask) -> tuple[int, int]:
         pixels = task.pixels if task.pixels is not None else _decode(cast(list[str], task.paths), self.max_pixels)
         predicted = self.predictor.predict(pixels, top=STORED_PREDICTIONS, features=True)
         with self.engine.begin() as conn:
             written = merge_predictions(conn, self.predictor.name, task.ids, predicted.indices, predicted.probabilities)
-        return {"result": [(len(task.ids), written)]}
+        return len(task.ids), written
 
 
 def _decode(paths: list[str], max_pixels: int) -> np.ndarray:
@@ -283,11 +304,10 @@ class _Hashing:
         self.max_pixels = settings.max_image_pixels
         self.engine = make_engine(database_url, settings=settings)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+    def run(self, task: _EncodeTask) -> tuple[int, int, np.ndarray]:
         from iwan.collections.encode import encode_inputs
         from iwan.db.codes import merge_codes
 
-        task = cast(_EncodeTask, batch["task"][0])
         pixels = task.pixels if task.pixels is not None else _decode(cast(list[str], task.paths), self.max_pixels)
         inputs = pixels if self.predictor is None else _features(self.predictor, pixels, task.start)
         encoded = encode_inputs(self.net, inputs)
@@ -295,7 +315,7 @@ class _Hashing:
             written = merge_codes(conn, self.model, task.ids, encoded.embeddings, encoded.codes)
             if encoded.class_indices is not None:
                 merge_predictions(conn, self.model, task.ids, encoded.class_indices, cast(np.ndarray, encoded.probabilities))
-        return {"result": [(len(task.ids), written, np.unique(encoded.codes))]}
+        return len(task.ids), written, np.unique(encoded.codes)
 
 
 def _features(predictor, pixels: np.ndarray, start: int) -> np.ndarray:
@@ -398,8 +418,7 @@ class _Encoding:
         register_classes(engine, spec.name, self.encoder.categories)
         engine.dispose()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-        paths = cast(list[str], list(batch["task"][0]))
+    def run(self, paths: list[str]) -> _Encoded:
         report = ingest.AddReport()
         readable, places = [], []
         for place, path in enumerate(paths):
@@ -411,7 +430,7 @@ class _Encoding:
         fresh = ingest.decode_batch(readable, self.policy, None, report)
         encoded = self.encoder.encode([cast(np.ndarray, item.pixels) for item in fresh]) if fresh else None
         light = [dataclasses.replace(item, index=places[item.index], pixels=None) for item in fresh]
-        return {"result": [_Encoded(report.skipped, light, encoded)]}
+        return _Encoded(report.skipped, light, encoded)
 
 
 def add_paths(engine: Engine, cluster: Cluster, name: str, paths: list[Path], spec: PredictorSpec,
