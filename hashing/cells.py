@@ -371,8 +371,9 @@ class CellCosineIndex:
         self._rank = self._rank.astype(np.uint32)
         self._row_of = np.empty(len(order), dtype=np.uint32)
         self._row_of[self._rank] = np.arange(len(order), dtype=np.uint32)
-        self._centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-        self._level_centroids()
+        if centroids is not self._centroids:  # additions between rebuilds and removals keep them
+            self._centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+            self._level_centroids()
         counts = np.bincount(cell_of_row, minlength=len(centroids))
         self._cell_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
